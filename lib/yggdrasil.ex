@@ -1,0 +1,280 @@
+defmodule Yggdrasil do
+  @moduledoc """
+  Publisher/subscriber with the Yggdrasil 6 API and a native engine.
+
+  The calling process subscribes, and receives tuples:
+
+      iex> {:ok, channel} = Yggdrasil.gen_channel(name: "room:42")
+      iex> Yggdrasil.subscribe(channel)
+      :ok
+      iex> receive do {:Y_CONNECTED, ^channel} -> :connected end
+      :connected
+      iex> Yggdrasil.publish(channel, "hi")
+      :ok
+      iex> receive do {:Y_EVENT, ^channel, message} -> message end
+      "hi"
+      iex> Yggdrasil.unsubscribe(channel)
+      :ok
+      iex> receive do {:Y_DISCONNECTED, ^channel} -> :disconnected end
+      :disconnected
+
+  Channels can also be given as maps or keyword lists (`[name: "room:42"]`).
+
+  `use Yggdrasil` turns a module into a subscriber process with callbacks:
+
+      defmodule Printer do
+        use Yggdrasil
+
+        def start_link(channel), do: Yggdrasil.start_link(__MODULE__, [channel])
+
+        @impl Yggdrasil
+        def handle_event(_channel, message, state) do
+          IO.inspect(message)
+          {:ok, state}
+        end
+      end
+  """
+  use GenServer
+
+  require Logger
+
+  alias Yggdrasil.Backend
+  alias Yggdrasil.Channel
+  alias Yggdrasil.Registry
+
+  @typedoc "A channel as a struct, a map or a keyword list."
+  @type channel :: Channel.t() | map() | keyword()
+
+  ############
+  # Public API
+
+  @doc """
+  Subscribes the calling process to `channel`. It then receives
+  `{:Y_CONNECTED, channel}` and, per published message,
+  `{:Y_EVENT, channel, message}`. Subscribing twice is idempotent: one
+  delivery per event.
+  """
+  @spec subscribe(channel()) :: :ok | {:error, term()}
+  def subscribe(channel) do
+    with {:ok, channel} <- gen_channel(channel) do
+      if native?(channel) do
+        with :ok <- Backend.subscribe(channel), do: Backend.connected(channel, self())
+      else
+        Yggdrasil.Subscriber.Generator.subscribe(channel)
+      end
+    end
+  end
+
+  @doc """
+  Unsubscribes the calling process from `channel`; it receives
+  `{:Y_DISCONNECTED, channel}`. Returns `:ok` also when it was not
+  subscribed.
+  """
+  @spec unsubscribe(channel()) :: :ok | {:error, term()}
+  def unsubscribe(channel) do
+    with {:ok, channel} <- gen_channel(channel) do
+      if native?(channel) do
+        with :ok <- Backend.unsubscribe(channel), do: Backend.disconnected(channel, self())
+      else
+        Yggdrasil.Subscriber.Generator.unsubscribe(channel)
+      end
+    end
+  end
+
+  @doc """
+  Publishes `message` in `channel`: encoded with the channel's transformer,
+  sent through its adapter, and delivered decoded. Options: `metadata:`
+  (set as the delivered channel's `metadata`).
+  """
+  @spec publish(channel(), term(), keyword()) :: :ok | {:error, term()}
+  def publish(channel, message, options \\ [])
+
+  def publish(channel, message, options) when is_list(options) do
+    with {:ok, channel} <- gen_channel(channel),
+         {:ok, publisher} <- Registry.get_publisher_module(channel.adapter) do
+      case publisher do
+        Yggdrasil.Publisher.Adapter.Elixir -> publisher.publish(nil, channel, message, options)
+        _ -> Yggdrasil.Publisher.publish(channel, message, options)
+      end
+    end
+  end
+
+  def publish(_channel, _message, options),
+    do: {:error, "publish options must be a keyword list, got: #{inspect(options)}"}
+
+  @doc """
+  Builds a complete channel from a struct, map or keyword list: fills
+  `transformer` and `backend` from the adapter's defaults and checks that
+  adapter, transformer and backend are registered.
+
+      iex> Yggdrasil.gen_channel(name: "x")
+      {:ok, %Yggdrasil.Channel{name: "x", adapter: :elixir, transformer: :default, backend: :default}}
+      iex> Yggdrasil.gen_channel(%{name: "x", transformer: :json})
+      {:ok, %Yggdrasil.Channel{name: "x", adapter: :elixir, transformer: :json, backend: :default}}
+      iex> {:error, _} = Yggdrasil.gen_channel(name: "x", adapter: :unknown)
+      iex> {:error, _} = Yggdrasil.gen_channel("x")
+  """
+  @spec gen_channel(channel()) :: {:ok, Channel.t()} | {:error, term()}
+  def gen_channel(%Channel{} = channel), do: Registry.get_full_channel(channel)
+
+  def gen_channel(data) when is_map(data) and not is_struct(data) do
+    data |> Map.to_list() |> gen_channel()
+  end
+
+  def gen_channel(data) when is_list(data) do
+    if Keyword.keyword?(data) do
+      fields = Map.keys(%Channel{}) -- [:__struct__]
+      {known, unknown} = Keyword.split(data, fields)
+
+      case unknown do
+        [] -> gen_channel(struct(Channel, known))
+        _ -> {:error, "unknown channel fields: #{inspect(Keyword.keys(unknown))}"}
+      end
+    else
+      {:error, "a channel must be a keyword list, got: #{inspect(data)}"}
+    end
+  end
+
+  def gen_channel(other), do: {:error, "not a channel: #{inspect(other)}"}
+
+  @doc """
+  Engine introspection: `channels`, `subscribers` (monitored processes),
+  `subscriptions`, `memory_bytes` (the engine's own tables) and
+  `deliveries` (messages sent since boot).
+  """
+  @spec info() :: %{atom() => non_neg_integer()}
+  def info, do: Yggdrasil.Native.info()
+
+  # Channels whose adapter needs no process: the engine does everything.
+  defp native?(%Channel{adapter: adapter}) do
+    Registry.get_subscriber_module(adapter) == {:ok, Yggdrasil.Subscriber.Adapter.Elixir}
+  end
+
+  ###########
+  # Behaviour
+
+  @doc "Initializes the subscriber: `{:subscribe, channels, state}` or `{:stop, reason}`."
+  @callback init(args) :: {:subscribe, [channel()], state} | {:stop, reason}
+            when args: term(), state: term(), reason: term()
+
+  @doc "A channel connected."
+  @callback handle_connect(Channel.t(), state) :: result
+            when state: term(), result: callback_result()
+
+  @doc "A channel disconnected."
+  @callback handle_disconnect(Channel.t(), state) :: result
+            when state: term(), result: callback_result()
+
+  @doc "A message arrived on a channel."
+  @callback handle_event(Channel.t(), message :: term(), state) :: result
+            when state: term(), result: callback_result()
+
+  @doc "The subscriber is stopping."
+  @callback terminate(reason :: term(), state :: term()) :: term()
+
+  @typedoc "What the callbacks return."
+  @type callback_result ::
+          {:ok, term()}
+          | {:subscribe, [channel()], term()}
+          | {:unsubscribe, [channel()], term()}
+          | {:stop, term(), term()}
+
+  @doc "Starts a `use Yggdrasil` `module` with `args` (passed to `init/1`)."
+  @spec start_link(module(), term(), GenServer.options()) :: GenServer.on_start()
+  def start_link(module, args, options \\ []) do
+    GenServer.start_link(__MODULE__, {module, args}, options)
+  end
+
+  @doc "Stops a `use Yggdrasil` subscriber."
+  @spec stop(GenServer.server(), term(), timeout()) :: :ok
+  defdelegate stop(server, reason \\ :normal, timeout \\ :infinity), to: GenServer
+
+  defmacro __using__(options) do
+    quote do
+      @behaviour Yggdrasil
+
+      @doc false
+      def child_spec(init_arg) do
+        Supervisor.child_spec(
+          %{id: __MODULE__, start: {__MODULE__, :start_link, [init_arg]}},
+          unquote(Macro.escape(options))
+        )
+      end
+
+      @impl Yggdrasil
+      def init(channels) when is_list(channels), do: {:subscribe, channels, nil}
+
+      @impl Yggdrasil
+      def handle_connect(_channel, state), do: {:ok, state}
+
+      @impl Yggdrasil
+      def handle_disconnect(_channel, state), do: {:ok, state}
+
+      @impl Yggdrasil
+      def handle_event(_channel, _message, state), do: {:ok, state}
+
+      @impl Yggdrasil
+      def terminate(_reason, _state), do: :ok
+
+      defoverridable child_spec: 1,
+                     init: 1,
+                     handle_connect: 2,
+                     handle_disconnect: 2,
+                     handle_event: 3,
+                     terminate: 2
+    end
+  end
+
+  ####################
+  # GenServer wrapper
+
+  @impl GenServer
+  def init({module, args}) do
+    case module.init(args) do
+      {:subscribe, channels, state} ->
+        {:ok, {module, state}, {:continue, {:subscribe, channels}}}
+
+      {:stop, reason} ->
+        {:stop, reason}
+    end
+  end
+
+  @impl GenServer
+  def handle_continue({action, channels}, {module, _} = state) do
+    for channel <- channels do
+      case apply(__MODULE__, action, [channel]) do
+        :ok ->
+          :ok
+
+        {:error, reason} ->
+          Logger.error(
+            "#{inspect(module)} could not #{action} #{inspect(channel)}: #{inspect(reason)}"
+          )
+      end
+    end
+
+    {:noreply, state}
+  end
+
+  @impl GenServer
+  def handle_info({:Y_CONNECTED, channel}, {module, state}),
+    do: run(module, module.handle_connect(channel, state))
+
+  def handle_info({:Y_DISCONNECTED, channel}, {module, state}),
+    do: run(module, module.handle_disconnect(channel, state))
+
+  def handle_info({:Y_EVENT, channel, message}, {module, state}),
+    do: run(module, module.handle_event(channel, message, state))
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl GenServer
+  def terminate(reason, {module, state}), do: module.terminate(reason, state)
+
+  defp run(module, {:ok, state}), do: {:noreply, {module, state}}
+
+  defp run(module, {action, channels, state}) when action in [:subscribe, :unsubscribe],
+    do: {:noreply, {module, state}, {:continue, {action, channels}}}
+
+  defp run(module, {:stop, reason, state}), do: {:stop, reason, {module, state}}
+end

@@ -1,0 +1,39 @@
+defmodule Yggdrasil.Application do
+  @moduledoc false
+  use Application
+
+  @impl Application
+  def start(_type, _args) do
+    children = [
+      Yggdrasil.Registry,
+      {DynamicSupervisor, name: Yggdrasil.Subscriber.Adapters, strategy: :one_for_one},
+      Yggdrasil.Subscriber.Generator,
+      {Registry, keys: :unique, name: Yggdrasil.Publisher.Names},
+      {DynamicSupervisor, name: Yggdrasil.Publisher.Pools, strategy: :one_for_one}
+    ]
+
+    with {:ok, supervisor} <-
+           Supervisor.start_link(children, strategy: :rest_for_one, name: Yggdrasil.Supervisor),
+         :ok <- register_builtins() do
+      {:ok, supervisor}
+    end
+  end
+
+  # Improved over Yggdrasil 6: the built-ins are registered before start/2
+  # returns, so subscribers started at boot by dependent applications find
+  # them.
+  defp register_builtins do
+    [
+      Yggdrasil.Backend.Default,
+      Yggdrasil.Transformer.Default,
+      Yggdrasil.Transformer.Json,
+      Yggdrasil.Adapter.Elixir
+    ]
+    |> Enum.reduce_while(:ok, fn module, :ok ->
+      case module.register() do
+        :ok -> {:cont, :ok}
+        {:error, reason} -> {:halt, {:error, {module, reason}}}
+      end
+    end)
+  end
+end

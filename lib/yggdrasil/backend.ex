@@ -1,0 +1,104 @@
+defmodule Yggdrasil.Backend do
+  @moduledoc """
+  Backends distribute messages to a channel's subscribers.
+
+  `use Yggdrasil.Backend, name: :my_backend` defines a backend whose every
+  function is overridable and, by default, served by the native engine:
+
+      defmodule MyApp.AuditBackend do
+        use Yggdrasil.Backend, name: :audit
+
+        def publish(channel, message, metadata) do
+          MyApp.Audit.log(channel, message)
+          super(channel, message, metadata)
+        end
+      end
+
+  Register it (`MyApp.AuditBackend.register()` or `{MyApp.AuditBackend, []}`
+  in a supervisor) and use it with `%Yggdrasil.Channel{backend: :audit}`.
+
+  The functions of this module dispatch on `channel.backend`.
+  """
+
+  alias Yggdrasil.Channel
+  alias Yggdrasil.Registry
+
+  @callback subscribe(channel :: Channel.t()) :: :ok | {:error, term()}
+  @callback unsubscribe(channel :: Channel.t()) :: :ok | {:error, term()}
+  @callback connected(channel :: Channel.t(), pid :: nil | pid()) :: :ok | {:error, term()}
+  @callback disconnected(channel :: Channel.t(), pid :: nil | pid()) :: :ok | {:error, term()}
+  @callback publish(channel :: Channel.t(), message :: term(), metadata :: term()) ::
+              :ok | {:error, term()}
+
+  defmacro __using__(options) do
+    name = Yggdrasil.Registration.fetch_name!(options, "Yggdrasil.Backend")
+
+    quote do
+      @behaviour Yggdrasil.Backend
+      use Yggdrasil.Registration, register: {:register_backend, unquote(name)}
+
+      alias Yggdrasil.Backend.Native, as: NativeBackend
+
+      @doc "Subscribes the calling process to `channel`."
+      @impl Yggdrasil.Backend
+      def subscribe(channel), do: NativeBackend.subscribe(channel)
+
+      @doc "Stops delivery of `channel` to the calling process."
+      @impl Yggdrasil.Backend
+      def unsubscribe(channel), do: NativeBackend.unsubscribe(channel)
+
+      @doc "Sends `{:Y_CONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
+      @impl Yggdrasil.Backend
+      def connected(channel, pid), do: NativeBackend.notify(:Y_CONNECTED, channel, pid)
+
+      @doc "Sends `{:Y_DISCONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
+      @impl Yggdrasil.Backend
+      def disconnected(channel, pid), do: NativeBackend.notify(:Y_DISCONNECTED, channel, pid)
+
+      @doc "Sends `{:Y_EVENT, %{channel | metadata: metadata}, message}` to every subscriber."
+      @impl Yggdrasil.Backend
+      def publish(channel, message, metadata),
+        do: NativeBackend.publish(channel, message, metadata)
+
+      defoverridable subscribe: 1, unsubscribe: 1, connected: 2, disconnected: 2, publish: 3
+    end
+  end
+
+  @doc """
+  A binary name for the channel (kept from Yggdrasil 6 for backends that
+  need a topic string; the native engine does not use it).
+  """
+  @spec transform_name(Channel.t()) :: binary()
+  def transform_name(%Channel{} = channel) do
+    channel |> Channel.key() |> :erlang.phash2() |> Integer.to_string()
+  end
+
+  @doc "Subscribes the calling process through the channel's backend."
+  @spec subscribe(Channel.t()) :: :ok | {:error, term()}
+  def subscribe(channel), do: dispatch(channel, :subscribe, [])
+
+  @doc "Unsubscribes the calling process through the channel's backend."
+  @spec unsubscribe(Channel.t()) :: :ok | {:error, term()}
+  def unsubscribe(channel), do: dispatch(channel, :unsubscribe, [])
+
+  @doc "Sends `{:Y_CONNECTED, channel}` through the channel's backend."
+  @spec connected(Channel.t(), nil | pid()) :: :ok | {:error, term()}
+  def connected(channel, pid \\ nil), do: dispatch(channel, :connected, [pid])
+
+  @doc "Sends `{:Y_DISCONNECTED, channel}` through the channel's backend."
+  @spec disconnected(Channel.t(), nil | pid()) :: :ok | {:error, term()}
+  def disconnected(channel, pid \\ nil), do: dispatch(channel, :disconnected, [pid])
+
+  @doc "Publishes `message` with `metadata` through the channel's backend."
+  @spec publish(Channel.t(), term(), term()) :: :ok | {:error, term()}
+  def publish(channel, message, metadata \\ nil),
+    do: dispatch(channel, :publish, [message, metadata])
+
+  defp dispatch(%Channel{backend: backend} = channel, function, args) do
+    with {:ok, module} <- Registry.get_backend_module(backend) do
+      apply(module, function, [channel | args])
+    end
+  end
+
+  defp dispatch(other, _function, _args), do: Yggdrasil.Transformer.not_a_channel(other)
+end

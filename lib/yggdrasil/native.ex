@@ -1,0 +1,67 @@
+defmodule Yggdrasil.Native do
+  @moduledoc false
+  # The NIF stubs. Every function here is replaced by the Rust implementation
+  # in `native/yggdrasil_nif` when the library loads (see `load/0`).
+  #
+  # Channel keys are `%Yggdrasil.Channel{}` structs with `metadata: nil`;
+  # identity is the whole term compared with `=:=`.
+
+  @on_load :load
+
+  @doc false
+  def load do
+    path = :code.priv_dir(:yggdrasil) |> to_string() |> Path.join("native/libyggdrasil_nif")
+
+    case :erlang.load_nif(String.to_charlist(path), 0) do
+      :ok ->
+        :ok
+
+      {:error, {:reload, _}} ->
+        :ok
+
+      {:error, reason} ->
+        :logger.error(
+          ~c"yggdrasil: could not load the native engine from ~s.so: ~p~n" ++
+            ~c"Build it with `mix compile` (needs cargo), or `make build` in the yggdrasil checkout.",
+          [path, reason]
+        )
+
+        {:error, reason}
+    end
+  end
+
+  defp not_loaded do
+    :erlang.nif_error(
+      "yggdrasil native engine not loaded: build it with `mix compile` (needs cargo on PATH)"
+    )
+  end
+
+  def subscribe(_channel), do: not_loaded()
+  def unsubscribe(_channel), do: not_loaded()
+  def publish(_channel, _message), do: not_loaded()
+  def publish_more(_continuation, _message), do: not_loaded()
+  def set_connected(_channel, _connected, _message), do: not_loaded()
+  def set_watched(_channel, _watched), do: not_loaded()
+  def set_janitor(_pid), do: not_loaded()
+  def subscribers(_channel), do: not_loaded()
+  def subscriber_count(_channel), do: not_loaded()
+  def is_subscribed(_channel, _pid), do: not_loaded()
+  def is_connected(_channel), do: not_loaded()
+  def info, do: not_loaded()
+  def json_encode(_term), do: not_loaded()
+  def json_encode_dirty(_term), do: not_loaded()
+  def json_decode(_binary), do: not_loaded()
+  def json_decode_dirty(_binary), do: not_loaded()
+
+  @doc false
+  # Sends `message` to every subscriber of `key`, resuming fan-outs that
+  # yielded the scheduler until all are served.
+  def broadcast(key, message), do: finish(publish(key, message), message)
+
+  @doc false
+  def broadcast_state(key, connected, message),
+    do: finish(set_connected(key, connected, message), message)
+
+  defp finish(:ok, _message), do: :ok
+  defp finish({:more, rest}, message), do: finish(publish_more(rest, message), message)
+end

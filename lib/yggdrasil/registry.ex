@@ -1,0 +1,192 @@
+defmodule Yggdrasil.Registry do
+  @moduledoc """
+  Aliases for transformers, backends and adapters.
+
+  Every registered module can be found by its alias and by its own name.
+  Lookups read `:persistent_term`, so they cost no copy and no message on the
+  publish path. Adapters are also announced in a `:pg` group so other nodes
+  can find where an adapter runs (`get_adapter_node/1`).
+
+      iex> Yggdrasil.Registry.get_transformer_module(:json)
+      {:ok, Yggdrasil.Transformer.Json}
+      iex> Yggdrasil.Registry.get_backend_module(Yggdrasil.Backend.Default)
+      {:ok, Yggdrasil.Backend.Default}
+      iex> Yggdrasil.Registry.get_adapter_module(:nope)
+      {:error, "Yggdrasil adapter: nope not loaded"}
+  """
+  use Supervisor
+
+  alias Yggdrasil.Channel
+
+  @typedoc "An alias or a module."
+  @type name :: atom()
+
+  @type type :: :transformer | :backend | :subscriber | :publisher | :adapter
+
+  @doc false
+  def start_link(_) do
+    Supervisor.start_link(__MODULE__, nil, name: Yggdrasil.Registry.Supervisor)
+  end
+
+  @impl Supervisor
+  def init(_) do
+    children = [%{id: :pg, start: {:pg, :start_link, [__MODULE__]}}]
+    Supervisor.init(children, strategy: :one_for_one)
+  end
+
+  @doc "Registers a transformer `module` under `name`."
+  @spec register_transformer(name(), module()) :: :ok | {:error, binary()}
+  def register_transformer(name, module), do: register(:transformer, name, module)
+
+  @doc "Registers a backend `module` under `name`."
+  @spec register_backend(name(), module()) :: :ok | {:error, binary()}
+  def register_backend(name, module), do: register(:backend, name, module)
+
+  @doc """
+  Registers an adapter `module` under `name`, together with its subscriber
+  and publisher modules.
+  """
+  @spec register_adapter(name(), module()) :: :ok | {:error, term()}
+  def register_adapter(name, module) when is_atom(name) and is_atom(module) do
+    with {:ok, subscriber} <- adapter_call(module, :get_subscriber_module),
+         {:ok, publisher} <- adapter_call(module, :get_publisher_module),
+         :ok <- register(:subscriber, name, subscriber),
+         :ok <- register(:publisher, name, publisher),
+         :ok <- register(:adapter, name, module) do
+      announce(name)
+      announce(module)
+    end
+  end
+
+  def register_adapter(name, module), do: bad_alias(name, module)
+
+  @doc "Gets the transformer module for an alias or module."
+  @spec get_transformer_module(name()) :: {:ok, module()} | {:error, binary()}
+  def get_transformer_module(name), do: get_module(:transformer, name)
+
+  @doc "Gets the backend module for an alias or module."
+  @spec get_backend_module(name()) :: {:ok, module()} | {:error, binary()}
+  def get_backend_module(name), do: get_module(:backend, name)
+
+  @doc "Gets the subscriber adapter module for an adapter alias or module."
+  @spec get_subscriber_module(name()) :: {:ok, module()} | {:error, binary()}
+  def get_subscriber_module(name), do: get_module(:subscriber, name)
+
+  @doc "Gets the publisher adapter module for an adapter alias or module."
+  @spec get_publisher_module(name()) :: {:ok, module()} | {:error, binary()}
+  def get_publisher_module(name), do: get_module(:publisher, name)
+
+  @doc "Gets the adapter module for an alias or module."
+  @spec get_adapter_module(name()) :: {:ok, module()} | {:error, binary()}
+  def get_adapter_module(name), do: get_module(:adapter, name)
+
+  @doc """
+  Gets the node where the adapter `name` runs: this node when the adapter is
+  registered here, else a connected node that announced it.
+  """
+  @spec get_adapter_node(name()) :: {:ok, node()} | {:error, binary()}
+  def get_adapter_node(name) do
+    with {:error, _} = error <- get_adapter_module(name) do
+      case remote_members(name) do
+        [pid | _] -> {:ok, node(pid)}
+        [] -> error
+      end
+    end
+  end
+
+  @doc """
+  Completes a channel: fills `transformer` and `backend` from the adapter's
+  defaults and checks all three are registered. A channel whose adapter runs
+  only on another node comes back as a `:bridge` channel wrapping it.
+  """
+  @spec get_full_channel(Channel.t()) :: {:ok, Channel.t()} | {:error, binary()}
+  def get_full_channel(%Channel{adapter: adapter} = channel) do
+    case get_adapter_module(adapter) do
+      {:ok, module} ->
+        complete(channel, module)
+
+      {:error, _} = error ->
+        case remote_members(adapter) do
+          [_ | _] -> bridge_channel(channel)
+          [] -> error
+        end
+    end
+  end
+
+  def get_full_channel(_), do: {:error, "Yggdrasil channel: not a %Yggdrasil.Channel{}"}
+
+  defp bridge_channel(%Channel{} = remote) do
+    with {:ok, bridge} <- get_adapter_module(:bridge) do
+      complete(%Channel{name: remote, adapter: :bridge}, bridge)
+    end
+  end
+
+  defp complete(%Channel{} = channel, adapter) do
+    transformer = channel.transformer || adapter.get_transformer()
+    backend = channel.backend || adapter.get_backend()
+
+    with {:ok, _} <- get_transformer_module(transformer),
+         {:ok, _} <- get_backend_module(backend) do
+      {:ok, %Channel{channel | transformer: transformer, backend: backend}}
+    end
+  end
+
+  defp register(type, name, module) when is_atom(name) and is_atom(module) do
+    :persistent_term.put({__MODULE__, type, name}, module)
+    :persistent_term.put({__MODULE__, type, module}, module)
+  end
+
+  defp register(_type, name, module), do: bad_alias(name, module)
+
+  defp bad_alias(name, module) do
+    {:error,
+     "Yggdrasil registry: alias and module must be atoms, got #{inspect(name)} and #{inspect(module)}"}
+  end
+
+  defp get_module(type, name) do
+    case :persistent_term.get({__MODULE__, type, name}, nil) do
+      nil -> {:error, "Yggdrasil #{type}: #{inspect_name(name)} not loaded"}
+      module -> {:ok, module}
+    end
+  end
+
+  defp inspect_name(name) when is_atom(name), do: Atom.to_string(name)
+  defp inspect_name(name), do: inspect(name)
+
+  defp adapter_call(module, function) do
+    if Code.ensure_loaded?(module) and function_exported?(module, function, 0) do
+      case apply(module, function, []) do
+        {:ok, module} when is_atom(module) ->
+          {:ok, module}
+
+        {:error, _} = error ->
+          error
+
+        other ->
+          {:error, "Yggdrasil adapter #{inspect(module)}: #{function} returned #{inspect(other)}"}
+      end
+    else
+      {:error, "Yggdrasil adapter #{inspect(module)}: not an adapter (no #{function}/0)"}
+    end
+  end
+
+  # Other nodes find this node's adapters through this `:pg` group.
+  defp announce(name) do
+    case Process.whereis(Yggdrasil.Registry.Supervisor) do
+      nil ->
+        :ok
+
+      pid ->
+        if pid in :pg.get_local_members(__MODULE__, {__MODULE__, name}),
+          do: :ok,
+          else: :pg.join(__MODULE__, {__MODULE__, name}, pid)
+    end
+  end
+
+  defp remote_members(name) do
+    :pg.get_members(__MODULE__, {__MODULE__, name})
+  rescue
+    # The scope is not running (application stopped): nothing to find.
+    ArgumentError -> []
+  end
+end

@@ -1,0 +1,53 @@
+defmodule Yggdrasil.Subscriber.Adapter do
+  @moduledoc """
+  Behaviour of a subscriber adapter: the process that, for one channel,
+  listens to the message source and hands what it gets to the subscribers.
+
+  One such process runs per channel while the channel has subscribers; the
+  first subscriber starts it and it is stopped with reason `:normal` when the
+  last subscriber leaves or dies. From inside it, report the connection with
+  `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`, and hand
+  messages over with `Yggdrasil.Subscriber.Publisher.notify/2,3`.
+
+  `use Yggdrasil.Subscriber.Adapter` defines `start_link(channel, options)`
+  as `GenServer.start_link(__MODULE__, %{channel: channel}, options)`.
+  """
+
+  alias Yggdrasil.Channel
+  alias Yggdrasil.Registry
+
+  @callback start_link(channel :: Channel.t(), options :: GenServer.options()) ::
+              GenServer.on_start()
+
+  defmacro __using__(_) do
+    quote do
+      @behaviour Yggdrasil.Subscriber.Adapter
+
+      @doc "Starts the subscriber adapter process of `channel`."
+      @impl Yggdrasil.Subscriber.Adapter
+      def start_link(channel, options \\ [])
+
+      def start_link(%Yggdrasil.Channel{} = channel, options) do
+        GenServer.start_link(__MODULE__, %{channel: channel}, options)
+      end
+
+      defoverridable start_link: 1, start_link: 2
+    end
+  end
+
+  @doc "Starts the subscriber adapter of the channel's adapter."
+  @spec start_link(Channel.t(), GenServer.options()) :: GenServer.on_start() | {:error, term()}
+  def start_link(channel, options \\ [])
+
+  def start_link(%Channel{adapter: adapter} = channel, options) do
+    with {:ok, module} <- Registry.get_subscriber_module(adapter) do
+      module.start_link(channel, options)
+    end
+  end
+
+  def start_link(other, _options), do: Yggdrasil.Transformer.not_a_channel(other)
+
+  @doc "Stops a subscriber adapter process."
+  @spec stop(GenServer.server(), term(), timeout()) :: :ok
+  defdelegate stop(adapter, reason \\ :normal, timeout \\ :infinity), to: GenServer
+end

@@ -1,0 +1,48 @@
+defmodule Yggdrasil.Transformer.Json do
+  @moduledoc """
+  The `:json` transformer: maps are published as JSON text and subscribers
+  receive maps with string keys. JSON is handled natively (serde_json).
+
+      iex> Yggdrasil.Transformer.Json.encode(%Yggdrasil.Channel{}, %{"hello" => "world"})
+      {:ok, ~s({"hello":"world"})}
+      iex> Yggdrasil.Transformer.Json.decode(%Yggdrasil.Channel{}, ~s({"n":[1,2.5,null,true]}))
+      {:ok, %{"n" => [1, 2.5, nil, true]}}
+      iex> {:error, _reason} = Yggdrasil.Transformer.Json.decode(%Yggdrasil.Channel{}, "{oops")
+
+  Encoding follows Jason's mapping: atom keys and values become strings,
+  `nil` becomes `null`. Tuples, pids, structs, non-UTF-8 binaries and
+  integers beyond 64 bits give `{:error, reason}`. Integers in decoded JSON
+  beyond 64 bits come back as floats.
+  """
+  use Yggdrasil.Transformer, name: :json
+
+  alias Yggdrasil.Channel
+  alias Yggdrasil.Native
+
+  # Above this size, parsing may take longer than a scheduler slice.
+  @dirty_bytes 64 * 1024
+
+  @impl Yggdrasil.Transformer
+  def decode(%Channel{}, message) when is_binary(message) and byte_size(message) > @dirty_bytes,
+    do: Native.json_decode_dirty(message)
+
+  def decode(%Channel{}, message) when is_binary(message), do: Native.json_decode(message)
+
+  def decode(%Channel{}, message),
+    do: {:error, "JSON decode expects a binary, got: #{inspect(message)}"}
+
+  def decode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+
+  @impl Yggdrasil.Transformer
+  def encode(%Channel{}, message) when is_map(message) and not is_struct(message) do
+    case Native.json_encode(message) do
+      :too_big -> Native.json_encode_dirty(message)
+      result -> result
+    end
+  end
+
+  def encode(%Channel{}, message),
+    do: {:error, "JSON encode expects a map, got: #{inspect(message)}"}
+
+  def encode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+end

@@ -1,0 +1,119 @@
+//! Channel identity as the engine sees it.
+//!
+//! A channel is identified by its whole term (the `%Yggdrasil.Channel{}`
+//! with `metadata: nil`), compared with `=:=`. The VM's internal hash only
+//! picks the bucket; equality is always checked on the terms themselves, so
+//! two channels whose hashes collide never share deliveries.
+
+use rustler::sys::{enif_alloc_env, enif_free_env, enif_is_identical, enif_make_copy};
+use rustler::sys::{ErlNifEnv, ErlNifTerm};
+use rustler::{Env, Term};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Salt for the VM's internal hash; any constant works.
+const HASH_SALT: u64 = 0x5967_6764_7261_7369;
+
+/// A channel term looked up during one NIF call. Only valid while the call's
+/// environment is, so it never outlives the call.
+#[derive(Clone, Copy)]
+pub struct TermKey {
+    hash: u64,
+    term: ErlNifTerm,
+}
+
+impl TermKey {
+    pub fn new(term: Term<'_>) -> Self {
+        TermKey {
+            hash: term.hash_internal(HASH_SALT),
+            term: term.as_c_arg(),
+        }
+    }
+}
+
+impl Hash for TermKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for TermKey {
+    fn eq(&self, other: &Self) -> bool {
+        // SAFETY: both terms are alive: one belongs to the running call, the
+        // other to a `StoredTerm` that the engine keeps alive while it is
+        // reachable. `enif_is_identical` only reads them.
+        self.hash == other.hash && unsafe { enif_is_identical(self.term, other.term) } != 0
+    }
+}
+
+impl Eq for TermKey {}
+
+/// A channel term copied into an environment of its own, so the engine can
+/// keep it as a key after the call that created it has returned.
+struct StoredTerm {
+    env: *mut ErlNifEnv,
+    key: TermKey,
+}
+
+// SAFETY: the environment is written once, in `ChannelKey::store`, and only
+// read afterwards (hash, identity comparison, copying out); it is freed
+// exactly once, when the last `Arc` goes.
+unsafe impl Send for StoredTerm {}
+unsafe impl Sync for StoredTerm {}
+
+impl Drop for StoredTerm {
+    fn drop(&mut self) {
+        // SAFETY: `env` came from `enif_alloc_env` and is freed only here.
+        unsafe { enif_free_env(self.env) }
+    }
+}
+
+/// The owned channel key held by the engine; cloning is a reference count.
+#[derive(Clone)]
+pub struct ChannelKey(Arc<StoredTerm>);
+
+impl ChannelKey {
+    /// Copies the looked-up term into a new environment.
+    pub fn store(key: &TermKey) -> Self {
+        // SAFETY: a fresh process-independent environment receives a deep
+        // copy of a live term; the hash of a copy equals the original's.
+        unsafe {
+            let env = enif_alloc_env();
+            let term = enif_make_copy(env, key.term);
+            ChannelKey(Arc::new(StoredTerm {
+                env,
+                key: TermKey {
+                    hash: key.hash,
+                    term,
+                },
+            }))
+        }
+    }
+
+    /// The channel term, copied into `env` (e.g. to send it).
+    pub fn to_term<'a>(&self, env: Env<'a>) -> Term<'a> {
+        // SAFETY: the stored term is alive while `self` is.
+        unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), self.0.key.term)) }
+    }
+}
+
+impl Borrow<TermKey> for ChannelKey {
+    fn borrow(&self) -> &TermKey {
+        &self.0.key
+    }
+}
+
+impl Hash for ChannelKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl PartialEq for ChannelKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ChannelKey {}
