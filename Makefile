@@ -1,0 +1,53 @@
+# Entry points for a fresh Debian 12 machine (root, Rust and make present).
+# Every target installs Erlang/Elixir from Debian first when they are missing.
+SHELL := /bin/bash
+export LANG ?= C.UTF-8
+export LC_ALL ?= C.UTF-8
+export ERL_AFLAGS ?= +pc unicode
+
+.PHONY: all setup build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
+
+all: test
+
+# Erlang/OTP 25 and Elixir 1.14 from Debian; no hex package is ever fetched.
+setup:
+	@if ! command -v mix >/dev/null 2>&1 || ! command -v erl >/dev/null 2>&1; then \
+	  echo "==> installing Erlang/Elixir from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-dev erlang-nox >/dev/null; \
+	fi
+	@command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy rustfmt
+
+build: setup
+	mix compile
+
+# The main job: subscribe, publish, show what arrives and throughput against the baselines.
+demo: build
+	mix run bench/demo.exs
+
+test: setup lint test-rust test-elixir test-path-dep
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+	mix format --check-formatted
+
+test-rust: setup
+	cargo test --workspace --release
+
+test-elixir: setup
+	MIX_ENV=test mix compile --warnings-as-errors
+	MIX_ENV=test mix test
+
+# Uses this checkout as a `path:` dependency of a throwaway project.
+test-path-dep: setup
+	bash test/path_dep/run.sh
+
+bench: build
+	MIX_ENV=prod mix run bench/run.exs
+
+bench-quick: build
+	MIX_ENV=prod mix run bench/run.exs --quick
+
+clean:
+	rm -rf _build target priv/native/*.so
