@@ -89,8 +89,9 @@ defmodule Yggdrasil do
   @spec publish(channel(), term(), keyword()) :: :ok | {:error, term()}
   def publish(channel, message, options \\ [])
 
-  def publish(channel, message, options) when is_list(options) do
-    with {:ok, channel} <- gen_channel(channel),
+  def publish(channel, message, options) do
+    with :ok <- check_options(options),
+         {:ok, channel} <- gen_channel(channel),
          {:ok, publisher} <- Registry.get_publisher_module(channel.adapter) do
       case publisher do
         Yggdrasil.Publisher.Adapter.Elixir -> publisher.publish(nil, channel, message, options)
@@ -98,9 +99,6 @@ defmodule Yggdrasil do
       end
     end
   end
-
-  def publish(_channel, _message, options),
-    do: {:error, "publish options must be a keyword list, got: #{inspect(options)}"}
 
   @doc """
   Builds a complete channel from a struct, map or keyword list: fills
@@ -144,6 +142,12 @@ defmodule Yggdrasil do
   """
   @spec info() :: %{atom() => non_neg_integer()}
   def info, do: Yggdrasil.Native.info()
+
+  defp check_options(options) do
+    if Keyword.keyword?(options),
+      do: :ok,
+      else: {:error, "publish options must be a keyword list, got: #{inspect(options)}"}
+  end
 
   # Channels whose adapter needs no process: the engine does everything.
   defp native?(%Channel{adapter: adapter}) do
