@@ -103,7 +103,8 @@ defmodule Yggdrasil do
   @doc """
   Builds a complete channel from a struct, map or keyword list: fills
   `transformer` and `backend` from the adapter's defaults and checks that
-  adapter, transformer and backend are registered.
+  adapter, transformer and backend are registered. Keys that are not
+  channel fields are ignored, as in Yggdrasil 6.
 
       iex> Yggdrasil.gen_channel(name: "x")
       {:ok, %Yggdrasil.Channel{name: "x", adapter: :elixir, transformer: :default, backend: :default}}
@@ -121,13 +122,9 @@ defmodule Yggdrasil do
 
   def gen_channel(data) when is_list(data) do
     if Keyword.keyword?(data) do
-      fields = Map.keys(%Channel{}) -- [:__struct__]
-      {known, unknown} = Keyword.split(data, fields)
-
-      case unknown do
-        [] -> gen_channel(struct(Channel, known))
-        _ -> {:error, "unknown channel fields: #{inspect(Keyword.keys(unknown))}"}
-      end
+      # Like Yggdrasil 6 (`struct/2`), keys that are not channel fields are
+      # ignored, so code that passes extra keys keeps working.
+      data |> Keyword.delete(:__struct__) |> then(&struct(Channel, &1)) |> gen_channel()
     else
       {:error, "a channel must be a keyword list, got: #{inspect(data)}"}
     end
