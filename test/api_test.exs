@@ -242,11 +242,18 @@ defmodule Yggdrasil.ApiTest do
       end
     end
 
-    test "unknown fields give an error" do
-      assert {:error, reason} = Yggdrasil.gen_channel(name: "x", nmae: "typo")
-      assert reason =~ "nmae"
-      assert {:error, _} = Yggdrasil.gen_channel(%{name: "x", topic: "y"})
-      assert {:error, _} = Yggdrasil.gen_channel(__struct__: Channel, name: "x")
+    test "keys that are not channel fields are ignored, as in Yggdrasil 6" do
+      assert {:ok, %Channel{name: "x", adapter: :elixir}} =
+               Yggdrasil.gen_channel(name: "x", topic: "extra")
+
+      assert {:ok, %Channel{name: "x"}} = Yggdrasil.gen_channel(%{name: "x", topic: "y"})
+      assert {:ok, %Channel{name: "x"}} = Yggdrasil.gen_channel(__struct__: URI, name: "x")
+
+      # Still one channel: subscribing with extra keys, publishing without.
+      name = unique()
+      :ok = Yggdrasil.subscribe(name: name, extra: :ignored)
+      :ok = Yggdrasil.publish([name: name], "same channel")
+      assert_receive {:Y_EVENT, %Channel{name: ^name}, "same channel"}
     end
 
     test "an empty keyword list or map is a channel named nil" do
