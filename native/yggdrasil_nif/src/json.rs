@@ -97,17 +97,17 @@ impl Serialize for Node<'_, '_> {
                 Err(_) => Err(S::Error::custom("unreadable float")),
             },
             TermType::List => {
-                let Ok(items) = term.decode::<rustler::ListIterator>() else {
+                // rustler's list iterator panics on an improper tail, so the
+                // list is checked whole (enif_get_list_length) first.
+                if term.list_length().is_err() {
                     return Err(S::Error::custom("improper list"));
+                }
+                let Ok(items) = term.decode::<rustler::ListIterator>() else {
+                    return Err(S::Error::custom("unreadable list"));
                 };
                 let mut seq = serializer.serialize_seq(None)?;
                 for item in items {
                     seq.serialize_element(&self.child(item))?;
-                }
-                // An improper tail ends the iterator early; check the whole
-                // list was proper before claiming success.
-                if term.list_length().is_err() {
-                    return Err(S::Error::custom("improper list"));
                 }
                 seq.end()
             }
