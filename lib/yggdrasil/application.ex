@@ -9,7 +9,9 @@ defmodule Yggdrasil.Application do
       {DynamicSupervisor, name: Yggdrasil.Subscriber.Adapters, strategy: :one_for_one},
       Yggdrasil.Subscriber.Generator,
       {Registry, keys: :unique, name: Yggdrasil.Publisher.Names},
-      {DynamicSupervisor, name: Yggdrasil.Publisher.Pools, strategy: :one_for_one}
+      {DynamicSupervisor, name: Yggdrasil.Publisher.Pools, strategy: :one_for_one},
+      # Multi-node `:elixir` delivery; uses the `:pg` scope of the Registry.
+      Yggdrasil.Relay
     ]
 
     with {:ok, supervisor} <-
@@ -27,7 +29,8 @@ defmodule Yggdrasil.Application do
       Yggdrasil.Backend.Default,
       Yggdrasil.Transformer.Default,
       Yggdrasil.Transformer.Json,
-      Yggdrasil.Adapter.Elixir
+      Yggdrasil.Adapter.Elixir,
+      Yggdrasil.Adapter.Bridge
     ]
     |> Enum.reduce_while(:ok, fn module, :ok ->
       case module.register() do

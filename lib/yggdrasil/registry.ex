@@ -86,11 +86,15 @@ defmodule Yggdrasil.Registry do
   """
   @spec get_adapter_node(name()) :: {:ok, node()} | {:error, binary()}
   def get_adapter_node(name) do
-    with {:error, _} = error <- get_adapter_module(name) do
-      case remote_members(name) do
-        [pid | _] -> {:ok, node(pid)}
-        [] -> error
-      end
+    case get_adapter_module(name) do
+      {:ok, _module} ->
+        {:ok, node()}
+
+      {:error, _} = error ->
+        case remote_members(name) do
+          [pid | _] -> {:ok, node(pid)}
+          [] -> error
+        end
     end
   end
 
@@ -117,7 +121,8 @@ defmodule Yggdrasil.Registry do
 
   defp bridge_channel(%Channel{} = remote) do
     with {:ok, bridge} <- get_adapter_module(:bridge) do
-      complete(%Channel{name: remote, adapter: :bridge}, bridge)
+      # The wrapped channel is the bridge's identity: no metadata in it.
+      complete(%Channel{name: %Channel{remote | metadata: nil}, adapter: :bridge}, bridge)
     end
   end
 

@@ -36,11 +36,24 @@ defmodule Yggdrasil.Backend.Native do
 
   def notify(_tag, other, _pid), do: Transformer.not_a_channel(other)
 
-  def publish(%Channel{} = channel, message, metadata) do
-    Native.broadcast(
-      Channel.key(channel),
-      {:Y_EVENT, %Channel{channel | metadata: metadata}, message}
-    )
+  # The multi-node hook of `:elixir` channels lives here: every publish on an
+  # `:elixir` channel (`Yggdrasil.publish/3`, the `:elixir` publisher
+  # adapter, `Subscriber.Publisher.notify/3` or a backend's `super`) ends in
+  # this function once, on the publishing node, after the transformer
+  # decoded the message. The event tuple built for the local engine is sent
+  # as is to each other node's relay (`Yggdrasil.Relay.forward/1`), which
+  # hands it to its own engine: remote nodes get the decoded message exactly
+  # once and run neither the transformer nor the backend again. Other
+  # adapters are not forwarded: their subscriber process runs on every node
+  # that has subscribers, so forwarding would duplicate their events.
+  def publish(%Channel{adapter: adapter} = channel, message, metadata) do
+    event = {:Y_EVENT, %Channel{channel | metadata: metadata}, message}
+
+    with :ok <- Native.broadcast(Channel.key(channel), event) do
+      if adapter == :elixir or adapter == Yggdrasil.Adapter.Elixir,
+        do: Yggdrasil.Relay.forward(event),
+        else: :ok
+    end
   end
 
   def publish(other, _message, _metadata), do: Transformer.not_a_channel(other)

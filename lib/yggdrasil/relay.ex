@@ -1,0 +1,132 @@
+defmodule Yggdrasil.Relay do
+  @moduledoc false
+  # Multi-node delivery of `:elixir` channels.
+  #
+  # Every node running `:yggdrasil` has one relay, registered locally as
+  # `Yggdrasil.Relay` and joined to the `:pg` group `Yggdrasil.Relay` of the
+  # scope `Yggdrasil.Registry` (OTP's own membership: no home-made protocol).
+  #
+  # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Native.publish/3`
+  # after the local delivery): ONE distribution message per remote node that
+  # runs a relay, carrying the already-decoded `{:Y_EVENT, channel, message}`
+  # tuple. The receiving relay hands it to its own engine. No per-channel
+  # filter: see `forward/1`.
+  #
+  # The list of remote nodes lives in `:persistent_term`, so with no other
+  # node the publish path pays one `:persistent_term.get/2`. The relay keeps
+  # it current from `:pg.monitor_scope/1` notifications (join/leave) and from
+  # `nodedown` messages, and only lists connected nodes, so nothing is sent to
+  # a node's relay after its `nodedown` (sends also use `:noconnect`, so a
+  # stale read never sets a connection up again).
+  #
+  # Order: one publisher's events to one relay travel over one ordered
+  # process-to-process link, and the relay delivers them one after the other,
+  # so per-publisher order holds for every subscriber on every node.
+  use GenServer
+
+  alias Yggdrasil.Channel
+  alias Yggdrasil.Native
+
+  @scope Yggdrasil.Registry
+  @group __MODULE__
+  @nodes {__MODULE__, :nodes}
+  @tag :"$yggdrasil_relay"
+
+  def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
+
+  @doc false
+  # The connected nodes whose relay this node sends `:elixir` events to.
+  @spec remote_nodes() :: [node()]
+  def remote_nodes, do: :persistent_term.get(@nodes, [])
+
+  @doc false
+  # Sends an `:elixir` event to every other node running `:yggdrasil`.
+  #
+  # Per remote node, not per remote node with subscribers of the channel: a
+  # per-channel filter needs every node to announce each channel's
+  # first-subscriber/last-subscriber transitions to all the others (N-1
+  # distribution messages per transition, subscription churn turning into
+  # cluster traffic), and a subscribe on node B would then reach a publisher
+  # on node A only after that announcement, so a publish causally after a
+  # remote subscribe could miss it. Here a node without subscribers of the
+  # channel costs one message and an engine lookup that finds nothing; the
+  # original (Phoenix.PubSub PG2 adapter) does the same per-node broadcast.
+  @spec forward(tuple()) :: :ok
+  def forward(event) do
+    case :persistent_term.get(@nodes, []) do
+      [] -> :ok
+      nodes -> send_all(nodes, {@tag, event})
+    end
+  end
+
+  defp send_all([], _message), do: :ok
+
+  defp send_all([node | nodes], message) do
+    _ = :erlang.send({__MODULE__, node}, message, [:noconnect])
+    send_all(nodes, message)
+  end
+
+  @doc false
+  # `%{relayed: events received from other nodes and delivered here}`.
+  @spec stats(node()) :: %{relayed: non_neg_integer()}
+  def stats(node \\ node()), do: GenServer.call({__MODULE__, node}, :stats)
+
+  @impl GenServer
+  def init(_) do
+    # terminate/2 must run on shutdown to stop the forwarding.
+    Process.flag(:trap_exit, true)
+    :ok = :net_kernel.monitor_nodes(true)
+    {ref, _groups} = :pg.monitor_scope(@scope)
+    :ok = :pg.join(@scope, @group, self())
+    state = %{monitor: ref, relayed: 0}
+    refresh()
+    {:ok, state}
+  end
+
+  @impl GenServer
+  def handle_info({@tag, {:Y_EVENT, %Channel{} = channel, _message} = event}, state) do
+    Native.broadcast(Channel.key(channel), event)
+    {:noreply, %{state | relayed: state.relayed + 1}}
+  end
+
+  def handle_info({ref, action, @group, _pids}, %{monitor: ref} = state)
+      when action in [:join, :leave] do
+    refresh()
+    {:noreply, state}
+  end
+
+  def handle_info({:nodedown, _node}, state) do
+    refresh()
+    {:noreply, state}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl GenServer
+  def handle_call(:stats, _from, state), do: {:reply, %{relayed: state.relayed}, state}
+
+  @impl GenServer
+  def terminate(_reason, _state) do
+    put_nodes([])
+  end
+
+  # Remote relays, only on nodes connected right now: `:pg` may still list a
+  # node's members for a moment after its `nodedown`.
+  defp refresh do
+    connected = Node.list()
+
+    @scope
+    |> :pg.get_members(@group)
+    |> Enum.map(&node/1)
+    |> Enum.filter(&(&1 in connected))
+    |> Enum.uniq()
+    |> Enum.sort()
+    |> put_nodes()
+  end
+
+  # Writing a persistent term costs a global scan; only when it changed.
+  defp put_nodes(nodes) do
+    if :persistent_term.get(@nodes, nil) != nodes, do: :persistent_term.put(@nodes, nodes)
+    :ok
+  end
+end
