@@ -51,7 +51,9 @@ defmodule Yggdrasil.Registry do
     with {:ok, subscriber} <- adapter_call(module, :get_subscriber_module),
          {:ok, publisher} <- adapter_call(module, :get_publisher_module),
          :ok <- register(:subscriber, name, subscriber),
+         :ok <- register(:subscriber, module, subscriber),
          :ok <- register(:publisher, name, publisher),
+         :ok <- register(:publisher, module, publisher),
          :ok <- register(:adapter, name, module) do
       announce(name)
       announce(module)
