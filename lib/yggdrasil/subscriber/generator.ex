@@ -5,9 +5,30 @@ defmodule Yggdrasil.Subscriber.Generator do
   # one adapter process, and it is stopped with reason `:normal` when the
   # last subscriber unsubscribes or dies.
   #
-  # Membership lives in the native engine. This process serializes starts
-  # and stops, and is the engine's "janitor": the engine tells it when a
-  # watched channel lost its last subscriber through a process death.
+  # Membership lives in the native engine; this process only serializes the
+  # starts and stops. It never waits for an adapter: starts and stops run in
+  # short-lived helper processes and report back through monitors, so one
+  # slow adapter `init/1` or `terminate/2` does not hold up other channels.
+  #
+  # A channel exists in the engine only while it has subscribers: when its
+  # last subscriber leaves, the engine forgets it (with its connection
+  # state) and a later subscriber creates a new one. Each adapter process
+  # belongs to one such incarnation. Channels with an adapter are "watched":
+  # their emptying is reported here exactly once, by the engine (a death:
+  # `{:"$yggdrasil_emptied", key}` to this janitor) or by the unsubscriber
+  # (`Native.unsubscribe/1` answered `:emptied`). On that report the adapter
+  # is stopped even if someone subscribed again meanwhile; that newcomer
+  # created a fresh incarnation (not connected), so it gets a fresh adapter,
+  # which reports the connection again. No adapter ever serves two
+  # incarnations, and two adapters never run for one channel.
+  #
+  # Per channel key, an entry is in one of three states:
+  #   :starting  a helper runs DynamicSupervisor.start_child; `waiters`
+  #              (subscribe calls) get the result;
+  #   :running   the adapter runs (monitored);
+  #   :stopping  a helper runs GenServer.stop(pid, :normal); subscribers
+  #              arriving meanwhile wait, and get a new adapter once the old
+  #              one is gone.
   use GenServer
 
   require Logger
@@ -17,23 +38,29 @@ defmodule Yggdrasil.Subscriber.Generator do
   alias Yggdrasil.Native
 
   @adapters Yggdrasil.Subscriber.Adapters
-  # A crashing adapter is restarted at most this often per window.
+  # An adapter that exits on its own while it has subscribers is restarted,
+  # at most this often per window.
   @max_restarts 3
   @restart_window_ms 5_000
+  # How long an adapter gets for `terminate/2` before it is killed.
   @stop_timeout 5_000
 
   def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
 
   @doc false
-  # Subscribes the caller and makes sure the channel's adapter runs.
+  # Subscribes the caller and makes sure the channel's adapter runs. On
+  # `{:error, _}` the caller is left as it was before the call.
   def subscribe(%Channel{} = channel) do
+    key = Channel.key(channel)
+    already? = Native.is_subscribed(key, self())
+
     with :ok <- Backend.subscribe(channel) do
-      case GenServer.call(__MODULE__, {:ensure, Channel.key(channel)}, :infinity) do
+      case GenServer.call(__MODULE__, {:ensure, key}, :infinity) do
         :ok ->
           :ok
 
         {:error, _} = error ->
-          Backend.unsubscribe(channel)
+          unless already?, do: leave(channel, key)
           error
       end
     end
@@ -41,136 +68,245 @@ defmodule Yggdrasil.Subscriber.Generator do
 
   @doc false
   def unsubscribe(%Channel{} = channel) do
-    key = Channel.key(channel)
-    subscribed? = Native.is_subscribed(key, self())
-
-    with :ok <- Backend.unsubscribe(channel) do
-      if subscribed? and Native.subscriber_count(key) == 0 do
-        GenServer.call(__MODULE__, {:release, key}, :infinity)
-      end
-
+    with :ok <- leave(channel, Channel.key(channel)) do
       Backend.disconnected(channel, self())
     end
   end
 
+  # The engine tells only the unsubscriber that it emptied a watched
+  # channel, so the engine membership is dropped here (the backend's own
+  # `unsubscribe/1` still runs, and finds nothing left to do natively).
+  defp leave(channel, key) do
+    emptied? = Native.unsubscribe(key) == :emptied
+    result = Backend.unsubscribe(channel)
+    if emptied?, do: GenServer.call(__MODULE__, {:emptied, key}, :infinity)
+    result
+  end
+
   @doc false
   # The adapter process running for `channel`, if any.
-  def whereis(%Channel{} = channel),
-    do: GenServer.call(__MODULE__, {:whereis, Channel.key(channel)})
+  def whereis(%Channel{} = channel) do
+    case status(channel) do
+      {:running, pid} -> pid
+      _ -> nil
+    end
+  end
+
+  @doc false
+  # `{:starting | :running | :stopping, pid | nil}`, or `nil` when no adapter
+  # is (being) started for `channel`.
+  def status(%Channel{} = channel),
+    do: GenServer.call(__MODULE__, {:status, Channel.key(channel)})
+
+  ###########
+  # Callbacks
 
   @impl GenServer
   def init(_) do
     Native.set_janitor(self())
-    {:ok, %{channels: %{}, pids: %{}}}
+    stop_orphans()
+    {:ok, %{entries: %{}, refs: %{}}}
   end
 
   @impl GenServer
-  def handle_call({:ensure, key}, _from, state) do
-    cond do
-      # Marking the channel watched also tells whether it still has
-      # subscribers (the engine drops empty channels).
-      not Native.set_watched(key, true) -> {:reply, :ok, state}
-      Map.has_key?(state.channels, key) -> {:reply, :ok, state}
-      true -> start_adapter(key, [], state)
+  def handle_call({:ensure, key}, from, state) do
+    # Marking the channel watched also tells whether it still has
+    # subscribers (the engine drops empty channels): if not, the caller
+    # died after subscribing and there is nothing to start.
+    if Native.set_watched(key, true) do
+      case Map.fetch(state.entries, key) do
+        :error ->
+          {:noreply, start(key, [from], [], state)}
+
+        {:ok, %{status: :running}} ->
+          {:reply, :ok, state}
+
+        {:ok, entry} ->
+          {:noreply, put_entry(state, key, %{entry | waiters: [from | entry.waiters]})}
+      end
+    else
+      {:reply, :ok, state}
     end
   end
 
-  def handle_call({:release, key}, _from, state), do: {:reply, :ok, release(key, state)}
+  def handle_call({:emptied, key}, _from, state), do: {:reply, :ok, emptied(key, state)}
 
-  def handle_call({:whereis, key}, _from, state) do
-    {:reply, get_in(state.channels, [key, :pid]), state}
+  def handle_call({:status, key}, _from, state) do
+    case state.entries do
+      %{^key => %{status: status, pid: pid}} -> {:reply, {status, pid}, state}
+      _ -> {:reply, nil, state}
+    end
   end
 
   @impl GenServer
-  def handle_info({:"$yggdrasil_emptied", key}, state), do: {:noreply, release(key, state)}
+  def handle_info({:"$yggdrasil_emptied", key}, state), do: {:noreply, emptied(key, state)}
 
-  def handle_info({:DOWN, _ref, :process, pid, reason}, state) do
-    case Map.pop(state.pids, pid) do
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
+    case Map.pop(state.refs, ref) do
       {nil, _} ->
         {:noreply, state}
 
-      {key, pids} ->
-        {entry, channels} = Map.pop(state.channels, key)
-        state = %{state | pids: pids, channels: channels}
-        Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
-        {:noreply, maybe_restart(key, entry, reason, state)}
+      {key, refs} ->
+        state = %{state | refs: refs}
+        entry = Map.fetch!(state.entries, key)
+
+        case entry.status do
+          :starting -> {:noreply, started(key, entry, reason, state)}
+          :running -> {:noreply, exited(key, entry, reason, state)}
+          :stopping -> {:noreply, stopped(key, entry, state)}
+        end
     end
   end
 
   def handle_info(_other, state), do: {:noreply, state}
 
-  defp maybe_restart(key, entry, reason, state) do
-    now = System.monotonic_time(:millisecond)
-    recent = Enum.filter(entry.restarts, &(now - &1 < @restart_window_ms))
+  ############
+  # Transitions
 
-    cond do
-      Native.subscriber_count(key) == 0 ->
-        state
-
-      length(recent) >= @max_restarts ->
-        Logger.error(
-          "Yggdrasil: adapter for #{inspect(key)} keeps crashing (#{inspect(reason)}); " <>
-            "its subscribers stay disconnected until the next subscribe"
-        )
-
-        state
-
-      true ->
-        Logger.warning(
-          "Yggdrasil: adapter for #{inspect(key)} exited (#{inspect(reason)}); restarting"
-        )
-
-        case start_adapter(key, [now | recent], state) do
-          {:reply, :ok, state} -> state
-          {:reply, {:error, _}, state} -> state
-        end
+  # The incarnation the adapter belonged to is gone.
+  defp emptied(key, state) do
+    case state.entries do
+      %{^key => %{status: :running} = entry} -> begin_stop(key, entry, state)
+      %{^key => %{status: :starting} = entry} -> put_entry(state, key, %{entry | emptied?: true})
+      _ -> state
     end
   end
 
-  defp start_adapter(key, restarts, state) do
+  defp start(key, waiters, restarts, state) do
     spec = %{
       id: make_ref(),
       start: {Yggdrasil.Subscriber.Adapter, :start_link, [key, []]},
       restart: :temporary
     }
 
+    # The helper's exit reason carries the result (see started/4).
+    {_, ref} = spawn_monitor(fn -> exit({:"$started", start_child(spec)}) end)
+
+    entry = %{
+      status: :starting,
+      pid: nil,
+      ref: ref,
+      waiters: waiters,
+      restarts: restarts,
+      emptied?: false
+    }
+
+    state |> put_entry(key, entry) |> put_ref(ref, key)
+  end
+
+  defp start_child(spec) do
     case DynamicSupervisor.start_child(@adapters, spec) do
-      {:ok, pid} ->
-        entry = %{pid: pid, monitor: Process.monitor(pid), restarts: restarts}
+      {:ok, pid, _info} -> {:ok, pid}
+      other -> other
+    end
+  catch
+    :exit, reason -> {:error, reason}
+  end
 
-        {:reply, :ok,
-         %{
-           state
-           | channels: Map.put(state.channels, key, entry),
-             pids: Map.put(state.pids, pid, key)
-         }}
+  defp started(key, entry, {:"$started", {:ok, pid}}, state) when is_pid(pid) do
+    ref = Process.monitor(pid)
+    entry = %{entry | pid: pid, ref: ref}
+    state = put_ref(state, ref, key)
 
-      {:error, reason} ->
-        Native.set_watched(key, false)
-        {:reply, {:error, {:adapter_not_started, reason}}, state}
-
-      other ->
-        Native.set_watched(key, false)
-        {:reply, {:error, {:adapter_not_started, other}}, state}
+    if entry.emptied? do
+      # Everybody left while it started; waiters (if any) belong to a newer
+      # incarnation and get an adapter of their own after this one stops.
+      begin_stop(key, entry, state)
+    else
+      reply(entry.waiters, :ok)
+      put_entry(state, key, %{entry | status: :running, waiters: []})
     end
   end
 
-  # Stops the channel's adapter if nobody subscribed again meanwhile.
-  defp release(key, state) do
-    with 0 <- Native.subscriber_count(key),
-         {%{pid: pid, monitor: monitor}, channels} <- Map.pop(state.channels, key) do
-      Process.demonitor(monitor, [:flush])
-      stop_adapter(pid)
-      %{state | channels: channels, pids: Map.delete(state.pids, pid)}
+  defp started(key, entry, reason, state) do
+    reason =
+      case reason do
+        {:"$started", {:error, reason}} -> reason
+        {:"$started", {:ok, _}} -> :ignore
+        {:"$started", :ignore} -> :ignore
+        {:"$started", other} -> other
+        other -> other
+      end
+
+    if entry.waiters == [] do
+      Logger.error(
+        "Yggdrasil: adapter for #{inspect(key)} could not be restarted (#{inspect(reason)}); " <>
+          "its subscribers stay disconnected until the next subscribe"
+      )
+    end
+
+    reply(entry.waiters, {:error, {:adapter_not_started, reason}})
+    delete_entry(state, key)
+  end
+
+  # The adapter exited without being asked to: tell its subscribers and
+  # restart it while it has some.
+  defp exited(key, entry, reason, state) do
+    Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+    now = System.monotonic_time(:millisecond)
+    recent = Enum.filter(entry.restarts, &(now - &1 < @restart_window_ms))
+
+    cond do
+      Native.subscriber_count(key) == 0 ->
+        delete_entry(state, key)
+
+      length(recent) >= @max_restarts ->
+        Logger.error(
+          "Yggdrasil: adapter for #{inspect(key)} keeps exiting (#{inspect(reason)}); " <>
+            "its subscribers stay disconnected until the next subscribe"
+        )
+
+        delete_entry(state, key)
+
+      true ->
+        Logger.warning(
+          "Yggdrasil: adapter for #{inspect(key)} exited (#{inspect(reason)}); restarting"
+        )
+
+        start(key, [], [now | recent], state)
+    end
+  end
+
+  defp begin_stop(key, %{pid: pid} = entry, state) do
+    spawn(fn -> stop_adapter(pid) end)
+    put_entry(state, key, %{entry | status: :stopping, emptied?: false})
+  end
+
+  # The old adapter is gone (its monitor fired). Subscribers that came
+  # meanwhile are on a new incarnation: it gets its own adapter.
+  defp stopped(key, entry, state) do
+    if Native.subscriber_count(key) > 0 do
+      # The old adapter may have reported the new incarnation connected.
+      Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+      start(key, entry.waiters, [], state)
     else
-      _ -> state
+      reply(entry.waiters, :ok)
+      delete_entry(state, key)
     end
   end
 
   defp stop_adapter(pid) do
     Yggdrasil.Subscriber.Adapter.stop(pid, :normal, @stop_timeout)
   catch
-    :exit, _ ->
-      DynamicSupervisor.terminate_child(@adapters, pid)
+    # Timed out, already dead, or terminate/2 raised: make sure it is gone.
+    :exit, _ -> Process.exit(pid, :kill)
   end
+
+  # Adapters left by a previous incarnation of this process have nobody to
+  # stop them.
+  defp stop_orphans do
+    for {_, pid, _, _} <- DynamicSupervisor.which_children(@adapters), is_pid(pid) do
+      spawn(fn -> stop_adapter(pid) end)
+    end
+  catch
+    :exit, _ -> :ok
+  end
+
+  defp reply(waiters, result), do: Enum.each(waiters, &GenServer.reply(&1, result))
+
+  defp put_entry(state, key, entry), do: %{state | entries: Map.put(state.entries, key, entry)}
+
+  defp put_ref(state, ref, key), do: %{state | refs: Map.put(state.refs, ref, key)}
+
+  defp delete_entry(state, key), do: %{state | entries: Map.delete(state.entries, key)}
 end
