@@ -1,10 +1,11 @@
 defmodule Yggdrasil.Publisher.Pool do
   @moduledoc false
   # A small worker pool in plain OTP (poolboy cannot be fetched here):
-  # `size` workers live as long as the pool, up to `max_overflow` more are
-  # started under load and stopped when they are checked in idle; callers
-  # beyond that wait in line. A caller that dies while holding or waiting
-  # for a worker gives its place back.
+  # `size` workers live as long as the pool (a dead one is replaced), up to
+  # `max_overflow` more are started under load and stopped when they are
+  # checked in with nobody waiting; callers beyond that wait in line. A
+  # caller that dies while holding or waiting for a worker gives its place
+  # back. Workers are linked to the pool, which traps exits.
   use GenServer, restart: :transient
 
   alias Yggdrasil.Config
@@ -13,43 +14,50 @@ defmodule Yggdrasil.Publisher.Pool do
   def start_link({channel, name}), do: GenServer.start_link(__MODULE__, channel, name: name)
 
   @doc false
+  # Runs `fun` with a worker checked out; `{:error, _}` when none can be
+  # started.
   def transaction(pool, fun) do
-    worker = GenServer.call(pool, :checkout, :infinity)
+    case GenServer.call(pool, :checkout, :infinity) do
+      {:ok, worker} ->
+        try do
+          fun.(worker)
+        after
+          GenServer.cast(pool, {:checkin, worker, self()})
+        end
 
-    try do
-      fun.(worker)
-    after
-      GenServer.cast(pool, {:checkin, worker, self()})
+      {:error, _} = error ->
+        error
     end
   end
+
+  @doc false
+  # `%{size:, max_overflow:, idle:, busy:, overflow:, waiting:}` counts.
+  def status(pool), do: GenServer.call(pool, :status)
 
   @impl GenServer
   def init(channel) do
     Process.flag(:trap_exit, true)
     options = Config.publisher_options!(channel.namespace)
-    size = Keyword.get(options, :size, 1)
 
     state = %{
       channel: channel,
-      max_overflow: Keyword.get(options, :max_overflow, 0),
+      size: max(Keyword.get(options, :size, 1), 1),
+      max_overflow: max(Keyword.get(options, :max_overflow, 0), 0),
       permanent: MapSet.new(),
       idle: [],
       busy: %{},
-      overflow: 0,
+      overflow: MapSet.new(),
       waiting: :queue.new()
     }
 
-    Enum.reduce_while(1..max(size, 1)//1, {:ok, state}, fn _, {:ok, state} ->
-      case Adapter.start_link(channel) do
+    Enum.reduce_while(1..state.size, {:ok, state}, fn _, {:ok, state} ->
+      case start_worker(state) do
         {:ok, pid} ->
           {:cont,
            {:ok, %{state | permanent: MapSet.put(state.permanent, pid), idle: [pid | state.idle]}}}
 
         {:error, reason} ->
           {:halt, {:stop, reason}}
-
-        other ->
-          {:halt, {:stop, other}}
       end
     end)
   end
@@ -58,20 +66,28 @@ defmodule Yggdrasil.Publisher.Pool do
   def handle_call(:checkout, {caller, _} = from, state) do
     case state do
       %{idle: [worker | idle]} ->
-        {:reply, worker, lend(worker, caller, %{state | idle: idle})}
-
-      %{overflow: overflow, max_overflow: max} when overflow < max ->
-        case Adapter.start_link(state.channel) do
-          {:ok, worker} ->
-            {:reply, worker, lend(worker, caller, %{state | overflow: overflow + 1})}
-
-          _ ->
-            {:noreply, wait(from, state)}
-        end
+        {:reply, {:ok, worker}, lend(worker, caller, %{state | idle: idle})}
 
       _ ->
-        {:noreply, wait(from, state)}
+        case grow(state) do
+          {:ok, worker, state} -> {:reply, {:ok, worker}, lend(worker, caller, state)}
+          {:error, reason, state} -> {:reply, {:error, reason}, state}
+          :full -> {:noreply, wait(from, state)}
+        end
     end
+  end
+
+  def handle_call(:status, _from, state) do
+    status = %{
+      size: state.size,
+      max_overflow: state.max_overflow,
+      idle: length(state.idle),
+      busy: map_size(state.busy),
+      overflow: MapSet.size(state.overflow),
+      waiting: :queue.len(state.waiting)
+    }
+
+    {:reply, status, state}
   end
 
   @impl GenServer
@@ -79,7 +95,9 @@ defmodule Yggdrasil.Publisher.Pool do
     case Map.pop(state.busy, worker) do
       {{^caller, monitor}, busy} ->
         Process.demonitor(monitor, [:flush])
-        {:noreply, give_back(worker, %{state | busy: busy})}
+        state = %{state | busy: busy}
+
+        {:noreply, give_back(worker, state)}
 
       _ ->
         {:noreply, state}
@@ -90,6 +108,7 @@ defmodule Yggdrasil.Publisher.Pool do
   def handle_info({:DOWN, monitor, :process, _pid, _reason}, state) do
     case Enum.find(state.busy, fn {_, {_, ref}} -> ref == monitor end) do
       {worker, _} ->
+        # The holder died: the worker is free again.
         {:noreply, give_back(worker, %{state | busy: Map.delete(state.busy, worker)})}
 
       nil ->
@@ -98,27 +117,102 @@ defmodule Yggdrasil.Publisher.Pool do
     end
   end
 
-  def handle_info({:EXIT, worker, _reason}, state) do
-    busy = Map.delete(state.busy, worker)
-    idle = List.delete(state.idle, worker)
-    state = %{state | busy: busy, idle: idle}
+  def handle_info({:EXIT, pid, _reason}, state) do
+    state =
+      case Map.pop(state.busy, pid) do
+        {{_caller, monitor}, busy} ->
+          Process.demonitor(monitor, [:flush])
+          %{state | busy: busy}
 
-    if MapSet.member?(state.permanent, worker) do
-      state = %{state | permanent: MapSet.delete(state.permanent, worker)}
-
-      case Adapter.start_link(state.channel) do
-        {:ok, fresh} ->
-          {:noreply, give_back(fresh, %{state | permanent: MapSet.put(state.permanent, fresh)})}
-
-        _ ->
-          {:noreply, state}
+        {nil, _} ->
+          state
       end
-    else
-      {:noreply, %{state | overflow: max(state.overflow - 1, 0)}}
+
+    cond do
+      MapSet.member?(state.permanent, pid) ->
+        state = %{
+          state
+          | permanent: MapSet.delete(state.permanent, pid),
+            idle: List.delete(state.idle, pid)
+        }
+
+        {:noreply, serve_waiting(replace_permanent(state))}
+
+      MapSet.member?(state.overflow, pid) ->
+        {:noreply, serve_waiting(%{state | overflow: MapSet.delete(state.overflow, pid)})}
+
+      true ->
+        {:noreply, state}
     end
   end
 
   def handle_info(_other, state), do: {:noreply, state}
+
+  # A replacement for a dead permanent worker; if it cannot start now, the
+  # next checkout tries again.
+  defp replace_permanent(state) do
+    case start_worker(state) do
+      {:ok, fresh} -> give_back(fresh, %{state | permanent: MapSet.put(state.permanent, fresh)})
+      {:error, _} -> state
+    end
+  end
+
+  # A new worker when the pool may grow: permanent first, then overflow.
+  defp grow(state) do
+    cond do
+      MapSet.size(state.permanent) < state.size ->
+        case start_worker(state) do
+          {:ok, worker} ->
+            {:ok, worker, %{state | permanent: MapSet.put(state.permanent, worker)}}
+
+          {:error, reason} ->
+            {:error, reason, state}
+        end
+
+      MapSet.size(state.overflow) < state.max_overflow ->
+        case start_worker(state) do
+          {:ok, worker} -> {:ok, worker, %{state | overflow: MapSet.put(state.overflow, worker)}}
+          {:error, reason} -> {:error, reason, state}
+        end
+
+      true ->
+        :full
+    end
+  end
+
+  # Room freed up (a worker died): hand new workers to callers in line.
+  defp serve_waiting(state) do
+    case :queue.out(state.waiting) do
+      {{:value, {{caller, _} = from, monitor}}, waiting} ->
+        case grow(state) do
+          {:ok, worker, state} ->
+            Process.demonitor(monitor, [:flush])
+            GenServer.reply(from, {:ok, worker})
+            serve_waiting(lend(worker, caller, %{state | waiting: waiting}))
+
+          {:error, reason, state} ->
+            Process.demonitor(monitor, [:flush])
+            GenServer.reply(from, {:error, reason})
+            serve_waiting(%{state | waiting: waiting})
+
+          :full ->
+            state
+        end
+
+      {:empty, _} ->
+        state
+    end
+  end
+
+  defp start_worker(state) do
+    case Adapter.start_link(state.channel) do
+      {:ok, pid} -> {:ok, pid}
+      {:error, reason} -> {:error, {:publisher_not_started, reason}}
+      other -> {:error, {:publisher_not_started, other}}
+    end
+  catch
+    kind, reason -> {:error, {:publisher_not_started, {kind, reason}}}
+  end
 
   defp lend(worker, caller, state) do
     %{state | busy: Map.put(state.busy, worker, {caller, Process.monitor(caller)})}
@@ -129,12 +223,17 @@ defmodule Yggdrasil.Publisher.Pool do
   end
 
   # A returned worker goes to the next caller in line, else back to idle
-  # (or away, if it was an overflow worker).
+  # (or away, if it was an overflow worker). One that died while lent is
+  # not handed out again: its `:EXIT` is on the way and replaces it.
   defp give_back(worker, state) do
+    if Process.alive?(worker), do: hand_over(worker, state), else: state
+  end
+
+  defp hand_over(worker, state) do
     case :queue.out(state.waiting) do
       {{:value, {{caller, _} = from, monitor}}, waiting} ->
         Process.demonitor(monitor, [:flush])
-        GenServer.reply(from, worker)
+        GenServer.reply(from, {:ok, worker})
         lend(worker, caller, %{state | waiting: waiting})
 
       {:empty, _} ->
@@ -143,7 +242,7 @@ defmodule Yggdrasil.Publisher.Pool do
         else
           Process.unlink(worker)
           Process.exit(worker, :shutdown)
-          %{state | overflow: state.overflow - 1}
+          %{state | overflow: MapSet.delete(state.overflow, worker)}
         end
     end
   end
