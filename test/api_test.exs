@@ -2,6 +2,9 @@ defmodule Yggdrasil.ApiTest do
   # Spec sections 1–3: messages, gen_channel, subscribe/unsubscribe/publish.
   use ExUnit.Case, async: true
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Native
 
@@ -44,13 +47,13 @@ defmodule Yggdrasil.ApiTest do
       channel = channel!()
 
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       assert :ok = Yggdrasil.publish(channel, "hi")
-      assert_receive {:Y_EVENT, ^channel, "hi"}
+      assert_receive {:Y_EVENT, ^channel, "hi"}, @timeout
 
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
     end
 
     test "the channel may be a keyword list, a map or a struct in every call" do
@@ -58,47 +61,47 @@ defmodule Yggdrasil.ApiTest do
       {:ok, channel} = Yggdrasil.gen_channel(name: name)
 
       assert :ok = Yggdrasil.subscribe(name: name)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       assert :ok = Yggdrasil.publish(%{name: name}, :from_map)
-      assert_receive {:Y_EVENT, ^channel, :from_map}
+      assert_receive {:Y_EVENT, ^channel, :from_map}, @timeout
 
       assert :ok = Yggdrasil.publish([name: name], :from_keyword)
-      assert_receive {:Y_EVENT, ^channel, :from_keyword}
+      assert_receive {:Y_EVENT, ^channel, :from_keyword}, @timeout
 
       assert :ok = Yggdrasil.publish(%Channel{name: name}, :from_bare_struct)
-      assert_receive {:Y_EVENT, ^channel, :from_bare_struct}
+      assert_receive {:Y_EVENT, ^channel, :from_bare_struct}, @timeout
 
       assert :ok = Yggdrasil.unsubscribe(%{name: name})
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
       assert Native.subscriber_count(key(channel)) == 0
     end
 
     test "metadata given to publish/3 arrives in the event's channel" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       :ok = Yggdrasil.publish(channel, "with", metadata: %{id: 7})
-      assert_receive {:Y_EVENT, %Channel{metadata: %{id: 7}} = received, "with"}
+      assert_receive {:Y_EVENT, %Channel{metadata: %{id: 7}} = received, "with"}, @timeout
       assert %Channel{received | metadata: nil} == channel
 
       # No metadata: nil, i.e. the very struct the subscriber holds.
       :ok = Yggdrasil.publish(channel, "without")
-      assert_receive {:Y_EVENT, ^channel, "without"}
+      assert_receive {:Y_EVENT, ^channel, "without"}, @timeout
 
       :ok = Yggdrasil.publish(channel, "explicit nil", metadata: nil)
-      assert_receive {:Y_EVENT, ^channel, "explicit nil"}
+      assert_receive {:Y_EVENT, ^channel, "explicit nil"}, @timeout
     end
 
     test "a channel's metadata is not part of its identity" do
       name = unique()
       :ok = Yggdrasil.subscribe(name: name, metadata: :subscriber_side)
-      assert_receive {:Y_CONNECTED, %Channel{name: ^name}}
+      assert_receive {:Y_CONNECTED, %Channel{name: ^name}}, @timeout
 
       {:ok, plain} = Yggdrasil.gen_channel(name: name)
       :ok = Yggdrasil.publish(plain, "reaches me")
-      assert_receive {:Y_EVENT, ^plain, "reaches me"}
+      assert_receive {:Y_EVENT, ^plain, "reaches me"}, @timeout
 
       :ok = Yggdrasil.unsubscribe(name: name, metadata: :other)
       assert Native.subscriber_count(key(plain)) == 0
@@ -123,11 +126,11 @@ defmodule Yggdrasil.ApiTest do
       for name <- names do
         {:ok, channel} = Yggdrasil.gen_channel(name: name)
         assert :ok = Yggdrasil.subscribe(channel)
-        assert_receive {:Y_CONNECTED, ^channel}
+        assert_receive {:Y_CONNECTED, ^channel}, @timeout
         assert :ok = Yggdrasil.publish(channel, {:for, name})
-        assert_receive {:Y_EVENT, ^channel, {:for, ^name}}
+        assert_receive {:Y_EVENT, ^channel, {:for, ^name}}, @timeout
         assert :ok = Yggdrasil.unsubscribe(channel)
-        assert_receive {:Y_DISCONNECTED, ^channel}
+        assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
       end
     end
 
@@ -152,10 +155,10 @@ defmodule Yggdrasil.ApiTest do
           end)
         end
 
-      for i <- 1..5, do: assert_receive({:ready, ^i})
+      for i <- 1..5, do: assert_receive({:ready, ^i}, @timeout)
       assert Native.subscriber_count(key(channel)) == length(pids)
       :ok = Yggdrasil.publish(channel, "to all")
-      for i <- 1..5, do: assert_receive({:got, ^i})
+      for i <- 1..5, do: assert_receive({:got, ^i}, @timeout)
     end
 
     test "publishing on a channel without subscribers is fine" do
@@ -253,7 +256,7 @@ defmodule Yggdrasil.ApiTest do
       name = unique()
       :ok = Yggdrasil.subscribe(name: name, extra: :ignored)
       :ok = Yggdrasil.publish([name: name], "same channel")
-      assert_receive {:Y_EVENT, %Channel{name: ^name}, "same channel"}
+      assert_receive {:Y_EVENT, %Channel{name: ^name}, "same channel"}, @timeout
     end
 
     test "an empty keyword list or map is a channel named nil" do
@@ -275,7 +278,7 @@ defmodule Yggdrasil.ApiTest do
 
       # One unsubscribe undoes it.
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
       assert Native.subscriber_count(key(channel)) == 0
       refute Native.is_subscribed(key(channel), self())
     end
@@ -293,11 +296,11 @@ defmodule Yggdrasil.ApiTest do
           send(parent, :witness_got_it)
         end)
 
-      assert_receive :witness_ready
+      assert_receive :witness_ready, @timeout
       :ok = Yggdrasil.subscribe(channel)
       :ok = Yggdrasil.unsubscribe(channel)
       :ok = Yggdrasil.publish(channel, :after)
-      assert_receive :witness_got_it
+      assert_receive :witness_got_it, @timeout
       refute_received {:Y_EVENT, _, _}
       assert Native.subscribers(key(channel)) in [[witness], []]
     end
@@ -316,11 +319,11 @@ defmodule Yggdrasil.ApiTest do
 
       for i <- 1..300 do
         assert :ok = Yggdrasil.subscribe(channel)
-        assert_receive {:Y_CONNECTED, ^channel}
+        assert_receive {:Y_CONNECTED, ^channel}, @timeout
         assert :ok = Yggdrasil.publish(channel, i)
-        assert_receive {:Y_EVENT, ^channel, ^i}
+        assert_receive {:Y_EVENT, ^channel, ^i}, @timeout
         assert :ok = Yggdrasil.unsubscribe(channel)
-        assert_receive {:Y_DISCONNECTED, ^channel}
+        assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
         assert Native.subscriber_count(key(channel)) == 0
       end
 
@@ -344,9 +347,9 @@ defmodule Yggdrasil.ApiTest do
             end
           end)
 
-        assert_receive {:subscribed, ^pid}
+        assert_receive {:subscribed, ^pid}, @timeout
         :ok = Yggdrasil.publish(channel, i)
-        assert_receive {:done, ^pid}
+        assert_receive {:done, ^pid}, @timeout
       end
     end
   end
@@ -357,10 +360,12 @@ defmodule Yggdrasil.ApiTest do
       :ok = Yggdrasil.subscribe(channel)
 
       assert :ok = Yggdrasil.publish(channel, %{"a" => [1, 2.5, nil], "b" => %{"c" => true}})
-      assert_receive {:Y_EVENT, ^channel, %{"a" => [1, 2.5, nil], "b" => %{"c" => true}}}
+
+      assert_receive {:Y_EVENT, ^channel, %{"a" => [1, 2.5, nil], "b" => %{"c" => true}}},
+                     @timeout
 
       assert :ok = Yggdrasil.publish(channel, %{atom_key: :atom_value})
-      assert_receive {:Y_EVENT, ^channel, %{"atom_key" => "atom_value"}}
+      assert_receive {:Y_EVENT, ^channel, %{"atom_key" => "atom_value"}}, @timeout
     end
 
     test "a message the transformer cannot encode is an error and is not delivered" do

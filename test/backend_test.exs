@@ -3,6 +3,9 @@ defmodule Yggdrasil.BackendTest do
   # backends.
   use ExUnit.Case, async: true
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   alias Yggdrasil.Backend
   alias Yggdrasil.Backend.Default
   alias Yggdrasil.Channel
@@ -53,7 +56,7 @@ defmodule Yggdrasil.BackendTest do
         forward(parent)
       end)
 
-    assert_receive {:subscribed, ^pid}
+    assert_receive {:subscribed, ^pid}, @timeout
     pid
   end
 
@@ -104,7 +107,10 @@ defmodule Yggdrasil.BackendTest do
     test "start_link/1 registers and starts a task that ends normally" do
       assert {:ok, pid} = Default.start_link([])
       ref = Process.monitor(pid)
-      assert_receive {:DOWN, ^ref, :process, ^pid, reason} when reason in [:normal, :noproc]
+
+      assert_receive {:DOWN, ^ref, :process, ^pid, reason} when reason in [:normal, :noproc],
+                     @timeout
+
       assert {:ok, Default} == Yggdrasil.Registry.get_backend_module(:default)
     end
 
@@ -126,7 +132,7 @@ defmodule Yggdrasil.BackendTest do
       assert Native.subscriber_count(key(channel)) == 1
 
       assert :ok = Default.publish(channel, "hi", nil)
-      assert_receive {:Y_EVENT, ^channel, "hi"}
+      assert_receive {:Y_EVENT, ^channel, "hi"}, @timeout
     end
 
     test "unsubscribe/1 stops delivery to the caller; :ok when not subscribed" do
@@ -139,7 +145,7 @@ defmodule Yggdrasil.BackendTest do
       assert :ok = Default.unsubscribe(channel)
 
       :ok = Default.publish(channel, :after, nil)
-      assert_receive {:forwarded, ^other, {:Y_EVENT, ^channel, :after}}
+      assert_receive {:forwarded, ^other, {:Y_EVENT, ^channel, :after}}, @timeout
       refute_received {:Y_EVENT, _, _}
     end
 
@@ -165,14 +171,14 @@ defmodule Yggdrasil.BackendTest do
       outsider = forwarder(channel!(), &Default.subscribe/1)
 
       assert :ok = Default.connected(channel, nil)
-      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}
-      assert_receive {:forwarded, ^b, {:Y_CONNECTED, ^channel}}
+      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}, @timeout
+      assert_receive {:forwarded, ^b, {:Y_CONNECTED, ^channel}}, @timeout
 
       # To one pid, subscribed or not.
       assert :ok = Default.connected(channel, a)
-      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}
+      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}, @timeout
       assert :ok = Default.connected(channel, self())
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       # Nothing else went anywhere.
       sync_all([a, b, outsider])
@@ -185,11 +191,11 @@ defmodule Yggdrasil.BackendTest do
       b = forwarder(channel, &Default.subscribe/1)
 
       assert :ok = Default.disconnected(channel, nil)
-      assert_receive {:forwarded, ^a, {:Y_DISCONNECTED, ^channel}}
-      assert_receive {:forwarded, ^b, {:Y_DISCONNECTED, ^channel}}
+      assert_receive {:forwarded, ^a, {:Y_DISCONNECTED, ^channel}}, @timeout
+      assert_receive {:forwarded, ^b, {:Y_DISCONNECTED, ^channel}}, @timeout
 
       assert :ok = Default.disconnected(channel, b)
-      assert_receive {:forwarded, ^b, {:Y_DISCONNECTED, ^channel}}
+      assert_receive {:forwarded, ^b, {:Y_DISCONNECTED, ^channel}}, @timeout
 
       # A notification does not change membership.
       assert Native.subscriber_count(key(channel)) == 2
@@ -201,7 +207,7 @@ defmodule Yggdrasil.BackendTest do
       channel = channel!()
       pid = spawn(fn -> :ok end)
       ref = Process.monitor(pid)
-      assert_receive {:DOWN, ^ref, _, _, _}
+      assert_receive {:DOWN, ^ref, _, _, _}, @timeout
       assert :ok = Default.connected(channel, pid)
       assert :ok = Default.disconnected(channel, pid)
     end
@@ -213,12 +219,12 @@ defmodule Yggdrasil.BackendTest do
 
       assert :ok = Default.publish(channel, {:any, "term"}, %{trace: 1})
       expected = %Channel{channel | metadata: %{trace: 1}}
-      assert_receive {:Y_EVENT, ^expected, {:any, "term"}}
-      assert_receive {:forwarded, ^a, {:Y_EVENT, ^expected, {:any, "term"}}}
+      assert_receive {:Y_EVENT, ^expected, {:any, "term"}}, @timeout
+      assert_receive {:forwarded, ^a, {:Y_EVENT, ^expected, {:any, "term"}}}, @timeout
 
       # Publishing with a channel that carries metadata replaces it.
       assert :ok = Default.publish(%Channel{channel | metadata: :old}, "m", nil)
-      assert_receive {:Y_EVENT, ^channel, "m"}
+      assert_receive {:Y_EVENT, ^channel, "m"}, @timeout
     end
 
     test "bad arguments give {:error, _}, never a crash" do
@@ -249,10 +255,10 @@ defmodule Yggdrasil.BackendTest do
       assert Native.is_subscribed(key(channel), self())
 
       assert :ok = Backend.publish(channel, "two")
-      assert_receive {:Y_EVENT, ^channel, "two"}
+      assert_receive {:Y_EVENT, ^channel, "two"}, @timeout
 
       assert :ok = Backend.publish(channel, "three", :meta)
-      assert_receive {:Y_EVENT, %Channel{metadata: :meta}, "three"}
+      assert_receive {:Y_EVENT, %Channel{metadata: :meta}, "three"}, @timeout
 
       assert :ok = Backend.unsubscribe(channel)
       refute Native.is_subscribed(key(channel), self())
@@ -263,14 +269,14 @@ defmodule Yggdrasil.BackendTest do
       a = forwarder(channel, &Backend.subscribe/1)
 
       assert :ok = Backend.connected(channel)
-      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}
+      assert_receive {:forwarded, ^a, {:Y_CONNECTED, ^channel}}, @timeout
       assert :ok = Backend.connected(channel, self())
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       assert :ok = Backend.disconnected(channel)
-      assert_receive {:forwarded, ^a, {:Y_DISCONNECTED, ^channel}}
+      assert_receive {:forwarded, ^a, {:Y_DISCONNECTED, ^channel}}, @timeout
       assert :ok = Backend.disconnected(channel, self())
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
 
       assert {:error, _} = Backend.connected(channel, :not_a_pid)
       assert {:error, _} = Backend.disconnected(channel, "not a pid")
@@ -345,22 +351,24 @@ defmodule Yggdrasil.BackendTest do
       name = channel.name
 
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
       assert Native.is_subscribed(key(channel), self())
 
       assert :ok = Yggdrasil.publish(channel, "hello", metadata: :m)
-      assert_receive {:audited, ^name, "hello", :m}
-      assert_receive {:Y_EVENT, %Channel{name: ^name, metadata: :m}, {:audited, "hello"}}
+      assert_receive {:audited, ^name, "hello", :m}, @timeout
+
+      assert_receive {:Y_EVENT, %Channel{name: ^name, metadata: :m}, {:audited, "hello"}},
+                     @timeout
 
       # Through the dispatcher, with the module as the channel's backend.
       module_channel = %Channel{channel | backend: Audit}
       :ok = Yggdrasil.subscribe(module_channel)
       assert :ok = Backend.publish(module_channel, "direct", nil)
-      assert_receive {:audited, ^name, "direct", nil}
-      assert_receive {:Y_EVENT, ^module_channel, {:audited, "direct"}}
+      assert_receive {:audited, ^name, "direct", nil}, @timeout
+      assert_receive {:Y_EVENT, ^module_channel, {:audited, "direct"}}, @timeout
 
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
     end
 
     test "a backend's channel is a different channel from the same name on :default" do
@@ -370,7 +378,7 @@ defmodule Yggdrasil.BackendTest do
       :ok = Yggdrasil.subscribe(audited)
       :ok = Yggdrasil.publish(plain, "plain")
       :ok = Yggdrasil.publish(audited, "audited")
-      assert_receive {:Y_EVENT, _, {:audited, "audited"}}
+      assert_receive {:Y_EVENT, _, {:audited, "audited"}}, @timeout
       refute_received {:Y_EVENT, _, "plain"}
     end
 
@@ -393,7 +401,7 @@ defmodule Yggdrasil.BackendTest do
     for pid <- pids do
       ref = make_ref()
       send(pid, {:sync, ref})
-      assert_receive {:forwarded, ^pid, {:sync, ^ref}}
+      assert_receive {:forwarded, ^pid, {:sync, ^ref}}, @timeout
     end
   end
 end

@@ -2,6 +2,9 @@ defmodule Yggdrasil.BehaviourTest do
   # Spec section 3: `use Yggdrasil`, Yggdrasil.start_link/3 and stop/3.
   use ExUnit.Case, async: true
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   import ExUnit.CaptureLog
 
   require Logger
@@ -99,13 +102,13 @@ defmodule Yggdrasil.BehaviourTest do
       [a, b] = [channel!(:a), channel!(:b)]
       {:ok, pid} = Yggdrasil.start_link(Reporter, [a, Map.from_struct(b)])
 
-      assert_receive {:connect, ^pid, ^a, nil}
-      assert_receive {:connect, ^pid, ^b, nil}
+      assert_receive {:connect, ^pid, ^a, nil}, @timeout
+      assert_receive {:connect, ^pid, ^b, nil}, @timeout
 
       :ok = Yggdrasil.publish(a, "to a")
       :ok = Yggdrasil.publish(b, "to b")
-      assert_receive {:event, ^pid, ^a, "to a", nil}
-      assert_receive {:event, ^pid, ^b, "to b", nil}
+      assert_receive {:event, ^pid, ^a, "to a", nil}, @timeout
+      assert_receive {:event, ^pid, ^b, "to b", nil}, @timeout
 
       assert :ok = Yggdrasil.stop(pid)
       refute Process.alive?(pid)
@@ -143,7 +146,7 @@ defmodule Yggdrasil.BehaviourTest do
       name = :"behaviour_test_#{System.unique_integer([:positive])}"
       {:ok, pid} = Yggdrasil.start_link(Reporter, [channel], name: name)
       assert Process.whereis(name) == pid
-      assert_receive {:connect, ^pid, ^channel, nil}
+      assert_receive {:connect, ^pid, ^channel, nil}, @timeout
       assert :ok = Yggdrasil.stop(name)
     end
   end
@@ -153,18 +156,18 @@ defmodule Yggdrasil.BehaviourTest do
       channel = channel!()
       {:ok, pid} = Scripted.start_link({self(), [channel]})
 
-      assert_receive {:init, ^pid}
-      assert_receive {:connect, ^pid, ^channel}
+      assert_receive {:init, ^pid}, @timeout
+      assert_receive {:connect, ^pid, ^channel}, @timeout
 
       :ok = Yggdrasil.publish(channel, "one", metadata: :meta)
-      assert_receive {:event, ^pid, %Channel{metadata: :meta} = received, "one", 1}
+      assert_receive {:event, ^pid, %Channel{metadata: :meta} = received, "one", 1}, @timeout
       assert %{received | metadata: nil} == channel
 
       :ok = Yggdrasil.publish(channel, "two")
-      assert_receive {:event, ^pid, ^channel, "two", 2}
+      assert_receive {:event, ^pid, ^channel, "two", 2}, @timeout
 
       assert :ok = Yggdrasil.stop(pid, :normal)
-      assert_receive {:terminate, ^pid, :normal, 2}
+      assert_receive {:terminate, ^pid, :normal, 2}, @timeout
     end
 
     test "init/1 returning {:stop, reason} makes start_link fail with it" do
@@ -177,31 +180,31 @@ defmodule Yggdrasil.BehaviourTest do
     test "a callback returning {:subscribe, channels, state} subscribes" do
       [first, second] = [channel!(:first), channel!(:second)]
       {:ok, pid} = Scripted.start_link({self(), [first]})
-      assert_receive {:connect, ^pid, ^first}
+      assert_receive {:connect, ^pid, ^first}, @timeout
 
       :ok = Yggdrasil.publish(first, {:subscribe, [second]})
-      assert_receive {:event, ^pid, ^first, {:subscribe, [^second]}, 1}
-      assert_receive {:connect, ^pid, ^second}
+      assert_receive {:event, ^pid, ^first, {:subscribe, [^second]}, 1}, @timeout
+      assert_receive {:connect, ^pid, ^second}, @timeout
 
       :ok = Yggdrasil.publish(second, "on second")
-      assert_receive {:event, ^pid, ^second, "on second", 2}
+      assert_receive {:event, ^pid, ^second, "on second", 2}, @timeout
       Yggdrasil.stop(pid)
     end
 
     test "a callback returning {:unsubscribe, channels, state} unsubscribes" do
       [a, b] = [channel!(:a), channel!(:b)]
       {:ok, pid} = Scripted.start_link({self(), [a, b]})
-      assert_receive {:connect, ^pid, ^a}
-      assert_receive {:connect, ^pid, ^b}
+      assert_receive {:connect, ^pid, ^a}, @timeout
+      assert_receive {:connect, ^pid, ^b}, @timeout
 
       :ok = Yggdrasil.publish(a, {:unsubscribe, [b]})
-      assert_receive {:event, ^pid, ^a, {:unsubscribe, [^b]}, 1}
-      assert_receive {:disconnect, ^pid, ^b}
+      assert_receive {:event, ^pid, ^a, {:unsubscribe, [^b]}, 1}, @timeout
+      assert_receive {:disconnect, ^pid, ^b}, @timeout
 
       :ok = Yggdrasil.publish(b, "nobody")
       :ok = Yggdrasil.publish(a, "still here")
       # Events from one publisher keep their order: "nobody" would be first.
-      assert_receive {:event, ^pid, ^a, "still here", 2}
+      assert_receive {:event, ^pid, ^a, "still here", 2}, @timeout
       refute_received {:event, ^pid, ^b, _, _}
       refute Yggdrasil.Native.is_subscribed(Channel.key(b), pid)
       Yggdrasil.stop(pid)
@@ -211,13 +214,13 @@ defmodule Yggdrasil.BehaviourTest do
       Process.flag(:trap_exit, true)
       channel = channel!()
       {:ok, pid} = Scripted.start_link({self(), [channel]})
-      assert_receive {:connect, ^pid, ^channel}
+      assert_receive {:connect, ^pid, ^channel}, @timeout
 
       # The GenServer's crash report for a non-normal stop is expected.
       capture_log(fn ->
         :ok = Yggdrasil.publish(channel, {:stop, :enough})
-        assert_receive {:terminate, ^pid, :enough, 1}
-        assert_receive {:EXIT, ^pid, :enough}
+        assert_receive {:terminate, ^pid, :enough, 1}, @timeout
+        assert_receive {:EXIT, ^pid, :enough}, @timeout
         Logger.flush()
       end)
 
@@ -229,9 +232,9 @@ defmodule Yggdrasil.BehaviourTest do
       Process.flag(:trap_exit, true)
       channel = channel!()
       {:ok, pid} = Scripted.start_link({self(), [channel]})
-      assert_receive {:connect, ^pid, ^channel}
+      assert_receive {:connect, ^pid, ^channel}, @timeout
       assert :ok = Yggdrasil.stop(pid, {:shutdown, :test}, 5_000)
-      assert_receive {:terminate, ^pid, {:shutdown, :test}, 0}
+      assert_receive {:terminate, ^pid, {:shutdown, :test}, 0}, @timeout
     end
 
     test "a subscription that fails inside the wrapper is logged" do
@@ -241,7 +244,7 @@ defmodule Yggdrasil.BehaviourTest do
       log =
         capture_log(fn ->
           {:ok, pid} = Scripted.start_link({self(), [bad, good]})
-          assert_receive {:connect, ^pid, ^good}
+          assert_receive {:connect, ^pid, ^good}, @timeout
           sync(pid)
           Yggdrasil.stop(pid)
           Logger.flush()
@@ -258,9 +261,9 @@ defmodule Yggdrasil.BehaviourTest do
       log =
         capture_log(fn ->
           {:ok, pid} = Scripted.start_link({self(), [channel]})
-          assert_receive {:connect, ^pid, ^channel}
+          assert_receive {:connect, ^pid, ^channel}, @timeout
           :ok = Yggdrasil.publish(channel, {:subscribe, ["not a channel"]})
-          assert_receive {:event, ^pid, _, _, 1}
+          assert_receive {:event, ^pid, _, _, 1}, @timeout
           sync(pid)
           Yggdrasil.stop(pid)
           Logger.flush()
@@ -287,14 +290,14 @@ defmodule Yggdrasil.BehaviourTest do
     test "is usable under a supervisor" do
       channel = channel!()
       pid = start_supervised!({Scripted, {self(), [channel]}})
-      assert_receive {:connect, ^pid, ^channel}
+      assert_receive {:connect, ^pid, ^channel}, @timeout
       :ok = Yggdrasil.publish(channel, "supervised")
-      assert_receive {:event, ^pid, ^channel, "supervised", 1}
+      assert_receive {:event, ^pid, ^channel, "supervised", 1}, @timeout
       ref = Process.monitor(pid)
       :ok = stop_supervised(:scripted)
       # Like Yggdrasil 6 the wrapper does not trap exits: a supervisor's
       # shutdown ends it without terminate/2.
-      assert_receive {:DOWN, ^ref, :process, ^pid, :shutdown}
+      assert_receive {:DOWN, ^ref, :process, ^pid, :shutdown}, @timeout
     end
   end
 

@@ -4,6 +4,9 @@ defmodule Yggdrasil.IdentityTest do
   # compare the engine's global counts (Yggdrasil.info/0).
   use ExUnit.Case, async: false
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Native
 
@@ -31,7 +34,7 @@ defmodule Yggdrasil.IdentityTest do
   defp kill(pid) do
     ref = Process.monitor(pid)
     Process.exit(pid, :kill)
-    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, @timeout
   end
 
   # Collects `{:Y_EVENT, ...}` payloads until `sentinel` arrives on `channel`.
@@ -84,7 +87,7 @@ defmodule Yggdrasil.IdentityTest do
           end)
         end
 
-      for pid <- listeners, do: assert_receive({:ready, ^pid})
+      for pid <- listeners, do: assert_receive({:ready, ^pid}, @timeout)
 
       for i <- 1..50 do
         :ok = Yggdrasil.publish(channel_a, {:a, i})
@@ -93,8 +96,8 @@ defmodule Yggdrasil.IdentityTest do
 
       [la, lb] = listeners
       for pid <- listeners, do: send(pid, :report)
-      assert_receive {:report, ^la, got_a}
-      assert_receive {:report, ^lb, got_b}
+      assert_receive {:report, ^la, got_a}, @timeout
+      assert_receive {:report, ^lb, got_b}, @timeout
       assert got_a == for(i <- 1..50, do: {:a, i})
       assert got_b == for(i <- 1..50, do: {:b, i})
     end
@@ -128,7 +131,7 @@ defmodule Yggdrasil.IdentityTest do
       :ok = Yggdrasil.subscribe(name: name)
       :ok = Yggdrasil.publish([name: copy], :same)
       channel = full(name)
-      assert_receive {:Y_EVENT, ^channel, :same}
+      assert_receive {:Y_EVENT, ^channel, :same}, @timeout
       :ok = Yggdrasil.unsubscribe(name: copy)
       assert Native.subscriber_count(key(channel)) == 0
     end
@@ -147,7 +150,7 @@ defmodule Yggdrasil.IdentityTest do
           Process.sleep(:infinity)
         end)
 
-      assert_receive :subscribed
+      assert_receive :subscribed, @timeout
       alive = Yggdrasil.info()
       assert alive.subscriptions >= before.subscriptions + 1
       assert Native.subscribers(key(channel)) == [pid]
@@ -205,12 +208,12 @@ defmodule Yggdrasil.IdentityTest do
           Process.sleep(:infinity)
         end)
 
-      assert_receive :subscribed
+      assert_receive :subscribed, @timeout
       kill(victim)
       wait_until(fn -> Native.subscriber_count(key(channel)) == 1 end)
       assert Native.subscribers(key(channel)) == [self()]
       :ok = Yggdrasil.publish(channel, "still here")
-      assert_receive {:Y_EVENT, ^channel, "still here"}
+      assert_receive {:Y_EVENT, ^channel, "still here"}, @timeout
     end
 
     test "a process that exits normally right after subscribing is dropped too" do
@@ -223,7 +226,7 @@ defmodule Yggdrasil.IdentityTest do
 
       for pid <- pids do
         ref = Process.monitor(pid)
-        assert_receive {:DOWN, ^ref, :process, ^pid, _}
+        assert_receive {:DOWN, ^ref, :process, ^pid, _}, @timeout
       end
 
       wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
@@ -339,7 +342,7 @@ defmodule Yggdrasil.IdentityTest do
   defp assert_isolated(%Channel{} = a, %Channel{} = b) do
     refute key(a) === key(b)
     :ok = Yggdrasil.subscribe(a)
-    assert_receive {:Y_CONNECTED, ^a}
+    assert_receive {:Y_CONNECTED, ^a}, @timeout
     # Maps, so that :json channels take them too.
     :ok = Yggdrasil.publish(b, %{"for" => "b"})
     :ok = Yggdrasil.publish(a, %{"for" => "a"})
@@ -347,7 +350,7 @@ defmodule Yggdrasil.IdentityTest do
     :ok = Yggdrasil.publish(a, sentinel)
     assert events_until(a, sentinel) == [{a.name, %{"for" => "a"}}]
     :ok = Yggdrasil.unsubscribe(a)
-    assert_receive {:Y_DISCONNECTED, ^a}
+    assert_receive {:Y_DISCONNECTED, ^a}, @timeout
     assert Native.subscriber_count(key(b)) == 0
   end
 

@@ -17,6 +17,9 @@ defmodule Yggdrasil.RegistryTest do
   # Spec section 5 (Yggdrasil.Registry) and the configuration of section 8.
   use ExUnit.Case, async: true
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
 
@@ -59,11 +62,11 @@ defmodule Yggdrasil.RegistryTest do
     test "a channel whose adapter is given as the module works end to end" do
       {:ok, channel} = Yggdrasil.gen_channel(name: make_ref(), adapter: Yggdrasil.Adapter.Elixir)
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
       assert :ok = Yggdrasil.publish(channel, "by module")
-      assert_receive {:Y_EVENT, ^channel, "by module"}
+      assert_receive {:Y_EVENT, ^channel, "by module"}, @timeout
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
     end
 
     test "unknown names give {:error, binary}" do
@@ -152,7 +155,7 @@ defmodule Yggdrasil.RegistryTest do
 
       :ok = Yggdrasil.subscribe(channel)
       :ok = Yggdrasil.publish(channel, {:aliased, 1})
-      assert_receive {:Y_EVENT, ^channel, {:aliased, 1}}
+      assert_receive {:Y_EVENT, ^channel, {:aliased, 1}}, @timeout
     end
 
     test "register_adapter/2 registers the adapter and its subscriber and publisher modules" do
@@ -174,9 +177,9 @@ defmodule Yggdrasil.RegistryTest do
                 channel} = Yggdrasil.gen_channel(name: make_ref(), adapter: :registry_test_json)
 
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
       :ok = Yggdrasil.publish(channel, %{json: true})
-      assert_receive {:Y_EVENT, ^channel, %{"json" => true}}
+      assert_receive {:Y_EVENT, ^channel, %{"json" => true}}, @timeout
     end
 
     test "start_link/1 of a `use Yggdrasil.Adapter` module registers it" do
@@ -246,6 +249,9 @@ defmodule Yggdrasil.ApplicationTest do
   # restarts the application.
   use ExUnit.Case, async: false
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   import ExUnit.CaptureLog
 
   alias Yggdrasil.Registry
@@ -306,7 +312,7 @@ defmodule Yggdrasil.ApplicationTest do
       :ok = Application.start(:yggdrasil)
       # What a dependent application's supervisor would do right now.
       {:ok, pid} = Yggdrasil.start_link(BootSubscriber, self())
-      assert_receive {:boot_connected, %Yggdrasil.Channel{name: {:boot, _}}}
+      assert_receive {:boot_connected, %Yggdrasil.Channel{name: {:boot, _}}}, @timeout
       Yggdrasil.stop(pid)
     end)
 
@@ -317,7 +323,7 @@ defmodule Yggdrasil.ApplicationTest do
     {:ok, channel} = Yggdrasil.gen_channel(name: {:after_restart, make_ref()})
     :ok = Yggdrasil.subscribe(channel)
     :ok = Yggdrasil.publish(channel, "after restart")
-    assert_receive {:Y_EVENT, ^channel, "after restart"}
+    assert_receive {:Y_EVENT, ^channel, "after restart"}, @timeout
   end
 
   test "mix.exs depends on no hex package" do

@@ -3,6 +3,9 @@ defmodule Yggdrasil.TransformerTest do
   # transformers.
   use ExUnit.Case, async: true
 
+  # assert_receive waits this long (ms) for other processes on a busy machine.
+  @timeout 2_000
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Transformer
   alias Yggdrasil.Transformer.Json
@@ -123,10 +126,10 @@ defmodule Yggdrasil.TransformerTest do
         Yggdrasil.gen_channel(name: make_ref(), transformer: :transformer_test_shout)
 
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @timeout
 
       assert :ok = Yggdrasil.publish(channel, "hello")
-      assert_receive {:Y_EVENT, ^channel, {:heard, "HELLO"}}
+      assert_receive {:Y_EVENT, ^channel, {:heard, "HELLO"}}, @timeout
     end
 
     test "encode and decode errors come back from publish/3 and nothing is delivered" do
@@ -136,7 +139,7 @@ defmodule Yggdrasil.TransformerTest do
       assert {:error, {:not_text, 42}} = Yggdrasil.publish(channel, 42)
       assert {:error, :cannot_decode} = Yggdrasil.publish(channel, "broken")
       assert :ok = Yggdrasil.publish(channel, "fine")
-      assert_receive {:Y_EVENT, ^channel, {:heard, "FINE"}}
+      assert_receive {:Y_EVENT, ^channel, {:heard, "FINE"}}, @timeout
       refute_received {:Y_EVENT, _, _}
     end
   end
@@ -353,7 +356,7 @@ defmodule Yggdrasil.TransformerTest do
       :ok = Yggdrasil.subscribe(channel)
 
       assert :ok = Yggdrasil.publish(channel, %{"hello" => "world", n: [1, nil]})
-      assert_receive {:Y_EVENT, ^channel, %{"hello" => "world", "n" => [1, nil]}}
+      assert_receive {:Y_EVENT, ^channel, %{"hello" => "world", "n" => [1, nil]}}, @timeout
 
       assert {:error, _} = Yggdrasil.publish(channel, "a string")
       assert {:error, _} = Yggdrasil.publish(channel, %{"bad" => {:tuple}})
@@ -361,7 +364,7 @@ defmodule Yggdrasil.TransformerTest do
 
       big = Map.new(1..25_000, fn i -> {"k#{i}", i} end)
       assert :ok = Yggdrasil.publish(channel, big)
-      assert_receive {:Y_EVENT, ^channel, ^big}
+      assert_receive {:Y_EVENT, ^channel, ^big}, @timeout
       refute_received {:Y_EVENT, _, _}
     end
   end
