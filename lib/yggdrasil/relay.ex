@@ -31,6 +31,7 @@ defmodule Yggdrasil.Relay do
   @group __MODULE__
   @nodes {__MODULE__, :nodes}
   @tag :"$yggdrasil_relay"
+  @poll_ms 500
 
   def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
 
@@ -76,11 +77,23 @@ defmodule Yggdrasil.Relay do
     # terminate/2 must run on shutdown to stop the forwarding.
     Process.flag(:trap_exit, true)
     :ok = :net_kernel.monitor_nodes(true)
-    {ref, _groups} = :pg.monitor_scope(@scope)
+    ref = monitor_scope()
     :ok = :pg.join(@scope, @group, self())
     state = %{monitor: ref, relayed: 0}
     refresh()
     {:ok, state}
+  end
+
+  # `:pg.monitor_scope/1` exists from OTP 25.1; on 25.0 the list is
+  # refreshed periodically (and on nodeup/nodedown) instead.
+  defp monitor_scope do
+    if Code.ensure_loaded?(:pg) and function_exported?(:pg, :monitor_scope, 1) do
+      {ref, _groups} = apply(:pg, :monitor_scope, [@scope])
+      ref
+    else
+      {:ok, _} = :timer.send_interval(@poll_ms, :refresh)
+      nil
+    end
   end
 
   @impl GenServer
@@ -95,7 +108,12 @@ defmodule Yggdrasil.Relay do
     {:noreply, state}
   end
 
-  def handle_info({:nodedown, _node}, state) do
+  def handle_info({event, _node}, state) when event in [:nodedown, :nodeup] do
+    refresh()
+    {:noreply, state}
+  end
+
+  def handle_info(:refresh, state) do
     refresh()
     {:noreply, state}
   end
