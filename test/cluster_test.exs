@@ -278,6 +278,26 @@ defmodule Yggdrasil.ClusterTest do
       wait_until(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop again")
     end
 
+    test "an explicit :bridge channel (keyword name) to an adapter on this node", %{id: id} do
+      {:ok, bridge} = Yggdrasil.gen_channel(name: [name: {:explicit, id}], adapter: :bridge)
+      assert %Channel{adapter: :bridge, transformer: :default, backend: :default} = bridge
+      {:ok, target} = Yggdrasil.gen_channel(name: {:explicit, id})
+      assert {:ok, {_local, ^target}} = Bridge.split_channels(bridge)
+
+      :ok = Yggdrasil.subscribe(bridge)
+      assert_receive {:Y_CONNECTED, ^bridge}, 5_000
+      :ok = Yggdrasil.publish(target, "direct")
+      assert_receive {:Y_EVENT, ^bridge, "direct"}, 5_000
+      :ok = Yggdrasil.publish(bridge, "through the bridge")
+      assert_receive {:Y_EVENT, ^bridge, "through the bridge"}, 5_000
+      :ok = Yggdrasil.unsubscribe(bridge)
+      assert_receive {:Y_DISCONNECTED, ^bridge}
+      wait_until(fn -> bridge_remotes(node()) == [] end, "local bridge subscriber to stop")
+
+      assert {:error, _} =
+               Bridge.split_channels(%Channel{name: "not a channel", adapter: :bridge})
+    end
+
     test "the last local subscriber leaving stops the adapter process on the peer", %{id: id} do
       {_peer, node} = peer!()
       register_cluster_mem(node)
