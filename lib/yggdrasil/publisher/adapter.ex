@@ -27,12 +27,10 @@ defmodule Yggdrasil.Publisher.Adapter do
       @behaviour Yggdrasil.Publisher.Adapter
 
       @doc "Starts a publisher process for `namespace`."
-      @impl Yggdrasil.Publisher.Adapter
       def start_link(namespace, options \\ [])
       def start_link(namespace, options), do: GenServer.start_link(__MODULE__, namespace, options)
 
       @doc "Publishes `message` in `channel` through `publisher`."
-      @impl Yggdrasil.Publisher.Adapter
       def publish(publisher, channel, message, options \\ [])
 
       def publish(publisher, %Yggdrasil.Channel{} = channel, message, _options) do

@@ -24,7 +24,6 @@ defmodule Yggdrasil.Subscriber.Adapter do
       @behaviour Yggdrasil.Subscriber.Adapter
 
       @doc "Starts the subscriber adapter process of `channel`."
-      @impl Yggdrasil.Subscriber.Adapter
       def start_link(channel, options \\ [])
 
       def start_link(%Yggdrasil.Channel{} = channel, options) do
