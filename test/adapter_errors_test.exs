@@ -75,14 +75,14 @@ defmodule Yggdrasil.AdapterErrorsTest do
       # Once the broker accepts it, subscribing works.
       :ok = MemoryBroker.unset(channel, :refuse)
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       :ok = Yggdrasil.unsubscribe(channel)
     end
 
     test "a failed subscribe does not unsubscribe a caller that was subscribed before" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       adapter = adapter!(channel)
 
       # The adapter crashes and cannot be restarted.
@@ -90,7 +90,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
       ref = Process.monitor(adapter)
       :ok = MemoryBroker.crash(channel)
       assert down_reason(ref) == :memory_crash
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       eventually(fn -> Generator.status(channel) == nil end)
 
       assert {:error, {:adapter_not_started, :gone}} = Yggdrasil.subscribe(channel)
@@ -98,7 +98,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
 
       :ok = MemoryBroker.unset(channel, :refuse)
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       :ok = Yggdrasil.unsubscribe(channel)
     end
 
@@ -108,7 +108,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
       for _ <- 1..50 do
         {pid, ref} = spawn_monitor(fn -> Yggdrasil.subscribe(channel) end)
         Process.exit(pid, :kill)
-        assert_receive {:DOWN, ^ref, :process, ^pid, _}
+        assert_receive {:DOWN, ^ref, :process, ^pid, _}, @wait
       end
 
       # Adapters that did start are stopped again.
@@ -122,19 +122,19 @@ defmodule Yggdrasil.AdapterErrorsTest do
     test "a crash gives one clean :Y_DISCONNECTED, then a restarted adapter connects" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       {other, :ok} = start_subscriber(channel)
-      assert_receive {^other, {:Y_CONNECTED, ^channel}}
+      assert_receive {^other, {:Y_CONNECTED, ^channel}}, @wait
 
       old = adapter!(channel)
       ref = Process.monitor(old)
       :ok = MemoryBroker.crash(channel)
       assert down_reason(ref) == :memory_crash
 
-      assert_receive {:Y_DISCONNECTED, ^channel}
-      assert_receive {:Y_CONNECTED, ^channel}
-      assert_receive {^other, {:Y_DISCONNECTED, ^channel}}
-      assert_receive {^other, {:Y_CONNECTED, ^channel}}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
+      assert_receive {^other, {:Y_DISCONNECTED, ^channel}}, @wait
+      assert_receive {^other, {:Y_CONNECTED, ^channel}}, @wait
 
       new = adapter!(channel)
       assert new != old
@@ -149,12 +149,12 @@ defmodule Yggdrasil.AdapterErrorsTest do
     test "a killed adapter (no terminate/2) gives :Y_DISCONNECTED too, and is restarted" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       old = adapter!(channel)
       kill(old)
-      assert_receive {:Y_DISCONNECTED, ^channel}
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       assert adapter!(channel) != old
 
       :ok = Yggdrasil.publish(channel, :after_restart)
@@ -167,29 +167,29 @@ defmodule Yggdrasil.AdapterErrorsTest do
     test "an adapter that keeps crashing is given up on until the next subscribe" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       # Three restarts per window; the fourth crash is final.
       for _ <- 1..3 do
         ref = Process.monitor(adapter!(channel))
         :ok = MemoryBroker.crash(channel)
         assert down_reason(ref) == :memory_crash
-        assert_receive {:Y_DISCONNECTED, ^channel}
-        assert_receive {:Y_CONNECTED, ^channel}
+        assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+        assert_receive {:Y_CONNECTED, ^channel}, @wait
       end
 
       ref = Process.monitor(adapter!(channel))
       :ok = MemoryBroker.crash(channel)
       assert down_reason(ref) == :memory_crash
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       eventually(fn -> Generator.status(channel) == nil end)
       refute Manager.connected?(channel)
       assert Manager.subscribed?(channel)
 
       # The next subscriber starts it again, and everybody hears of it.
       {other, :ok} = start_subscriber(channel)
-      assert_receive {^other, {:Y_CONNECTED, ^channel}}
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {^other, {:Y_CONNECTED, ^channel}}, @wait
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       ref = Process.monitor(adapter!(channel))
       send(other, :stop)
@@ -201,13 +201,13 @@ defmodule Yggdrasil.AdapterErrorsTest do
       channel = channel!()
       :ok = MemoryBroker.set(channel, :hold_stop, self())
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       adapter = adapter!(channel)
       ref = Process.monitor(adapter)
 
       # The adapter is held in terminate/2, then killed instead of stopping.
       :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:hold_stop, ^adapter, _}
+      assert_receive {:hold_stop, ^adapter, _}, @wait
       Process.exit(adapter, :kill)
       assert down_reason(ref) == :killed
 

@@ -46,16 +46,18 @@ defmodule Yggdrasil.AdapterPublisherTest do
     assert pool!(channel!(namespace: namespace)) == pool
     assert pool!(channel!(namespace: namespace, adapter: Yggdrasil.Adapter.Memory)) == pool
     # Another namespace has its own.
-    assert pool!(channel!()) != pool
+    other = channel!()
+    :ok = Yggdrasil.publish(other, :x)
+    assert pool!(other) != pool
   end
 
   test "overflow workers serve bursts, then go; callers beyond them wait in line" do
     namespace = namespace!(size: 2, max_overflow: 1)
     channel = channel!(namespace: namespace)
     :ok = Yggdrasil.subscribe(channel)
-    assert_receive {:Y_CONNECTED, ^channel}
+    assert_receive {:Y_CONNECTED, ^channel}, @wait
     :ok = Yggdrasil.publish(channel, :warm_up)
-    assert_receive {:Y_EVENT, ^channel, :warm_up}
+    assert_receive {:Y_EVENT, ^channel, :warm_up}, @wait
     pool = pool!(channel)
 
     :ok = MemoryBroker.set(channel, :hold_publish, self())
@@ -64,7 +66,7 @@ defmodule Yggdrasil.AdapterPublisherTest do
     # Two permanent workers and one overflow worker are busy; one caller waits.
     held =
       for _ <- 1..3 do
-        assert_receive {:hold_publish, worker, ref}
+        assert_receive {:hold_publish, worker, ref}, @wait
         {worker, ref}
       end
 
@@ -77,13 +79,13 @@ defmodule Yggdrasil.AdapterPublisherTest do
     # A freed worker goes to the caller in line.
     [{worker, ref} | rest] = held
     MemoryBroker.go(worker, ref)
-    assert_receive {:hold_publish, next, next_ref}
+    assert_receive {:hold_publish, next, next_ref}, @wait
     assert next in workers
     :ok = MemoryBroker.unset(channel, :hold_publish)
     for {worker, ref} <- [{next, next_ref} | rest], do: MemoryBroker.go(worker, ref)
 
     assert Enum.map(tasks, &Task.await/1) == [:ok, :ok, :ok, :ok]
-    received = for _ <- 1..4, do: assert_receive({:Y_EVENT, ^channel, n}) && n
+    received = for _ <- 1..4, do: assert_receive({:Y_EVENT, ^channel, n}, @wait) && n
     assert Enum.sort(received) == [1, 2, 3, 4]
 
     # The overflow worker is gone once returned with nobody waiting.
@@ -97,7 +99,7 @@ defmodule Yggdrasil.AdapterPublisherTest do
     namespace = namespace!(size: 3, max_overflow: 2)
     channel = channel!(namespace: namespace)
     :ok = Yggdrasil.subscribe(channel)
-    assert_receive {:Y_CONNECTED, ^channel}
+    assert_receive {:Y_CONNECTED, ^channel}, @wait
 
     tasks =
       for p <- 1..20 do
@@ -130,15 +132,16 @@ defmodule Yggdrasil.AdapterPublisherTest do
     crashing = channel!(namespace: namespace)
     healthy = channel!(namespace: namespace)
     :ok = Yggdrasil.subscribe(healthy)
-    assert_receive {:Y_CONNECTED, ^healthy}
+    assert_receive {:Y_CONNECTED, ^healthy}, @wait
 
     :ok = Yggdrasil.publish(healthy, :before)
-    assert_receive {:Y_EVENT, ^healthy, :before}
+    assert_receive {:Y_EVENT, ^healthy, :before}, @wait
     [worker] = MemoryBroker.publishers(namespace)
 
     :ok = MemoryBroker.set(crashing, :crash_publish, true)
+    ref = Process.monitor(worker)
     assert {:error, _} = Yggdrasil.publish(crashing, :boom)
-    refute Process.alive?(worker)
+    assert_receive {:DOWN, ^ref, :process, ^worker, {%RuntimeError{}, _}}, @wait
 
     # The next publish gets the replacement, never the dead worker.
     for n <- 1..5, do: assert(:ok = Yggdrasil.publish(healthy, n))
@@ -162,7 +165,7 @@ defmodule Yggdrasil.AdapterPublisherTest do
     :ok = MemoryBroker.set(channel, :hold_publish, self())
 
     holder = spawn(fn -> Yggdrasil.publish(channel, :held) end)
-    assert_receive {:hold_publish, worker, ref}
+    assert_receive {:hold_publish, worker, ref}, @wait
     waiter = spawn(fn -> Yggdrasil.publish(channel, :waiting) end)
     eventually(fn -> Pool.status(pool).waiting == 1 end)
 

@@ -73,7 +73,7 @@ defmodule Yggdrasil.AdapterStressTest do
   test "subscribing right after the last unsubscribe gets a fresh adapter, 200 times" do
     channel = channel!()
     :ok = Yggdrasil.subscribe(channel)
-    assert_receive {:Y_CONNECTED, ^channel}
+    assert_receive {:Y_CONNECTED, ^channel}, @wait
 
     last =
       Enum.reduce(1..200, adapter!(channel), fn _, old ->
@@ -82,9 +82,9 @@ defmodule Yggdrasil.AdapterStressTest do
         assert :ok = Yggdrasil.subscribe(channel)
         # The old adapter was gone before the new one started.
         refute Process.alive?(old)
-        assert_receive {:DOWN, ^ref, :process, ^old, :normal}
-        assert_receive {:Y_DISCONNECTED, ^channel}
-        assert_receive {:Y_CONNECTED, ^channel}
+        assert_receive {:DOWN, ^ref, :process, ^old, :normal}, @wait
+        assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+        assert_receive {:Y_CONNECTED, ^channel}, @wait
 
         new = adapter!(channel)
         assert new != old
@@ -105,7 +105,7 @@ defmodule Yggdrasil.AdapterStressTest do
   test "subscribing right after the last subscriber died works, 200 times" do
     channel = channel!()
     {first, :ok} = start_subscriber(channel)
-    assert_receive {^first, {:Y_CONNECTED, ^channel}}
+    assert_receive {^first, {:Y_CONNECTED, ^channel}}, @wait
 
     {last, adapters} =
       Enum.reduce(1..200, {first, MapSet.new()}, fn _, {previous, adapters} ->
@@ -121,7 +121,7 @@ defmodule Yggdrasil.AdapterStressTest do
     assert MapSet.size(adapters) > 1
     adapter = adapter!(channel)
     :ok = Yggdrasil.publish(channel, :alive)
-    assert_receive {^last, {:Y_EVENT, ^channel, :alive}}
+    assert_receive {^last, {:Y_EVENT, ^channel, :alive}}, @wait
 
     for pid <- adapters, do: assert(MemoryBroker.setting(channel, {:overlap, pid}) == nil)
 

@@ -87,17 +87,17 @@ defmodule Yggdrasil.AdapterTest do
         Yggdrasil.gen_channel(name: {:by_module, make_ref()}, adapter: Yggdrasil.Adapter.Memory)
 
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       assert is_pid(adapter!(channel))
       :ok = Yggdrasil.publish(channel, :hello)
-      assert_receive {:Y_EVENT, ^channel, :hello}
+      assert_receive {:Y_EVENT, ^channel, :hello}, @wait
       :ok = Yggdrasil.unsubscribe(channel)
 
       {:ok, native} =
         Yggdrasil.gen_channel(name: {:by_module, make_ref()}, adapter: Yggdrasil.Adapter.Elixir)
 
       :ok = Yggdrasil.subscribe(native)
-      assert_receive {:Y_CONNECTED, ^native}
+      assert_receive {:Y_CONNECTED, ^native}, @wait
       assert Generator.status(native) == nil
       :ok = Yggdrasil.unsubscribe(native)
     end
@@ -109,7 +109,7 @@ defmodule Yggdrasil.AdapterTest do
 
       {:ok, channel} = Yggdrasil.gen_channel(name: {:elixir_no_adapter, make_ref()})
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       assert Generator.status(channel) == nil
       :ok = Yggdrasil.unsubscribe(channel)
     end
@@ -119,7 +119,7 @@ defmodule Yggdrasil.AdapterTest do
     test "the first subscriber starts one adapter process, which connects" do
       channel = channel!()
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       adapter = adapter!(channel)
       assert MemoryBroker.adapters(channel) == [adapter]
@@ -130,7 +130,7 @@ defmodule Yggdrasil.AdapterTest do
 
       ref = Process.monitor(adapter)
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       assert down_reason(ref) == :normal
       refute Manager.subscribed?(channel)
       assert Native.subscriber_count(key(channel)) == 0
@@ -139,22 +139,22 @@ defmodule Yggdrasil.AdapterTest do
     test "events go through the channel's transformer and carry the adapter's metadata" do
       channel = channel!(adapter: :memory_json)
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       # See what travels through the broker, too.
       :ok = MemoryBroker.tap(channel)
 
       message = %{"n" => 1, "tags" => ["a", "b"]}
       assert :ok = Yggdrasil.publish(channel, message, metadata: %{id: 7})
 
-      assert_receive {:memory_message, payload, %{id: 7}}
+      assert_receive {:memory_message, payload, %{id: 7}}, @wait
       assert is_binary(payload)
       assert {:ok, ^message} = Yggdrasil.Transformer.decode(channel, payload)
 
-      assert_receive {:Y_EVENT, %Channel{metadata: %{id: 7}} = received, ^message}
+      assert_receive {:Y_EVENT, %Channel{metadata: %{id: 7}} = received, ^message}, @wait
       assert %Channel{received | metadata: nil} == channel
 
       assert :ok = Yggdrasil.publish(channel, %{"m" => nil})
-      assert_receive {:Y_EVENT, %Channel{metadata: nil}, %{"m" => nil}}
+      assert_receive {:Y_EVENT, %Channel{metadata: nil}, %{"m" => nil}}, @wait
 
       # What the transformer cannot encode is an error, and nothing arrives.
       assert {:error, _} = Yggdrasil.publish(channel, {:not, :json})
@@ -166,7 +166,7 @@ defmodule Yggdrasil.AdapterTest do
     test "any term travels with the :default transformer" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       messages = [{:tuple, self()}, %{a: [1, 2]}, "text", make_ref()]
       for message <- messages, do: :ok = Yggdrasil.publish(channel, message)
@@ -178,13 +178,13 @@ defmodule Yggdrasil.AdapterTest do
     test "Subscriber.Publisher.notify/2,3 decodes and delivers with metadata" do
       channel = channel!(adapter: :memory_json)
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       alias Yggdrasil.Subscriber.Publisher
       assert :ok = Publisher.notify(channel, ~s({"a":1}))
-      assert_receive {:Y_EVENT, %Channel{metadata: nil}, %{"a" => 1}}
+      assert_receive {:Y_EVENT, %Channel{metadata: nil}, %{"a" => 1}}, @wait
       assert :ok = Publisher.notify(channel, ~s([true]), {:offset, 3})
-      assert_receive {:Y_EVENT, %Channel{metadata: {:offset, 3}}, [true]}
+      assert_receive {:Y_EVENT, %Channel{metadata: {:offset, 3}}, [true]}, @wait
       assert {:error, _} = Publisher.notify(channel, "{oops", nil)
       assert {:error, _} = Publisher.notify(:not_a_channel, "{}", nil)
       refute_received {:Y_EVENT, _, _}
@@ -195,18 +195,18 @@ defmodule Yggdrasil.AdapterTest do
     test "every subscriber gets every event once, in order" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       others =
         for _ <- 1..3 do
           {pid, :ok} = start_subscriber(channel)
-          assert_receive {^pid, {:Y_CONNECTED, ^channel}}
+          assert_receive {^pid, {:Y_CONNECTED, ^channel}}, @wait
           pid
         end
 
       # Subscribing twice changes nothing.
       assert :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       for n <- 1..200, do: :ok = Yggdrasil.publish(channel, n)
       assert events_until_sentinel(channel) == Enum.to_list(1..200)
@@ -214,7 +214,7 @@ defmodule Yggdrasil.AdapterTest do
       for pid <- others do
         received =
           for _ <- 1..200 do
-            assert_receive {^pid, {:Y_EVENT, ^channel, n}}
+            assert_receive {^pid, {:Y_EVENT, ^channel, n}}, @wait
             n
           end
 
@@ -231,12 +231,12 @@ defmodule Yggdrasil.AdapterTest do
     test "a dropped and restored connection reaches every subscriber, every time" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       others =
         for _ <- 1..5 do
           {pid, :ok} = start_subscriber(channel)
-          assert_receive {^pid, {:Y_CONNECTED, ^channel}}
+          assert_receive {^pid, {:Y_CONNECTED, ^channel}}, @wait
           pid
         end
 
@@ -244,16 +244,16 @@ defmodule Yggdrasil.AdapterTest do
 
       for round <- 1..3 do
         :ok = MemoryBroker.drop(channel)
-        assert_receive {:Y_DISCONNECTED, ^channel}
-        for pid <- others, do: assert_receive({^pid, {:Y_DISCONNECTED, ^channel}})
+        assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+        for pid <- others, do: assert_receive({^pid, {:Y_DISCONNECTED, ^channel}}, @wait)
         refute Manager.connected?(channel)
 
         # Nothing reaches a disconnected adapter.
         :ok = Yggdrasil.publish(channel, {:lost, round})
 
         :ok = MemoryBroker.restore(channel)
-        assert_receive {:Y_CONNECTED, ^channel}
-        for pid <- others, do: assert_receive({^pid, {:Y_CONNECTED, ^channel}})
+        assert_receive {:Y_CONNECTED, ^channel}, @wait
+        for pid <- others, do: assert_receive({^pid, {:Y_CONNECTED, ^channel}}, @wait)
         assert Manager.connected?(channel)
 
         :ok = Yggdrasil.publish(channel, {:kept, round})
@@ -272,15 +272,15 @@ defmodule Yggdrasil.AdapterTest do
     test "a late subscriber gets its own :Y_CONNECTED, exactly once" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       {late, :ok} = start_subscriber(channel)
-      assert_receive {^late, {:Y_CONNECTED, ^channel}}
+      assert_receive {^late, {:Y_CONNECTED, ^channel}}, @wait
 
       # Messages from one process keep their order: a second :Y_CONNECTED
       # would have come before this event.
       :ok = Yggdrasil.publish(channel, :after)
-      assert_receive {^late, {:Y_EVENT, ^channel, :after}}
+      assert_receive {^late, {:Y_EVENT, ^channel, :after}}, @wait
       refute_received {^late, {:Y_CONNECTED, _}}
       assert events_until_sentinel(channel) == [:after]
       refute_received {:Y_CONNECTED, _}
@@ -299,8 +299,8 @@ defmodule Yggdrasil.AdapterTest do
 
       {other, :ok} = start_subscriber(channel)
       :ok = MemoryBroker.restore(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
-      assert_receive {^other, {:Y_CONNECTED, ^channel}}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
+      assert_receive {^other, {:Y_CONNECTED, ^channel}}, @wait
 
       assert events_until_sentinel(channel) == []
       refute_received {:Y_CONNECTED, _}
@@ -313,7 +313,7 @@ defmodule Yggdrasil.AdapterTest do
     test "Manager.connected/1 and disconnected/1 notify only on a change" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       assert :ok = Manager.connected(channel)
       assert :ok = Manager.disconnected(%Channel{channel | metadata: :ignored})
@@ -336,24 +336,24 @@ defmodule Yggdrasil.AdapterTest do
     test "the adapter stops with :normal after the last unsubscribe, not before" do
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
       {other, :ok} = start_subscriber(channel)
-      assert_receive {^other, {:Y_CONNECTED, ^channel}}
+      assert_receive {^other, {:Y_CONNECTED, ^channel}}, @wait
 
       adapter = adapter!(channel)
       ref = Process.monitor(adapter)
 
       :ok = Yggdrasil.unsubscribe(channel)
-      assert_receive {:Y_DISCONNECTED, ^channel}
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
 
       # The adapter still serves the other subscriber.
       :ok = Yggdrasil.publish(channel, :still_there)
-      assert_receive {^other, {:Y_EVENT, ^channel, :still_there}}
+      assert_receive {^other, {:Y_EVENT, ^channel, :still_there}}, @wait
       refute_received {:DOWN, ^ref, _, _, _}
       assert adapter!(channel) == adapter
 
       assert unsubscribe_subscriber(other, channel) == :ok
-      assert_receive {^other, {:Y_DISCONNECTED, ^channel}}
+      assert_receive {^other, {:Y_DISCONNECTED, ^channel}}, @wait
       assert down_reason(ref) == :normal
       assert Native.subscriber_count(key(channel)) == 0
       send(other, :stop)
@@ -363,15 +363,15 @@ defmodule Yggdrasil.AdapterTest do
       channel = channel!()
       {first, :ok} = start_subscriber(channel)
       {second, :ok} = start_subscriber(channel)
-      assert_receive {^first, {:Y_CONNECTED, ^channel}}
-      assert_receive {^second, {:Y_CONNECTED, ^channel}}
+      assert_receive {^first, {:Y_CONNECTED, ^channel}}, @wait
+      assert_receive {^second, {:Y_CONNECTED, ^channel}}, @wait
 
       adapter = adapter!(channel)
       ref = Process.monitor(adapter)
 
       kill(first)
       :ok = Yggdrasil.publish(channel, :still_there)
-      assert_receive {^second, {:Y_EVENT, ^channel, :still_there}}
+      assert_receive {^second, {:Y_EVENT, ^channel, :still_there}}, @wait
       refute_received {:DOWN, ^ref, _, _, _}
 
       kill(second)
@@ -382,7 +382,7 @@ defmodule Yggdrasil.AdapterTest do
     test "a subscriber that exits normally leaves, too" do
       channel = channel!()
       {pid, :ok} = start_subscriber(channel)
-      assert_receive {^pid, {:Y_CONNECTED, ^channel}}
+      assert_receive {^pid, {:Y_CONNECTED, ^channel}}, @wait
       ref = Process.monitor(adapter!(channel))
 
       send(pid, :stop)
@@ -393,24 +393,24 @@ defmodule Yggdrasil.AdapterTest do
       slow = channel!()
       :ok = MemoryBroker.set(slow, :hold_stop, self())
       :ok = Yggdrasil.subscribe(slow)
-      assert_receive {:Y_CONNECTED, ^slow}
+      assert_receive {:Y_CONNECTED, ^slow}, @wait
       old = adapter!(slow)
       ref = Process.monitor(old)
 
       :ok = Yggdrasil.unsubscribe(slow)
-      assert_receive {:hold_stop, ^old, hold}
+      assert_receive {:hold_stop, ^old, hold}, @wait
 
       # Other channels start and stop adapters meanwhile.
       other = channel!()
       :ok = Yggdrasil.subscribe(other)
-      assert_receive {:Y_CONNECTED, ^other}
+      assert_receive {:Y_CONNECTED, ^other}, @wait
       :ok = Yggdrasil.unsubscribe(other)
 
       # A new subscriber of the slow channel waits for the old adapter.
       task =
         Task.async(fn ->
           :ok = Yggdrasil.subscribe(slow)
-          assert_receive {:Y_CONNECTED, ^slow}
+          assert_receive {:Y_CONNECTED, ^slow}, @wait
           adapter!(slow)
         end)
 
@@ -424,6 +424,57 @@ defmodule Yggdrasil.AdapterTest do
       new = Task.await(task)
       assert is_pid(new) and new != old
       assert MemoryBroker.setting(slow, {:overlap, new}) == nil
+    end
+  end
+
+  describe "source compatibility" do
+    test "Yggdrasil 6 style adapter modules compile without warnings, with or without @impl" do
+      suffix = "V6Style#{System.unique_integer([:positive])}"
+
+      source = """
+      defmodule Yggdrasil.Adapter.#{suffix} do
+        use Yggdrasil.Adapter, name: :#{Macro.underscore(suffix)}
+      end
+
+      defmodule Yggdrasil.Subscriber.Adapter.#{suffix} do
+        use Yggdrasil.Subscriber.Adapter
+        use GenServer
+
+        def init(%{channel: channel}), do: {:ok, channel}
+        def handle_info(_message, channel), do: {:noreply, channel}
+      end
+
+      defmodule Yggdrasil.Publisher.Adapter.#{suffix} do
+        use Yggdrasil.Publisher.Adapter
+        use GenServer
+
+        @impl true
+        def init(namespace), do: {:ok, namespace}
+
+        @impl Yggdrasil.Publisher.Adapter
+        def publish(publisher, %Yggdrasil.Channel{} = channel, message, options \\\\ []) do
+          GenServer.call(publisher, {:publish, channel, message, options})
+        end
+
+        @impl true
+        def handle_call({:publish, _channel, _message, _options}, _from, namespace),
+          do: {:reply, :ok, namespace}
+      end
+      """
+
+      warnings =
+        ExUnit.CaptureIO.capture_io(:stderr, fn ->
+          assert [_, _, _] = Code.compile_string(source)
+        end)
+
+      assert warnings == ""
+      adapter = Module.concat(Yggdrasil.Adapter, suffix)
+      assert :ok = adapter.register()
+
+      channel = [name: "v6", adapter: adapter]
+      assert :ok = Yggdrasil.subscribe(channel)
+      assert :ok = Yggdrasil.publish(channel, :x)
+      assert :ok = Yggdrasil.unsubscribe(channel)
     end
   end
 
@@ -451,11 +502,11 @@ defmodule Yggdrasil.AdapterTest do
       alias Yggdrasil.Publisher.Adapter, as: PublisherAdapter
       channel = channel!()
       :ok = Yggdrasil.subscribe(channel)
-      assert_receive {:Y_CONNECTED, ^channel}
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
 
       assert {:ok, publisher} = PublisherAdapter.start_link(channel)
       assert :ok = PublisherAdapter.publish(publisher, channel, :direct, metadata: :meta)
-      assert_receive {:Y_EVENT, %Channel{metadata: :meta}, :direct}
+      assert_receive {:Y_EVENT, %Channel{metadata: :meta}, :direct}, @wait
       assert :ok = PublisherAdapter.stop(publisher)
       refute Process.alive?(publisher)
 

@@ -11,6 +11,10 @@ defmodule Yggdrasil.AdapterCase do
     quote do
       import Yggdrasil.AdapterCase
 
+      # For messages that follow asynchronous work (adapter starts, stops,
+      # restarts): generous, as the suites run concurrently.
+      @wait 5_000
+
       alias Yggdrasil.Channel
       alias Yggdrasil.MemoryBroker
       alias Yggdrasil.Native
@@ -22,6 +26,16 @@ defmodule Yggdrasil.AdapterCase do
     :ok = Yggdrasil.Adapter.Memory.register()
     :ok = Yggdrasil.Adapter.MemoryJson.register()
     :ok
+  end
+
+  # The Generator must never crash, whatever the adapters do.
+  setup do
+    generator = Process.whereis(Yggdrasil.Subscriber.Generator)
+
+    on_exit(fn ->
+      if Process.whereis(Yggdrasil.Subscriber.Generator) != generator,
+        do: raise("Yggdrasil.Subscriber.Generator restarted during the test")
+    end)
   end
 
   @doc "A complete `:memory` channel with a unique name."
@@ -39,11 +53,13 @@ defmodule Yggdrasil.AdapterCase do
 
   def key(channel), do: Channel.key(channel)
 
-  @doc "The running adapter process of `channel`."
+  @doc """
+  The running adapter process of `channel`. An adapter may report itself
+  connected before the Generator has heard back from its start: wait for
+  that (fails after ~5 s).
+  """
   def adapter!(channel) do
-    pid = Yggdrasil.Subscriber.Generator.whereis(channel)
-    assert is_pid(pid), "no adapter runs for #{inspect(channel)}"
-    pid
+    eventually(fn -> Yggdrasil.Subscriber.Generator.whereis(channel) end)
   end
 
   @doc "Polls `fun` until it returns a truthy value (fails after ~5 s)."
