@@ -510,6 +510,18 @@ defmodule Yggdrasil.AdapterTest do
       assert :ok = PublisherAdapter.stop(publisher)
       refute Process.alive?(publisher)
 
+      # The :elixir publisher module works through the same dispatchers.
+      {:ok, native} = Yggdrasil.gen_channel(name: {:elixir_dispatch, make_ref()})
+      :ok = Yggdrasil.subscribe(native)
+      assert_receive {:Y_CONNECTED, ^native}, @wait
+      assert {:ok, elixir_publisher} = PublisherAdapter.start_link(native)
+      assert :ok = PublisherAdapter.publish(elixir_publisher, native, :native, [])
+      assert_receive {:Y_EVENT, ^native, :native}, @wait
+      assert :ok = GenServer.call(elixir_publisher, {:publish, native, :by_call})
+      assert_receive {:Y_EVENT, ^native, :by_call}, @wait
+      assert :ok = PublisherAdapter.stop(elixir_publisher)
+      :ok = Yggdrasil.unsubscribe(native)
+
       assert {:error, _} = PublisherAdapter.start_link(:not_a_channel)
       assert {:error, _} = PublisherAdapter.publish(self(), :not_a_channel, :x, [])
       :ok = Yggdrasil.unsubscribe(channel)
