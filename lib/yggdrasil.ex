@@ -202,19 +202,14 @@ defmodule Yggdrasil do
         )
       end
 
-      @impl Yggdrasil
       def init(channels) when is_list(channels), do: {:subscribe, channels, nil}
 
-      @impl Yggdrasil
       def handle_connect(_channel, state), do: {:ok, state}
 
-      @impl Yggdrasil
       def handle_disconnect(_channel, state), do: {:ok, state}
 
-      @impl Yggdrasil
       def handle_event(_channel, _message, state), do: {:ok, state}
 
-      @impl Yggdrasil
       def terminate(_reason, _state), do: :ok
 
       defoverridable child_spec: 1,

@@ -40,23 +40,18 @@ defmodule Yggdrasil.Backend do
       alias Yggdrasil.Backend.Native, as: NativeBackend
 
       @doc "Subscribes the calling process to `channel`."
-      @impl Yggdrasil.Backend
       def subscribe(channel), do: NativeBackend.subscribe(channel)
 
       @doc "Stops delivery of `channel` to the calling process."
-      @impl Yggdrasil.Backend
       def unsubscribe(channel), do: NativeBackend.unsubscribe(channel)
 
       @doc "Sends `{:Y_CONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      @impl Yggdrasil.Backend
       def connected(channel, pid), do: NativeBackend.notify(:Y_CONNECTED, channel, pid)
 
       @doc "Sends `{:Y_DISCONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      @impl Yggdrasil.Backend
       def disconnected(channel, pid), do: NativeBackend.notify(:Y_DISCONNECTED, channel, pid)
 
       @doc "Sends `{:Y_EVENT, %{channel | metadata: metadata}, message}` to every subscriber."
-      @impl Yggdrasil.Backend
       def publish(channel, message, metadata),
         do: NativeBackend.publish(channel, message, metadata)
 

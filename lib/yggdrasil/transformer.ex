@@ -29,10 +29,8 @@ defmodule Yggdrasil.Transformer do
       @behaviour Yggdrasil.Transformer
       use Yggdrasil.Registration, register: {:register_transformer, unquote(name)}
 
-      @impl Yggdrasil.Transformer
       def decode(channel, message), do: Yggdrasil.Transformer.identity(channel, message)
 
-      @impl Yggdrasil.Transformer
       def encode(channel, message), do: Yggdrasil.Transformer.identity(channel, message)
 
       defoverridable decode: 2, encode: 2
