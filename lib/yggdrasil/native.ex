@@ -43,15 +43,40 @@ defmodule Yggdrasil.Native do
   def set_connected(_channel, _connected, _message), do: not_loaded()
   def set_watched(_channel, _watched), do: not_loaded()
   def set_janitor(_pid), do: not_loaded()
-  def subscribers(_channel), do: not_loaded()
+  def subscribers_page(_channel), do: not_loaded()
+  def subscribers_more(_cursor), do: not_loaded()
   def subscriber_count(_channel), do: not_loaded()
   def is_subscribed(_channel, _pid), do: not_loaded()
   def is_connected(_channel), do: not_loaded()
   def info, do: not_loaded()
+  def call_stats(_reset), do: not_loaded()
   def json_encode(_term), do: not_loaded()
   def json_encode_dirty(_term), do: not_loaded()
   def json_decode(_binary), do: not_loaded()
   def json_decode_dirty(_binary), do: not_loaded()
+
+  @doc false
+  # TEST HOOK, never called by the library: panics inside the NIF on purpose
+  # (`:plain`, or `:table` while holding the subscription table's lock) to
+  # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
+  def debug_panic(_mode), do: not_loaded()
+
+  @doc false
+  # The channel's subscribers as one list, fetched a bounded page per NIF
+  # call (a channel may have millions), all from one snapshot.
+  def subscribers(key) do
+    case subscribers_page(key) do
+      {pids, nil} -> pids
+      {pids, cursor} -> collect(cursor, [pids])
+    end
+  end
+
+  defp collect(cursor, pages) do
+    case subscribers_more(cursor) do
+      {pids, nil} -> :lists.append(:lists.reverse([pids | pages]))
+      {pids, cursor} -> collect(cursor, [pids | pages])
+    end
+  end
 
   @doc false
   # Sends `message` to every subscriber of `key`, resuming fan-outs that

@@ -1,18 +1,18 @@
 //! The set of channels one subscriber is on.
 //!
 //! Most subscribers are on a handful of channels, where a small vector beats
-//! a hash set on both memory and speed; past a threshold it becomes a hash
-//! set so that a subscriber on thousands of channels still unsubscribes in
-//! O(1).
+//! a hash set on both memory and speed; past a threshold it becomes a
+//! [`SmoothMap`] so that a subscriber on thousands of channels still
+//! unsubscribes in O(1), and one on millions never waits for a full rehash.
 
-use rustc_hash::FxHashSet;
+use crate::smooth::SmoothMap;
 use std::mem::size_of;
 
 const SMALL_LIMIT: usize = 16;
 
 pub(crate) enum ChannelSet {
     Small(Vec<u32>),
-    Large(FxHashSet<u32>),
+    Large(SmoothMap<u32, ()>),
 }
 
 impl Default for ChannelSet {
@@ -27,12 +27,15 @@ impl ChannelSet {
         match self {
             ChannelSet::Small(ids) if ids.len() < SMALL_LIMIT => ids.push(id),
             ChannelSet::Small(ids) => {
-                let mut set: FxHashSet<u32> = ids.drain(..).collect();
-                set.insert(id);
+                let mut set = SmoothMap::default();
+                for old in ids.drain(..) {
+                    set.insert(old, ());
+                }
+                set.insert(id, ());
                 *self = ChannelSet::Large(set);
             }
             ChannelSet::Large(set) => {
-                set.insert(id);
+                set.insert(id, ());
             }
         }
     }
@@ -46,7 +49,15 @@ impl ChannelSet {
                 }
                 None => false,
             },
-            ChannelSet::Large(set) => set.remove(&id),
+            ChannelSet::Large(set) => set.remove(&id).is_some(),
+        }
+    }
+
+    /// All the ids, as a list (one pass over a large set).
+    pub(crate) fn into_ids(self) -> Vec<u32> {
+        match self {
+            ChannelSet::Small(ids) => ids,
+            ChannelSet::Large(set) => set.keys().copied().collect(),
         }
     }
 
@@ -64,14 +75,14 @@ impl ChannelSet {
     pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match self {
             ChannelSet::Small(ids) => Box::new(ids.iter().copied()),
-            ChannelSet::Large(set) => Box::new(set.iter().copied()),
+            ChannelSet::Large(set) => Box::new(set.keys().copied()),
         }
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             ChannelSet::Small(ids) => ids.capacity() * size_of::<u32>(),
-            ChannelSet::Large(set) => crate::map_bytes::<u32, ()>(set.capacity()),
+            ChannelSet::Large(set) => set.heap_bytes(),
         }
     }
 }

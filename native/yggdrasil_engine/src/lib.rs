@@ -10,23 +10,126 @@
 //! The engine is single-threaded; the caller wraps it in a lock. Delivery is
 //! meant to happen *outside* that lock, from a [`Snapshot`]: an immutable,
 //! reference-counted copy of a channel's subscribers that is rebuilt only
-//! after the membership changed.
+//! after the membership changed. A snapshot carries a fence (see
+//! [`Members::fence`]) so that a subscriber that unsubscribes while a
+//! delivery from an older snapshot is still running receives nothing more
+//! from it once its unsubscribe returned.
+//!
+//! Nothing in here panics on any input: the lints below are enforced, and
+//! states that would be engine bugs (a dangling channel id) are handled as
+//! "unknown channel" instead of aborting the caller.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::indexing_slicing
+)]
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 mod channel_set;
+mod smooth;
 use channel_set::ChannelSet;
+use smooth::SmoothMap;
 
 /// Dense id of a live channel: an index into the engine's channel slab.
 type ChannelId = u32;
 
-/// An immutable list of a channel's subscribers, cheap to clone and safe to
-/// read without holding the engine.
-pub type Snapshot<S> = Arc<[S]>;
+/// A channel's subscribers at one instant, cheap to clone and safe to read
+/// without holding the engine.
+pub type Snapshot<S> = Arc<Members<S>>;
+
+/// The contents of a [`Snapshot`].
+///
+/// The member list never changes. What can change is the set of members
+/// that left (unsubscribed) while a delivery from this snapshot was still
+/// running: [`Members::fence`] adds one, and [`Members::deliver`] skips
+/// them. The set sits behind a read/write lock whose read side a delivery
+/// holds for one bounded batch of sends, so `fence` returns only once no
+/// send to the leaving subscriber can still start from this snapshot.
+pub struct Members<S> {
+    members: Box<[S]>,
+    left: RwLock<FxHashSet<S>>,
+}
+
+impl<S: Hash + Eq + Copy> Members<S> {
+    fn new(members: &[S]) -> Self {
+        Members {
+            members: members.into(),
+            left: RwLock::new(FxHashSet::default()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The members at the instant the snapshot was taken (ignores
+    /// departures recorded by [`Members::fence`]).
+    pub fn as_slice(&self) -> &[S] {
+        &self.members
+    }
+
+    pub fn to_vec(&self) -> Vec<S> {
+        self.members.to_vec()
+    }
+
+    /// Calls `send` for every member at positions `from..to` (clamped to the
+    /// list) that has not been fenced off, and returns how many it called.
+    ///
+    /// The fence's read side is held for the whole call, so callers keep
+    /// ranges small (a batch, not a whole big channel): a concurrent
+    /// [`Members::fence`] waits for the batch to finish.
+    pub fn deliver(&self, from: usize, to: usize, mut send: impl FnMut(&S)) -> usize {
+        let to = to.min(self.members.len());
+        let batch = self.members.get(from..to).unwrap_or_default();
+        // A poisoned lock only means a `send` panicked in another batch;
+        // the set itself is always consistent.
+        let left = self.left.read().unwrap_or_else(PoisonError::into_inner);
+        if left.is_empty() {
+            batch.iter().for_each(&mut send);
+            batch.len()
+        } else {
+            let mut sent = 0;
+            for member in batch.iter().filter(|member| !left.contains(member)) {
+                send(member);
+                sent += 1;
+            }
+            sent
+        }
+    }
+
+    /// Excludes `member` from every later [`Members::deliver`] on this
+    /// snapshot. Blocks until the deliveries running right now finish their
+    /// current batch (never for a whole fan-out: a delivery that yielded
+    /// the scheduler holds no lock).
+    pub fn fence(&self, member: S) {
+        self.left
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(member);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        size_of::<Self>()
+            + 2 * size_of::<usize>()
+            + self.members.len() * size_of::<S>()
+            // Never wait for a fence here: this runs under the engine's lock.
+            + self
+                .left
+                .try_read()
+                .map_or(0, |left| map_bytes::<S, ()>(left.capacity()))
+    }
+}
 
 /// Result of a successful [`Engine::subscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +142,19 @@ pub struct Subscribed {
 }
 
 /// Result of an [`Engine::unsubscribe`] that removed a subscription.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Unsubscribed<C, D> {
+pub struct Unsubscribed<C, S, D> {
     /// The subscriber's data, handed back when this was its last channel (the
     /// caller should e.g. drop its monitor).
     pub released: Option<D>,
     /// The channel's key, when the channel had no subscriber left and was
     /// marked as watched (see [`Engine::set_watched`]).
     pub emptied: Option<C>,
+    /// Snapshots of this channel that deliveries still hold and that may
+    /// list the subscriber. Before telling the subscriber it is out, the
+    /// caller must call [`Members::fence`] on each, *after* releasing the
+    /// engine's lock (fencing waits for a running batch of sends). Empty,
+    /// and allocation-free, when no delivery was in flight.
+    pub in_flight: Vec<Snapshot<S>>,
 }
 
 /// Result of [`Engine::remove_subscriber`].
@@ -65,6 +173,9 @@ pub enum SubscribeError<E> {
     Register(E),
     /// The engine cannot hold more distinct channels (2³² − 1).
     TooManyChannels,
+    /// An internal inconsistency was detected (an engine bug); nothing
+    /// changed.
+    Internal,
 }
 
 /// Counts and memory of the whole table.
@@ -83,11 +194,16 @@ struct Channel<C, S> {
     /// Dense list of subscribers; `positions` maps each to its index so that
     /// removal is a swap-remove, O(1) on any channel size.
     members: Vec<S>,
-    positions: FxHashMap<S, u32>,
+    positions: SmoothMap<S, u32>,
     connected: bool,
     watched: bool,
     /// Cached copy of `members`; dropped on every membership change.
     snapshot: Option<Snapshot<S>>,
+    /// Older snapshots that deliveries were still using when membership
+    /// changed; an unsubscribe must fence them. Dead entries are pruned on
+    /// every change, so the list is bounded by the number of deliveries in
+    /// flight on this channel.
+    retired: Vec<Weak<Members<S>>>,
 }
 
 struct Subscriber<D> {
@@ -96,12 +212,113 @@ struct Subscriber<D> {
 }
 
 /// The subscription table. See the crate documentation.
+///
+/// No operation stalls on the table's size: the maps grow shard by shard
+/// (see [`SmoothMap`]), the channel slab grows in fixed-size chunks, and a
+/// subscriber on very many channels can be removed in steps
+/// ([`Engine::detach_subscriber`]).
 pub struct Engine<C, S, D> {
-    index: FxHashMap<C, ChannelId>,
-    channels: Vec<Option<Channel<C, S>>>,
+    index: SmoothMap<C, ChannelId>,
+    channels: Slab<Channel<C, S>>,
     free_ids: Vec<ChannelId>,
-    subscribers: FxHashMap<S, Subscriber<D>>,
+    subscribers: SmoothMap<S, Subscriber<D>>,
     subscriptions: usize,
+}
+
+/// A subscriber taken out of the table whose channel memberships are still
+/// to be removed, with [`Engine::remove_memberships`], in steps of any size.
+pub struct Detached<D> {
+    pub data: D,
+    channels: ChannelSet,
+}
+
+impl<D> Detached<D> {
+    /// How many memberships are left to remove.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// The channels to pass to [`Engine::remove_memberships`]. One pass
+    /// over the set: do it without holding the engine's lock.
+    pub fn into_channels(self) -> (D, Vec<ChannelRef>) {
+        let ids = self
+            .channels
+            .into_ids()
+            .into_iter()
+            .map(ChannelRef)
+            .collect();
+        (self.data, ids)
+    }
+}
+
+/// A channel of a detached subscriber (see [`Detached::into_channels`]).
+/// Stays valid while the subscriber is still a member: a channel with a
+/// member is never dropped, so its id is not reused meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelRef(ChannelId);
+
+/// Channel slots in chunks of fixed size, so growing the slab never copies
+/// more than one chunk.
+struct Slab<T> {
+    chunks: Vec<Vec<Option<T>>>,
+    len: usize,
+}
+
+const SLAB_CHUNK: usize = 1_024;
+
+impl<T> Slab<T> {
+    const fn new() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn slot(&self, id: ChannelId) -> Option<&Option<T>> {
+        let id = id as usize;
+        self.chunks.get(id / SLAB_CHUNK)?.get(id % SLAB_CHUNK)
+    }
+
+    fn slot_mut(&mut self, id: ChannelId) -> Option<&mut Option<T>> {
+        let id = id as usize;
+        self.chunks
+            .get_mut(id / SLAB_CHUNK)?
+            .get_mut(id % SLAB_CHUNK)
+    }
+
+    /// Appends a slot; `None` when ids are exhausted.
+    fn push(&mut self, value: T) -> Option<ChannelId> {
+        let id = ChannelId::try_from(self.len)
+            .ok()
+            .filter(|&id| id != ChannelId::MAX)?;
+        if self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.len() >= SLAB_CHUNK)
+        {
+            self.chunks.push(Vec::new());
+        }
+        self.chunks.last_mut()?.push(Some(value));
+        self.len += 1;
+        Some(id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten().flatten()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * size_of::<Vec<Option<T>>>()
+            + self
+                .chunks
+                .iter()
+                .map(|chunk| chunk.capacity() * size_of::<Option<T>>())
+                .sum::<usize>()
+    }
 }
 
 impl<C, S, D> Default for Engine<C, S, D>
@@ -121,10 +338,10 @@ where
 {
     pub fn new() -> Self {
         Engine {
-            index: FxHashMap::default(),
-            channels: Vec::new(),
+            index: SmoothMap::default(),
+            channels: Slab::new(),
             free_ids: Vec::new(),
-            subscribers: FxHashMap::default(),
+            subscribers: SmoothMap::default(),
             subscriptions: 0,
         }
     }
@@ -152,8 +369,11 @@ where
                 None => return Err(SubscribeError::TooManyChannels),
             },
         };
-        let connected = self.channel(id).connected;
-        if self.channel(id).positions.contains_key(&subscriber) {
+        let Some(channel) = self.channel(id) else {
+            return Err(SubscribeError::Internal);
+        };
+        let connected = channel.connected;
+        if channel.positions.contains_key(&subscriber) {
             return Ok(Subscribed {
                 added: false,
                 connected,
@@ -177,14 +397,16 @@ where
                 }
             },
         }
-        let channel = self.channel_mut(id);
+        let Some(channel) = self.channel_mut(id) else {
+            return Err(SubscribeError::Internal);
+        };
         // A channel never exceeds u32::MAX members: each member is a distinct
         // subscriber and ids are at most pointer-sized process ids; saturate
         // anyway rather than wrap.
         let position = u32::try_from(channel.members.len()).unwrap_or(u32::MAX);
         channel.positions.insert(subscriber, position);
         channel.members.push(subscriber);
-        channel.snapshot = None;
+        channel.invalidate();
         self.subscriptions += 1;
         Ok(Subscribed {
             added: true,
@@ -193,8 +415,9 @@ where
     }
 
     /// Removes `subscriber` from the channel `key`. `None` when it was not
-    /// subscribed there.
-    pub fn unsubscribe<Q>(&mut self, key: &Q, subscriber: S) -> Option<Unsubscribed<C, D>>
+    /// subscribed there. See [`Unsubscribed::in_flight`] for what the
+    /// caller must do before reporting success.
+    pub fn unsubscribe<Q>(&mut self, key: &Q, subscriber: S) -> Option<Unsubscribed<C, S, D>>
     where
         C: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -203,6 +426,12 @@ where
         if !self.remove_member(id, subscriber) {
             return None;
         }
+        // `remove_member` retired the cached snapshot if a delivery held it,
+        // so every snapshot still in use is in `retired` now.
+        let in_flight = self
+            .channel(id)
+            .map(|channel| channel.retired.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
         let released = match self.subscribers.get_mut(&subscriber) {
             Some(entry) => {
                 entry.channels.remove(id);
@@ -216,11 +445,15 @@ where
         };
         let emptied = self.drop_if_empty(id);
         self.shrink_if_sparse();
-        Some(Unsubscribed { released, emptied })
+        Some(Unsubscribed {
+            released,
+            emptied,
+            in_flight,
+        })
     }
 
     /// Removes `subscriber` from every channel (it died). `None` when the
-    /// engine did not know it.
+    /// engine did not know it. No fencing: nothing can reach a dead process.
     pub fn remove_subscriber(&mut self, subscriber: S) -> Option<Removed<C, D>> {
         let entry = self.subscribers.remove(&subscriber)?;
         let mut emptied = Vec::new();
@@ -239,6 +472,43 @@ where
         })
     }
 
+    /// Takes a subscriber (it died) out of the table in O(1), leaving its
+    /// memberships to [`Engine::remove_memberships`], so that a subscriber
+    /// on a million channels is cleaned up in bounded steps instead of one
+    /// long call. Until then its channels still list it (sends to a dead
+    /// process are dropped by the VM). `None` when the engine did not know
+    /// it.
+    pub fn detach_subscriber(&mut self, subscriber: S) -> Option<Detached<D>> {
+        let entry = self.subscribers.remove(&subscriber)?;
+        Some(Detached {
+            data: entry.data,
+            channels: entry.channels,
+        })
+    }
+
+    /// Removes a detached subscriber from `channels`; returns the watched
+    /// channels that lost their last subscriber.
+    pub fn remove_memberships(&mut self, subscriber: S, channels: &[ChannelRef]) -> Vec<C> {
+        let mut emptied = Vec::new();
+        for &ChannelRef(id) in channels {
+            self.remove_member(id, subscriber);
+            emptied.extend(self.drop_if_empty(id));
+        }
+        self.shrink_if_sparse();
+        emptied
+    }
+
+    /// Channel, subscriber and subscription counts, in O(1) (unlike
+    /// [`Engine::stats`], which also walks the table to estimate memory).
+    pub fn counts(&self) -> Stats {
+        Stats {
+            channels: self.index.len(),
+            subscribers: self.subscribers.len(),
+            subscriptions: self.subscriptions,
+            memory_bytes: 0,
+        }
+    }
+
     /// The channel's subscribers, as a snapshot that stays valid (and
     /// unchanged) after the engine moves on. `None` for an unknown channel.
     pub fn snapshot<Q>(&mut self, key: &Q) -> Option<Snapshot<S>>
@@ -247,7 +517,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let id = *self.index.get(key)?;
-        Some(self.snapshot_of(id))
+        Some(self.channel_mut(id)?.snapshot())
     }
 
     /// Sets the channel's connection state. When the state changed, returns
@@ -260,12 +530,12 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let id = *self.index.get(key)?;
-        let channel = self.channel_mut(id);
+        let channel = self.channel_mut(id)?;
         if channel.connected == connected {
             return None;
         }
         channel.connected = connected;
-        Some(self.snapshot_of(id))
+        Some(channel.snapshot())
     }
 
     /// Marks a channel whose emptying the caller wants to hear about (its
@@ -276,9 +546,10 @@ where
         C: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.index.get(key) {
-            Some(&id) => {
-                self.channel_mut(id).watched = watched;
+        let id = self.index.get(key).copied();
+        match id.and_then(|id| self.channel_mut(id)) {
+            Some(channel) => {
+                channel.watched = watched;
                 true
             }
             None => false,
@@ -290,9 +561,7 @@ where
         C: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index
-            .get(key)
-            .is_some_and(|&id| self.channel(id).connected)
+        self.lookup(key).is_some_and(|channel| channel.connected)
     }
 
     pub fn is_subscribed<Q>(&self, key: &Q, subscriber: S) -> bool
@@ -300,9 +569,8 @@ where
         C: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index
-            .get(key)
-            .is_some_and(|&id| self.channel(id).positions.contains_key(&subscriber))
+        self.lookup(key)
+            .is_some_and(|channel| channel.positions.contains_key(&subscriber))
     }
 
     pub fn subscriber_count<Q>(&self, key: &Q) -> usize
@@ -310,9 +578,7 @@ where
         C: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index
-            .get(key)
-            .map_or(0, |&id| self.channel(id).members.len())
+        self.lookup(key).map_or(0, |channel| channel.members.len())
     }
 
     /// How many channels `subscriber` is on.
@@ -336,17 +602,15 @@ where
     }
 
     fn memory_bytes(&self) -> usize {
-        let mut bytes = map_bytes::<C, ChannelId>(self.index.capacity())
-            + self.channels.capacity() * size_of::<Option<Channel<C, S>>>()
+        let mut bytes = self.index.heap_bytes()
+            + self.channels.heap_bytes()
             + self.free_ids.capacity() * size_of::<ChannelId>()
-            + map_bytes::<S, Subscriber<D>>(self.subscribers.capacity());
-        for channel in self.channels.iter().flatten() {
+            + self.subscribers.heap_bytes();
+        for channel in self.channels.iter() {
             bytes += channel.members.capacity() * size_of::<S>()
-                + map_bytes::<S, u32>(channel.positions.capacity())
-                + channel
-                    .snapshot
-                    .as_ref()
-                    .map_or(0, |s| 2 * size_of::<usize>() + s.len() * size_of::<S>());
+                + channel.positions.heap_bytes()
+                + channel.retired.capacity() * size_of::<Weak<Members<S>>>()
+                + channel.snapshot.as_ref().map_or(0, |s| s.heap_bytes());
         }
         for entry in self.subscribers.values() {
             bytes += entry.channels.heap_bytes();
@@ -354,37 +618,42 @@ where
         bytes
     }
 
+    fn lookup<Q>(&self, key: &Q) -> Option<&Channel<C, S>>
+    where
+        C: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.channel(*self.index.get(key)?)
+    }
+
     /// `None` when every channel id is taken.
     fn create_channel(&mut self, key: C) -> Option<ChannelId> {
         let channel = Channel {
             key: key.clone(),
             members: Vec::new(),
-            positions: FxHashMap::default(),
+            positions: SmoothMap::default(),
             connected: false,
             watched: false,
             snapshot: None,
+            retired: Vec::new(),
         };
         let id = match self.free_ids.pop() {
-            Some(id) => {
-                if let Some(slot) = self.channels.get_mut(id as usize) {
+            Some(id) => match self.channels.slot_mut(id) {
+                Some(slot) => {
                     *slot = Some(channel);
+                    id
                 }
-                id
-            }
-            None => {
-                let id = ChannelId::try_from(self.channels.len())
-                    .ok()
-                    .filter(|&id| id != ChannelId::MAX)?;
-                self.channels.push(Some(channel));
-                id
-            }
+                // A free id past the slab's end cannot happen; forget it.
+                None => return self.create_channel(channel.key),
+            },
+            None => self.channels.push(channel)?,
         };
         self.index.insert(key, id);
         Some(id)
     }
 
     fn drop_channel(&mut self, id: ChannelId) -> Option<Channel<C, S>> {
-        let channel = self.channels.get_mut(id as usize)?.take()?;
+        let channel = self.channels.slot_mut(id)?.take()?;
         self.index.remove(&channel.key);
         self.free_ids.push(id);
         Some(channel)
@@ -393,7 +662,7 @@ where
     /// Drops the channel if it has no member; returns its key when the
     /// caller asked to hear about it.
     fn drop_if_empty(&mut self, id: ChannelId) -> Option<C> {
-        if !self.channel(id).members.is_empty() {
+        if !self.channel(id)?.members.is_empty() {
             return None;
         }
         let channel = self.drop_channel(id)?;
@@ -407,63 +676,73 @@ where
         if self.index.is_empty() {
             // The slab cannot be compacted while ids are live, but once the
             // last channel is gone it is all free.
-            self.channels = Vec::new();
+            self.channels = Slab::new();
             self.free_ids = Vec::new();
         }
-        shrink_map(&mut self.index);
-        shrink_map(&mut self.subscribers);
+        if self.free_ids.len() * 4 <= self.free_ids.capacity() {
+            self.free_ids.shrink_to(self.free_ids.len() * 2);
+        }
     }
 
     fn remove_member(&mut self, id: ChannelId, subscriber: S) -> bool {
-        let channel = self.channel_mut(id);
+        let Some(channel) = self.channel_mut(id) else {
+            return false;
+        };
         let Some(position) = channel.positions.remove(&subscriber) else {
             return false;
         };
         let position = position as usize;
-        channel.members.swap_remove(position);
-        if let Some(&moved) = channel.members.get(position) {
-            channel.positions.insert(moved, position as u32);
+        if position < channel.members.len() {
+            channel.members.swap_remove(position);
+            if let Some(&moved) = channel.members.get(position) {
+                channel.positions.insert(moved, position as u32);
+            }
         }
-        channel.snapshot = None;
+        channel.invalidate();
         // Give memory back once a big channel has mostly emptied.
         if channel.members.len() * 4 <= channel.members.capacity() {
             channel.members.shrink_to(channel.members.len() * 2);
         }
-        shrink_map(&mut channel.positions);
-        self.subscriptions -= 1;
+        self.subscriptions = self.subscriptions.saturating_sub(1);
         true
     }
 
-    fn snapshot_of(&mut self, id: ChannelId) -> Snapshot<S> {
-        let channel = self.channel_mut(id);
-        if let Some(snapshot) = &channel.snapshot {
-            return Arc::clone(snapshot);
-        }
-        let snapshot: Snapshot<S> = Arc::from(channel.members.as_slice());
-        channel.snapshot = Some(Arc::clone(&snapshot));
-        snapshot
-    }
-
     // Ids come only from `index` and from subscribers' channel sets, which
-    // are kept in step with the slab, so a missing slot is an engine bug.
-    fn channel(&self, id: ChannelId) -> &Channel<C, S> {
-        match self.channels.get(id as usize) {
-            Some(Some(channel)) => channel,
-            _ => unreachable!("channel id {id} is not live"),
-        }
+    // are kept in step with the slab; a missing slot would be an engine bug,
+    // and callers treat it as an unknown channel rather than panic.
+    fn channel(&self, id: ChannelId) -> Option<&Channel<C, S>> {
+        self.channels.slot(id)?.as_ref()
     }
 
-    fn channel_mut(&mut self, id: ChannelId) -> &mut Channel<C, S> {
-        match self.channels.get_mut(id as usize) {
-            Some(Some(channel)) => channel,
-            _ => unreachable!("channel id {id} is not live"),
-        }
+    fn channel_mut(&mut self, id: ChannelId) -> Option<&mut Channel<C, S>> {
+        self.channels.slot_mut(id)?.as_mut()
     }
 }
 
-fn shrink_map<K: Hash + Eq, V>(map: &mut FxHashMap<K, V>) {
-    if map.len() * 4 <= map.capacity() {
-        map.shrink_to(map.len() * 2);
+impl<C, S: Hash + Eq + Copy> Channel<C, S> {
+    fn snapshot(&mut self) -> Snapshot<S> {
+        if let Some(snapshot) = &self.snapshot {
+            return Arc::clone(snapshot);
+        }
+        let snapshot = Arc::new(Members::new(&self.members));
+        self.snapshot = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// Membership changed: drop the cached snapshot, remembering it if a
+    /// delivery still uses it. Clones of a snapshot are only made under the
+    /// engine's lock (here, from the cache), so a count of one means no
+    /// delivery has it and none can get it any more.
+    fn invalidate(&mut self) {
+        self.retired.retain(|old| old.strong_count() > 0);
+        if let Some(old) = self.snapshot.take() {
+            if Arc::strong_count(&old) > 1 {
+                self.retired.push(Arc::downgrade(&old));
+            }
+        }
+        if self.retired.is_empty() && self.retired.capacity() > 0 {
+            self.retired = Vec::new();
+        }
     }
 }
 

@@ -1,3 +1,11 @@
+// Tests may unwrap: a panic here is a failed test, not a crashed VM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -304,7 +312,24 @@ fn randomized_against_reference_model() {
                 }
                 3 => {
                     let expected = model.channels_of(sub);
-                    let result = engine.remove_subscriber(sub);
+                    let result = if rng.below(2) == 0 {
+                        engine.remove_subscriber(sub)
+                    } else {
+                        // The stepwise path: detach, then remove in chunks.
+                        engine.detach_subscriber(sub).map(|detached| {
+                            let (data, channels) = detached.into_channels();
+                            let step = 1 + rng.below(3) as usize;
+                            let mut emptied = Vec::new();
+                            for chunk in channels.chunks(step) {
+                                emptied.extend(engine.remove_memberships(sub, chunk));
+                            }
+                            Removed {
+                                data,
+                                subscriptions: channels.len(),
+                                emptied,
+                            }
+                        })
+                    };
                     if expected == 0 {
                         assert!(result.is_none());
                     } else {
@@ -378,4 +403,199 @@ fn randomized_against_reference_model() {
             assert_eq!(engine.channel_count_of(sub), model.channels_of(sub));
         }
     }
+}
+
+#[test]
+fn no_snapshot_in_flight_means_nothing_to_fence() {
+    let mut engine = TestEngine::new();
+    subscribe(&mut engine, "a", 1);
+    subscribe(&mut engine, "a", 2);
+    // A snapshot taken and released again (a finished delivery).
+    drop(engine.snapshot("a").unwrap());
+    let gone = engine.unsubscribe("a", 1).unwrap();
+    assert!(gone.in_flight.is_empty());
+}
+
+#[test]
+fn unsubscribe_during_a_delivery_fences_the_snapshots_it_uses() {
+    let mut engine = TestEngine::new();
+    for sub in 1..=4 {
+        subscribe(&mut engine, "a", sub);
+    }
+    // Two deliveries in flight on two different snapshots of "a".
+    let first = engine.snapshot("a").unwrap();
+    subscribe(&mut engine, "a", 5);
+    let second = engine.snapshot("a").unwrap();
+    let gone = engine.unsubscribe("a", 3).unwrap();
+    assert_eq!(gone.in_flight.len(), 2);
+    for snapshot in &gone.in_flight {
+        snapshot.fence(3);
+    }
+    let mut sent = Vec::new();
+    assert_eq!(first.deliver(0, usize::MAX, |&s| sent.push(s)), 3);
+    sent.sort_unstable();
+    assert_eq!(sent, vec![1, 2, 4]);
+    sent.clear();
+    second.deliver(0, 10, |&s| sent.push(s));
+    sent.sort_unstable();
+    assert_eq!(sent, vec![1, 2, 4, 5]);
+    // The snapshot itself still lists who was there when it was taken.
+    assert_eq!(first.len(), 4);
+    // A new delivery does not list 3 at all; re-subscribing puts it back in
+    // new snapshots only (the fenced ones stay fenced: exactly once).
+    assert_eq!(sorted(engine.snapshot("a").unwrap()), vec![1, 2, 4, 5]);
+    subscribe(&mut engine, "a", 3);
+    assert_eq!(sorted(engine.snapshot("a").unwrap()), vec![1, 2, 3, 4, 5]);
+    let mut again = Vec::new();
+    first.deliver(0, 4, |&s| again.push(s));
+    assert!(!again.contains(&3));
+}
+
+#[test]
+fn finished_deliveries_are_forgotten() {
+    let mut engine = TestEngine::new();
+    subscribe(&mut engine, "a", 1);
+    let held = engine.snapshot("a").unwrap();
+    subscribe(&mut engine, "a", 2);
+    drop(held);
+    subscribe(&mut engine, "a", 3);
+    let gone = engine.unsubscribe("a", 1).unwrap();
+    assert!(gone.in_flight.is_empty());
+}
+
+#[test]
+fn deliver_clamps_its_range() {
+    let mut engine = TestEngine::new();
+    subscribe(&mut engine, "a", 1);
+    let snapshot = engine.snapshot("a").unwrap();
+    let mut calls = 0;
+    assert_eq!(snapshot.deliver(0, usize::MAX, |_| calls += 1), 1);
+    assert_eq!(snapshot.deliver(5, 2, |_| calls += 1), 0);
+    assert_eq!(snapshot.deliver(1, 1, |_| calls += 1), 0);
+    assert_eq!(calls, 1);
+}
+
+/// The guarantee the fence exists for, with real threads: once `fence`
+/// returned, no delivery thread sends to the fenced subscriber again.
+#[test]
+fn nothing_is_sent_after_the_fence_returned() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::thread;
+
+    for round in 0..50u32 {
+        let engine = Mutex::new(Engine::<&str, u32, ()>::new());
+        for sub in 0..2_000 {
+            engine
+                .lock()
+                .unwrap()
+                .subscribe("a", || "a", sub, || Ok::<_, ()>(()))
+                .unwrap();
+        }
+        let leaver = 1_999 - round;
+        let fenced = AtomicBool::new(false);
+        let late = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Acquire) {
+                        let Some(snapshot) = engine.lock().unwrap().snapshot("a") else {
+                            break;
+                        };
+                        let mut next = 0;
+                        while next < snapshot.len() {
+                            snapshot.deliver(next, next + 64, |&s| {
+                                if s == leaver && fenced.load(Ordering::SeqCst) {
+                                    late.fetch_add(1, Ordering::SeqCst);
+                                }
+                            });
+                            next += 64;
+                            thread::yield_now();
+                        }
+                    }
+                });
+            }
+            thread::sleep(std::time::Duration::from_millis(2));
+            let gone = engine.lock().unwrap().unsubscribe("a", leaver).unwrap();
+            for snapshot in &gone.in_flight {
+                snapshot.fence(leaver);
+            }
+            fenced.store(true, Ordering::SeqCst);
+            thread::sleep(std::time::Duration::from_millis(2));
+            stop.store(true, Ordering::Release);
+        });
+        assert_eq!(late.load(Ordering::SeqCst), 0, "round {round}");
+    }
+}
+
+#[test]
+fn memory_returns_to_zero_after_fenced_churn() {
+    let mut engine = TestEngine::new();
+    let mut held = Vec::new();
+    for sub in 0..1_000 {
+        subscribe(&mut engine, "a", sub);
+        if sub % 100 == 0 {
+            held.push(engine.snapshot("a").unwrap());
+        }
+    }
+    for sub in 0..1_000 {
+        let gone = engine.unsubscribe("a", sub).unwrap();
+        for snapshot in &gone.in_flight {
+            snapshot.fence(sub);
+        }
+    }
+    drop(held);
+    assert_eq!(engine.stats(), Stats::default());
+}
+
+#[test]
+fn a_subscriber_on_many_channels_is_removed_in_steps() {
+    let mut engine = TestEngine::new();
+    let keys: Vec<String> = (0..20_000).map(|i| format!("c{i}")).collect();
+    for key in &keys {
+        subscribe(&mut engine, key, 1);
+    }
+    subscribe(&mut engine, "c0", 2);
+    engine.set_watched("c1", true);
+    let detached = engine.detach_subscriber(1).unwrap();
+    assert_eq!(detached.len(), 20_000);
+    assert!(engine.detach_subscriber(1).is_none());
+    // Until its memberships are removed, its channels still list it.
+    assert_eq!(engine.subscriber_count("c5"), 1);
+    assert_eq!(engine.stats().subscribers, 1);
+    let (data, channels) = detached.into_channels();
+    assert_eq!(data, "monitor");
+    let mut emptied = Vec::new();
+    for chunk in channels.chunks(1_000) {
+        emptied.extend(engine.remove_memberships(1, chunk));
+    }
+    assert_eq!(emptied, vec!["c1".to_string()]);
+    assert_eq!(engine.stats().channels, 1);
+    assert_eq!(engine.stats().subscriptions, 1);
+    assert_eq!(engine.counts().subscriptions, 1);
+    assert_eq!(sorted(engine.snapshot("c0").unwrap()), vec![2]);
+    engine.remove_subscriber(2);
+    assert_eq!(engine.stats(), Stats::default());
+}
+
+#[test]
+fn large_tables_split_and_come_back() {
+    // Past the split threshold every map is sharded; emptied, all memory
+    // is given back.
+    let mut engine = TestEngine::new();
+    for sub in 0..20_000 {
+        subscribe(&mut engine, "big", sub);
+        subscribe(&mut engine, &format!("own{sub}"), sub);
+    }
+    assert_eq!(engine.stats().channels, 20_001);
+    assert_eq!(engine.subscriber_count("big"), 20_000);
+    for sub in 0..20_000 {
+        assert!(engine.is_subscribed("big", sub));
+        assert_eq!(engine.channel_count_of(sub), 2);
+    }
+    for sub in 0..20_000 {
+        assert_eq!(engine.remove_subscriber(sub).unwrap().subscriptions, 2);
+    }
+    assert_eq!(engine.stats(), Stats::default());
 }

@@ -97,17 +97,18 @@ impl Serialize for Node<'_, '_> {
                 Err(_) => Err(S::Error::custom("unreadable float")),
             },
             TermType::List => {
-                // rustler's list iterator panics on an improper tail, so the
-                // list is checked whole (enif_get_list_length) first.
-                if term.list_length().is_err() {
-                    return Err(S::Error::custom("improper list"));
-                }
-                let Ok(items) = term.decode::<rustler::ListIterator>() else {
-                    return Err(S::Error::custom("unreadable list"));
-                };
+                // Walked cell by cell rather than with rustler's
+                // `ListIterator`, which panics on an improper tail; each
+                // element also counts against the node budget, so a huge
+                // list is never walked to its end on a normal scheduler.
                 let mut seq = serializer.serialize_seq(None)?;
-                for item in items {
+                let mut rest = term;
+                while !rest.is_empty_list() {
+                    let Ok((item, tail)) = rest.list_get_cell() else {
+                        return Err(S::Error::custom("improper list"));
+                    };
                     seq.serialize_element(&self.child(item))?;
+                    rest = tail;
                 }
                 seq.end()
             }

@@ -70,8 +70,13 @@ impl Drop for StoredTerm {
 }
 
 /// The owned channel key held by the engine; cloning is a reference count.
+/// The hash is kept inline too, so that growing the engine's tables never
+/// has to follow the pointer of every key.
 #[derive(Clone)]
-pub struct ChannelKey(Arc<StoredTerm>);
+pub struct ChannelKey {
+    hash: u64,
+    stored: Arc<StoredTerm>,
+}
 
 impl ChannelKey {
     /// Copies the looked-up term into a new environment.
@@ -81,38 +86,42 @@ impl ChannelKey {
         unsafe {
             let env = enif_alloc_env();
             let term = enif_make_copy(env, key.term);
-            ChannelKey(Arc::new(StoredTerm {
-                env,
-                key: TermKey {
-                    hash: key.hash,
-                    term,
-                },
-            }))
+            ChannelKey {
+                hash: key.hash,
+                stored: Arc::new(StoredTerm {
+                    env,
+                    key: TermKey {
+                        hash: key.hash,
+                        term,
+                    },
+                }),
+            }
         }
     }
 
     /// The channel term, copied into `env` (e.g. to send it).
     pub fn to_term<'a>(&self, env: Env<'a>) -> Term<'a> {
         // SAFETY: the stored term is alive while `self` is.
-        unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), self.0.key.term)) }
+        unsafe { Term::new(env, enif_make_copy(env.as_c_arg(), self.stored.key.term)) }
     }
 }
 
 impl Borrow<TermKey> for ChannelKey {
     fn borrow(&self) -> &TermKey {
-        &self.0.key
+        &self.stored.key
     }
 }
 
 impl Hash for ChannelKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key.hash(state);
+        // Must equal `TermKey`'s hash (the `Borrow` contract).
+        state.write_u64(self.hash);
     }
 }
 
 impl PartialEq for ChannelKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
+        self.hash == other.hash && self.stored.key == other.stored.key
     }
 }
 

@@ -1,0 +1,41 @@
+//! Local pids as the engine stores them.
+//!
+//! rustler's `LocalPid` hashes and compares through calls into the VM
+//! (`enif_hash`, `enif_compare`). A local pid is an immediate term: its bits
+//! identify the process, so the engine keys on those bits directly, which
+//! makes every table operation (and every rehash) a few integer
+//! instructions.
+
+use rustler::sys::{ErlNifPid, ErlNifTerm};
+use rustler::{Encoder, Env, LocalPid, Term};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(ErlNifTerm);
+
+impl Pid {
+    #[inline]
+    pub fn of(pid: &LocalPid) -> Pid {
+        let raw: *const ErlNifPid = pid.as_c_arg();
+        // SAFETY: `ErlNifPid` is `#[repr(C)]` with the pid term as its only
+        // field, so reading the first field through the pointer is sound.
+        Pid(unsafe { *raw.cast::<ErlNifTerm>() })
+    }
+
+    /// The C pid, for `enif_send` and friends.
+    #[inline]
+    pub fn c_pid(&self) -> ErlNifPid {
+        // SAFETY: same layout as above, in the other direction.
+        unsafe { std::mem::transmute::<ErlNifTerm, ErlNifPid>(self.0) }
+    }
+
+    #[inline]
+    pub fn local(&self) -> LocalPid {
+        LocalPid::from_c_arg(self.c_pid())
+    }
+}
+
+impl Encoder for Pid {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        self.local().encode(env)
+    }
+}
