@@ -140,6 +140,37 @@ defmodule Yggdrasil do
   @spec info() :: %{atom() => non_neg_integer()}
   def info, do: Yggdrasil.Native.info()
 
+  @doc """
+  How many processes are subscribed to `channel` (struct, map or keyword
+  list) on this node.
+
+      iex> Yggdrasil.subscribe(name: "doc:count")
+      :ok
+      iex> Yggdrasil.subscriber_count(name: "doc:count")
+      1
+  """
+  @spec subscriber_count(channel()) :: non_neg_integer() | {:error, term()}
+  def subscriber_count(channel) do
+    with {:ok, channel} <- gen_channel(channel),
+         do: Yggdrasil.Native.subscriber_count(Channel.key(channel))
+  end
+
+  @doc """
+  The pids subscribed to `channel` on this node, in no particular order.
+  Read in bounded steps, so it is safe on channels with millions of
+  subscribers (the list itself is then that long).
+
+      iex> Yggdrasil.subscribe(name: "doc:subscribers")
+      :ok
+      iex> Yggdrasil.subscribers(name: "doc:subscribers") == [self()]
+      true
+  """
+  @spec subscribers(channel()) :: [pid()] | {:error, term()}
+  def subscribers(channel) do
+    with {:ok, channel} <- gen_channel(channel),
+         do: Yggdrasil.Native.subscribers(Channel.key(channel))
+  end
+
   defp check_options(options) do
     if Keyword.keyword?(options),
       do: :ok,
