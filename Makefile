@@ -49,5 +49,15 @@ bench: build
 bench-quick: build
 	MIX_ENV=prod mix run bench/run.exs --quick
 
+# Full-size churn soak, 100k-subscriber crowd and measured limits (a few
+# minutes, ~2 GB of RAM); `make test` runs them at reduced size.
+soak: setup
+	MIX_ENV=test YGG_SOAK=full mix test test/soak_test.exs
+
+# Many more random calls into every NIF and public function than `make test`
+# runs; YGG_FUZZ_SEED=<n> reproduces a run.
+fuzz: setup
+	MIX_ENV=test YGG_FUZZ=full mix test test/fuzz_test.exs
+
 clean:
 	rm -rf _build target priv/native/*.so
