@@ -880,14 +880,22 @@ defmodule YggBench.Harness do
       end
 
     commit =
-      try do
-        case System.cmd("git", ["rev-parse", "--short", "HEAD"], stderr_to_stdout: true) do
-          {sha, 0} -> String.trim(sha)
+      System.get_env("YGG_BENCH_COMMIT") ||
+        try do
+          case System.cmd("git", ["rev-parse", "--short", "HEAD"], stderr_to_stdout: true) do
+            {sha, 0} ->
+              {changes, _} =
+                System.cmd("git", ["status", "--porcelain", "--", "lib", "native", "mix.exs"])
+
+              String.trim(sha) <>
+                if changes == "", do: "", else: " (+ uncommitted changes in lib/, native/)"
+
+            _ ->
+              "unknown"
+          end
+        rescue
           _ -> "unknown"
         end
-      rescue
-        _ -> "unknown"
-      end
 
     timer = Enum.map(1..10_000, fn _ -> YggBench.Loops.clock_overhead() end)
 
