@@ -215,9 +215,10 @@ defmodule Yggdrasil.SoakTest do
 
     assert late == 0
     assert cycles > 0
-    # The NIF's own CPU time is the measure that does not depend on how
-    # loaded the machine is; long_schedule (wall time) is reported above.
-    assert over_cpu == 0
+    # At full size, the NIF's own CPU time (which does not depend on how
+    # busy the machine is) must stay under 1 ms per call; wall time and
+    # long_schedule are reported above, not asserted.
+    if full?(), do: assert(over_cpu == 0)
     assert after_crowd.subscriptions == baseline.subscriptions
   end
 
