@@ -771,6 +771,8 @@ defmodule YggBench.Scenarios do
 
     specs = [
       {"deliveries/s", :per_s, :higher, []},
+      {"NIF call p50", :ns, :lower, []},
+      {"NIF call p99", :ns, :lower, []},
       {"longest NIF call", :ns, :lower, []},
       {"NIF calls per publish", :count, :lower, []},
       {"NIF calls over 1 ms", :count, :lower, [zero_ok: true]},
@@ -796,7 +798,11 @@ defmodule YggBench.Scenarios do
   defp nif_metrics(nil, _k), do: %{}
 
   defp nif_metrics(times, k) do
+    p = Stats.percentiles(times, [50, 99])
+
     %{
+      "NIF call p50" => p[50],
+      "NIF call p99" => p[99],
       "longest NIF call" => Enum.max(times),
       "NIF calls per publish" => length(times) / k,
       "NIF calls over 1 ms" => Enum.count(times, &(&1 > 1_000_000))
