@@ -89,15 +89,25 @@ defmodule Yggdrasil do
   @spec publish(channel(), term(), keyword()) :: :ok | {:error, term()}
   def publish(channel, message, options \\ [])
 
-  def publish(channel, message, options) do
-    with :ok <- check_options(options),
-         {:ok, channel} <- gen_channel(channel),
-         {:ok, publisher} <- Registry.get_publisher_module(channel.adapter) do
-      case publisher do
-        Yggdrasil.Publisher.Adapter.Elixir -> publisher.publish(nil, channel, message, options)
-        _ -> Yggdrasil.Publisher.publish(channel, message, options)
+  def publish(%Channel{} = channel, message, options) do
+    with :ok <- check_options(options) do
+      case Registry.resolve(channel) do
+        # :elixir channels: the whole pipeline runs in the caller.
+        {:ok, channel, %{publisher_module: Yggdrasil.Publisher.Adapter.Elixir} = route} ->
+          Yggdrasil.Publisher.Adapter.Elixir.transmit(channel, route, message, options[:metadata])
+
+        # Other adapters (and :bridge channels for adapters on other nodes)
+        # publish through their pooled publisher processes.
+        _ ->
+          with {:ok, channel} <- gen_channel(channel) do
+            Yggdrasil.Publisher.publish(channel, message, options)
+          end
       end
     end
+  end
+
+  def publish(channel, message, options) do
+    with {:ok, channel} <- gen_channel(channel), do: publish(channel, message, options)
   end
 
   @doc """

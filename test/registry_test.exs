@@ -305,8 +305,8 @@ defmodule Yggdrasil.ApplicationTest do
 
     capture_log(fn ->
       :ok = Application.stop(:yggdrasil)
-      # A fresh boot: nothing registered.
-      Enum.each(keys, &:persistent_term.erase/1)
+      # A fresh boot: nothing registered, no route cached.
+      Enum.each([{Registry, :generation} | keys], &:persistent_term.erase/1)
       assert {:error, _} = Yggdrasil.gen_channel(name: "boot")
 
       :ok = Application.start(:yggdrasil)

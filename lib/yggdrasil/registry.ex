@@ -23,6 +23,8 @@ defmodule Yggdrasil.Registry do
 
   @type type :: :transformer | :backend | :subscriber | :publisher | :adapter
 
+  @generation {__MODULE__, :generation}
+
   @doc false
   def start_link(_) do
     Supervisor.start_link(__MODULE__, nil, name: Yggdrasil.Registry.Supervisor)
@@ -107,14 +109,16 @@ defmodule Yggdrasil.Registry do
   """
   @spec get_full_channel(Channel.t()) :: {:ok, Channel.t()} | {:error, binary()}
   def get_full_channel(%Channel{adapter: adapter} = channel) do
-    case get_adapter_module(adapter) do
-      {:ok, module} ->
-        complete(channel, module)
+    case resolve(channel) do
+      {:ok, channel, _route} ->
+        {:ok, channel}
 
       {:error, _} = error ->
-        case remote_members(adapter) do
-          [_ | _] -> bridge_channel(channel)
-          [] -> error
+        with {:error, _} <- get_adapter_module(adapter),
+             [_ | _] <- remote_members(adapter) do
+          bridge_channel(channel)
+        else
+          _ -> error
         end
     end
   end
@@ -122,25 +126,63 @@ defmodule Yggdrasil.Registry do
   def get_full_channel(_), do: {:error, "Yggdrasil channel: not a %Yggdrasil.Channel{}"}
 
   defp bridge_channel(%Channel{} = remote) do
-    with {:ok, bridge} <- get_adapter_module(:bridge) do
-      # The wrapped channel is the bridge's identity: no metadata in it.
-      complete(%Channel{name: %Channel{remote | metadata: nil}, adapter: :bridge}, bridge)
+    # The wrapped channel is the bridge's identity: no metadata in it.
+    bridge = %Channel{name: %Channel{remote | metadata: nil}, adapter: :bridge}
+
+    with {:ok, channel, _route} <- resolve(bridge), do: {:ok, channel}
+  end
+
+  @doc false
+  # The full channel and the modules that serve it: `{:ok, channel, route}`
+  # for a channel whose adapter is registered on this node. Routes are
+  # cached in :persistent_term per (adapter, transformer, backend) and
+  # rebuilt after any registration, so a publish pays two lookups instead of
+  # one per module it needs.
+  @spec resolve(Channel.t()) :: {:ok, Channel.t(), map()} | {:error, binary()}
+  def resolve(%Channel{adapter: adapter, transformer: transformer, backend: backend} = channel) do
+    key = {__MODULE__, :route, adapter, transformer, backend}
+    generation = :persistent_term.get(@generation, 0)
+
+    case :persistent_term.get(key, nil) do
+      {^generation, route} -> {:ok, with_route(channel, route), route}
+      _ -> build_route(channel, key, generation)
     end
   end
 
-  defp complete(%Channel{} = channel, adapter) do
-    transformer = channel.transformer || adapter.get_transformer()
-    backend = channel.backend || adapter.get_backend()
+  defp build_route(%Channel{adapter: adapter} = channel, key, generation) do
+    with {:ok, adapter_module} <- get_adapter_module(adapter),
+         transformer = channel.transformer || adapter_module.get_transformer(),
+         backend = channel.backend || adapter_module.get_backend(),
+         {:ok, transformer_module} <- get_transformer_module(transformer),
+         {:ok, backend_module} <- get_backend_module(backend) do
+      route = %{
+        transformer: transformer,
+        backend: backend,
+        transformer_module: transformer_module,
+        backend_module: backend_module,
+        publisher_module: lookup(:publisher, adapter),
+        subscriber_module: lookup(:subscriber, adapter)
+      }
 
-    with {:ok, _} <- get_transformer_module(transformer),
-         {:ok, _} <- get_backend_module(backend) do
-      {:ok, %Channel{channel | transformer: transformer, backend: backend}}
+      :persistent_term.put(key, {generation, route})
+      {:ok, with_route(channel, route), route}
     end
   end
+
+  defp with_route(%Channel{transformer: t, backend: b} = channel, %{transformer: t, backend: b}),
+    do: channel
+
+  defp with_route(channel, %{transformer: transformer, backend: backend}),
+    do: %Channel{channel | transformer: transformer, backend: backend}
+
+  defp lookup(type, name), do: :persistent_term.get({__MODULE__, type, name}, nil)
 
   defp register(type, name, module) when is_atom(name) and is_atom(module) do
     :persistent_term.put({__MODULE__, type, name}, module)
     :persistent_term.put({__MODULE__, type, module}, module)
+    # A fresh value (not a counter: concurrent registrations must not lose
+    # an update) invalidates every cached route.
+    :persistent_term.put(@generation, :erlang.unique_integer([:monotonic]))
   end
 
   defp register(_type, name, module), do: bad_alias(name, module)

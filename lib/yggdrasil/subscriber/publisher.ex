@@ -7,8 +7,8 @@ defmodule Yggdrasil.Subscriber.Publisher do
   the caller, so each adapter's events keep their order.
   """
 
-  alias Yggdrasil.Backend
   alias Yggdrasil.Channel
+  alias Yggdrasil.Registry
   alias Yggdrasil.Transformer
 
   @doc "Decodes `message` and delivers it to the channel's subscribers."
@@ -16,10 +16,19 @@ defmodule Yggdrasil.Subscriber.Publisher do
   def notify(channel, message, metadata \\ nil)
 
   def notify(%Channel{} = channel, message, metadata) do
-    with {:ok, decoded} <- Transformer.decode(channel, message) do
-      Backend.publish(channel, decoded, metadata)
+    with {:ok, channel, route} <- Registry.resolve(channel) do
+      deliver(channel, route, message, metadata)
     end
   end
 
   def notify(other, _message, _metadata), do: Transformer.not_a_channel(other)
+
+  @doc false
+  # `notify/3` once the channel's modules are known (see
+  # `Yggdrasil.Registry.resolve/1`): decode, then deliver.
+  def deliver(channel, route, message, metadata) do
+    with {:ok, decoded} <- route.transformer_module.decode(channel, message) do
+      route.backend_module.publish(channel, decoded, metadata)
+    end
+  end
 end

@@ -8,13 +8,22 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
   use GenServer
 
   alias Yggdrasil.Channel
+  alias Yggdrasil.Registry
   alias Yggdrasil.Subscriber.Publisher
-  alias Yggdrasil.Transformer
 
   @impl Yggdrasil.Publisher.Adapter
   def publish(_publisher, %Channel{} = channel, message, options) do
-    with {:ok, encoded} <- Transformer.encode(channel, message) do
-      Publisher.notify(channel, encoded, options[:metadata])
+    with {:ok, channel, route} <- Registry.resolve(channel) do
+      transmit(channel, route, message, options[:metadata])
+    end
+  end
+
+  @doc false
+  # The whole :elixir pipeline once the channel's modules are known: encode,
+  # then what an adapter's `notify` does (decode, deliver).
+  def transmit(channel, route, message, metadata) do
+    with {:ok, encoded} <- route.transformer_module.encode(channel, message) do
+      Publisher.deliver(channel, route, encoded, metadata)
     end
   end
 
