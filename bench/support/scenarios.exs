@@ -742,7 +742,13 @@ defmodule YggBench.Scenarios do
             Group.round(group, k, fn ->
               case c do
                 :native_nif_timed ->
-                  timed_nif(engine_key, message, k, [])
+                  # The calls also time themselves inside the NIF (wall and
+                  # thread CPU time): the outer time of a call that yielded
+                  # includes the wait until the publisher is scheduled in
+                  # again, which is time the scheduler spent on others.
+                  _ = Yggdrasil.Native.call_stats(true)
+                  times = timed_nif(engine_key, message, k, [])
+                  {times, Yggdrasil.Native.call_stats(false)}
 
                 _ ->
                   Loops.repeat(c, Map.fetch!(keys, c), cfg.small, k)
@@ -776,6 +782,9 @@ defmodule YggBench.Scenarios do
       {"longest NIF call", :ns, :lower, []},
       {"NIF calls per publish", :count, :lower, []},
       {"NIF calls over 1 ms", :count, :lower, [zero_ok: true]},
+      {"longest call inside, wall", :ns, :lower, []},
+      {"longest call inside, CPU", :ns, :lower, []},
+      {"calls over 1 ms inside, CPU", :count, :lower, [zero_ok: true]},
       {"long_schedule events, publisher", :count, :lower, [zero_ok: true]},
       {"long_schedule events, others", :count, :lower, [zero_ok: true]},
       {"longest long_schedule", :ms, :lower, [zero_ok: true]}
@@ -789,7 +798,9 @@ defmodule YggBench.Scenarios do
           "`:erlang.system_monitor(pid, [{:long_schedule, 1}])` installed (an event whenever a " <>
           "process or port ran ≥ 1 ms without being scheduled out). native_nif_timed does what " <>
           "`Yggdrasil.Native.broadcast/2` does — `Native.publish/2`, then `Native.publish_more/2` " <>
-          "while it answers `{:more, _}` — timing every NIF call. The \"max\" of the " <>
+          "while it answers `{:more, _}` — timing every NIF call from outside (which, for a call " <>
+          "that yielded, includes waiting to be scheduled in again) and, through " <>
+          "`Native.call_stats/1`, from inside the NIF (wall and thread CPU time). The \"max\" of the " <>
           "#{cfg.sched_reps} repetitions is in the min–max of the CSV."
       ]
     }
@@ -797,7 +808,7 @@ defmodule YggBench.Scenarios do
 
   defp nif_metrics(nil, _k), do: %{}
 
-  defp nif_metrics(times, k) do
+  defp nif_metrics({times, {_calls, inside_wall_us, inside_cpu_us, _over_wall, over_cpu}}, k) do
     p = Stats.percentiles(times, [50, 99])
 
     %{
@@ -805,7 +816,10 @@ defmodule YggBench.Scenarios do
       "NIF call p99" => p[99],
       "longest NIF call" => Enum.max(times),
       "NIF calls per publish" => length(times) / k,
-      "NIF calls over 1 ms" => Enum.count(times, &(&1 > 1_000_000))
+      "NIF calls over 1 ms" => Enum.count(times, &(&1 > 1_000_000)),
+      "longest call inside, wall" => inside_wall_us * 1_000,
+      "longest call inside, CPU" => inside_cpu_us * 1_000,
+      "calls over 1 ms inside, CPU" => over_cpu
     }
   end
 
