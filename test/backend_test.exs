@@ -308,6 +308,22 @@ defmodule Yggdrasil.BackendTest do
       assert name == Backend.transform_name(channel)
       assert name == Backend.transform_name(%Channel{channel | metadata: %{any: 1}})
       refute name == Backend.transform_name(%Channel{channel | name: {:other, make_ref()}})
+      assert_raise ArgumentError, fn -> Backend.transform_name("not a channel") end
+    end
+
+    test "Subscriber.Manager's predicates answer for channels and raise ArgumentError otherwise" do
+      alias Yggdrasil.Subscriber.Manager
+      channel = channel!()
+      refute Manager.subscribed?(channel)
+      :ok = Backend.subscribe(channel)
+      assert Manager.subscribed?(channel)
+      assert Manager.subscribed?(channel, self())
+      refute Manager.connected?(channel)
+      :ok = Backend.unsubscribe(channel)
+      refute Manager.subscribed?(channel)
+      assert_raise ArgumentError, fn -> Manager.subscribed?(:nope) end
+      assert_raise ArgumentError, fn -> Manager.subscribed?(channel, :not_a_pid) end
+      assert_raise ArgumentError, fn -> Manager.connected?(%{name: "x"}) end
     end
 
     test "errors from a backend come back as they are" do

@@ -68,6 +68,8 @@ defmodule Yggdrasil.Backend do
     channel |> Channel.key() |> :erlang.phash2() |> Integer.to_string()
   end
 
+  def transform_name(other), do: raise(ArgumentError, "not a channel: #{inspect(other)}")
+
   @doc "Subscribes the calling process through the channel's backend."
   @spec subscribe(Channel.t()) :: :ok | {:error, term()}
   def subscribe(channel), do: dispatch(channel, :subscribe, [])

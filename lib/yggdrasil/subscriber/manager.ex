@@ -29,9 +29,17 @@ defmodule Yggdrasil.Subscriber.Manager do
   def subscribed?(%Channel{} = channel, pid) when is_pid(pid),
     do: Native.is_subscribed(Channel.key(channel), pid)
 
+  def subscribed?(channel, pid),
+    do:
+      raise(
+        ArgumentError,
+        "expected a channel and a pid, got: #{inspect(channel)}, #{inspect(pid)}"
+      )
+
   @doc "Whether the channel's adapter reported it connected."
   @spec connected?(Channel.t()) :: boolean()
   def connected?(%Channel{} = channel), do: Native.is_connected(Channel.key(channel))
+  def connected?(other), do: raise(ArgumentError, "not a channel: #{inspect(other)}")
 
   defp set_state(channel, connected?, tag) do
     key = Channel.key(channel)
