@@ -47,7 +47,7 @@ defmodule Yggdrasil.Backend.Native do
   # adapters are not forwarded: their subscriber process runs on every node
   # that has subscribers, so forwarding would duplicate their events.
   def publish(%Channel{adapter: adapter} = channel, message, metadata) do
-    event = {:Y_EVENT, %Channel{channel | metadata: metadata}, message}
+    event = {:Y_EVENT, with_metadata(channel, metadata), message}
 
     with :ok <- Native.broadcast(Channel.key(channel), event) do
       if adapter == :elixir or adapter == Yggdrasil.Adapter.Elixir,
@@ -57,4 +57,8 @@ defmodule Yggdrasil.Backend.Native do
   end
 
   def publish(other, _message, _metadata), do: Transformer.not_a_channel(other)
+
+  # Most events carry no metadata on a channel that has none: no map copy.
+  defp with_metadata(%Channel{metadata: metadata} = channel, metadata), do: channel
+  defp with_metadata(channel, metadata), do: %Channel{channel | metadata: metadata}
 end
