@@ -193,7 +193,7 @@ defmodule Yggdrasil.Registry do
   end
 
   defp get_module(type, name) do
-    case :persistent_term.get({__MODULE__, type, name}, nil) do
+    case lookup(type, name) do
       nil -> {:error, "Yggdrasil #{type}: #{inspect_name(name)} not loaded"}
       module -> {:ok, module}
     end

@@ -177,12 +177,18 @@ fn reap_later(env: Env<'_>, pid: Pid, detached: Detached<Monitor>) {
         .name("yggdrasil-reaper".into())
         .spawn(reap);
     if started.is_err() {
-        while let Some((pid, detached)) = next_to_reap() {
-            let (_monitor, channels) = detached.into_channels();
-            for step in channels.chunks(REAP_STEP) {
-                let emptied = table().remove_memberships(pid, step);
-                tell_janitor(env, &emptied);
-            }
+        drain_reaper(|emptied| tell_janitor(env, emptied));
+    }
+}
+
+/// Removes the queued subscribers' memberships, one step per table lock,
+/// handing each step's emptied channels to `tell`.
+fn drain_reaper(mut tell: impl FnMut(&[ChannelKey])) {
+    while let Some((pid, detached)) = next_to_reap() {
+        let (_monitor, channels) = detached.into_channels();
+        for step in channels.chunks(REAP_STEP) {
+            let emptied = table().remove_memberships(pid, step);
+            tell(&emptied);
         }
     }
 }
@@ -201,14 +207,12 @@ fn next_to_reap() -> Option<(Pid, Detached<Monitor>)> {
 /// The reaper thread: not a scheduler thread, so it may take its time; it
 /// takes the table lock for one step at a time.
 fn reap() {
-    let janitor_env = &mut OwnedEnv::new();
-    while let Some((pid, detached)) = next_to_reap() {
-        let (_monitor, channels) = detached.into_channels();
-        for step in channels.chunks(REAP_STEP) {
-            let emptied = table().remove_memberships(pid, step);
-            tell_janitor_from_thread(janitor_env, &emptied);
-        }
-    }
+    let mut owned = OwnedEnv::new();
+    drain_reaper(|emptied| {
+        each_janitor_notice(emptied, |janitor, key| {
+            let _ = owned.send_and_clear(&janitor, |env| notice(env, key));
+        })
+    });
 }
 
 /// A fan-out that yielded: the rest of the subscriber snapshot, resumed by
@@ -221,32 +225,31 @@ struct Delivery {
 #[rustler::resource_impl]
 impl Resource for Delivery {}
 
-fn tell_janitor_from_thread(owned: &mut OwnedEnv, emptied: &[ChannelKey]) {
+/// `{:"$yggdrasil_emptied", key}`: what the janitor hears per channel.
+fn notice<'a>(env: Env<'a>, key: &ChannelKey) -> Term<'a> {
+    (atoms::emptied_channel(), key.to_term(env)).encode(env)
+}
+
+/// Calls `send` with the janitor for each emptied watched channel (none
+/// when no janitor is registered). The caller picks the environment: a
+/// callback's own, or an owned one on the reaper thread.
+fn each_janitor_notice(emptied: &[ChannelKey], mut send: impl FnMut(LocalPid, &ChannelKey)) {
     if emptied.is_empty() {
         return;
     }
     let janitor = *JANITOR.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(janitor) = janitor {
         for key in emptied {
-            let _ = owned.send_and_clear(&janitor, |env| {
-                (atoms::emptied_channel(), key.to_term(env)).encode(env)
-            });
+            send(janitor, key);
         }
     }
 }
 
 fn tell_janitor(env: Env<'_>, emptied: &[ChannelKey]) {
-    if emptied.is_empty() {
-        return;
-    }
-    let janitor = *JANITOR.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(janitor) = janitor {
-        for key in emptied {
-            let message = (atoms::emptied_channel(), key.to_term(env)).encode(env);
-            // A dead janitor is restarted and re-registers; nothing to do.
-            let _ = env.send(&janitor, message);
-        }
-    }
+    each_janitor_notice(emptied, |janitor, key| {
+        // A dead janitor is restarted and re-registers; nothing to do.
+        let _ = env.send(&janitor, notice(env, key));
+    });
 }
 
 fn error<'a>(env: Env<'a>, reason: rustler::Atom) -> Term<'a> {
