@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Private broker instances for tests: loopback only, free non-default ports,
+# everything (data, socket, logs, pid files) inside a caller-owned DIR, stopped
+# by pid. Never touches a system-wide service.
+#
+#   ctl.sh start redis|postgres|rabbitmq DIR [PORT]  prints "PORT PID", waits until ready
+#   ctl.sh stop DIR                                  stops what DIR runs, by pid, waits for exit
+#   ctl.sh free-port                                 prints a free loopback port
+#   ctl.sh rabbitmqctl DIR ARGS...                   rabbitmqctl against DIR's node
+#
+# Connection details:
+#   redis     redis-cli -p PORT                      (no password, database 0, no persistence)
+#   postgres  psql -h 127.0.0.1 -p PORT -U postgres postgres
+#             user postgres, password postgres, database postgres; trust auth
+#             (CTL_PG_AUTH=scram-sha-256 makes TCP logins check the password);
+#             unix socket in DIR/postgres
+#   rabbitmq  amqp://guest:guest@127.0.0.1:PORT/   vhost "/", no plugins
+#             node ygg-test-PORT@localhost with its own epmd (ERL_EPMD_PORT)
+#
+# PID is the server process itself (redis-server, the postmaster, RabbitMQ's
+# beam.smp): `kill -KILL PID` simulates a crash; `stop DIR` then still cleans up
+# the rest (RabbitMQ's wrapper script and epmd). `stop` then `start KIND DIR PORT`
+# restarts on the same port, reusing DIR's data.
+set -euo pipefail
+
+die() {
+  echo "ctl.sh: $*" >&2
+  exit 1
+}
+
+STATE_FILE=ctl.state
+
+# ---------------------------------------------------------------- ports ----
+
+# Reservations keep two concurrent callers from being handed the same port
+# between `free-port` and the server binding it; they expire after 10 minutes.
+RESERVATIONS="${TMPDIR:-/tmp}/ygg-broker-ports"
+
+port_listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+free_port() {
+  mkdir -p "$RESERVATIONS" 2>/dev/null && chmod 1777 "$RESERVATIONS" 2>/dev/null || true
+  find "$RESERVATIONS" -mindepth 1 -maxdepth 1 -mmin +10 -exec rmdir {} + 2>/dev/null || true
+  local attempt port
+  for attempt in $(seq 1 500); do
+    # 10000..31999: above the well-known brokers' defaults, below Linux's
+    # ephemeral range (32768+), where outgoing connections take their ports.
+    port=$((10000 + ((RANDOM << 15 | RANDOM) % 22000)))
+    if ! port_listening "$port" && mkdir "$RESERVATIONS/$port" 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# ---------------------------------------------------------- processes ----
+
+alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  # An exited child not yet reaped by its parent is a zombie: it is gone.
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ $state != Z ]]
+}
+
+# wait_gone PID SECONDS: 0 once PID has exited, 1 on timeout.
+wait_gone() {
+  local pid=$1 deadline=$((SECONDS + $2))
+  while alive "$pid"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+
+# terminate PID SIGNAL SECONDS: SIGNAL, then SIGKILL if still there after SECONDS.
+terminate() {
+  local pid=$1 signal=$2 grace=$3
+  alive "$pid" || return 0
+  kill "-$signal" "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" "$grace"; then
+    echo "ctl.sh: pid $pid ignored SIG$signal for ${grace}s, killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" 5 || die "pid $pid does not exit"
+  fi
+}
+
+write_state() { # DIR KIND PORT "PID [PID...]" "SIGNAL [SIGNAL...]"
+  printf 'KIND=%s\nPORT=%s\nPIDS="%s"\nSIGNALS="%s"\n' "$2" "$3" "$4" "$5" >"$1/$STATE_FILE"
+}
+
+# Prints the last lines of a log and fails.
+fail_with_log() {
+  local log=$1
+  shift
+  echo "ctl.sh: $*" >&2
+  if [[ -f $log ]]; then
+    echo "---- $log (last 30 lines)" >&2
+    tail -n 30 "$log" >&2
+  fi
+  exit 1
+}
+
+# -------------------------------------------------------------- redis ----
+
+start_redis() { # DIR PORT
+  local dir=$1 port=$2 d=$1/redis pid="" deadline=$((SECONDS + 20))
+  command -v redis-server >/dev/null || die "redis-server not installed (apt-get install redis-server redis-tools)"
+  mkdir -p "$d"
+  rm -f "$d/redis.pid"
+  # --save "" and appendonly off: nothing persists; --daemonize detaches it
+  # from the caller's stdout so a caller reading our output is not held open.
+  redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
+    --dir "$d" --save "" --appendonly no \
+    --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" ||
+    fail_with_log "$d/redis.log" "redis-server failed to start on port $port"
+  while ((SECONDS < deadline)); do
+    [[ -z $pid && -s $d/redis.pid ]] && pid=$(<"$d/redis.pid")
+    if [[ -n $pid ]]; then
+      alive "$pid" || break
+      if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+        write_state "$dir" redis "$port" "$pid" TERM
+        echo "$port $pid"
+        return 0
+      fi
+    fi
+    sleep 0.05
+  done
+  [[ -n $pid ]] && terminate "$pid" KILL 1
+  fail_with_log "$d/redis.log" "redis-server on port $port did not become ready"
+}
+
+# -------------------------------------------------------------- start ----
+
+start() { # KIND DIR [PORT]
+  local kind=$1 dir=$2 port=${3:-}
+  [[ -d $dir ]] || die "DIR $dir does not exist (create a temp dir first)"
+  dir=$(cd "$dir" && pwd)
+  if [[ -f $dir/$STATE_FILE ]]; then
+    # shellcheck disable=SC1090
+    (source "$dir/$STATE_FILE" && for p in $PIDS; do alive "$p" && exit 1; done; exit 0) ||
+      die "$dir already runs an instance (ctl.sh stop $dir first)"
+    rm -f "$dir/$STATE_FILE"
+  fi
+  [[ -z $port ]] && port=$(free_port)
+  [[ $port =~ ^[0-9]+$ ]] || die "bad PORT $port"
+  port_listening "$port" && die "port $port is already in use"
+  case $kind in
+  redis) start_redis "$dir" "$port" ;;
+  postgres) start_postgres "$dir" "$port" ;;
+  rabbitmq) start_rabbitmq "$dir" "$port" ;;
+  *) die "unknown broker '$kind' (redis, postgres or rabbitmq)" ;;
+  esac
+}
+
+# --------------------------------------------------------------- stop ----
+
+stop() { # DIR
+  local dir=$1 i=0 pid signals
+  [[ -f $dir/$STATE_FILE ]] || return 0 # nothing running: stopping is done
+  # shellcheck disable=SC1090
+  source "$dir/$STATE_FILE"
+  read -r -a signals <<<"$SIGNALS"
+  for pid in $PIDS; do
+    terminate "$pid" "${signals[$i]:-TERM}" 30
+    i=$((i + 1))
+  done
+  rm -f "$dir/$STATE_FILE"
+}
+
+usage() {
+  sed -n '2,9p' "$0" >&2
+  exit 2
+}
+
+case ${1:-} in
+start)
+  [[ $# -ge 3 && $# -le 4 ]] || usage
+  start "$2" "$3" "${4:-}"
+  ;;
+stop)
+  [[ $# -eq 2 ]] || usage
+  stop "$2"
+  ;;
+free-port)
+  [[ $# -eq 1 ]] || usage
+  free_port
+  ;;
+*) usage ;;
+esac
