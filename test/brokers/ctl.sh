@@ -132,6 +132,57 @@ start_redis() { # DIR PORT
   fail_with_log "$d/redis.log" "redis-server on port $port did not become ready"
 }
 
+# ----------------------------------------------------------- postgres ----
+
+pg_bin() { # the newest installed server binaries, else whatever PATH has
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [[ -x $d/pg_ctl ]] && {
+      echo "$d"
+      return 0
+    }
+  done
+  command -v pg_ctl >/dev/null && dirname "$(command -v pg_ctl)" && return 0
+  die "PostgreSQL server not installed (apt-get install postgresql postgresql-client)"
+}
+
+# PostgreSQL refuses to run as root: as root, its files belong to `postgres`.
+as_pg() {
+  if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() { # DIR PORT
+  local dir=$1 port=$2 d=$1/postgres bin pid
+  bin=$(pg_bin)
+  mkdir -p "$d"
+  if ((EUID == 0)); then
+    id postgres >/dev/null 2>&1 || die "no 'postgres' user to run PostgreSQL as"
+    # The postgres user must reach DIR/postgres: let it traverse DIR (not list it).
+    chmod a+x "$dir"
+    chown postgres: "$d"
+    chmod 700 "$d"
+    as_pg test -w "$d" || die "user postgres cannot write $d (is a parent of $dir closed to it?)"
+  fi
+  if [[ ! -f $d/data/PG_VERSION ]]; then
+    echo postgres >"$d/pwfile"
+    ((EUID == 0)) && chown postgres: "$d/pwfile"
+    # -N: no fsync, these clusters are thrown away.
+    as_pg "$bin/initdb" -D "$d/data" -U postgres --pwfile="$d/pwfile" -E UTF8 --locale=C \
+      --auth-local=trust --auth-host="${CTL_PG_AUTH:-trust}" -N >"$d/initdb.log" 2>&1 ||
+      fail_with_log "$d/initdb.log" "initdb failed"
+  fi
+  # Durability off: nothing here must survive a crash, and it is faster.
+  as_pg "$bin/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 -s \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $d -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB" \
+    start </dev/null >/dev/null 2>&1 ||
+    fail_with_log "$d/postgres.log" "postgres failed to start on port $port"
+  pid=$(head -n 1 "$d/data/postmaster.pid")
+  alive "$pid" || fail_with_log "$d/postgres.log" "postgres exited right after starting"
+  # SIGINT is PostgreSQL's "fast" shutdown: clients are disconnected, not waited for.
+  write_state "$dir" postgres "$port" "$pid" INT
+  echo "$port $pid"
+}
+
 # -------------------------------------------------------------- start ----
 
 start() { # KIND DIR [PORT]
