@@ -183,6 +183,100 @@ start_postgres() { # DIR PORT
   echo "$port $pid"
 }
 
+# ----------------------------------------------------------- rabbitmq ----
+
+RABBIT_BIN=${CTL_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+
+# The environment of DIR's node, for the server and its CLI tools alike: its
+# own HOME (Erlang cookie), node name, epmd port and directories, so that it
+# never meets a system RabbitMQ or the default epmd of the cluster tests.
+rabbit_env() { # DIR -> prints NAME=VALUE lines
+  local d=$1/rabbitmq
+  # shellcheck disable=SC1091
+  source "$d/ports"
+  cat <<EOF
+HOME=$d/home
+RABBITMQ_CONF_ENV_FILE=$d/rabbitmq-env.conf
+RABBITMQ_NODENAME=ygg-test-$AMQP_PORT@localhost
+RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+RABBITMQ_NODE_PORT=$AMQP_PORT
+RABBITMQ_DIST_PORT=$DIST_PORT
+ERL_EPMD_PORT=$EPMD_PORT
+ERL_EPMD_ADDRESS=127.0.0.1
+RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf
+RABBITMQ_ADVANCED_CONFIG_FILE=$d/advanced.config
+RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins
+RABBITMQ_PLUGINS_EXPAND_DIR=$d/plugins-expand
+RABBITMQ_FEATURE_FLAGS_FILE=$d/feature_flags
+RABBITMQ_MNESIA_BASE=$d/mnesia
+RABBITMQ_LOG_BASE=$d/log
+RABBITMQ_PID_FILE=$d/rabbit.pid
+RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}
+EOF
+}
+
+with_rabbit_env() { # DIR COMMAND...
+  local dir=$1 line
+  shift
+  local -a vars=()
+  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
+  env "${vars[@]}" "$@"
+}
+
+start_rabbitmq() { # DIR PORT
+  local dir=$1 port=$2 d=$1/rabbitmq epmd_pid wrapper_pid beam_pid="" deadline line
+  [[ -x $RABBIT_BIN/rabbitmq-server ]] || die "rabbitmq-server not installed (apt-get install rabbitmq-server amqp-tools)"
+  command -v epmd >/dev/null || die "epmd not found (comes with Erlang)"
+  mkdir -p "$d/home" "$d/mnesia" "$d/log"
+  printf 'AMQP_PORT=%s\nDIST_PORT=%s\nEPMD_PORT=%s\n' "$port" "$(free_port)" "$(free_port)" >"$d/ports"
+  : >"$d/rabbitmq-env.conf" # not /etc/rabbitmq/rabbitmq-env.conf
+  echo '[].' >"$d/enabled_plugins"
+  # guest/guest is allowed from loopback by default; a small disk must not
+  # make the broker block publishers.
+  printf 'disk_free_limit.absolute = 1MB\n' >"$d/rabbitmq.conf"
+  rm -f "$d/rabbit.pid"
+
+  # Our own epmd in the foreground, so we know its pid and stop it with the node.
+  # shellcheck disable=SC1091
+  source "$d/ports"
+  epmd -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >"$d/log/epmd.log" 2>&1 &
+  epmd_pid=$!
+  deadline=$((SECONDS + 10))
+  until port_listening "$EPMD_PORT"; do
+    alive "$epmd_pid" && ((SECONDS < deadline)) || fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
+    sleep 0.05
+  done
+
+  # The server script directly: the packaged wrapper switches to the rabbitmq user.
+  # Started from this shell (not a function's subshell) so that $! is the
+  # script's own pid: env execs it.
+  local -a vars=()
+  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
+  env "${vars[@]}" "$RABBIT_BIN/rabbitmq-server" </dev/null >"$d/log/server.out" 2>&1 &
+  wrapper_pid=$!
+  write_state "$dir" rabbitmq "$port" "$wrapper_pid $epmd_pid" "TERM TERM"
+
+  # The AMQP listener opens at the end of the boot; then one ping confirms
+  # the node answers its CLI (each CLI call costs a second of CPU).
+  deadline=$((SECONDS + 60))
+  while :; do
+    [[ -z $beam_pid && -s $d/rabbit.pid ]] && beam_pid=$(<"$d/rabbit.pid")
+    if ! alive "$wrapper_pid" || ((SECONDS >= deadline)); then
+      stop "$dir"
+      fail_with_log "$d/log/server.out" "rabbitmq-server did not start on port $port (logs in $d/log)"
+    fi
+    [[ -n $beam_pid ]] && port_listening "$port" && break
+    sleep 0.1
+  done
+  if ! with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmq-diagnostics" -q ping >"$d/log/ping.out" 2>&1; then
+    stop "$dir"
+    fail_with_log "$d/log/ping.out" "rabbitmq-diagnostics ping failed on port $port"
+  fi
+  # Stopping the VM (beam.smp) first lets the wrapper script exit by itself.
+  write_state "$dir" rabbitmq "$port" "$beam_pid $wrapper_pid $epmd_pid" "TERM TERM TERM"
+  echo "$port $beam_pid"
+}
+
 # -------------------------------------------------------------- start ----
 
 start() { # KIND DIR [PORT]
@@ -195,15 +289,26 @@ start() { # KIND DIR [PORT]
       die "$dir already runs an instance (ctl.sh stop $dir first)"
     rm -f "$dir/$STATE_FILE"
   fi
-  [[ -z $port ]] && port=$(free_port)
-  [[ $port =~ ^[0-9]+$ ]] || die "bad PORT $port"
-  port_listening "$port" && die "port $port is already in use"
   case $kind in
-  redis) start_redis "$dir" "$port" ;;
-  postgres) start_postgres "$dir" "$port" ;;
-  rabbitmq) start_rabbitmq "$dir" "$port" ;;
+  redis | postgres | rabbitmq) ;;
   *) die "unknown broker '$kind' (redis, postgres or rabbitmq)" ;;
   esac
+  if [[ -n $port ]]; then
+    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port"
+    port_listening "$port" && die "port $port is already in use"
+    "start_$kind" "$dir" "$port"
+  else
+    # A port found free can still be taken by someone else before the server
+    # binds it: then try another one.
+    local attempt
+    for attempt in 1 2 3; do
+      port=$(free_port)
+      ("start_$kind" "$dir" "$port") && return 0
+      port_listening "$port" || exit 1
+      echo "ctl.sh: port $port was taken meanwhile, trying another" >&2
+    done
+    exit 1
+  fi
 }
 
 # --------------------------------------------------------------- stop ----
@@ -222,7 +327,7 @@ stop() { # DIR
 }
 
 usage() {
-  sed -n '2,9p' "$0" >&2
+  sed -n '2,10p' "$0" >&2
   exit 2
 }
 
@@ -238,6 +343,12 @@ stop)
 free-port)
   [[ $# -eq 1 ]] || usage
   free_port
+  ;;
+rabbitmqctl)
+  [[ $# -ge 2 && -f $2/rabbitmq/ports ]] || usage
+  dir=$(cd "$2" && pwd)
+  shift 2
+  with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmqctl" "$@"
   ;;
 *) usage ;;
 esac
