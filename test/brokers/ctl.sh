@@ -43,8 +43,8 @@ port_listening() {
 free_port() {
   mkdir -p "$RESERVATIONS" 2>/dev/null && chmod 1777 "$RESERVATIONS" 2>/dev/null || true
   find "$RESERVATIONS" -mindepth 1 -maxdepth 1 -mmin +10 -exec rmdir {} + 2>/dev/null || true
-  local attempt port
-  for attempt in $(seq 1 500); do
+  local port
+  for _ in $(seq 1 500); do
     # 10000..31999: above the well-known brokers' defaults, below Linux's
     # ephemeral range (32768+), where outgoing connections take their ports.
     port=$((10000 + ((RANDOM << 15 | RANDOM) % 22000)))
@@ -136,7 +136,7 @@ start_redis() { # DIR PORT
 
 pg_bin() { # the newest installed server binaries, else whatever PATH has
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     [[ -x $d/pg_ctl ]] && {
       echo "$d"
       return 0
@@ -149,6 +149,29 @@ pg_bin() { # the newest installed server binaries, else whatever PATH has
 # PostgreSQL refuses to run as root: as root, its files belong to `postgres`.
 as_pg() {
   if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The processes of a cluster (postmaster, backends) have its data dir as
+# working directory: that finds backends a killed postmaster left behind.
+pg_processes() { # DATA_DIR -> pids
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/cwd" 2>/dev/null) == "$1" ]] && alive "${p#/proc/}" && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# Waits until no process of the cluster is left (SIGKILL after SECONDS).
+pg_wait_gone() { # DATA_DIR SECONDS
+  local deadline=$((SECONDS + $2)) pids
+  while pids=$(pg_processes "$1") && [[ -n $pids ]]; do
+    if ((SECONDS >= deadline)); then
+      # shellcheck disable=SC2086
+      kill -KILL $pids 2>/dev/null || true
+      deadline=$((SECONDS + 5))
+    fi
+    sleep 0.05
+  done
 }
 
 start_postgres() { # DIR PORT
@@ -170,6 +193,14 @@ start_postgres() { # DIR PORT
     as_pg "$bin/initdb" -D "$d/data" -U postgres --pwfile="$d/pwfile" -E UTF8 --locale=C \
       --auth-local=trust --auth-host="${CTL_PG_AUTH:-trust}" -N >"$d/initdb.log" 2>&1 ||
       fail_with_log "$d/initdb.log" "initdb failed"
+  fi
+  # After a crash (kill -KILL PID) the lock files stay; PostgreSQL would take
+  # a postmaster that is dead but not yet reaped (a zombie) for a live one.
+  local lock_pid
+  lock_pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null || true)
+  if [[ -n $lock_pid ]] && ! alive "$lock_pid"; then
+    pg_wait_gone "$d/data" 10
+    rm -f "$d/data/postmaster.pid" "$d"/.s.PGSQL.*
   fi
   # Durability off: nothing here must survive a crash, and it is faster.
   as_pg "$bin/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 -s \
@@ -243,7 +274,9 @@ start_rabbitmq() { # DIR PORT
   epmd_pid=$!
   deadline=$((SECONDS + 10))
   until port_listening "$EPMD_PORT"; do
-    alive "$epmd_pid" && ((SECONDS < deadline)) || fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
+    if ! alive "$epmd_pid" || ((SECONDS >= deadline)); then
+      fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
+    fi
     sleep 0.05
   done
 
@@ -294,14 +327,13 @@ start() { # KIND DIR [PORT]
   *) die "unknown broker '$kind' (redis, postgres or rabbitmq)" ;;
   esac
   if [[ -n $port ]]; then
-    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port"
+    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port (1..65535)"
     port_listening "$port" && die "port $port is already in use"
     "start_$kind" "$dir" "$port"
   else
     # A port found free can still be taken by someone else before the server
     # binds it: then try another one.
-    local attempt
-    for attempt in 1 2 3; do
+    for _ in 1 2 3; do
       port=$(free_port)
       ("start_$kind" "$dir" "$port") && return 0
       port_listening "$port" || exit 1
@@ -318,11 +350,13 @@ stop() { # DIR
   # No state: nothing runs (or a concurrent stop just finished): done.
   # shellcheck disable=SC1090
   source "$dir/$STATE_FILE" 2>/dev/null || return 0
-  read -r -a signals <<<"$SIGNALS"
+  read -r -a signals <<<"$SIGNALS" # from the state file
   for pid in $PIDS; do
     terminate "$pid" "${signals[$i]:-TERM}" 30
     i=$((i + 1))
   done
+  # Backends outlive a postmaster that was killed, for a moment.
+  [[ $KIND == postgres ]] && pg_wait_gone "$dir/postgres/data" 10
   rm -f "$dir/$STATE_FILE"
 }
 
