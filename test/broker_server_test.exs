@@ -7,6 +7,7 @@ defmodule Yggdrasil.Test.BrokerServerTest do
 
   @moduletag :brokers
   @moduletag :broker_server
+  if System.get_env("YGG_SKIP_BROKERS") == "1", do: @moduletag(skip: "YGG_SKIP_BROKERS=1")
   @moduletag timeout: 120_000
 
   @wait 10_000

@@ -246,16 +246,15 @@ RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}
 EOF
 }
 
-with_rabbit_env() { # DIR COMMAND...
-  local dir=$1 line
-  shift
-  local -a vars=()
-  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
-  env "${vars[@]}" "$@"
+RABBIT_ENV=()
+load_rabbit_env() { # DIR -> RABBIT_ENV, arguments for env(1)
+  local line
+  RABBIT_ENV=()
+  while IFS= read -r line; do RABBIT_ENV+=("$line"); done < <(rabbit_env "$1")
 }
 
 start_rabbitmq() { # DIR PORT
-  local dir=$1 port=$2 d=$1/rabbitmq epmd_pid wrapper_pid beam_pid="" deadline line
+  local dir=$1 port=$2 d=$1/rabbitmq epmd_pid wrapper_pid beam_pid="" deadline
   [[ -x $RABBIT_BIN/rabbitmq-server ]] || die "rabbitmq-server not installed (apt-get install rabbitmq-server amqp-tools)"
   command -v epmd >/dev/null || die "epmd not found (comes with Erlang)"
   mkdir -p "$d/home" "$d/mnesia" "$d/log"
@@ -280,12 +279,10 @@ start_rabbitmq() { # DIR PORT
     sleep 0.05
   done
 
-  # The server script directly: the packaged wrapper switches to the rabbitmq user.
-  # Started from this shell (not a function's subshell) so that $! is the
-  # script's own pid: env execs it.
-  local -a vars=()
-  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
-  env "${vars[@]}" "$RABBIT_BIN/rabbitmq-server" </dev/null >"$d/log/server.out" 2>&1 &
+  # The server script directly: the packaged wrapper switches to the rabbitmq
+  # user. env execs it, so $! is the script's own pid.
+  load_rabbit_env "$dir"
+  env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-server" </dev/null >"$d/log/server.out" 2>&1 &
   wrapper_pid=$!
   write_state "$dir" rabbitmq "$port" "$wrapper_pid $epmd_pid" "TERM TERM"
 
@@ -301,7 +298,7 @@ start_rabbitmq() { # DIR PORT
     [[ -n $beam_pid ]] && port_listening "$port" && break
     sleep 0.1
   done
-  if ! with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmq-diagnostics" -q ping >"$d/log/ping.out" 2>&1; then
+  if ! env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-diagnostics" -q ping >"$d/log/ping.out" 2>&1; then
     stop "$dir"
     fail_with_log "$d/log/ping.out" "rabbitmq-diagnostics ping failed on port $port"
   fi
@@ -382,7 +379,8 @@ rabbitmqctl)
   [[ $# -ge 2 && -f $2/rabbitmq/ports ]] || usage
   dir=$(cd "$2" && pwd)
   shift 2
-  with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmqctl" "$@"
+  load_rabbit_env "$dir"
+  env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmqctl" "$@"
   ;;
 *) usage ;;
 esac
