@@ -19,8 +19,8 @@
 #
 # PID is the server process itself (redis-server, the postmaster, RabbitMQ's
 # beam.smp): `kill -KILL PID` simulates a crash; `stop DIR` then still cleans up
-# the rest (RabbitMQ's wrapper script and epmd). `stop` then `start KIND DIR PORT`
-# restarts on the same port, reusing DIR's data.
+# the rest (RabbitMQ's wrapper script and epmd), and so does `start` in that DIR.
+# `stop` then `start KIND DIR PORT` restarts on the same port, reusing DIR's data.
 set -euo pipefail
 
 die() {
@@ -271,9 +271,11 @@ start_rabbitmq() { # DIR PORT
   source "$d/ports"
   epmd -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >"$d/log/epmd.log" 2>&1 &
   epmd_pid=$!
+  write_state "$dir" rabbitmq "$port" "$epmd_pid" TERM
   deadline=$((SECONDS + 10))
   until port_listening "$EPMD_PORT"; do
     if ! alive "$epmd_pid" || ((SECONDS >= deadline)); then
+      stop "$dir"
       fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
     fi
     sleep 0.05
@@ -315,9 +317,10 @@ start() { # KIND DIR [PORT]
   dir=$(cd "$dir" && pwd)
   if [[ -f $dir/$STATE_FILE ]]; then
     # shellcheck disable=SC1090
-    (source "$dir/$STATE_FILE" && for p in $PIDS; do alive "$p" && exit 1; done; exit 0) ||
+    (source "$dir/$STATE_FILE" && ! alive "${PIDS%% *}") ||
       die "$dir already runs an instance (ctl.sh stop $dir first)"
-    rm -f "$dir/$STATE_FILE"
+    # Its server was killed: clean up what it left (RabbitMQ's epmd) first.
+    stop "$dir"
   fi
   case $kind in
   redis | postgres | rabbitmq) ;;
