@@ -39,6 +39,11 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
       is not needed.
     * `YGGDRASIL_CARGO_PROFILE=profiling` builds with another cargo profile
       (default `release`); `profiling` keeps debug info for `perf`.
+
+  Mix runs this compiler on every `mix compile` of the project itself and of
+  a project that has yggdrasil as a path dependency; as a git or hex
+  dependency only when the dependency changed, so after changing any of the
+  above there, run `mix deps.compile yggdrasil`.
   """
   use Mix.Task.Compiler
 
