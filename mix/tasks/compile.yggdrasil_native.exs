@@ -36,7 +36,7 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
     * `YGGDRASIL_BROKERS=redis,postgres` (or `none`, or `all`) overrides it.
     * `YGGDRASIL_PREBUILT_NIF=/path/to/libyggdrasil_nif.so` installs that
       library instead of building (a CI artifact, a container layer); cargo
-      is not needed.
+      is not needed, and the library's brokers are the ones it was built with.
     * `YGGDRASIL_CARGO_PROFILE=profiling` builds with another cargo profile
       (default `release`); `profiling` keeps debug info for `perf`.
 
@@ -169,13 +169,12 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
   ## The installed library, its build record and this compiler's manifest
 
   # Copies to a temporary name and renames, so a running VM that mapped the
-  # old library keeps a valid mapping; the record is written last, so an
-  # interrupted install is never taken for a finished one.
+  # old library keeps a valid mapping. The old record goes first and the new
+  # one comes last, so an interrupted install never passes for a finished one.
   defp install(library, record) do
+    File.rm(build_record())
     replace_file(installed_library(), fn tmp -> File.cp!(library, tmp) end)
-
-    text = Enum.map_join(record, fn {key, value} -> "#{key}: #{value}\n" end)
-    replace_file(build_record(), &File.write!(&1, text))
+    replace_file(build_record(), &File.write!(&1, record_text(record)))
     write_manifest(Keyword.fetch!(record, :fingerprint))
     {:ok, []}
   end
@@ -262,8 +261,10 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
     end)
   end
 
+  defp record_text(record), do: Enum.map_join(record, fn {key, value} -> "#{key}: #{value}\n" end)
+
   defp fingerprint(settings, sources) do
-    flags = Enum.map_join(settings.record, fn {key, value} -> "#{key}: #{value}\n" end)
+    flags = record_text(settings.record)
 
     sources
     |> Enum.reduce(:crypto.hash_update(:crypto.hash_init(:sha256), flags), fn path, hash ->
