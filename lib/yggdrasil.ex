@@ -265,11 +265,16 @@ defmodule Yggdrasil do
   ####################
   # GenServer wrapper
 
+  # The wrapper's state, as in Yggdrasil 6: applications' tests read
+  # `:sys.get_state(pid).state`.
+  @doc false
+  defstruct [:module, :state]
+
   @impl GenServer
   def init({module, args}) do
     case module.init(args) do
       {:subscribe, channels, state} ->
-        {:ok, {module, state}, {:continue, {:subscribe, channels}}}
+        {:ok, %Yggdrasil{module: module, state: state}, {:continue, {:subscribe, channels}}}
 
       {:stop, reason} ->
         {:stop, reason}
@@ -277,7 +282,7 @@ defmodule Yggdrasil do
   end
 
   @impl GenServer
-  def handle_continue({action, channels}, {module, _} = state) do
+  def handle_continue({action, channels}, %Yggdrasil{module: module} = state) do
     for channel <- channels do
       case apply(__MODULE__, action, [channel]) do
         :ok ->
@@ -294,24 +299,29 @@ defmodule Yggdrasil do
   end
 
   @impl GenServer
-  def handle_info({:Y_CONNECTED, channel}, {module, state}),
-    do: run(module, module.handle_connect(channel, state))
+  def handle_info({:Y_CONNECTED, channel}, %Yggdrasil{module: module, state: state} = wrapper),
+    do: run(wrapper, module.handle_connect(channel, state))
 
-  def handle_info({:Y_DISCONNECTED, channel}, {module, state}),
-    do: run(module, module.handle_disconnect(channel, state))
+  def handle_info({:Y_DISCONNECTED, channel}, %Yggdrasil{module: module, state: state} = wrapper),
+    do: run(wrapper, module.handle_disconnect(channel, state))
 
-  def handle_info({:Y_EVENT, channel, message}, {module, state}),
-    do: run(module, module.handle_event(channel, message, state))
+  def handle_info(
+        {:Y_EVENT, channel, message},
+        %Yggdrasil{module: module, state: state} = wrapper
+      ),
+      do: run(wrapper, module.handle_event(channel, message, state))
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info(_other, wrapper), do: {:noreply, wrapper}
 
   @impl GenServer
-  def terminate(reason, {module, state}), do: module.terminate(reason, state)
+  def terminate(reason, %Yggdrasil{module: module, state: state}),
+    do: module.terminate(reason, state)
 
-  defp run(module, {:ok, state}), do: {:noreply, {module, state}}
+  defp run(wrapper, {:ok, state}), do: {:noreply, %Yggdrasil{wrapper | state: state}}
 
-  defp run(module, {action, channels, state}) when action in [:subscribe, :unsubscribe],
-    do: {:noreply, {module, state}, {:continue, {action, channels}}}
+  defp run(wrapper, {action, channels, state}) when action in [:subscribe, :unsubscribe],
+    do: {:noreply, %Yggdrasil{wrapper | state: state}, {:continue, {action, channels}}}
 
-  defp run(module, {:stop, reason, state}), do: {:stop, reason, {module, state}}
+  defp run(wrapper, {:stop, reason, state}),
+    do: {:stop, reason, %Yggdrasil{wrapper | state: state}}
 end
