@@ -21,6 +21,12 @@ defmodule Yggdrasil.Application do
     end
   end
 
+  # The engine's table outlives the application, its adapters do not: their
+  # channels' subscribers learn it, and the next start gives them new
+  # adapters (see Yggdrasil.Subscriber.Generator).
+  @impl Application
+  def stop(_state), do: Yggdrasil.Subscriber.Generator.disconnect_all()
+
   # Improved over Yggdrasil 6: the built-ins are registered before start/2
   # returns, so subscribers started at boot by dependent applications find
   # them.

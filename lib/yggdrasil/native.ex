@@ -45,6 +45,7 @@ defmodule Yggdrasil.Native do
   def set_janitor(_pid), do: not_loaded()
   def subscribers_page(_channel), do: not_loaded()
   def subscribers_more(_cursor), do: not_loaded()
+  def watched_page(_from), do: not_loaded()
   def subscriber_count(_channel), do: not_loaded()
   def is_subscribed(_channel, _pid), do: not_loaded()
   def is_connected(_channel), do: not_loaded()
@@ -76,6 +77,18 @@ defmodule Yggdrasil.Native do
       {pids, nil} -> :lists.append(:lists.reverse([pids | pages]))
       {pids, cursor} -> collect(cursor, [pids | pages])
     end
+  end
+
+  @doc false
+  # The keys of every watched channel (one with an adapter process), read a
+  # bounded page of the table per NIF call.
+  def watched_channels, do: watched_from(0, [])
+
+  defp watched_from(nil, pages), do: pages |> :lists.reverse() |> :lists.append()
+
+  defp watched_from(from, pages) do
+    {keys, next} = watched_page(from)
+    watched_from(next, [keys | pages])
   end
 
   @doc false
