@@ -133,14 +133,42 @@ defmodule Yggdrasil do
   def gen_channel(data) when is_list(data) do
     if Keyword.keyword?(data) do
       # Like Yggdrasil 6 (`struct/2`), keys that are not channel fields are
-      # ignored, so code that passes extra keys keeps working.
-      data |> Keyword.delete(:__struct__) |> then(&struct(Channel, &1)) |> gen_channel()
+      # ignored, so code that passes extra keys keeps working; a typo
+      # (`nam:`) is logged, once per key.
+      data = Keyword.delete(data, :__struct__)
+      warn_unknown_keys(data)
+      data |> then(&struct(Channel, &1)) |> gen_channel()
     else
       {:error, "a channel must be a keyword list, got: #{inspect(data)}"}
     end
   end
 
   def gen_channel(other), do: {:error, "not a channel: #{inspect(other)}"}
+
+  @channel_fields Channel.__struct__() |> Map.keys() |> List.delete(:__struct__)
+
+  defp warn_unknown_keys([]), do: :ok
+
+  defp warn_unknown_keys([{key, _} | rest]) when key in @channel_fields,
+    do: warn_unknown_keys(rest)
+
+  defp warn_unknown_keys([{key, _} | rest]) do
+    # A persistent term per distinct key: read on every later call, written
+    # once (keys are atoms, so their number is bounded).
+    warned = {__MODULE__, :unknown_channel_key, key}
+
+    unless :persistent_term.get(warned, false) do
+      :persistent_term.put(warned, true)
+
+      Logger.warning(
+        "Yggdrasil: channel key #{inspect(key)} is not a channel field and is ignored " <>
+          "(fields: #{Enum.map_join(@channel_fields, ", ", &inspect/1)}); " <>
+          "logged once per key"
+      )
+    end
+
+    warn_unknown_keys(rest)
+  end
 
   @doc """
   Engine introspection: `channels`, `subscribers` (monitored processes),

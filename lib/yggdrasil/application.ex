@@ -4,6 +4,13 @@ defmodule Yggdrasil.Application do
 
   @impl Application
   def start(_type, _args) do
+    case Yggdrasil.Native.load_error() do
+      nil -> start_tree()
+      message -> {:error, message}
+    end
+  end
+
+  defp start_tree do
     children = [
       Yggdrasil.Registry,
       {DynamicSupervisor, name: Yggdrasil.Subscriber.Adapters, strategy: :one_for_one},
