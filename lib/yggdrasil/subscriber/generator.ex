@@ -116,9 +116,6 @@ defmodule Yggdrasil.Subscriber.Generator do
   def status(%Channel{} = channel),
     do: GenServer.call(__MODULE__, {:status, Channel.key(channel)})
 
-  ###########
-  # Callbacks
-
   @doc false
   # Marks every watched channel disconnected: for the application's stop,
   # once the adapters are gone (their channels keep their subscribers).
@@ -127,6 +124,9 @@ defmodule Yggdrasil.Subscriber.Generator do
   end
 
   defp disconnect(key), do: Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+
+  ###########
+  # Callbacks
 
   @impl GenServer
   def init(_) do
