@@ -5,8 +5,12 @@ defmodule Yggdrasil.Application do
   @impl Application
   def start(_type, _args) do
     case Yggdrasil.Native.load_error() do
-      nil -> start_tree()
-      message -> {:error, message}
+      nil ->
+        :ok = Yggdrasil.Subscriber.Generator.new_table()
+        start_tree()
+
+      message ->
+        {:error, message}
     end
   end
 

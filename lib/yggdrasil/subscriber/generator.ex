@@ -47,6 +47,10 @@ defmodule Yggdrasil.Subscriber.Generator do
   alias Yggdrasil.Native
 
   @adapters Yggdrasil.Subscriber.Adapters
+  # Every adapter process started and not yet seen exiting, `{pid}`. Owned
+  # by the application (see new_table/0), so a new Generator finds also the
+  # adapters of a crashed adapters' supervisor, which exit on their own time.
+  @running Yggdrasil.Subscriber.Generator.Running
   # An adapter that exits on its own while it has subscribers is restarted,
   # at most this often per window.
   @max_restarts 3
@@ -117,6 +121,16 @@ defmodule Yggdrasil.Subscriber.Generator do
     do: GenServer.call(__MODULE__, {:status, Channel.key(channel)})
 
   @doc false
+  # Creates the table of running adapters; called by the application's
+  # start/2, whose process lives as long as the application.
+  def new_table do
+    if :ets.whereis(@running) == :undefined,
+      do: :ets.new(@running, [:named_table, :public, :set])
+
+    :ok
+  end
+
+  @doc false
   # Marks every watched channel disconnected: for the application's stop,
   # once the adapters are gone (their channels keep their subscribers).
   def disconnect_all do
@@ -133,6 +147,8 @@ defmodule Yggdrasil.Subscriber.Generator do
     # The janitor first: a channel emptied from now on is reported here,
     # so none of those listed below is missed or started for nobody.
     Native.set_janitor(self())
+    # Run outside the application (no table yet): this process owns it.
+    new_table()
     stop_orphans()
     {:ok, restart_watched(%{entries: %{}, refs: %{}})}
   end
@@ -197,6 +213,7 @@ defmodule Yggdrasil.Subscriber.Generator do
       {key, refs} ->
         state = %{state | refs: refs}
         entry = Map.fetch!(state.entries, key)
+        if entry.status != :starting, do: :ets.delete(@running, entry.pid)
 
         case entry.status do
           :starting -> {:noreply, started(key, entry, reason, state)}
@@ -252,6 +269,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   end
 
   defp started(key, entry, {:"$started", {:ok, pid}}, state) when is_pid(pid) do
+    :ets.insert(@running, {pid})
     ref = Process.monitor(pid)
     entry = %{entry | pid: pid, ref: ref}
     state = put_ref(state, ref, key)
@@ -341,23 +359,36 @@ defmodule Yggdrasil.Subscriber.Generator do
   end
 
   # Adapters left by a previous incarnation of this process have nobody to
-  # stop them. Waits until they are gone (at most @stop_timeout, they stop
-  # in parallel), so that no channel ever has two adapters.
+  # stop them: those of the adapters' supervisor, and those of a crashed
+  # one, which may still be running terminate/2. Waits until they are all
+  # gone (at most @stop_timeout, they stop in parallel), so that no channel
+  # ever has two adapters and no old adapter reports a state after a new one.
   defp stop_orphans do
+    supervised =
+      try do
+        for {_, pid, _, _} <- DynamicSupervisor.which_children(@adapters), is_pid(pid), do: pid
+      catch
+        :exit, _ -> []
+      end
+
     refs =
-      for {_, pid, _, _} <- DynamicSupervisor.which_children(@adapters), is_pid(pid) do
+      for {pid} <- :ets.tab2list(@running), reduce: supervised do
+        pids -> [pid | pids]
+      end
+      |> Enum.uniq()
+      |> Enum.map(fn pid ->
         ref = Process.monitor(pid)
         spawn(fn -> stop_adapter(pid) end)
         ref
-      end
+      end)
 
     for ref <- refs do
       receive do
         {:DOWN, ^ref, :process, _, _} -> :ok
       end
     end
-  catch
-    :exit, _ -> :ok
+
+    :ets.delete_all_objects(@running)
   end
 
   defp reply(waiters, result), do: Enum.each(waiters, &GenServer.reply(&1, result))
