@@ -16,7 +16,20 @@ defmodule Yggdrasil.MixProject do
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       description: "Yggdrasil 6 pub/sub API with a native (Rust NIF) distribution engine",
+      package: package(),
       deps: []
+    ]
+  end
+
+  # What a package of this project must carry: the Elixir sources, and the
+  # Rust workspace the NIF is built from when it is compiled as a dependency
+  # (never a built `.so`, which is platform-specific).
+  defp package do
+    [
+      licenses: ["Apache-2.0"],
+      links: %{},
+      files: ~w(lib native Cargo.toml Cargo.lock priv/native/.gitkeep
+                mix.exs .formatter.exs README.md LICENSE docs)
     ]
   end
 

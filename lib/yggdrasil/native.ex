@@ -10,7 +10,13 @@ defmodule Yggdrasil.Native do
 
   @doc false
   def load do
-    path = :code.priv_dir(:yggdrasil) |> to_string() |> Path.join("native/libyggdrasil_nif")
+    priv =
+      case :code.priv_dir(:yggdrasil) do
+        {:error, _} -> "priv"
+        dir -> to_string(dir)
+      end
+
+    path = Path.join(priv, "native/libyggdrasil_nif")
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->
@@ -20,15 +26,22 @@ defmodule Yggdrasil.Native do
         :ok
 
       {:error, reason} ->
-        :logger.error(
-          ~c"yggdrasil: could not load the native engine from ~s.so: ~p~n" ++
-            ~c"Build it with `mix compile` (needs cargo), or `make build` in the yggdrasil checkout.",
-          [path, reason]
-        )
+        # The module still loads, with stubs that raise a clear error, and
+        # `Yggdrasil.Application` refuses to start with this message (one
+        # clear error, not a failed on_load and then UndefinedFunctionErrors).
+        message =
+          "yggdrasil: could not load the native engine from #{path}.so: #{inspect(reason)}. " <>
+            "Build it with `mix compile` (needs cargo), or `make build` in the yggdrasil checkout."
 
-        {:error, reason}
+        :persistent_term.put({__MODULE__, :load_error}, message)
+        :ok
     end
   end
+
+  @doc false
+  # Why the NIF library did not load, or nil when it did.
+  @spec load_error() :: binary() | nil
+  def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
 
   defp not_loaded do
     :erlang.nif_error(
@@ -45,6 +58,7 @@ defmodule Yggdrasil.Native do
   def set_janitor(_pid), do: not_loaded()
   def subscribers_page(_channel), do: not_loaded()
   def subscribers_more(_cursor), do: not_loaded()
+  def watched_page(_from), do: not_loaded()
   def subscriber_count(_channel), do: not_loaded()
   def is_subscribed(_channel, _pid), do: not_loaded()
   def is_connected(_channel), do: not_loaded()
@@ -76,6 +90,18 @@ defmodule Yggdrasil.Native do
       {pids, nil} -> :lists.append(:lists.reverse([pids | pages]))
       {pids, cursor} -> collect(cursor, [pids | pages])
     end
+  end
+
+  @doc false
+  # The keys of every watched channel (one with an adapter process), read a
+  # bounded page of the table per NIF call.
+  def watched_channels, do: watched_from(0, [])
+
+  defp watched_from(nil, pages), do: pages |> :lists.reverse() |> :lists.append()
+
+  defp watched_from(from, pages) do
+    {keys, next} = watched_page(from)
+    watched_from(next, [keys | pages])
   end
 
   @doc false

@@ -10,9 +10,10 @@ defmodule Yggdrasil.Transformer.Json do
       iex> {:error, _reason} = Yggdrasil.Transformer.Json.decode(%Yggdrasil.Channel{}, "{oops")
 
   Encoding follows Jason's mapping: atom keys and values become strings,
-  `nil` becomes `null`. Tuples, pids, structs, non-UTF-8 binaries and
-  integers beyond 64 bits give `{:error, reason}`. Integers in decoded JSON
-  beyond 64 bits come back as floats.
+  `nil` becomes `null`. Tuples, pids, structs and non-UTF-8 binaries give
+  `{:error, reason}`. As with Jason, any nesting depth works both ways, and
+  integers of any size stay exact both ways; `-0` decodes to the integer
+  `0`, `-0.0` to a float.
   """
   use Yggdrasil.Transformer, name: :json
 
@@ -22,11 +23,18 @@ defmodule Yggdrasil.Transformer.Json do
   # Above this size, parsing may take longer than a scheduler slice.
   @dirty_bytes 64 * 1024
 
+  # Both NIFs answer `:too_big` when the work would not fit in a scheduler
+  # slice (many nodes, very long integers); the dirty ones have no limit.
   @impl Yggdrasil.Transformer
   def decode(%Channel{}, message) when is_binary(message) and byte_size(message) > @dirty_bytes,
     do: Native.json_decode_dirty(message)
 
-  def decode(%Channel{}, message) when is_binary(message), do: Native.json_decode(message)
+  def decode(%Channel{}, message) when is_binary(message) do
+    case Native.json_decode(message) do
+      :too_big -> Native.json_decode_dirty(message)
+      result -> result
+    end
+  end
 
   def decode(%Channel{}, message),
     do: {:error, "JSON decode expects a binary, got: #{inspect(message)}"}

@@ -22,8 +22,7 @@ use key::{ChannelKey, TermKey};
 use pid::Pid;
 use rustler::schedule::consume_timeslice;
 use rustler::sys::enif_send;
-use rustler::types::binary::NewBinary;
-use rustler::{Binary, Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 use std::collections::VecDeque;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +38,6 @@ mod atoms {
         ok,
         error,
         more,
-        too_big,
         not_subscribed,
         unsubscribed,
         emptied,
@@ -105,9 +103,6 @@ const MAX_CALL_US: u128 = 700;
 /// Pids per call of `subscribers_page/1` / `subscribers_more/1`: building
 /// a list of this many takes well under 100 µs.
 const PAGE: usize = 4096;
-
-/// Budget of JSON nodes on a normal scheduler; larger terms go dirty.
-const JSON_NODE_BUDGET: usize = 20_000;
 
 fn table() -> MutexGuard<'static, Table> {
     // Engine operations do not panic on any input; if one ever did, its
@@ -490,6 +485,21 @@ fn page(env: Env<'_>, members: Snapshot<Pid>, from: usize) -> Term<'_> {
     (pids, rest).encode(env)
 }
 
+/// Table slots per call of `watched_page/1`: copying out that many channel
+/// keys stays well under 1 ms.
+const WATCHED_PAGE: usize = 1024;
+
+/// The watched channels (those served by an adapter process), a bounded
+/// page of the table per call: `{keys, next}` with `next` the argument of
+/// the following call, `nil` at the end. For the Generator, which restarts
+/// their adapters when it starts (see `Yggdrasil.Subscriber.Generator`).
+#[rustler::nif]
+fn watched_page(env: Env<'_>, from: usize) -> Term<'_> {
+    let (keys, next) = table().watched_page(from, WATCHED_PAGE);
+    let keys: Vec<Term<'_>> = keys.iter().map(|key| key.to_term(env)).collect();
+    (keys, next).encode(env)
+}
+
 #[rustler::nif]
 fn subscriber_count(channel: Term<'_>) -> usize {
     table().subscriber_count(&TermKey::new(channel))
@@ -535,47 +545,6 @@ fn info(env: Env<'_>) -> Term<'_> {
     ]
     .map(|value| value.encode(env));
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))
-}
-
-fn json_encode_with<'a>(env: Env<'a>, term: Term<'a>, budget: Option<usize>) -> Term<'a> {
-    match json::encode(term, budget) {
-        Ok(bytes) => {
-            let mut binary = NewBinary::new(env, bytes.len());
-            binary.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Binary::from(binary)).encode(env)
-        }
-        Err(json::EncodeError::OverBudget) => atoms::too_big().encode(env),
-        Err(json::EncodeError::Invalid(reason)) => (atoms::error(), reason).encode(env),
-    }
-}
-
-/// `{:ok, json}`, `{:error, reason}`, or `:too_big` when the term should be
-/// encoded on a dirty scheduler instead.
-#[rustler::nif]
-fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    json_encode_with(env, term, Some(JSON_NODE_BUDGET))
-}
-
-#[rustler::nif(schedule = "DirtyCpu")]
-fn json_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    json_encode_with(env, term, None)
-}
-
-fn json_decode_with<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
-    match json::decode(env, text.as_slice()) {
-        Ok(term) => (atoms::ok(), term).encode(env),
-        Err(reason) => (atoms::error(), reason).encode(env),
-    }
-}
-
-#[rustler::nif]
-fn json_decode<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
-    json_decode_with(env, text)
-}
-
-#[rustler::nif(schedule = "DirtyCpu")]
-fn json_decode_dirty<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
-    json_decode_with(env, text)
 }
 
 /// TEST HOOK, never called by the library: panics on purpose so that the
