@@ -28,7 +28,7 @@ defmodule Yggdrasil.MixProject do
     [
       licenses: ["Apache-2.0"],
       links: %{},
-      files: ~w(lib native Cargo.toml Cargo.lock priv/native/.gitkeep
+      files: ~w(lib mix native Cargo.toml Cargo.lock priv/native/.gitkeep
                 mix.exs .formatter.exs README.md LICENSE docs)
     ]
   end
