@@ -41,6 +41,7 @@ defmodule Yggdrasil do
   alias Yggdrasil.Backend
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
+  alias Yggdrasil.Route
 
   @typedoc "A channel as a struct, a map or a keyword list."
   @type channel :: Channel.t() | map() | keyword()
@@ -92,9 +93,10 @@ defmodule Yggdrasil do
   def publish(%Channel{} = channel, message, options) do
     with :ok <- check_options(options) do
       case Registry.resolve(channel) do
-        # :elixir channels: the whole pipeline runs in the caller.
-        {:ok, channel, %{publisher_module: Yggdrasil.Publisher.Adapter.Elixir} = route} ->
-          Yggdrasil.Publisher.Adapter.Elixir.transmit(channel, route, message, options[:metadata])
+        # Adapters that publish in the caller (`:elixir` among them): no
+        # process in between.
+        {:ok, channel, %Route{publish: :caller, publisher_module: publisher} = route} ->
+          publisher.publish_in_caller(channel, route, message, options)
 
         # Other adapters (and :bridge channels for adapters on other nodes)
         # publish through their pooled publisher processes.
@@ -148,7 +150,7 @@ defmodule Yggdrasil do
   `deliveries` (messages sent since boot).
   """
   @spec info() :: %{atom() => non_neg_integer()}
-  def info, do: Yggdrasil.Native.info()
+  def info, do: Yggdrasil.Engine.info()
 
   @doc """
   How many processes are subscribed to `channel` (struct, map or keyword
@@ -162,7 +164,7 @@ defmodule Yggdrasil do
   @spec subscriber_count(channel()) :: non_neg_integer() | {:error, term()}
   def subscriber_count(channel) do
     with {:ok, channel} <- gen_channel(channel),
-         do: Yggdrasil.Native.subscriber_count(Channel.key(channel))
+         do: Yggdrasil.Engine.subscriber_count(Channel.key(channel))
   end
 
   @doc """
@@ -178,7 +180,7 @@ defmodule Yggdrasil do
   @spec subscribers(channel()) :: [pid()] | {:error, term()}
   def subscribers(channel) do
     with {:ok, channel} <- gen_channel(channel),
-         do: Yggdrasil.Native.subscribers(Channel.key(channel))
+         do: Yggdrasil.Engine.subscribers(Channel.key(channel))
   end
 
   defp check_options(options) do
@@ -188,9 +190,7 @@ defmodule Yggdrasil do
   end
 
   # Channels whose adapter needs no process: the engine does everything.
-  defp native?(%Channel{adapter: adapter}) do
-    Registry.get_subscriber_module(adapter) == {:ok, Yggdrasil.Subscriber.Adapter.Elixir}
-  end
+  defp native?(%Channel{adapter: adapter}), do: Registry.get_delivery(adapter) == :engine
 
   ###########
   # Behaviour

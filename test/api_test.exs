@@ -6,7 +6,7 @@ defmodule Yggdrasil.ApiTest do
   @timeout 2_000
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   defp unique(tag \\ :api), do: {tag, System.unique_integer([:positive])}
 
@@ -74,7 +74,7 @@ defmodule Yggdrasil.ApiTest do
 
       assert :ok = Yggdrasil.unsubscribe(%{name: name})
       assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "metadata given to publish/3 arrives in the event's channel" do
@@ -104,7 +104,7 @@ defmodule Yggdrasil.ApiTest do
       assert_receive {:Y_EVENT, ^plain, "reaches me"}, @timeout
 
       :ok = Yggdrasil.unsubscribe(name: name, metadata: :other)
-      assert Native.subscriber_count(key(plain)) == 0
+      assert Engine.subscriber_count(key(plain)) == 0
     end
 
     test "any term is a channel name" do
@@ -156,7 +156,7 @@ defmodule Yggdrasil.ApiTest do
         end
 
       for i <- 1..5, do: assert_receive({:ready, ^i}, @timeout)
-      assert Native.subscriber_count(key(channel)) == length(pids)
+      assert Engine.subscriber_count(key(channel)) == length(pids)
       :ok = Yggdrasil.publish(channel, "to all")
       for i <- 1..5, do: assert_receive({:got, ^i}, @timeout)
     end
@@ -271,7 +271,7 @@ defmodule Yggdrasil.ApiTest do
       assert :ok = Yggdrasil.subscribe(channel)
       assert :ok = Yggdrasil.subscribe(channel)
       assert :ok = Yggdrasil.subscribe(Map.from_struct(channel))
-      assert Native.subscriber_count(key(channel)) == 1
+      assert Engine.subscriber_count(key(channel)) == 1
 
       :ok = Yggdrasil.publish(channel, :once)
       assert [:once] == events_until_sentinel(channel)
@@ -279,8 +279,8 @@ defmodule Yggdrasil.ApiTest do
       # One unsubscribe undoes it.
       assert :ok = Yggdrasil.unsubscribe(channel)
       assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-      assert Native.subscriber_count(key(channel)) == 0
-      refute Native.is_subscribed(key(channel), self())
+      assert Engine.subscriber_count(key(channel)) == 0
+      refute Engine.subscribed?(key(channel), self())
     end
 
     test "after unsubscribe/1 nothing more arrives" do
@@ -302,7 +302,7 @@ defmodule Yggdrasil.ApiTest do
       :ok = Yggdrasil.publish(channel, :after)
       assert_receive :witness_got_it, @timeout
       refute_received {:Y_EVENT, _, _}
-      assert Native.subscribers(key(channel)) in [[witness], []]
+      assert Engine.subscribers(key(channel)) in [[witness], []]
     end
 
     test "unsubscribing a channel one is not subscribed to returns :ok" do
@@ -311,7 +311,7 @@ defmodule Yggdrasil.ApiTest do
       :ok = Yggdrasil.subscribe(channel)
       :ok = Yggdrasil.unsubscribe(channel)
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "re-subscribing right after the last unsubscribe works, 300 times in a row" do
@@ -324,7 +324,7 @@ defmodule Yggdrasil.ApiTest do
         assert_receive {:Y_EVENT, ^channel, ^i}, @timeout
         assert :ok = Yggdrasil.unsubscribe(channel)
         assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-        assert Native.subscriber_count(key(channel)) == 0
+        assert Engine.subscriber_count(key(channel)) == 0
       end
 
       refute_received {:Y_EVENT, _, _}
@@ -404,7 +404,7 @@ defmodule Yggdrasil.ApiTest do
       {:ok, channel} = Yggdrasil.gen_channel(name: name)
 
       for candidate <- [channel, %Channel{channel | backend: :no_such_backend}] do
-        assert Native.subscriber_count(key(candidate)) == 0
+        assert Engine.subscriber_count(key(candidate)) == 0
       end
     end
   end

@@ -118,7 +118,7 @@ defmodule Yggdrasil.BehaviourTest do
       channel = channel!()
       {:ok, pid} = Yggdrasil.start_link(Defaults, [channel])
       sync(pid)
-      assert Yggdrasil.Native.is_subscribed(Channel.key(channel), pid)
+      assert Yggdrasil.Engine.subscribed?(Channel.key(channel), pid)
 
       :ok = Yggdrasil.publish(channel, "ignored")
       send(pid, :not_a_yggdrasil_message)
@@ -206,7 +206,7 @@ defmodule Yggdrasil.BehaviourTest do
       # Events from one publisher keep their order: "nobody" would be first.
       assert_receive {:event, ^pid, ^a, "still here", 2}, @timeout
       refute_received {:event, ^pid, ^b, _, _}
-      refute Yggdrasil.Native.is_subscribed(Channel.key(b), pid)
+      refute Yggdrasil.Engine.subscribed?(Channel.key(b), pid)
       Yggdrasil.stop(pid)
     end
 
@@ -225,7 +225,7 @@ defmodule Yggdrasil.BehaviourTest do
       end)
 
       # And the dead subscriber is dropped from the channel.
-      wait_until(fn -> Yggdrasil.Native.subscriber_count(Channel.key(channel)) == 0 end)
+      wait_until(fn -> Yggdrasil.Engine.subscriber_count(Channel.key(channel)) == 0 end)
     end
 
     test "stop/3 with a reason and a timeout calls terminate/2 with that reason" do

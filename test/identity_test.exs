@@ -8,6 +8,7 @@ defmodule Yggdrasil.IdentityTest do
   @timeout 2_000
 
   alias Yggdrasil.Channel
+  alias Yggdrasil.Engine
   alias Yggdrasil.Native
 
   # Two names whose complete channels have the same :erlang.phash2 (found
@@ -133,7 +134,7 @@ defmodule Yggdrasil.IdentityTest do
       channel = full(name)
       assert_receive {:Y_EVENT, ^channel, :same}, @timeout
       :ok = Yggdrasil.unsubscribe(name: copy)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
   end
 
@@ -153,10 +154,10 @@ defmodule Yggdrasil.IdentityTest do
       assert_receive :subscribed, @timeout
       alive = Yggdrasil.info()
       assert alive.subscriptions >= before.subscriptions + 1
-      assert Native.subscribers(key(channel)) == [pid]
+      assert Engine.subscribers(key(channel)) == [pid]
 
       kill(pid)
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
       after_death = Yggdrasil.info()
       assert after_death.subscriptions <= alive.subscriptions - 1
       assert after_death.subscribers <= alive.subscribers - 1
@@ -186,11 +187,11 @@ defmodule Yggdrasil.IdentityTest do
       alive = Yggdrasil.info()
       assert alive.subscriptions >= before.subscriptions + 2_000
       assert alive.channels >= before.channels + 2_000
-      assert Enum.all?(channels, &(Native.subscriber_count(key(&1)) == 1))
+      assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 1))
 
       kill(pid)
       wait_until(fn -> Yggdrasil.info().subscriptions <= alive.subscriptions - 2_000 end)
-      assert Enum.all?(channels, &(Native.subscriber_count(key(&1)) == 0))
+      assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 0))
       after_death = Yggdrasil.info()
       assert after_death.channels <= alive.channels - 2_000
       assert after_death.subscribers <= alive.subscribers - 1
@@ -210,8 +211,8 @@ defmodule Yggdrasil.IdentityTest do
 
       assert_receive :subscribed, @timeout
       kill(victim)
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 1 end)
-      assert Native.subscribers(key(channel)) == [self()]
+      wait_until(fn -> Engine.subscriber_count(key(channel)) == 1 end)
+      assert Engine.subscribers(key(channel)) == [self()]
       :ok = Yggdrasil.publish(channel, "still here")
       assert_receive {:Y_EVENT, ^channel, "still here"}, @timeout
     end
@@ -229,7 +230,7 @@ defmodule Yggdrasil.IdentityTest do
         assert_receive {:DOWN, ^ref, :process, ^pid, _}, @timeout
       end
 
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -239,7 +240,7 @@ defmodule Yggdrasil.IdentityTest do
     test "5000 subscribers each get every event exactly once" do
       channel = full({:fan_out, make_ref()})
       pids = start_counters(channel, @subscribers)
-      assert Native.subscriber_count(key(channel)) == @subscribers
+      assert Engine.subscriber_count(key(channel)) == @subscribers
 
       deliveries = Yggdrasil.info().deliveries
       for i <- 1..3, do: :ok = Yggdrasil.publish(channel, {:event, i})
@@ -275,7 +276,7 @@ defmodule Yggdrasil.IdentityTest do
       :ok = Yggdrasil.publish(channel, :survived)
       assert report(survivors) == Map.new(survivors, &{&1, [:survived]})
       # The survivors end after reporting: the channel empties.
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -351,7 +352,7 @@ defmodule Yggdrasil.IdentityTest do
     assert events_until(a, sentinel) == [{a.name, %{"for" => "a"}}]
     :ok = Yggdrasil.unsubscribe(a)
     assert_receive {:Y_DISCONNECTED, ^a}, @timeout
-    assert Native.subscriber_count(key(b)) == 0
+    assert Engine.subscriber_count(key(b)) == 0
   end
 
   defp find_collision do

@@ -37,23 +37,22 @@ defmodule Yggdrasil.Backend do
       @behaviour Yggdrasil.Backend
       use Yggdrasil.Registration, register: {:register_backend, unquote(name)}
 
-      alias Yggdrasil.Backend.Native, as: NativeBackend
-
       @doc "Subscribes the calling process to `channel`."
-      def subscribe(channel), do: NativeBackend.subscribe(channel)
+      def subscribe(channel), do: Yggdrasil.Backend.Base.subscribe(channel)
 
       @doc "Stops delivery of `channel` to the calling process."
-      def unsubscribe(channel), do: NativeBackend.unsubscribe(channel)
+      def unsubscribe(channel), do: Yggdrasil.Backend.Base.unsubscribe(channel)
 
       @doc "Sends `{:Y_CONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      def connected(channel, pid), do: NativeBackend.notify(:Y_CONNECTED, channel, pid)
+      def connected(channel, pid), do: Yggdrasil.Backend.Base.notify(:Y_CONNECTED, channel, pid)
 
       @doc "Sends `{:Y_DISCONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      def disconnected(channel, pid), do: NativeBackend.notify(:Y_DISCONNECTED, channel, pid)
+      def disconnected(channel, pid),
+        do: Yggdrasil.Backend.Base.notify(:Y_DISCONNECTED, channel, pid)
 
       @doc "Sends `{:Y_EVENT, %{channel | metadata: metadata}, message}` to every subscriber."
       def publish(channel, message, metadata),
-        do: NativeBackend.publish(channel, message, metadata)
+        do: Yggdrasil.Backend.Base.publish(channel, message, metadata)
 
       defoverridable subscribe: 1, unsubscribe: 1, connected: 2, disconnected: 2, publish: 3
     end

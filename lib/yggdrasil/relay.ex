@@ -6,7 +6,7 @@ defmodule Yggdrasil.Relay do
   # `Yggdrasil.Relay` and joined to the `:pg` group `Yggdrasil.Relay` of the
   # scope `Yggdrasil.Registry` (OTP's own membership: no home-made protocol).
   #
-  # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Native.publish/3`
+  # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Base.publish/3`
   # after the local delivery): ONE distribution message per remote node that
   # runs a relay, carrying the already-decoded `{:Y_EVENT, channel, message}`
   # tuple. The receiving relay hands it to its own engine. No per-channel
@@ -25,7 +25,7 @@ defmodule Yggdrasil.Relay do
   use GenServer
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @scope Yggdrasil.Registry
   @group __MODULE__
@@ -98,7 +98,7 @@ defmodule Yggdrasil.Relay do
 
   @impl GenServer
   def handle_info({@tag, {:Y_EVENT, %Channel{} = channel, _message} = event}, state) do
-    Native.broadcast(Channel.key(channel), event)
+    Engine.broadcast(Channel.key(channel), event)
     {:noreply, %{state | relayed: state.relayed + 1}}
   end
 

@@ -17,7 +17,7 @@ defmodule Yggdrasil.AdapterCase do
 
       alias Yggdrasil.Channel
       alias Yggdrasil.MemoryBroker
-      alias Yggdrasil.Native
+      alias Yggdrasil.Engine
       alias Yggdrasil.Subscriber.Generator
     end
   end

@@ -8,13 +8,27 @@ defmodule Yggdrasil.Publisher.Adapter do
   as `GenServer.start_link(__MODULE__, namespace, options)` and
   `publish(publisher, channel, message, options)` as
   `GenServer.call(publisher, {:publish, channel, message})`.
+
+  An adapter declared with `use Yggdrasil.Adapter, publish: :caller` is
+  published to without the pool: `Yggdrasil.publish/3` calls its publisher
+  module's `c:publish_in_caller/4` in the publishing process.
   """
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
 
+  @doc """
+  Starts one publisher process of the pool of `namespace` (the pool passes
+  the options).
+  """
   @callback start_link(namespace :: atom(), options :: GenServer.options()) ::
               GenServer.on_start()
+
+  @doc """
+  Publishes `message` in `channel` through the pooled `publisher` process
+  checked out for this call; `options` are `Yggdrasil.publish/3`'s
+  (`metadata:`). Runs in the publishing process.
+  """
   @callback publish(
               publisher :: GenServer.server(),
               channel :: Channel.t(),
@@ -22,15 +36,40 @@ defmodule Yggdrasil.Publisher.Adapter do
               options :: keyword()
             ) :: :ok | {:error, term()}
 
+  @doc """
+  Publishes `message` in `channel` from the publishing process itself, with
+  no pooled process: what `Yggdrasil.publish/3` calls for an adapter declared
+  with `publish: :caller` (required for those, unused otherwise).
+
+  `channel` is complete (transformer and backend filled in) and `route`
+  holds its modules (`t:Yggdrasil.Route.t/0`: encode with
+  `route.transformer_module`); `options` are `Yggdrasil.publish/3`'s. It
+  returns what `Yggdrasil.publish/3` returns: `:ok` once the message is
+  handed over, or `{:error, reason}`. It may block the caller (for example
+  in a `receive` with a timeout, waiting for a broker's acknowledgement) but
+  must not leave messages behind in the caller's mailbox.
+  """
+  @callback publish_in_caller(
+              channel :: Channel.t(),
+              route :: Yggdrasil.Route.t(),
+              message :: term(),
+              options :: keyword()
+            ) :: :ok | {:error, term()}
+
+  @optional_callbacks publish_in_caller: 4
+
   defmacro __using__(_) do
     quote do
       @behaviour Yggdrasil.Publisher.Adapter
 
       @doc "Starts a publisher process for `namespace`."
+      @spec start_link(atom(), GenServer.options()) :: GenServer.on_start()
       def start_link(namespace, options \\ [])
       def start_link(namespace, options), do: GenServer.start_link(__MODULE__, namespace, options)
 
       @doc "Publishes `message` in `channel` through `publisher`."
+      @spec publish(GenServer.server(), Yggdrasil.Channel.t(), term(), keyword()) ::
+              :ok | {:error, term()}
       def publish(publisher, channel, message, options \\ [])
 
       def publish(publisher, %Yggdrasil.Channel{} = channel, message, _options) do

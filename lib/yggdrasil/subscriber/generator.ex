@@ -16,7 +16,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # belongs to one such incarnation. Channels with an adapter are "watched":
   # their emptying is reported here exactly once, by the engine (a death:
   # `{:"$yggdrasil_emptied", key}` to this janitor) or by the unsubscriber
-  # (`Native.unsubscribe/1` answered `:emptied`). On that report the adapter
+  # (`Engine.unsubscribe/1` answered `:emptied`). On that report the adapter
   # is stopped even if someone subscribed again meanwhile; that newcomer
   # created a fresh incarnation (not connected), so it gets a fresh adapter,
   # which reports the connection again. No adapter ever serves two
@@ -35,7 +35,7 @@ defmodule Yggdrasil.Subscriber.Generator do
 
   alias Yggdrasil.Backend
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @adapters Yggdrasil.Subscriber.Adapters
   # An adapter that exits on its own while it has subscribers is restarted,
@@ -52,7 +52,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # `{:error, _}` the caller is left as it was before the call.
   def subscribe(%Channel{} = channel) do
     key = Channel.key(channel)
-    already? = Native.is_subscribed(key, self())
+    already? = Engine.subscribed?(key, self())
 
     with :ok <- Backend.subscribe(channel) do
       case GenServer.call(__MODULE__, {:ensure, key}, :infinity) do
@@ -77,7 +77,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # channel, so the engine membership is dropped here (the backend's own
   # `unsubscribe/1` still runs, and finds nothing left to do natively).
   defp leave(channel, key) do
-    emptied? = Native.unsubscribe(key) == :emptied
+    emptied? = Engine.unsubscribe(key) == :emptied
     result = Backend.unsubscribe(channel)
     if emptied?, do: GenServer.call(__MODULE__, {:emptied, key}, :infinity)
     result
@@ -103,7 +103,7 @@ defmodule Yggdrasil.Subscriber.Generator do
 
   @impl GenServer
   def init(_) do
-    Native.set_janitor(self())
+    Engine.set_janitor(self())
     stop_orphans()
     {:ok, %{entries: %{}, refs: %{}}}
   end
@@ -113,7 +113,7 @@ defmodule Yggdrasil.Subscriber.Generator do
     # Marking the channel watched also tells whether it still has
     # subscribers (the engine drops empty channels): if not, the caller
     # died after subscribing and there is nothing to start.
-    if Native.set_watched(key, true) do
+    if Engine.watch(key) do
       case Map.fetch(state.entries, key) do
         :error ->
           {:noreply, start(key, [from], [], state)}
@@ -242,12 +242,12 @@ defmodule Yggdrasil.Subscriber.Generator do
   # The adapter exited without being asked to: tell its subscribers and
   # restart it while it has some.
   defp exited(key, entry, reason, state) do
-    Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+    Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
     now = System.monotonic_time(:millisecond)
     recent = Enum.filter(entry.restarts, &(now - &1 < @restart_window_ms))
 
     cond do
-      Native.subscriber_count(key) == 0 ->
+      Engine.subscriber_count(key) == 0 ->
         delete_entry(state, key)
 
       length(recent) >= @max_restarts ->
@@ -275,9 +275,9 @@ defmodule Yggdrasil.Subscriber.Generator do
   # The old adapter is gone (its monitor fired). Subscribers that came
   # meanwhile are on a new incarnation: it gets its own adapter.
   defp stopped(key, entry, state) do
-    if Native.subscriber_count(key) > 0 do
+    if Engine.subscriber_count(key) > 0 do
       # The old adapter may have reported the new incarnation connected.
-      Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+      Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
       start(key, entry.waiters, [], state)
     else
       reply(entry.waiters, :ok)

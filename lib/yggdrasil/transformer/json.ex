@@ -17,16 +17,10 @@ defmodule Yggdrasil.Transformer.Json do
   use Yggdrasil.Transformer, name: :json
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
-
-  # Above this size, parsing may take longer than a scheduler slice.
-  @dirty_bytes 64 * 1024
+  alias Yggdrasil.Engine
 
   @impl Yggdrasil.Transformer
-  def decode(%Channel{}, message) when is_binary(message) and byte_size(message) > @dirty_bytes,
-    do: Native.json_decode_dirty(message)
-
-  def decode(%Channel{}, message) when is_binary(message), do: Native.json_decode(message)
+  def decode(%Channel{}, message) when is_binary(message), do: Engine.json_decode(message)
 
   def decode(%Channel{}, message),
     do: {:error, "JSON decode expects a binary, got: #{inspect(message)}"}
@@ -35,10 +29,7 @@ defmodule Yggdrasil.Transformer.Json do
 
   @impl Yggdrasil.Transformer
   def encode(%Channel{}, message) when is_map(message) and not is_struct(message) do
-    case Native.json_encode(message) do
-      :too_big -> Native.json_encode_dirty(message)
-      result -> result
-    end
+    Engine.json_encode(message)
   end
 
   def encode(%Channel{}, message),
