@@ -49,6 +49,23 @@ defmodule Yggdrasil.ClusterTest do
     end
   end
 
+  describe "adapters with delivery: :engine across nodes" do
+    test "a third-party one is relayed like :elixir, once per event", %{id: id} do
+      {_peer, node} = peer!()
+      wait_relays([node(), node])
+      :ok = Yggdrasil.Adapter.Direct.register()
+      :ok = :erpc.call(node, Yggdrasil.Adapter.Direct, :register, [])
+      {:ok, channel} = Yggdrasil.gen_channel(name: {:direct, id}, adapter: :direct)
+
+      start_forwarder(node, channel, self(), :remote)
+      assert_receive {:remote, {:Y_CONNECTED, ^channel}}
+
+      :ok = Yggdrasil.publish(channel, 1)
+      :ok = Yggdrasil.publish(channel, :end)
+      assert events(:remote) == [1]
+    end
+  end
+
   describe ":elixir channels across nodes" do
     test "events cross both ways", %{id: id} do
       {_peer, node} = peer!()

@@ -1,0 +1,43 @@
+# A third-party adapter that takes the process-free path of `:elixir`
+# (`delivery: :engine, publish: :caller`) with its own publishing step:
+# it counts, in the publishing process, what it published.
+
+defmodule Yggdrasil.Adapter.Direct do
+  @moduledoc false
+  use Yggdrasil.Adapter, name: :direct, delivery: :engine, publish: :caller
+end
+
+defmodule Yggdrasil.Subscriber.Adapter.Direct do
+  @moduledoc false
+  # Required by the adapter shape; with `delivery: :engine` subscribing
+  # never starts it.
+  use Yggdrasil.Subscriber.Adapter
+  use GenServer
+
+  @impl GenServer
+  def init(%{channel: channel}), do: {:ok, channel}
+end
+
+defmodule Yggdrasil.Publisher.Adapter.Direct do
+  @moduledoc false
+  use Yggdrasil.Publisher.Adapter
+  use GenServer
+
+  alias Yggdrasil.Subscriber.Publisher
+
+  @doc false
+  # How many messages the calling process published on `:direct` channels.
+  def published, do: Process.get(__MODULE__, 0)
+
+  @impl Yggdrasil.Publisher.Adapter
+  def publish_in_caller(channel, route, message, options) do
+    with {:ok, encoded} <- route.transformer_module.encode(channel, message),
+         :ok <- Publisher.deliver(channel, route, encoded, options[:metadata]) do
+      Process.put(__MODULE__, published() + 1)
+      :ok
+    end
+  end
+
+  @impl GenServer
+  def init(namespace), do: {:ok, namespace}
+end
