@@ -142,7 +142,7 @@ defmodule Yggdrasil do
     end
   end
 
-  def gen_channel(other), do: {:error, "not a channel: #{inspect(other)}"}
+  def gen_channel(other), do: Channel.not_a_channel(other)
 
   @doc """
   Engine introspection: `channels`, `subscribers` (monitored processes),
@@ -243,14 +243,19 @@ defmodule Yggdrasil do
         )
       end
 
+      @doc false
       def init(channels) when is_list(channels), do: {:subscribe, channels, nil}
 
+      @doc false
       def handle_connect(_channel, state), do: {:ok, state}
 
+      @doc false
       def handle_disconnect(_channel, state), do: {:ok, state}
 
+      @doc false
       def handle_event(_channel, _message, state), do: {:ok, state}
 
+      @doc false
       def terminate(_reason, _state), do: :ok
 
       defoverridable child_spec: 1,

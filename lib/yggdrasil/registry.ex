@@ -142,7 +142,7 @@ defmodule Yggdrasil.Registry do
     end
   end
 
-  def get_full_channel(_), do: {:error, "Yggdrasil channel: not a %Yggdrasil.Channel{}"}
+  def get_full_channel(other), do: Channel.not_a_channel(other)
 
   defp bridge_channel(%Channel{} = remote) do
     # The wrapped channel is the bridge's identity: no metadata in it.

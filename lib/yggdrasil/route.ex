@@ -35,6 +35,7 @@ defmodule Yggdrasil.Route do
   @typedoc "How `Yggdrasil.publish/3` reaches an adapter's publisher."
   @type publish :: :pool | :caller
 
+  @typedoc "The modules and capabilities that serve a channel."
   @type t :: %__MODULE__{
           transformer: atom(),
           backend: atom(),

@@ -41,3 +41,18 @@ defmodule Yggdrasil.Publisher.Adapter.Direct do
   @impl GenServer
   def init(namespace), do: {:ok, namespace}
 end
+
+# Declares `publish: :caller` without `publish_in_caller/4`: refused.
+defmodule Yggdrasil.Adapter.CallerWithout do
+  @moduledoc false
+  use Yggdrasil.Adapter,
+    name: :caller_without,
+    publish: :caller,
+    subscriber: Yggdrasil.Subscriber.Adapter.Direct,
+    publisher: Yggdrasil.Publisher.Adapter.CallerWithout
+end
+
+defmodule Yggdrasil.Publisher.Adapter.CallerWithout do
+  @moduledoc false
+  use Yggdrasil.Publisher.Adapter
+end

@@ -8,20 +8,19 @@ defmodule Yggdrasil.Backend.Base do
   alias Yggdrasil.Engine
   alias Yggdrasil.Registry
   alias Yggdrasil.Relay
-  alias Yggdrasil.Transformer
 
   def subscribe(%Channel{} = channel) do
     Engine.subscribe(Channel.key(channel))
   end
 
-  def subscribe(other), do: Transformer.not_a_channel(other)
+  def subscribe(other), do: Channel.not_a_channel(other)
 
   def unsubscribe(%Channel{} = channel) do
     _ = Engine.unsubscribe(Channel.key(channel))
     :ok
   end
 
-  def unsubscribe(other), do: Transformer.not_a_channel(other)
+  def unsubscribe(other), do: Channel.not_a_channel(other)
 
   def notify(tag, %Channel{} = channel, nil),
     do: Engine.broadcast(Channel.key(channel), {tag, channel})
@@ -34,7 +33,7 @@ defmodule Yggdrasil.Backend.Base do
   def notify(_tag, %Channel{}, other),
     do: {:error, "expected a pid or nil, got: #{inspect(other)}"}
 
-  def notify(_tag, other, _pid), do: Transformer.not_a_channel(other)
+  def notify(_tag, other, _pid), do: Channel.not_a_channel(other)
 
   # The multi-node hook of adapters with `delivery: :engine` (`:elixir`)
   # lives here: every publish on such a channel (`Yggdrasil.publish/3`, the
@@ -59,7 +58,7 @@ defmodule Yggdrasil.Backend.Base do
     end
   end
 
-  def publish(other, _message, _metadata), do: Transformer.not_a_channel(other)
+  def publish(other, _message, _metadata), do: Channel.not_a_channel(other)
 
   # Most events carry no metadata on a channel that has none: no map copy.
   defp with_metadata(%Channel{metadata: metadata} = channel, metadata), do: channel

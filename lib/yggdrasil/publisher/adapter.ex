@@ -90,7 +90,7 @@ defmodule Yggdrasil.Publisher.Adapter do
     end
   end
 
-  def start_link(other, _options), do: Yggdrasil.Transformer.not_a_channel(other)
+  def start_link(other, _options), do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc "Publishes through `publisher` with the channel's publisher adapter."
   @spec publish(GenServer.server(), Channel.t(), term(), keyword()) :: :ok | {:error, term()}
@@ -101,7 +101,7 @@ defmodule Yggdrasil.Publisher.Adapter do
   end
 
   def publish(_publisher, other, _message, _options),
-    do: Yggdrasil.Transformer.not_a_channel(other)
+    do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc "Stops a publisher process."
   @spec stop(GenServer.server()) :: :ok

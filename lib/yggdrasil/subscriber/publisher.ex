@@ -9,7 +9,6 @@ defmodule Yggdrasil.Subscriber.Publisher do
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
-  alias Yggdrasil.Transformer
 
   @doc "Decodes `message` and delivers it to the channel's subscribers."
   @spec notify(Channel.t(), term(), term()) :: :ok | {:error, term()}
@@ -21,7 +20,7 @@ defmodule Yggdrasil.Subscriber.Publisher do
     end
   end
 
-  def notify(other, _message, _metadata), do: Transformer.not_a_channel(other)
+  def notify(other, _message, _metadata), do: Channel.not_a_channel(other)
 
   @doc """
   `notify/3` with the channel's route already at hand (as a

@@ -25,7 +25,7 @@ defmodule Yggdrasil.Transformer.Json do
   def decode(%Channel{}, message),
     do: {:error, "JSON decode expects a binary, got: #{inspect(message)}"}
 
-  def decode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+  def decode(other, _message), do: Yggdrasil.Channel.not_a_channel(other)
 
   @impl Yggdrasil.Transformer
   def encode(%Channel{}, message) when is_map(message) and not is_struct(message) do
@@ -35,5 +35,5 @@ defmodule Yggdrasil.Transformer.Json do
   def encode(%Channel{}, message),
     do: {:error, "JSON encode expects a map, got: #{inspect(message)}"}
 
-  def encode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+  def encode(other, _message), do: Yggdrasil.Channel.not_a_channel(other)
 end

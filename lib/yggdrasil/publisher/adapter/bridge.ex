@@ -24,7 +24,7 @@ defmodule Yggdrasil.Publisher.Adapter.Bridge do
     end
   end
 
-  def publish(_publisher, other, _message, _options), do: Transformer.not_a_channel(other)
+  def publish(_publisher, other, _message, _options), do: Channel.not_a_channel(other)
 
   @impl GenServer
   def init(namespace), do: {:ok, namespace}
