@@ -26,7 +26,7 @@ defmodule Yggdrasil.FuzzTest do
     {:subscribe, 1},
     {:unsubscribe, 1},
     {:publish, 2},
-    {:publish_more, 2},
+    {:fanout_more, 2},
     {:set_connected, 3},
     {:set_watched, 2},
     {:set_janitor, 1},
@@ -36,7 +36,7 @@ defmodule Yggdrasil.FuzzTest do
     {:is_subscribed, 2},
     {:is_connected, 1},
     {:info, 0},
-    {:call_stats, 1},
+    {:reset_counters, 0},
     {:json_encode, 1},
     {:json_encode_dirty, 1},
     {:json_decode, 1},
@@ -88,9 +88,9 @@ defmodule Yggdrasil.FuzzTest do
     {Yggdrasil.Subscriber.Publisher, :notify, 2},
     {Yggdrasil.Subscriber.Publisher, :notify, 3},
     {Yggdrasil.Channel, :key, 1},
-    {Yggdrasil.Native, :broadcast, 2},
-    {Yggdrasil.Native, :broadcast_state, 3},
-    {Yggdrasil.Native, :subscribers, 1}
+    {Yggdrasil.Engine, :broadcast, 2},
+    {Yggdrasil.Engine, :set_connected, 3},
+    {Yggdrasil.Engine, :subscribers, 1}
   ]
 
   # Enough subscribers on one channel that listings page and fan-outs yield.

@@ -262,8 +262,15 @@ defmodule Yggdrasil.IdentityTest do
 
       # A spent continuation delivers nothing more.
       for continuation <- continuations do
-        assert :ok = Native.publish_more(continuation, event)
+        assert :ok = Native.fanout_more(continuation, event)
       end
+
+      # A listing's cursor is of another kind: fanout_more refuses it (and
+      # sends nothing: the report below has one event per subscriber).
+      assert {_page, listing} = Native.subscribers_page(key)
+      assert is_reference(listing)
+      assert_raise ArgumentError, fn -> Native.fanout_more(listing, event) end
+      assert {[_ | _], _rest} = Native.subscribers_more(listing)
 
       assert report(pids) == Map.new(pids, &{&1, [:chunked]})
     end
@@ -324,7 +331,7 @@ defmodule Yggdrasil.IdentityTest do
   defp drive(:ok, _event, rounds, continuations), do: {rounds, continuations}
 
   defp drive({:more, continuation}, event, rounds, continuations) do
-    drive(Native.publish_more(continuation, event), event, rounds + 1, [
+    drive(Native.fanout_more(continuation, event), event, rounds + 1, [
       continuation | continuations
     ])
   end
