@@ -6,6 +6,8 @@ defmodule Yggdrasil.FuzzTest do
   # (YGG_FUZZ=full, or YGG_FUZZ=<iterations>); YGG_FUZZ_SEED reproduces a run.
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Native
   alias Yggdrasil.TermGen
@@ -314,13 +316,6 @@ defmodule Yggdrasil.FuzzTest do
       fun.(key)
     after
       Enum.each(crowd, &send(&1, :stop))
-    end
-  end
-
-  defp sink do
-    receive do
-      :stop -> :ok
-      _ -> sink()
     end
   end
 

@@ -6,6 +6,8 @@ defmodule Yggdrasil.SoakTest do
   # subscribers on one channel, 10M subscriptions, a 100 MB message).
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Engine
 
@@ -294,13 +296,6 @@ defmodule Yggdrasil.SoakTest do
     else
       fun.(i)
       loop(stop, fun, i + 1)
-    end
-  end
-
-  defp sink do
-    receive do
-      :stop -> :ok
-      _ -> sink()
     end
   end
 
