@@ -20,12 +20,7 @@ defmodule Yggdrasil.Engine do
   # Subscribes the caller (monitored from now on). When the channel is
   # connected, the caller also gets its own `{:Y_CONNECTED, key}`.
   @spec subscribe(key()) :: :ok | {:error, :process_dead | :too_many_channels | :internal}
-  def subscribe(key) do
-    case Native.subscribe(key) do
-      {:ok, _subscribed} -> :ok
-      {:error, _} = error -> error
-    end
-  end
+  def subscribe(key), do: Native.subscribe(key)
 
   @doc false
   # Unsubscribes the caller; `:emptied` when it was the last subscriber of

@@ -41,7 +41,7 @@ defmodule Yggdrasil.Native do
   # `key` is a channel key, `cursor` a resource from an earlier call.
 
   @doc false
-  @spec subscribe(term()) :: {:ok, %{added: boolean(), connected: boolean()}} | {:error, atom()}
+  @spec subscribe(term()) :: :ok | {:error, atom()}
   def subscribe(_key), do: not_loaded()
 
   @doc false
