@@ -41,6 +41,7 @@ defmodule Yggdrasil do
   alias Yggdrasil.Backend
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
+  alias Yggdrasil.Route
 
   @typedoc "A channel as a struct, a map or a keyword list."
   @type channel :: Channel.t() | map() | keyword()
@@ -92,9 +93,10 @@ defmodule Yggdrasil do
   def publish(%Channel{} = channel, message, options) do
     with :ok <- check_options(options) do
       case Registry.resolve(channel) do
-        # :elixir channels: the whole pipeline runs in the caller.
-        {:ok, channel, %{publisher_module: Yggdrasil.Publisher.Adapter.Elixir} = route} ->
-          Yggdrasil.Publisher.Adapter.Elixir.transmit(channel, route, message, options[:metadata])
+        # Adapters that publish in the caller (`:elixir` among them): no
+        # process in between.
+        {:ok, channel, %Route{publish: :caller, publisher_module: publisher} = route} ->
+          publisher.publish_in_caller(channel, route, message, options)
 
         # Other adapters (and :bridge channels for adapters on other nodes)
         # publish through their pooled publisher processes.
@@ -143,7 +145,7 @@ defmodule Yggdrasil do
     end
   end
 
-  def gen_channel(other), do: {:error, "not a channel: #{inspect(other)}"}
+  def gen_channel(other), do: Channel.not_a_channel(other)
 
   @channel_fields Channel.__struct__() |> Map.keys() |> List.delete(:__struct__)
 
@@ -172,11 +174,14 @@ defmodule Yggdrasil do
 
   @doc """
   Engine introspection: `channels`, `subscribers` (monitored processes),
-  `subscriptions`, `memory_bytes` (the engine's own tables) and
-  `deliveries` (messages sent since boot).
+  `subscriptions`, `memory_bytes` (the engine's own tables), `deliveries`
+  (messages sent), and how long fan-outs to many subscribers held their
+  scheduler: `fanout_calls` (calls that took more than one batch of
+  sends), `fanout_max_wall_us`, `fanout_max_cpu_us`, `fanout_over_1ms_wall`,
+  `fanout_over_1ms_cpu`. Counters count since the library loaded.
   """
   @spec info() :: %{atom() => non_neg_integer()}
-  def info, do: Yggdrasil.Native.info()
+  def info, do: Yggdrasil.Engine.info()
 
   @doc """
   How many processes are subscribed to `channel` (struct, map or keyword
@@ -190,7 +195,7 @@ defmodule Yggdrasil do
   @spec subscriber_count(channel()) :: non_neg_integer() | {:error, term()}
   def subscriber_count(channel) do
     with {:ok, channel} <- gen_channel(channel),
-         do: Yggdrasil.Native.subscriber_count(Channel.key(channel))
+         do: Yggdrasil.Engine.subscriber_count(Channel.key(channel))
   end
 
   @doc """
@@ -206,7 +211,7 @@ defmodule Yggdrasil do
   @spec subscribers(channel()) :: [pid()] | {:error, term()}
   def subscribers(channel) do
     with {:ok, channel} <- gen_channel(channel),
-         do: Yggdrasil.Native.subscribers(Channel.key(channel))
+         do: Yggdrasil.Engine.subscribers(Channel.key(channel))
   end
 
   defp check_options(options) do
@@ -216,9 +221,7 @@ defmodule Yggdrasil do
   end
 
   # Channels whose adapter needs no process: the engine does everything.
-  defp native?(%Channel{adapter: adapter}) do
-    Registry.get_subscriber_module(adapter) == {:ok, Yggdrasil.Subscriber.Adapter.Elixir}
-  end
+  defp native?(%Channel{adapter: adapter}), do: Registry.get_delivery(adapter) == :engine
 
   ###########
   # Behaviour
@@ -271,14 +274,19 @@ defmodule Yggdrasil do
         )
       end
 
+      @doc false
       def init(channels) when is_list(channels), do: {:subscribe, channels, nil}
 
+      @doc false
       def handle_connect(_channel, state), do: {:ok, state}
 
+      @doc false
       def handle_disconnect(_channel, state), do: {:ok, state}
 
+      @doc false
       def handle_event(_channel, _message, state), do: {:ok, state}
 
+      @doc false
       def terminate(_reason, _state), do: :ok
 
       defoverridable child_spec: 1,

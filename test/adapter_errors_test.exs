@@ -44,7 +44,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
       {:ok, channel} = Yggdrasil.gen_channel(name: unique_name(), adapter: :not_an_adapter)
 
       assert {:error, {:adapter_not_started, _}} = Yggdrasil.subscribe(channel)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
       refute Manager.subscribed?(channel)
       assert Generator.status(channel) == nil
 
@@ -57,7 +57,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
       :ok = MemoryBroker.set(channel, :refuse, :no_route)
 
       assert {:error, {:adapter_not_started, :no_route}} = Yggdrasil.subscribe(channel)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
       refute Manager.subscribed?(channel)
 
       # Many at once: all get the error, none stays subscribed.
@@ -67,7 +67,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
         assert {:error, {:adapter_not_started, :no_route}} = Task.await(task)
       end
 
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
       assert Generator.status(channel) == nil
       assert MemoryBroker.adapters(channel) == []
       refute_received {:Y_CONNECTED, _}
@@ -114,7 +114,7 @@ defmodule Yggdrasil.AdapterErrorsTest do
       # Adapters that did start are stopped again.
       eventually(fn -> Generator.status(channel) == nil end)
       eventually(fn -> MemoryBroker.adapters(channel) == [] end)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
   end
 

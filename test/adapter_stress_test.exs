@@ -58,7 +58,7 @@ defmodule Yggdrasil.AdapterStressTest do
 
     adapter = adapter!(channel)
     assert MemoryBroker.adapters(channel) == [adapter]
-    assert Native.subscriber_count(key(channel)) == 1000
+    assert Engine.subscriber_count(key(channel)) == 1000
     assert MemoryBroker.setting(channel, {:overlap, adapter}) == nil
 
     :ok = Yggdrasil.publish(channel, :hello)
@@ -67,7 +67,7 @@ defmodule Yggdrasil.AdapterStressTest do
     ref = Process.monitor(adapter)
     Enum.each(pids, &send(&1, :stop))
     assert down_reason(ref, 10_000) == :normal
-    assert Native.subscriber_count(key(channel)) == 0
+    assert Engine.subscriber_count(key(channel)) == 0
   end
 
   test "subscribing right after the last unsubscribe gets a fresh adapter, 200 times" do
@@ -176,7 +176,7 @@ defmodule Yggdrasil.AdapterStressTest do
     for pid <- workers, do: assert_receive({:done, ^pid}, 15_000)
 
     # Everybody is subscribed and connected, through one adapter.
-    eventually(fn -> Native.subscriber_count(key(channel)) == length(workers) end)
+    eventually(fn -> Engine.subscriber_count(key(channel)) == length(workers) end)
     assert [adapter] = MemoryBroker.adapters(channel)
     assert adapter!(channel) == adapter
     assert Yggdrasil.Subscriber.Manager.connected?(channel)
@@ -193,7 +193,7 @@ defmodule Yggdrasil.AdapterStressTest do
 
     eventually(fn -> Generator.status(channel) == nil end)
     eventually(fn -> MemoryBroker.adapters(channel) == [] end)
-    assert Native.subscriber_count(key(channel)) == 0
+    assert Engine.subscriber_count(key(channel)) == 0
     assert :ets.match(:yggdrasil_memory_settings, {{channel.name, {:overlap, :_}}, :_}) == []
     for pid <- workers, do: send(pid, :exit)
   end

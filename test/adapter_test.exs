@@ -126,14 +126,14 @@ defmodule Yggdrasil.AdapterTest do
       assert Manager.connected?(channel)
       assert Manager.subscribed?(channel)
       assert Manager.subscribed?(channel, self())
-      assert Native.subscriber_count(key(channel)) == 1
+      assert Engine.subscriber_count(key(channel)) == 1
 
       ref = Process.monitor(adapter)
       assert :ok = Yggdrasil.unsubscribe(channel)
       assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       assert down_reason(ref) == :normal
       refute Manager.subscribed?(channel)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "events go through the channel's transformer and carry the adapter's metadata" do
@@ -355,7 +355,7 @@ defmodule Yggdrasil.AdapterTest do
       assert unsubscribe_subscriber(other, channel) == :ok
       assert_receive {^other, {:Y_DISCONNECTED, ^channel}}, @wait
       assert down_reason(ref) == :normal
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
       send(other, :stop)
     end
 
@@ -376,7 +376,7 @@ defmodule Yggdrasil.AdapterTest do
 
       kill(second)
       assert down_reason(ref) == :normal
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "a subscriber that exits normally leaves, too" do

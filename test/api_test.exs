@@ -2,11 +2,13 @@ defmodule Yggdrasil.ApiTest do
   # Spec sections 1–3: messages, gen_channel, subscribe/unsubscribe/publish.
   use ExUnit.Case, async: true
 
+  import Yggdrasil.Test.Helpers
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   defp unique(tag \\ :api), do: {tag, System.unique_integer([:positive])}
 
@@ -16,31 +18,6 @@ defmodule Yggdrasil.ApiTest do
   end
 
   defp key(channel), do: Channel.key(channel)
-
-  # Publishes a sentinel after `message` and returns every `Y_EVENT` payload
-  # received on `channel` up to (not including) the sentinel: messages from
-  # one publisher arrive in order, so this counts deliveries without timeouts.
-  defp events_until_sentinel(channel) do
-    sentinel =
-      case channel.transformer do
-        :json -> %{"sentinel" => inspect(make_ref())}
-        _ -> {:sentinel, make_ref()}
-      end
-
-    :ok = Yggdrasil.publish(channel, sentinel)
-    collect(channel, sentinel, [])
-  end
-
-  defp collect(channel, sentinel, acc) do
-    name = channel.name
-
-    receive do
-      {:Y_EVENT, %Channel{name: ^name}, ^sentinel} -> Enum.reverse(acc)
-      {:Y_EVENT, %Channel{name: ^name}, message} -> collect(channel, sentinel, [message | acc])
-    after
-      5_000 -> flunk("sentinel not received; got so far: #{inspect(Enum.reverse(acc))}")
-    end
-  end
 
   describe "messages (section 1)" do
     test "connected, event and disconnected carry the caller's channel struct" do
@@ -74,7 +51,7 @@ defmodule Yggdrasil.ApiTest do
 
       assert :ok = Yggdrasil.unsubscribe(%{name: name})
       assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "metadata given to publish/3 arrives in the event's channel" do
@@ -104,7 +81,7 @@ defmodule Yggdrasil.ApiTest do
       assert_receive {:Y_EVENT, ^plain, "reaches me"}, @timeout
 
       :ok = Yggdrasil.unsubscribe(name: name, metadata: :other)
-      assert Native.subscriber_count(key(plain)) == 0
+      assert Engine.subscriber_count(key(plain)) == 0
     end
 
     test "any term is a channel name" do
@@ -156,7 +133,7 @@ defmodule Yggdrasil.ApiTest do
         end
 
       for i <- 1..5, do: assert_receive({:ready, ^i}, @timeout)
-      assert Native.subscriber_count(key(channel)) == length(pids)
+      assert Engine.subscriber_count(key(channel)) == length(pids)
       :ok = Yggdrasil.publish(channel, "to all")
       for i <- 1..5, do: assert_receive({:got, ^i}, @timeout)
     end
@@ -271,7 +248,7 @@ defmodule Yggdrasil.ApiTest do
       assert :ok = Yggdrasil.subscribe(channel)
       assert :ok = Yggdrasil.subscribe(channel)
       assert :ok = Yggdrasil.subscribe(Map.from_struct(channel))
-      assert Native.subscriber_count(key(channel)) == 1
+      assert Engine.subscriber_count(key(channel)) == 1
 
       :ok = Yggdrasil.publish(channel, :once)
       assert [:once] == events_until_sentinel(channel)
@@ -279,8 +256,8 @@ defmodule Yggdrasil.ApiTest do
       # One unsubscribe undoes it.
       assert :ok = Yggdrasil.unsubscribe(channel)
       assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-      assert Native.subscriber_count(key(channel)) == 0
-      refute Native.is_subscribed(key(channel), self())
+      assert Engine.subscriber_count(key(channel)) == 0
+      refute Engine.subscribed?(key(channel), self())
     end
 
     test "after unsubscribe/1 nothing more arrives" do
@@ -302,7 +279,7 @@ defmodule Yggdrasil.ApiTest do
       :ok = Yggdrasil.publish(channel, :after)
       assert_receive :witness_got_it, @timeout
       refute_received {:Y_EVENT, _, _}
-      assert Native.subscribers(key(channel)) in [[witness], []]
+      assert Engine.subscribers(key(channel)) in [[witness], []]
     end
 
     test "unsubscribing a channel one is not subscribed to returns :ok" do
@@ -311,7 +288,7 @@ defmodule Yggdrasil.ApiTest do
       :ok = Yggdrasil.subscribe(channel)
       :ok = Yggdrasil.unsubscribe(channel)
       assert :ok = Yggdrasil.unsubscribe(channel)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
 
     test "re-subscribing right after the last unsubscribe works, 300 times in a row" do
@@ -324,7 +301,7 @@ defmodule Yggdrasil.ApiTest do
         assert_receive {:Y_EVENT, ^channel, ^i}, @timeout
         assert :ok = Yggdrasil.unsubscribe(channel)
         assert_receive {:Y_DISCONNECTED, ^channel}, @timeout
-        assert Native.subscriber_count(key(channel)) == 0
+        assert Engine.subscriber_count(key(channel)) == 0
       end
 
       refute_received {:Y_EVENT, _, _}
@@ -404,7 +381,7 @@ defmodule Yggdrasil.ApiTest do
       {:ok, channel} = Yggdrasil.gen_channel(name: name)
 
       for candidate <- [channel, %Channel{channel | backend: :no_such_backend}] do
-        assert Native.subscriber_count(key(candidate)) == 0
+        assert Engine.subscriber_count(key(candidate)) == 0
       end
     end
   end

@@ -9,7 +9,7 @@ defmodule Yggdrasil.BackendTest do
   alias Yggdrasil.Backend
   alias Yggdrasil.Backend.Default
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   # A custom backend: overrides publish/3 and calls the default through super.
   defmodule Audit do
@@ -127,9 +127,9 @@ defmodule Yggdrasil.BackendTest do
     test "subscribe/1 subscribes the calling process" do
       channel = channel!()
       assert :ok = Default.subscribe(channel)
-      assert Native.is_subscribed(key(channel), self())
+      assert Engine.subscribed?(key(channel), self())
       assert :ok = Default.subscribe(channel)
-      assert Native.subscriber_count(key(channel)) == 1
+      assert Engine.subscriber_count(key(channel)) == 1
 
       assert :ok = Default.publish(channel, "hi", nil)
       assert_receive {:Y_EVENT, ^channel, "hi"}, @timeout
@@ -141,7 +141,7 @@ defmodule Yggdrasil.BackendTest do
 
       :ok = Default.subscribe(channel)
       assert :ok = Default.unsubscribe(channel)
-      refute Native.is_subscribed(key(channel), self())
+      refute Engine.subscribed?(key(channel), self())
       assert :ok = Default.unsubscribe(channel)
 
       :ok = Default.publish(channel, :after, nil)
@@ -154,11 +154,11 @@ defmodule Yggdrasil.BackendTest do
 
       :ok = Default.subscribe(channel)
       :ok = Yggdrasil.unsubscribe(channel)
-      refute Native.is_subscribed(key(channel), self())
+      refute Engine.subscribed?(key(channel), self())
 
       :ok = Yggdrasil.subscribe(channel)
       :ok = Default.unsubscribe(channel)
-      refute Native.is_subscribed(key(channel), self())
+      refute Engine.subscribed?(key(channel), self())
 
       :ok = Yggdrasil.publish(channel, :nobody)
       refute_received {:Y_EVENT, _, _}
@@ -198,7 +198,7 @@ defmodule Yggdrasil.BackendTest do
       assert_receive {:forwarded, ^b, {:Y_DISCONNECTED, ^channel}}, @timeout
 
       # A notification does not change membership.
-      assert Native.subscriber_count(key(channel)) == 2
+      assert Engine.subscriber_count(key(channel)) == 2
       sync_all([a, b])
       refute_received {:forwarded, _, _}
     end
@@ -252,7 +252,7 @@ defmodule Yggdrasil.BackendTest do
     test "subscribe/1, publish/2,3 and unsubscribe/1 go through the channel's backend" do
       channel = channel!()
       assert :ok = Backend.subscribe(channel)
-      assert Native.is_subscribed(key(channel), self())
+      assert Engine.subscribed?(key(channel), self())
 
       assert :ok = Backend.publish(channel, "two")
       assert_receive {:Y_EVENT, ^channel, "two"}, @timeout
@@ -261,7 +261,7 @@ defmodule Yggdrasil.BackendTest do
       assert_receive {:Y_EVENT, %Channel{metadata: :meta}, "three"}, @timeout
 
       assert :ok = Backend.unsubscribe(channel)
-      refute Native.is_subscribed(key(channel), self())
+      refute Engine.subscribed?(key(channel), self())
     end
 
     test "connected/1,2 and disconnected/1,2" do
@@ -296,7 +296,7 @@ defmodule Yggdrasil.BackendTest do
         assert {:error, _} = Backend.publish(bad, "m", :meta)
       end
 
-      refute Native.is_subscribed(key(unknown), self())
+      refute Engine.subscribed?(key(unknown), self())
       refute_received _
     end
 
@@ -330,7 +330,7 @@ defmodule Yggdrasil.BackendTest do
       channel = channel!(backend: :backend_test_refusing)
       assert {:error, :refused} = Backend.subscribe(channel)
       assert {:error, :refused} = Yggdrasil.subscribe(channel)
-      refute Native.is_subscribed(key(channel), self())
+      refute Engine.subscribed?(key(channel), self())
       refute_received {:Y_CONNECTED, _}
     end
   end
@@ -368,7 +368,7 @@ defmodule Yggdrasil.BackendTest do
 
       assert :ok = Yggdrasil.subscribe(channel)
       assert_receive {:Y_CONNECTED, ^channel}, @timeout
-      assert Native.is_subscribed(key(channel), self())
+      assert Engine.subscribed?(key(channel), self())
 
       assert :ok = Yggdrasil.publish(channel, "hello", metadata: :m)
       assert_receive {:audited, ^name, "hello", :m}, @timeout

@@ -4,10 +4,13 @@ defmodule Yggdrasil.IdentityTest do
   # compare the engine's global counts (Yggdrasil.info/0).
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
   alias Yggdrasil.Channel
+  alias Yggdrasil.Engine
   alias Yggdrasil.Native
 
   # Two names whose complete channels have the same :erlang.phash2 (found
@@ -21,21 +24,6 @@ defmodule Yggdrasil.IdentityTest do
   end
 
   defp key(channel), do: Channel.key(channel)
-
-  # Waits for the engine to process monitors (`down` runs asynchronously).
-  defp wait_until(fun, tries \\ 1_000) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never became true")
-      true -> Process.sleep(2) && wait_until(fun, tries - 1)
-    end
-  end
-
-  defp kill(pid) do
-    ref = Process.monitor(pid)
-    Process.exit(pid, :kill)
-    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, @timeout
-  end
 
   # Collects `{:Y_EVENT, ...}` payloads until `sentinel` arrives on `channel`.
   defp events_until(channel, sentinel, acc \\ []) do
@@ -133,7 +121,7 @@ defmodule Yggdrasil.IdentityTest do
       channel = full(name)
       assert_receive {:Y_EVENT, ^channel, :same}, @timeout
       :ok = Yggdrasil.unsubscribe(name: copy)
-      assert Native.subscriber_count(key(channel)) == 0
+      assert Engine.subscriber_count(key(channel)) == 0
     end
   end
 
@@ -153,10 +141,10 @@ defmodule Yggdrasil.IdentityTest do
       assert_receive :subscribed, @timeout
       alive = Yggdrasil.info()
       assert alive.subscriptions >= before.subscriptions + 1
-      assert Native.subscribers(key(channel)) == [pid]
+      assert Engine.subscribers(key(channel)) == [pid]
 
       kill(pid)
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
       after_death = Yggdrasil.info()
       assert after_death.subscriptions <= alive.subscriptions - 1
       assert after_death.subscribers <= alive.subscribers - 1
@@ -186,11 +174,11 @@ defmodule Yggdrasil.IdentityTest do
       alive = Yggdrasil.info()
       assert alive.subscriptions >= before.subscriptions + 2_000
       assert alive.channels >= before.channels + 2_000
-      assert Enum.all?(channels, &(Native.subscriber_count(key(&1)) == 1))
+      assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 1))
 
       kill(pid)
-      wait_until(fn -> Yggdrasil.info().subscriptions <= alive.subscriptions - 2_000 end)
-      assert Enum.all?(channels, &(Native.subscriber_count(key(&1)) == 0))
+      eventually(fn -> Yggdrasil.info().subscriptions <= alive.subscriptions - 2_000 end)
+      assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 0))
       after_death = Yggdrasil.info()
       assert after_death.channels <= alive.channels - 2_000
       assert after_death.subscribers <= alive.subscribers - 1
@@ -210,8 +198,8 @@ defmodule Yggdrasil.IdentityTest do
 
       assert_receive :subscribed, @timeout
       kill(victim)
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 1 end)
-      assert Native.subscribers(key(channel)) == [self()]
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 1 end)
+      assert Engine.subscribers(key(channel)) == [self()]
       :ok = Yggdrasil.publish(channel, "still here")
       assert_receive {:Y_EVENT, ^channel, "still here"}, @timeout
     end
@@ -229,7 +217,7 @@ defmodule Yggdrasil.IdentityTest do
         assert_receive {:DOWN, ^ref, :process, ^pid, _}, @timeout
       end
 
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -239,7 +227,7 @@ defmodule Yggdrasil.IdentityTest do
     test "5000 subscribers each get every event exactly once" do
       channel = full({:fan_out, make_ref()})
       pids = start_counters(channel, @subscribers)
-      assert Native.subscriber_count(key(channel)) == @subscribers
+      assert Engine.subscriber_count(key(channel)) == @subscribers
 
       deliveries = Yggdrasil.info().deliveries
       for i <- 1..3, do: :ok = Yggdrasil.publish(channel, {:event, i})
@@ -261,8 +249,15 @@ defmodule Yggdrasil.IdentityTest do
 
       # A spent continuation delivers nothing more.
       for continuation <- continuations do
-        assert :ok = Native.publish_more(continuation, event)
+        assert :ok = Native.fanout_more(continuation, event)
       end
+
+      # A listing's cursor is of another kind: fanout_more refuses it (and
+      # sends nothing: the report below has one event per subscriber).
+      assert {_page, listing} = Native.subscribers_page(key)
+      assert is_reference(listing)
+      assert_raise ArgumentError, fn -> Native.fanout_more(listing, event) end
+      assert {[_ | _], _rest} = Native.subscribers_more(listing)
 
       assert report(pids) == Map.new(pids, &{&1, [:chunked]})
     end
@@ -275,7 +270,7 @@ defmodule Yggdrasil.IdentityTest do
       :ok = Yggdrasil.publish(channel, :survived)
       assert report(survivors) == Map.new(survivors, &{&1, [:survived]})
       # The survivors end after reporting: the channel empties.
-      wait_until(fn -> Native.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -323,7 +318,7 @@ defmodule Yggdrasil.IdentityTest do
   defp drive(:ok, _event, rounds, continuations), do: {rounds, continuations}
 
   defp drive({:more, continuation}, event, rounds, continuations) do
-    drive(Native.publish_more(continuation, event), event, rounds + 1, [
+    drive(Native.fanout_more(continuation, event), event, rounds + 1, [
       continuation | continuations
     ])
   end
@@ -351,7 +346,7 @@ defmodule Yggdrasil.IdentityTest do
     assert events_until(a, sentinel) == [{a.name, %{"for" => "a"}}]
     :ok = Yggdrasil.unsubscribe(a)
     assert_receive {:Y_DISCONNECTED, ^a}, @timeout
-    assert Native.subscriber_count(key(b)) == 0
+    assert Engine.subscriber_count(key(b)) == 0
   end
 
   defp find_collision do

@@ -6,6 +6,7 @@ defmodule Yggdrasil.RelayFaultsTest do
 
   import ExUnit.CaptureLog
   import Yggdrasil.Test.Cluster
+  import Yggdrasil.Test.Helpers
 
   alias Yggdrasil.Registry
 
@@ -33,7 +34,7 @@ defmodule Yggdrasil.RelayFaultsTest do
     ref = Process.monitor(relay)
     Process.exit(relay, :kill)
     assert_receive {:DOWN, ^ref, :process, ^relay, :killed}
-    wait_until(fn -> Process.whereis(Yggdrasil.Relay) not in [nil, relay] end, "a new relay")
+    eventually(fn -> Process.whereis(Yggdrasil.Relay) not in [nil, relay] end, "a new relay")
   end
 
   test "stopping and starting the application logs no error" do
@@ -99,7 +100,7 @@ defmodule Yggdrasil.RelayFaultsTest do
     here = node()
 
     found? = fn -> :erpc.call(node, Registry, :get_adapter_node, [adapter]) == {:ok, here} end
-    wait_until(found?, "the peer to find #{adapter} here")
+    eventually(found?, "the peer to find #{adapter} here")
     wait_relays([here, node])
 
     capture_log(&kill_relay!/0)

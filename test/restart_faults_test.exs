@@ -30,6 +30,7 @@ defmodule Yggdrasil.RestartFaultsTest do
   end
 
   import Yggdrasil.AdapterCase
+  import Yggdrasil.Test.Helpers
 
   alias Yggdrasil.MemoryBroker
   alias Yggdrasil.Subscriber.Generator

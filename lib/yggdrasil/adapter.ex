@@ -12,10 +12,30 @@ defmodule Yggdrasil.Adapter do
   or the modules given with `subscriber:` and `publisher:`.
 
   Options: `name` (required), `transformer` (default `:default`), `backend`
-  (default `:default`), `subscriber`, `publisher`.
+  (default `:default`), `subscriber`, `publisher`, and the adapter's two
+  capabilities, independent of each other:
+
+  - `delivery:` how its events reach subscribers. `:process` (default): the
+    first subscriber of a channel starts one subscriber adapter process,
+    which reports the connection (`Yggdrasil.Subscriber.Manager`) and hands
+    messages over (`Yggdrasil.Subscriber.Publisher.notify/3`), as in
+    Yggdrasil 6. `:engine`: no process per channel; a subscriber is
+    connected at once and whatever is published on this node reaches the
+    engine directly (and the engine of every other connected node running
+    `:yggdrasil`). The built-in `:elixir` adapter works this way.
+  - `publish:` how `Yggdrasil.publish/3` reaches the publisher module.
+    `:pool` (default): a pooled publisher process is checked out and the
+    module's `publish/4` called with it. `:caller`: the module's
+    `c:Yggdrasil.Publisher.Adapter.publish_in_caller/4` runs in the
+    publishing process, with no pool (for adapters whose publishing needs
+    no process of their own: a NIF call, a socket shared by all callers).
+
+  See `docs/writing-an-adapter.md`.
   """
 
   @types [Subscriber, Publisher]
+  @deliveries [:engine, :process]
+  @publishes [:pool, :caller]
 
   @typedoc "Which adapter module: `Subscriber` or `Publisher`."
   @type type :: Subscriber | Publisher
@@ -26,6 +46,8 @@ defmodule Yggdrasil.Adapter do
     backend = Keyword.get(options, :backend, :default)
     subscriber = Keyword.get(options, :subscriber)
     publisher = Keyword.get(options, :publisher)
+    delivery = capability!(options, :delivery, :process, @deliveries)
+    publish = capability!(options, :publish, :pool, @publishes)
 
     quote do
       use Yggdrasil.Registration, register: {:register_adapter, unquote(name)}
@@ -37,6 +59,14 @@ defmodule Yggdrasil.Adapter do
       @doc "The adapter's default backend."
       @spec get_backend() :: atom()
       def get_backend, do: unquote(backend)
+
+      @doc "How the adapter's events reach subscribers: `:engine` or `:process`."
+      @spec get_delivery() :: Yggdrasil.Route.delivery()
+      def get_delivery, do: unquote(delivery)
+
+      @doc "How `Yggdrasil.publish/3` reaches the publisher: `:pool` or `:caller`."
+      @spec get_publish() :: Yggdrasil.Route.publish()
+      def get_publish, do: unquote(publish)
 
       @doc "The subscriber adapter module, if it exists."
       @spec get_subscriber_module() :: {:ok, module()} | {:error, term()}
@@ -56,6 +86,18 @@ defmodule Yggdrasil.Adapter do
       def get_publisher_module(module),
         do: Yggdrasil.Adapter.resolve_module(__MODULE__, Publisher, module)
     end
+  end
+
+  defp capability!(options, key, default, allowed) do
+    value = Keyword.get(options, key, default)
+
+    if value in allowed,
+      do: value,
+      else:
+        raise(
+          ArgumentError,
+          "use Yggdrasil.Adapter: `#{key}:` must be one of #{inspect(allowed)}, got: #{inspect(value)}"
+        )
   end
 
   @doc """

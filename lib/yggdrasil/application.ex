@@ -4,7 +4,7 @@ defmodule Yggdrasil.Application do
 
   @impl Application
   def start(_type, _args) do
-    case Yggdrasil.Native.load_error() do
+    case Yggdrasil.Engine.load_error() do
       nil ->
         :ok = Yggdrasil.Subscriber.Generator.new_table()
         start_tree()

@@ -23,10 +23,28 @@ defmodule Yggdrasil.Backend do
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
 
+  @doc "Subscribes the calling process to `channel`."
   @callback subscribe(channel :: Channel.t()) :: :ok | {:error, term()}
+
+  @doc "Stops delivery of `channel` to the calling process."
   @callback unsubscribe(channel :: Channel.t()) :: :ok | {:error, term()}
+
+  @doc """
+  Sends `{:Y_CONNECTED, channel}` to `pid`, or to every subscriber of
+  `channel` when `pid` is `nil`.
+  """
   @callback connected(channel :: Channel.t(), pid :: nil | pid()) :: :ok | {:error, term()}
+
+  @doc """
+  Sends `{:Y_DISCONNECTED, channel}` to `pid`, or to every subscriber of
+  `channel` when `pid` is `nil`.
+  """
   @callback disconnected(channel :: Channel.t(), pid :: nil | pid()) :: :ok | {:error, term()}
+
+  @doc """
+  Sends the decoded `message` to every subscriber of `channel` as
+  `{:Y_EVENT, %{channel | metadata: metadata}, message}`.
+  """
   @callback publish(channel :: Channel.t(), message :: term(), metadata :: term()) ::
               :ok | {:error, term()}
 
@@ -37,23 +55,27 @@ defmodule Yggdrasil.Backend do
       @behaviour Yggdrasil.Backend
       use Yggdrasil.Registration, register: {:register_backend, unquote(name)}
 
-      alias Yggdrasil.Backend.Native, as: NativeBackend
-
       @doc "Subscribes the calling process to `channel`."
-      def subscribe(channel), do: NativeBackend.subscribe(channel)
+      @spec subscribe(Yggdrasil.Channel.t()) :: :ok | {:error, term()}
+      def subscribe(channel), do: Yggdrasil.Backend.Base.subscribe(channel)
 
       @doc "Stops delivery of `channel` to the calling process."
-      def unsubscribe(channel), do: NativeBackend.unsubscribe(channel)
+      @spec unsubscribe(Yggdrasil.Channel.t()) :: :ok | {:error, term()}
+      def unsubscribe(channel), do: Yggdrasil.Backend.Base.unsubscribe(channel)
 
       @doc "Sends `{:Y_CONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      def connected(channel, pid), do: NativeBackend.notify(:Y_CONNECTED, channel, pid)
+      @spec connected(Yggdrasil.Channel.t(), nil | pid()) :: :ok | {:error, term()}
+      def connected(channel, pid), do: Yggdrasil.Backend.Base.notify(:Y_CONNECTED, channel, pid)
 
       @doc "Sends `{:Y_DISCONNECTED, channel}` to `pid`, or to every subscriber when `nil`."
-      def disconnected(channel, pid), do: NativeBackend.notify(:Y_DISCONNECTED, channel, pid)
+      @spec disconnected(Yggdrasil.Channel.t(), nil | pid()) :: :ok | {:error, term()}
+      def disconnected(channel, pid),
+        do: Yggdrasil.Backend.Base.notify(:Y_DISCONNECTED, channel, pid)
 
       @doc "Sends `{:Y_EVENT, %{channel | metadata: metadata}, message}` to every subscriber."
+      @spec publish(Yggdrasil.Channel.t(), term(), term()) :: :ok | {:error, term()}
       def publish(channel, message, metadata),
-        do: NativeBackend.publish(channel, message, metadata)
+        do: Yggdrasil.Backend.Base.publish(channel, message, metadata)
 
       defoverridable subscribe: 1, unsubscribe: 1, connected: 2, disconnected: 2, publish: 3
     end
@@ -68,7 +90,7 @@ defmodule Yggdrasil.Backend do
     channel |> Channel.key() |> :erlang.phash2() |> Integer.to_string()
   end
 
-  def transform_name(other), do: raise(ArgumentError, "not a channel: #{inspect(other)}")
+  def transform_name(other), do: Channel.not_a_channel!(other)
 
   @doc "Subscribes the calling process through the channel's backend."
   @spec subscribe(Channel.t()) :: :ok | {:error, term()}
@@ -97,5 +119,5 @@ defmodule Yggdrasil.Backend do
     end
   end
 
-  defp dispatch(other, _function, _args), do: Yggdrasil.Transformer.not_a_channel(other)
+  defp dispatch(other, _function, _args), do: Yggdrasil.Channel.not_a_channel(other)
 end

@@ -23,6 +23,11 @@ defmodule Yggdrasil.Channel do
             backend: nil,
             metadata: nil
 
+  @typedoc """
+  A channel. `adapter`, `transformer` and `backend` are aliases
+  (`:elixir`, `:json`) or modules; `Yggdrasil.gen_channel/1` fills
+  `transformer` and `backend` in from the adapter's defaults.
+  """
   @type t :: %__MODULE__{
           name: term(),
           adapter: atom() | module(),
@@ -37,4 +42,17 @@ defmodule Yggdrasil.Channel do
   @spec key(t()) :: t()
   def key(%__MODULE__{metadata: nil} = channel), do: channel
   def key(%__MODULE__{} = channel), do: %__MODULE__{channel | metadata: nil}
+
+  @doc false
+  # The one answer to something that is not a channel, wherever a channel
+  # was expected: `{:error, reason}` ...
+  @spec not_a_channel(term()) :: {:error, binary()}
+  def not_a_channel(other), do: {:error, not_a_channel_message(other)}
+
+  @doc false
+  # ... or an `ArgumentError` where the function returns no error tuple.
+  @spec not_a_channel!(term()) :: no_return()
+  def not_a_channel!(other), do: raise(ArgumentError, not_a_channel_message(other))
+
+  defp not_a_channel_message(other), do: "not a channel: #{inspect(other)}"
 end

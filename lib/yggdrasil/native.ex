@@ -1,7 +1,8 @@
 defmodule Yggdrasil.Native do
   @moduledoc false
-  # The NIF stubs. Every function here is replaced by the Rust implementation
-  # in `native/yggdrasil_nif` when the library loads (see `load/0`).
+  # The NIF loader and stubs: every stub is replaced by the Rust
+  # implementation in `native/yggdrasil_nif` when the library loads (see
+  # `load/0`). Only `Yggdrasil.Engine` calls them.
   #
   # Channel keys are `%Yggdrasil.Channel{}` structs with `metadata: nil`;
   # identity is the whole term compared with `=:=`.
@@ -49,70 +50,89 @@ defmodule Yggdrasil.Native do
     )
   end
 
-  def subscribe(_channel), do: not_loaded()
-  def unsubscribe(_channel), do: not_loaded()
-  def publish(_channel, _message), do: not_loaded()
-  def publish_more(_continuation, _message), do: not_loaded()
-  def set_connected(_channel, _connected, _message), do: not_loaded()
-  def set_watched(_channel, _watched), do: not_loaded()
+  # Only `Yggdrasil.Engine` calls these; what each one returns is said there.
+  # `key` is a channel key, `cursor` a resource from an earlier call.
+
+  @doc false
+  @spec subscribe(term()) :: :ok | {:error, atom()}
+  def subscribe(_key), do: not_loaded()
+
+  @doc false
+  @spec unsubscribe(term()) :: :not_subscribed | :unsubscribed | :emptied
+  def unsubscribe(_key), do: not_loaded()
+
+  @doc false
+  @spec publish(term(), term()) :: :ok | {:more, reference()}
+  def publish(_key, _message), do: not_loaded()
+
+  @doc false
+  @spec fanout_more(reference(), term()) :: :ok | {:more, reference()}
+  def fanout_more(_cursor, _message), do: not_loaded()
+
+  @doc false
+  @spec set_connected(term(), boolean(), term()) :: :ok | {:more, reference()}
+  def set_connected(_key, _connected, _message), do: not_loaded()
+
+  @doc false
+  @spec set_watched(term(), boolean()) :: boolean()
+  def set_watched(_key, _watched), do: not_loaded()
+
+  @doc false
+  @spec set_janitor(pid()) :: :ok
   def set_janitor(_pid), do: not_loaded()
-  def subscribers_page(_channel), do: not_loaded()
+
+  @doc false
+  @spec subscribers_page(term()) :: {[pid()], reference() | nil}
+  def subscribers_page(_key), do: not_loaded()
+
+  @doc false
+  @spec subscribers_more(reference()) :: {[pid()], reference() | nil}
   def subscribers_more(_cursor), do: not_loaded()
+
+  @doc false
+  @spec watched_page(non_neg_integer()) :: {[term()], non_neg_integer() | nil}
   def watched_page(_from), do: not_loaded()
-  def subscriber_count(_channel), do: not_loaded()
-  def is_subscribed(_channel, _pid), do: not_loaded()
-  def is_connected(_channel), do: not_loaded()
+
+  @doc false
+  @spec subscriber_count(term()) :: non_neg_integer()
+  def subscriber_count(_key), do: not_loaded()
+
+  @doc false
+  @spec is_subscribed(term(), pid()) :: boolean()
+  def is_subscribed(_key, _pid), do: not_loaded()
+
+  @doc false
+  @spec is_connected(term()) :: boolean()
+  def is_connected(_key), do: not_loaded()
+
+  @doc false
+  @spec info() :: %{atom() => non_neg_integer()}
   def info, do: not_loaded()
-  def call_stats(_reset), do: not_loaded()
+
+  @doc false
+  @spec reset_counters() :: :ok
+  def reset_counters, do: not_loaded()
+
+  @doc false
+  @spec json_encode(term()) :: {:ok, binary()} | {:error, term()} | :too_big
   def json_encode(_term), do: not_loaded()
+
+  @doc false
+  @spec json_encode_dirty(term()) :: {:ok, binary()} | {:error, term()}
   def json_encode_dirty(_term), do: not_loaded()
+
+  @doc false
+  @spec json_decode(binary()) :: {:ok, term()} | {:error, term()} | :too_big
   def json_decode(_binary), do: not_loaded()
+
+  @doc false
+  @spec json_decode_dirty(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode_dirty(_binary), do: not_loaded()
 
   @doc false
   # TEST HOOK, never called by the library: panics inside the NIF on purpose
   # (`:plain`, or `:table` while holding the subscription table's lock) to
   # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
+  @spec debug_panic(atom()) :: no_return()
   def debug_panic(_mode), do: not_loaded()
-
-  @doc false
-  # The channel's subscribers as one list, fetched a bounded page per NIF
-  # call (a channel may have millions), all from one snapshot.
-  def subscribers(key) do
-    case subscribers_page(key) do
-      {pids, nil} -> pids
-      {pids, cursor} -> collect(cursor, [pids])
-    end
-  end
-
-  defp collect(cursor, pages) do
-    case subscribers_more(cursor) do
-      {pids, nil} -> :lists.append(:lists.reverse([pids | pages]))
-      {pids, cursor} -> collect(cursor, [pids | pages])
-    end
-  end
-
-  @doc false
-  # The keys of every watched channel (one with an adapter process), read a
-  # bounded page of the table per NIF call.
-  def watched_channels, do: watched_from(0, [])
-
-  defp watched_from(nil, pages), do: pages |> :lists.reverse() |> :lists.append()
-
-  defp watched_from(from, pages) do
-    {keys, next} = watched_page(from)
-    watched_from(next, [keys | pages])
-  end
-
-  @doc false
-  # Sends `message` to every subscriber of `key`, resuming fan-outs that
-  # yielded the scheduler until all are served.
-  def broadcast(key, message), do: finish(publish(key, message), message)
-
-  @doc false
-  def broadcast_state(key, connected, message),
-    do: finish(set_connected(key, connected, message), message)
-
-  defp finish(:ok, _message), do: :ok
-  defp finish({:more, rest}, message), do: finish(publish_more(rest, message), message)
 end

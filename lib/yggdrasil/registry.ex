@@ -17,6 +17,7 @@ defmodule Yggdrasil.Registry do
   use Supervisor
 
   alias Yggdrasil.Channel
+  alias Yggdrasil.Route
 
   @typedoc "An alias or a module."
   @type name :: atom()
@@ -52,6 +53,8 @@ defmodule Yggdrasil.Registry do
   def register_adapter(name, module) when is_atom(name) and is_atom(module) do
     with {:ok, subscriber} <- adapter_call(module, :get_subscriber_module),
          {:ok, publisher} <- adapter_call(module, :get_publisher_module),
+         {:ok, capabilities} <- capabilities(module, publisher),
+         :ok <- put_capabilities(name, module, capabilities),
          :ok <- register(:subscriber, name, subscriber),
          :ok <- register(:subscriber, module, subscriber),
          :ok <- register(:publisher, name, publisher),
@@ -63,6 +66,22 @@ defmodule Yggdrasil.Registry do
   end
 
   def register_adapter(name, module), do: bad_alias(name, module)
+
+  @doc """
+  How the events of the adapter `name` (alias or module) reach subscribers:
+  `:engine` or `:process` (see `Yggdrasil.Adapter`); `:process` for an
+  adapter that is not registered here.
+
+      iex> Yggdrasil.Registry.get_delivery(:elixir)
+      :engine
+  """
+  @spec get_delivery(name()) :: Yggdrasil.Route.delivery()
+  def get_delivery(name) do
+    case :persistent_term.get({__MODULE__, :capabilities, name}, nil) do
+      %{delivery: delivery} -> delivery
+      nil -> :process
+    end
+  end
 
   @doc "Gets the transformer module for an alias or module."
   @spec get_transformer_module(name()) :: {:ok, module()} | {:error, binary()}
@@ -123,7 +142,7 @@ defmodule Yggdrasil.Registry do
     end
   end
 
-  def get_full_channel(_), do: {:error, "Yggdrasil channel: not a %Yggdrasil.Channel{}"}
+  def get_full_channel(other), do: Channel.not_a_channel(other)
 
   defp bridge_channel(%Channel{} = remote) do
     # The wrapped channel is the bridge's identity: no metadata in it.
@@ -138,7 +157,7 @@ defmodule Yggdrasil.Registry do
   # cached in :persistent_term per (adapter, transformer, backend) and
   # rebuilt after any registration, so a publish pays two lookups instead of
   # one per module it needs.
-  @spec resolve(Channel.t()) :: {:ok, Channel.t(), map()} | {:error, binary()}
+  @spec resolve(Channel.t()) :: {:ok, Channel.t(), Route.t()} | {:error, binary()}
   def resolve(%Channel{adapter: adapter, transformer: transformer, backend: backend} = channel) do
     key = {__MODULE__, :route, adapter, transformer, backend}
     generation = :persistent_term.get(@generation, 0)
@@ -155,13 +174,17 @@ defmodule Yggdrasil.Registry do
          backend = channel.backend || adapter_module.get_backend(),
          {:ok, transformer_module} <- get_transformer_module(transformer),
          {:ok, backend_module} <- get_backend_module(backend) do
-      route = %{
+      capabilities = :persistent_term.get({__MODULE__, :capabilities, adapter}, %{})
+
+      route = %Route{
         transformer: transformer,
         backend: backend,
         transformer_module: transformer_module,
         backend_module: backend_module,
         publisher_module: lookup(:publisher, adapter),
-        subscriber_module: lookup(:subscriber, adapter)
+        subscriber_module: lookup(:subscriber, adapter),
+        delivery: Map.get(capabilities, :delivery, :process),
+        publish: Map.get(capabilities, :publish, :pool)
       }
 
       :persistent_term.put(key, {generation, route})
@@ -229,6 +252,44 @@ defmodule Yggdrasil.Registry do
     else
       {:error, "Yggdrasil adapter #{inspect(module)}: not an adapter (no #{function}/0)"}
     end
+  end
+
+  # An adapter made without `use Yggdrasil.Adapter` (by hand, as Yggdrasil 6
+  # allowed) has the Yggdrasil 6 capabilities.
+  defp capabilities(module, publisher) do
+    delivery = optional_call(module, :get_delivery, :process)
+    publish = optional_call(module, :get_publish, :pool)
+
+    cond do
+      delivery not in [:engine, :process] ->
+        {:error, "Yggdrasil adapter #{inspect(module)}: unknown delivery #{inspect(delivery)}"}
+
+      publish not in [:pool, :caller] ->
+        {:error, "Yggdrasil adapter #{inspect(module)}: unknown publish #{inspect(publish)}"}
+
+      publish == :caller and not function_exported?(publisher, :publish_in_caller, 4) ->
+        {:error,
+         "Yggdrasil adapter #{inspect(module)}: `publish: :caller` needs " <>
+           "#{inspect(publisher)}.publish_in_caller/4"}
+
+      true ->
+        {:ok, %{delivery: delivery, publish: publish}}
+    end
+  end
+
+  defp optional_call(module, function, default) do
+    if function_exported?(module, function, 0), do: apply(module, function, []), else: default
+  end
+
+  # Stored before the modules: a route is only built once the adapter
+  # module is registered, and then its capabilities are already there.
+  defp put_capabilities(name, module, capabilities) do
+    for key <- [name, module],
+        :persistent_term.get({__MODULE__, :capabilities, key}, nil) != capabilities do
+      :persistent_term.put({__MODULE__, :capabilities, key}, capabilities)
+    end
+
+    :ok
   end
 
   # Other nodes find this node's adapters through this `:pg` group.

@@ -7,7 +7,7 @@ defmodule Yggdrasil.Relay do
   # of the scope `Yggdrasil.Registry` by a linked stand-in process (see
   # `init/1`; OTP's own membership: no home-made protocol).
   #
-  # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Native.publish/3`
+  # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Base.publish/3`
   # after the local delivery): ONE distribution message per remote node that
   # runs a relay, carrying the already-decoded `{:Y_EVENT, channel, message}`
   # tuple. The receiving relay hands it to its own engine. No per-channel
@@ -26,7 +26,7 @@ defmodule Yggdrasil.Relay do
   use GenServer
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @scope Yggdrasil.Registry
   @group __MODULE__
@@ -107,7 +107,7 @@ defmodule Yggdrasil.Relay do
 
   @impl GenServer
   def handle_info({@tag, {:Y_EVENT, %Channel{} = channel, _message} = event}, state) do
-    Native.broadcast(Channel.key(channel), event)
+    Engine.broadcast(Channel.key(channel), event)
     {:noreply, %{state | relayed: state.relayed + 1}}
   end
 

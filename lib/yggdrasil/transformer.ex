@@ -19,7 +19,13 @@ defmodule Yggdrasil.Transformer do
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
 
+  @doc """
+  Decodes a `message` that arrived on `channel` into what subscribers
+  receive.
+  """
   @callback decode(channel :: Channel.t(), message :: term()) :: {:ok, term()} | {:error, term()}
+
+  @doc "Encodes a `message` published on `channel` into what the adapter carries."
   @callback encode(channel :: Channel.t(), message :: term()) :: {:ok, term()} | {:error, term()}
 
   defmacro __using__(options) do
@@ -29,8 +35,12 @@ defmodule Yggdrasil.Transformer do
       @behaviour Yggdrasil.Transformer
       use Yggdrasil.Registration, register: {:register_transformer, unquote(name)}
 
+      @doc "Decodes `message` of `channel` (by default: unchanged)."
+      @spec decode(Yggdrasil.Channel.t(), term()) :: {:ok, term()} | {:error, term()}
       def decode(channel, message), do: Yggdrasil.Transformer.identity(channel, message)
 
+      @doc "Encodes `message` of `channel` (by default: unchanged)."
+      @spec encode(Yggdrasil.Channel.t(), term()) :: {:ok, term()} | {:error, term()}
       def encode(channel, message), do: Yggdrasil.Transformer.identity(channel, message)
 
       defoverridable decode: 2, encode: 2
@@ -39,7 +49,7 @@ defmodule Yggdrasil.Transformer do
 
   @doc false
   def identity(%Channel{}, message), do: {:ok, message}
-  def identity(other, _message), do: not_a_channel(other)
+  def identity(other, _message), do: Channel.not_a_channel(other)
 
   @doc "Decodes `message` with the channel's transformer."
   @spec decode(Channel.t(), term()) :: {:ok, term()} | {:error, term()}
@@ -49,7 +59,7 @@ defmodule Yggdrasil.Transformer do
     end
   end
 
-  def decode(other, _message), do: not_a_channel(other)
+  def decode(other, _message), do: Channel.not_a_channel(other)
 
   @doc "Encodes `message` with the channel's transformer."
   @spec encode(Channel.t(), term()) :: {:ok, term()} | {:error, term()}
@@ -59,9 +69,5 @@ defmodule Yggdrasil.Transformer do
     end
   end
 
-  def encode(other, _message), do: not_a_channel(other)
-
-  @doc false
-  def not_a_channel(other),
-    do: {:error, "expected a %Yggdrasil.Channel{}, got: #{inspect(other)}"}
+  def encode(other, _message), do: Channel.not_a_channel(other)
 end

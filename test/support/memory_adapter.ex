@@ -110,6 +110,14 @@ defmodule Yggdrasil.Publisher.Adapter.Memory do
     GenServer.call(publisher, {:publish, channel, message, options[:metadata]})
   end
 
+  # For `:memory_caller` (`publish: :caller`), as a broker adapter whose
+  # publishing needs no process does it.
+  @impl Yggdrasil.Publisher.Adapter
+  def publish_in_caller(%Channel{} = channel, _route, message, options) do
+    MemoryBroker.bump(channel, {:caller_publish, self()})
+    send_to_adapters(channel, message, options[:metadata])
+  end
+
   @impl GenServer
   def init(namespace) do
     :ok = :pg.join(MemoryBroker.scope(), MemoryBroker.publisher_group(namespace), self())
@@ -124,18 +132,19 @@ defmodule Yggdrasil.Publisher.Adapter.Memory do
     MemoryBroker.hold(channel, :hold_publish)
     if MemoryBroker.setting(channel, :crash_publish), do: raise("memory publisher crashed")
 
-    result =
-      with {:ok, payload} <- Transformer.encode(channel, message) do
-        group = MemoryBroker.data_group(channel)
+    {:reply, send_to_adapters(channel, message, metadata), namespace}
+  end
 
-        for pid <- :pg.get_members(MemoryBroker.scope(), group) do
-          send(pid, {:memory_message, payload, metadata})
-        end
+  defp send_to_adapters(channel, message, metadata) do
+    with {:ok, payload} <- Transformer.encode(channel, message) do
+      group = MemoryBroker.data_group(channel)
 
-        :ok
+      for pid <- :pg.get_members(MemoryBroker.scope(), group) do
+        send(pid, {:memory_message, payload, metadata})
       end
 
-    {:reply, result, namespace}
+      :ok
+    end
   end
 end
 
@@ -145,6 +154,17 @@ defmodule Yggdrasil.Adapter.MemoryJson do
   use Yggdrasil.Adapter,
     name: :memory_json,
     transformer: :json,
+    subscriber: Yggdrasil.Subscriber.Adapter.Memory,
+    publisher: Yggdrasil.Publisher.Adapter.Memory
+end
+
+defmodule Yggdrasil.Adapter.MemoryCaller do
+  @moduledoc false
+  # The shape of a broker adapter: one subscriber process per channel (the
+  # default `delivery: :process`), publishing in the caller, no pool.
+  use Yggdrasil.Adapter,
+    name: :memory_caller,
+    publish: :caller,
     subscriber: Yggdrasil.Subscriber.Adapter.Memory,
     publisher: Yggdrasil.Publisher.Adapter.Memory
 end

@@ -52,7 +52,7 @@ defmodule Yggdrasil.Adapter.Bridge do
     end
   end
 
-  def split_channels(other), do: Yggdrasil.Transformer.not_a_channel(other)
+  def split_channels(other), do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc false
   # The wrapped channel as a struct (not completed; metadata dropped).

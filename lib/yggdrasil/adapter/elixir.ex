@@ -17,5 +17,5 @@ defmodule Yggdrasil.Adapter.Elixir do
       iex> receive do {:Y_DISCONNECTED, ^channel} -> :disconnected end
       :disconnected
   """
-  use Yggdrasil.Adapter, name: :elixir
+  use Yggdrasil.Adapter, name: :elixir, delivery: :engine, publish: :caller
 end

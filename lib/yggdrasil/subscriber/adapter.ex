@@ -16,6 +16,11 @@ defmodule Yggdrasil.Subscriber.Adapter do
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
 
+  @doc """
+  Starts the one process serving `channel` (called by Yggdrasil on the
+  first subscriber; `options` come from its supervisor). It must return
+  quickly: connect after `init/1`, e.g. in `handle_continue/2`.
+  """
   @callback start_link(channel :: Channel.t(), options :: GenServer.options()) ::
               GenServer.on_start()
 
@@ -24,6 +29,7 @@ defmodule Yggdrasil.Subscriber.Adapter do
       @behaviour Yggdrasil.Subscriber.Adapter
 
       @doc "Starts the subscriber adapter process of `channel`."
+      @spec start_link(Yggdrasil.Channel.t(), GenServer.options()) :: GenServer.on_start()
       def start_link(channel, options \\ [])
 
       def start_link(%Yggdrasil.Channel{} = channel, options) do
@@ -44,7 +50,7 @@ defmodule Yggdrasil.Subscriber.Adapter do
     end
   end
 
-  def start_link(other, _options), do: Yggdrasil.Transformer.not_a_channel(other)
+  def start_link(other, _options), do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc "Stops a subscriber adapter process."
   @spec stop(GenServer.server(), term(), timeout()) :: :ok

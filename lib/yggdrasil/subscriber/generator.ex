@@ -16,7 +16,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # belongs to one such incarnation. Channels with an adapter are "watched":
   # their emptying is reported here exactly once, by the engine (a death:
   # `{:"$yggdrasil_emptied", key}` to this janitor) or by the unsubscriber
-  # (`Native.unsubscribe/1` answered `:emptied`). On that report the adapter
+  # (`Engine.unsubscribe/1` answered `:emptied`). On that report the adapter
   # is stopped even if someone subscribed again meanwhile; that newcomer
   # created a fresh incarnation (not connected), so it gets a fresh adapter,
   # which reports the connection again. No adapter ever serves two
@@ -44,7 +44,7 @@ defmodule Yggdrasil.Subscriber.Generator do
 
   alias Yggdrasil.Backend
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @adapters Yggdrasil.Subscriber.Adapters
   # Every adapter process started and not yet seen exiting, `{pid}`. Owned
@@ -65,7 +65,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # `{:error, _}` the caller is left as it was before the call.
   def subscribe(%Channel{} = channel) do
     key = Channel.key(channel)
-    already? = Native.is_subscribed(key, self())
+    already? = Engine.subscribed?(key, self())
 
     with :ok <- Backend.subscribe(channel) do
       case call({:ensure, key}) do
@@ -98,7 +98,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # channel, so the engine membership is dropped here (the backend's own
   # `unsubscribe/1` still runs, and finds nothing left to do natively).
   defp leave(channel, key) do
-    emptied? = Native.unsubscribe(key) == :emptied
+    emptied? = Engine.unsubscribe(key) == :emptied
     result = Backend.unsubscribe(channel)
     # If the Generator is down, the next one stops the adapter (an orphan).
     if emptied?, do: call({:emptied, key})
@@ -134,10 +134,10 @@ defmodule Yggdrasil.Subscriber.Generator do
   # Marks every watched channel disconnected: for the application's stop,
   # once the adapters are gone (their channels keep their subscribers).
   def disconnect_all do
-    Enum.each(Native.watched_channels(), &disconnect/1)
+    Enum.each(Engine.watched_channels(), &disconnect/1)
   end
 
-  defp disconnect(key), do: Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+  defp disconnect(key), do: Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
 
   ###########
   # Callbacks
@@ -146,7 +146,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   def init(_) do
     # The janitor first: a channel emptied from now on is reported here,
     # so none of those listed below is missed or started for nobody.
-    Native.set_janitor(self())
+    Engine.set_janitor(self())
     # Run outside the application (no table yet): this process owns it.
     new_table()
     stop_orphans()
@@ -156,7 +156,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # Fresh adapters for the channels whose subscribers outlived the previous
   # Generator or application (see the module comment).
   defp restart_watched(state) do
-    case Native.watched_channels() do
+    case Engine.watched_channels() do
       [] ->
         state
 
@@ -177,7 +177,7 @@ defmodule Yggdrasil.Subscriber.Generator do
     # Marking the channel watched also tells whether it still has
     # subscribers (the engine drops empty channels): if not, the caller
     # died after subscribing and there is nothing to start.
-    if Native.set_watched(key, true) do
+    if Engine.watch(key) do
       case Map.fetch(state.entries, key) do
         :error ->
           {:noreply, start(key, [from], [], state)}
@@ -308,12 +308,12 @@ defmodule Yggdrasil.Subscriber.Generator do
   # The adapter exited without being asked to: tell its subscribers and
   # restart it while it has some.
   defp exited(key, entry, reason, state) do
-    Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+    Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
     now = System.monotonic_time(:millisecond)
     recent = Enum.filter(entry.restarts, &(now - &1 < @restart_window_ms))
 
     cond do
-      Native.subscriber_count(key) == 0 ->
+      Engine.subscriber_count(key) == 0 ->
         delete_entry(state, key)
 
       length(recent) >= @max_restarts ->
@@ -341,9 +341,9 @@ defmodule Yggdrasil.Subscriber.Generator do
   # The old adapter is gone (its monitor fired). Subscribers that came
   # meanwhile are on a new incarnation: it gets its own adapter.
   defp stopped(key, entry, state) do
-    if Native.subscriber_count(key) > 0 do
+    if Engine.subscriber_count(key) > 0 do
       # The old adapter may have reported the new incarnation connected.
-      Native.broadcast_state(key, false, {:Y_DISCONNECTED, key})
+      Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
       start(key, entry.waiters, [], state)
     else
       reply(entry.waiters, :ok)

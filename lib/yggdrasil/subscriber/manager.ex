@@ -9,17 +9,17 @@ defmodule Yggdrasil.Subscriber.Manager do
   """
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @doc "Reports the channel connected."
   @spec connected(Channel.t()) :: :ok | {:error, term()}
   def connected(%Channel{} = channel), do: set_state(channel, true, :Y_CONNECTED)
-  def connected(other), do: Yggdrasil.Transformer.not_a_channel(other)
+  def connected(other), do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc "Reports the channel disconnected."
   @spec disconnected(Channel.t()) :: :ok | {:error, term()}
   def disconnected(%Channel{} = channel), do: set_state(channel, false, :Y_DISCONNECTED)
-  def disconnected(other), do: Yggdrasil.Transformer.not_a_channel(other)
+  def disconnected(other), do: Yggdrasil.Channel.not_a_channel(other)
 
   @doc "Whether `pid` (default: the caller) is subscribed to `channel`."
   @spec subscribed?(Channel.t(), pid() | nil) :: boolean()
@@ -27,7 +27,7 @@ defmodule Yggdrasil.Subscriber.Manager do
   def subscribed?(%Channel{} = channel, nil), do: subscribed?(channel, self())
 
   def subscribed?(%Channel{} = channel, pid) when is_pid(pid),
-    do: Native.is_subscribed(Channel.key(channel), pid)
+    do: Engine.subscribed?(Channel.key(channel), pid)
 
   def subscribed?(channel, pid),
     do:
@@ -38,11 +38,11 @@ defmodule Yggdrasil.Subscriber.Manager do
 
   @doc "Whether the channel's adapter reported it connected."
   @spec connected?(Channel.t()) :: boolean()
-  def connected?(%Channel{} = channel), do: Native.is_connected(Channel.key(channel))
-  def connected?(other), do: raise(ArgumentError, "not a channel: #{inspect(other)}")
+  def connected?(%Channel{} = channel), do: Engine.connected?(Channel.key(channel))
+  def connected?(other), do: Channel.not_a_channel!(other)
 
   defp set_state(channel, connected?, tag) do
     key = Channel.key(channel)
-    Native.broadcast_state(key, connected?, {tag, key})
+    Engine.set_connected(key, connected?, {tag, key})
   end
 end

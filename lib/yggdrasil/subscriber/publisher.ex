@@ -9,7 +9,6 @@ defmodule Yggdrasil.Subscriber.Publisher do
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
-  alias Yggdrasil.Transformer
 
   @doc "Decodes `message` and delivers it to the channel's subscribers."
   @spec notify(Channel.t(), term(), term()) :: :ok | {:error, term()}
@@ -21,11 +20,14 @@ defmodule Yggdrasil.Subscriber.Publisher do
     end
   end
 
-  def notify(other, _message, _metadata), do: Transformer.not_a_channel(other)
+  def notify(other, _message, _metadata), do: Channel.not_a_channel(other)
 
-  @doc false
-  # `notify/3` once the channel's modules are known (see
-  # `Yggdrasil.Registry.resolve/1`): decode, then deliver.
+  @doc """
+  `notify/3` with the channel's route already at hand (as a
+  `c:Yggdrasil.Publisher.Adapter.publish_in_caller/4` has it): decodes with
+  `route.transformer_module`, delivers through `route.backend_module`.
+  """
+  @spec deliver(Channel.t(), Yggdrasil.Route.t(), term(), term()) :: :ok | {:error, term()}
   def deliver(channel, route, message, metadata) do
     with {:ok, decoded} <- route.transformer_module.decode(channel, message) do
       route.backend_module.publish(channel, decoded, metadata)

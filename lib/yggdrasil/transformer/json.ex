@@ -18,39 +18,25 @@ defmodule Yggdrasil.Transformer.Json do
   use Yggdrasil.Transformer, name: :json
 
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
-
-  # Above this size, parsing may take longer than a scheduler slice.
-  @dirty_bytes 64 * 1024
+  alias Yggdrasil.Engine
 
   # Both NIFs answer `:too_big` when the work would not fit in a scheduler
   # slice (many nodes, very long integers); the dirty ones have no limit.
   @impl Yggdrasil.Transformer
-  def decode(%Channel{}, message) when is_binary(message) and byte_size(message) > @dirty_bytes,
-    do: Native.json_decode_dirty(message)
-
-  def decode(%Channel{}, message) when is_binary(message) do
-    case Native.json_decode(message) do
-      :too_big -> Native.json_decode_dirty(message)
-      result -> result
-    end
-  end
+  def decode(%Channel{}, message) when is_binary(message), do: Engine.json_decode(message)
 
   def decode(%Channel{}, message),
     do: {:error, "JSON decode expects a binary, got: #{inspect(message)}"}
 
-  def decode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+  def decode(other, _message), do: Yggdrasil.Channel.not_a_channel(other)
 
   @impl Yggdrasil.Transformer
   def encode(%Channel{}, message) when is_map(message) and not is_struct(message) do
-    case Native.json_encode(message) do
-      :too_big -> Native.json_encode_dirty(message)
-      result -> result
-    end
+    Engine.json_encode(message)
   end
 
   def encode(%Channel{}, message),
     do: {:error, "JSON encode expects a map, got: #{inspect(message)}"}
 
-  def encode(other, _message), do: Yggdrasil.Transformer.not_a_channel(other)
+  def encode(other, _message), do: Yggdrasil.Channel.not_a_channel(other)
 end

@@ -1,11 +1,11 @@
 defmodule Yggdrasil.Publisher.Adapter.Elixir do
   @moduledoc """
-  Publisher adapter of `:elixir` channels. Publishing needs no broker, so
-  `publish/4` runs in the caller: encode and decode with the channel's
-  transformer, then native delivery. Per-publisher order holds.
+  Publisher adapter of `:elixir` channels (`publish: :caller`). Publishing
+  needs no broker, so `Yggdrasil.publish/3` runs `publish_in_caller/4` in
+  the caller: encode and decode with the channel's transformer, then native
+  delivery. Per-publisher order holds.
   """
-  use Yggdrasil.Publisher.Adapter
-  use GenServer
+  use Yggdrasil.Publisher.Adapter, worker: :stateless
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
@@ -14,24 +14,16 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
   @impl Yggdrasil.Publisher.Adapter
   def publish(_publisher, %Channel{} = channel, message, options) do
     with {:ok, channel, route} <- Registry.resolve(channel) do
-      transmit(channel, route, message, options[:metadata])
+      publish_in_caller(channel, route, message, options)
     end
   end
 
-  @doc false
-  # The whole :elixir pipeline once the channel's modules are known: encode,
-  # then what an adapter's `notify` does (decode, deliver).
-  def transmit(channel, route, message, metadata) do
+  # The whole pipeline once the channel's modules are known: encode, then
+  # what an adapter's `notify` does (decode, deliver).
+  @impl Yggdrasil.Publisher.Adapter
+  def publish_in_caller(channel, route, message, options) do
     with {:ok, encoded} <- route.transformer_module.encode(channel, message) do
-      Publisher.deliver(channel, route, encoded, metadata)
+      Publisher.deliver(channel, route, encoded, options[:metadata])
     end
-  end
-
-  @impl GenServer
-  def init(namespace), do: {:ok, namespace}
-
-  @impl GenServer
-  def handle_call({:publish, %Channel{} = channel, message}, _from, namespace) do
-    {:reply, publish(self(), channel, message, []), namespace}
   end
 end

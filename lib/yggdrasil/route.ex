@@ -1,0 +1,49 @@
+defmodule Yggdrasil.Route do
+  @moduledoc """
+  What serves a channel: its transformer and backend (aliases and modules),
+  its adapter's subscriber and publisher modules, and the adapter's two
+  capabilities (see `Yggdrasil.Adapter`):
+
+  - `delivery`: `:process` when one subscriber adapter process per channel
+    hands events over (the Yggdrasil 6 shape), `:engine` when no process
+    runs and publishes go straight to the engine.
+  - `publish`: `:pool` when `Yggdrasil.publish/3` goes through the pooled
+    publisher processes, `:caller` when it calls the publisher module's
+    `publish_in_caller/4` in the publishing process.
+
+  Routes are built once per adapter, transformer and backend and cached
+  (`Yggdrasil.Registry`), so the publish path reads them instead of looking
+  each module up. A `:caller` publisher gets the route of the channel it
+  publishes on.
+  """
+
+  @enforce_keys [:transformer, :backend, :transformer_module, :backend_module]
+  defstruct [
+    :transformer,
+    :backend,
+    :transformer_module,
+    :backend_module,
+    :subscriber_module,
+    :publisher_module,
+    delivery: :process,
+    publish: :pool
+  ]
+
+  @typedoc "How an adapter's events reach subscribers."
+  @type delivery :: :engine | :process
+
+  @typedoc "How `Yggdrasil.publish/3` reaches an adapter's publisher."
+  @type publish :: :pool | :caller
+
+  @typedoc "The modules and capabilities that serve a channel."
+  @type t :: %__MODULE__{
+          transformer: atom(),
+          backend: atom(),
+          transformer_module: module(),
+          backend_module: module(),
+          subscriber_module: module() | nil,
+          publisher_module: module() | nil,
+          delivery: delivery(),
+          publish: publish()
+        }
+end
