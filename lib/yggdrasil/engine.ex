@@ -17,6 +17,11 @@ defmodule Yggdrasil.Engine do
   @dirty_json_bytes 64 * 1024
 
   @doc false
+  # Why the NIF library did not load, or nil when it did.
+  @spec load_error() :: binary() | nil
+  def load_error, do: Native.load_error()
+
+  @doc false
   # Subscribes the caller (monitored from now on). When the channel is
   # connected, the caller also gets its own `{:Y_CONNECTED, key}`.
   @spec subscribe(key()) :: :ok | {:error, :process_dead | :too_many_channels | :internal}
@@ -88,11 +93,6 @@ defmodule Yggdrasil.Engine do
   end
 
   @doc false
-  # Why the NIF library did not load, or nil when it did.
-  @spec load_error() :: binary() | nil
-  defdelegate load_error, to: Native
-
-  @doc false
   @spec subscriber_count(key()) :: non_neg_integer()
   def subscriber_count(key), do: Native.subscriber_count(key)
 
@@ -125,6 +125,8 @@ defmodule Yggdrasil.Engine do
   end
 
   @doc false
+  # Both JSON NIFs answer `:too_big` when the work would not fit in a
+  # scheduler slice; the dirty ones have no limit.
   @spec json_decode(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode(text) when byte_size(text) > @dirty_json_bytes,
     do: Native.json_decode_dirty(text)

@@ -122,7 +122,7 @@ defmodule Yggdrasil.Native do
   def json_encode_dirty(_term), do: not_loaded()
 
   @doc false
-  @spec json_decode(binary()) :: {:ok, term()} | {:error, term()} | :too_big
+  @spec json_decode(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode(_binary), do: not_loaded()
 
   @doc false

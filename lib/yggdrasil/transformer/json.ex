@@ -20,8 +20,7 @@ defmodule Yggdrasil.Transformer.Json do
   alias Yggdrasil.Channel
   alias Yggdrasil.Engine
 
-  # Both NIFs answer `:too_big` when the work would not fit in a scheduler
-  # slice (many nodes, very long integers); the dirty ones have no limit.
+  # Large or deep terms go to a dirty scheduler (see Yggdrasil.Engine).
   @impl Yggdrasil.Transformer
   def decode(%Channel{}, message) when is_binary(message), do: Engine.json_decode(message)
 

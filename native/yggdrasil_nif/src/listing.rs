@@ -49,18 +49,3 @@ fn page(env: Env<'_>, members: Snapshot<Pid>, from: usize) -> Term<'_> {
     let rest = (end < members.len()).then(|| Cursor::new(Purpose::Listing, members.clone(), end));
     Page { pids, rest }.encode(env)
 }
-
-/// Table slots per call of `watched_page/1`: copying out that many channel
-/// keys stays well under 1 ms.
-const WATCHED_PAGE: usize = 1024;
-
-/// The watched channels (those served by an adapter process), a bounded
-/// page of the table per call: `{keys, next}` with `next` the argument of
-/// the following call, `nil` at the end. For the Generator, which restarts
-/// their adapters when it starts (see `Yggdrasil.Subscriber.Generator`).
-#[rustler::nif]
-fn watched_page(env: Env<'_>, from: usize) -> Term<'_> {
-    let (keys, next) = table().watched_page(from, WATCHED_PAGE);
-    let keys: Vec<Term<'_>> = keys.iter().map(|key| key.to_term(env)).collect();
-    (keys, next).encode(env)
-}

@@ -129,6 +129,21 @@ fn set_watched(channel: Term<'_>, watched: bool) -> bool {
     table().set_watched(&TermKey::new(channel), watched)
 }
 
+/// Table slots per call of `watched_page/1`: copying out that many channel
+/// keys stays well under 1 ms.
+const WATCHED_PAGE: usize = 1024;
+
+/// The watched channels (those served by an adapter process), a bounded
+/// page of the table per call: `{keys, next}` with `next` the argument of
+/// the following call, `nil` at the end. For the Generator, which restarts
+/// their adapters when it starts (see `Yggdrasil.Subscriber.Generator`).
+#[rustler::nif]
+fn watched_page(env: Env<'_>, from: usize) -> Term<'_> {
+    let (keys, next) = table().watched_page(from, WATCHED_PAGE);
+    let keys: Vec<Term<'_>> = keys.iter().map(|key| key.to_term(env)).collect();
+    (keys, next).encode(env)
+}
+
 #[rustler::nif]
 fn subscriber_count(channel: Term<'_>) -> usize {
     table().subscriber_count(&TermKey::new(channel))
