@@ -161,8 +161,14 @@ defmodule Yggdrasil.Registry do
     key = {__MODULE__, :route, adapter, transformer, backend}
 
     case :persistent_term.get(key, nil) do
-      %Route{} = route -> {:ok, with_route(channel, route), route}
-      nil -> locked(fn -> cached_or_build(channel, key) end)
+      %Route{} = route ->
+        {:ok, with_route(channel, route), route}
+
+      # An adapter that is not registered here (one on another node, for a
+      # bridge) is answered without the lock, however often it is asked.
+      nil ->
+        with {:ok, _} <- get_adapter_module(adapter),
+             do: locked(fn -> cached_or_build(channel, key) end)
     end
   end
 
