@@ -214,6 +214,8 @@ defmodule Yggdrasil do
          do: Yggdrasil.Engine.subscribers(Channel.key(channel))
   end
 
+  defp check_options([]), do: :ok
+
   defp check_options(options) do
     if Keyword.keyword?(options),
       do: :ok,

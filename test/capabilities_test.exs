@@ -45,6 +45,37 @@ defmodule Yggdrasil.CapabilitiesTest do
       end
     end
 
+    test "are direct with the identity transformer and the engine's backend" do
+      cases = [
+        {[adapter: :elixir], true},
+        {[adapter: :elixir, transformer: :default, backend: :default], true},
+        {[adapter: :elixir, transformer: :json], false},
+        {[adapter: :direct], true},
+        {[adapter: :direct, transformer: :json], false},
+        {[adapter: :memory_caller], true}
+      ]
+
+      for {fields, direct} <- cases do
+        channel = struct(Yggdrasil.Channel, [name: "x"] ++ fields)
+        assert {:ok, _, %Route{direct: ^direct}} = Registry.resolve(channel), inspect(fields)
+      end
+    end
+
+    test "a direct publish delivers what the whole pipeline delivers" do
+      {:ok, channel} = Yggdrasil.gen_channel(name: {:direct_route, make_ref()})
+      assert {:ok, _, %Route{direct: true}} = Registry.resolve(channel)
+      :ok = Yggdrasil.subscribe(channel)
+      assert_receive {:Y_CONNECTED, ^channel}
+
+      assert :ok = Yggdrasil.publish(channel, {:any, "term"}, metadata: %{id: 7})
+      with_metadata = %{channel | metadata: %{id: 7}}
+      assert_receive {:Y_EVENT, ^with_metadata, {:any, "term"}}
+      assert :ok = Yggdrasil.publish(channel, :plain)
+      assert_receive {:Y_EVENT, ^channel, :plain}
+      assert {:error, _} = Yggdrasil.publish(channel, :x, :not_a_keyword_list)
+      refute_receive {:Y_EVENT, _, :x}, 50
+    end
+
     test "unknown adapters have the Yggdrasil 6 delivery" do
       assert Registry.get_delivery(:no_such_adapter) == :process
     end

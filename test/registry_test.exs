@@ -131,6 +131,36 @@ defmodule Yggdrasil.RegistryTest do
   end
 
   describe "register_*" do
+    test "a registration replaces the cached routes, also while they are being resolved" do
+      channel = %Channel{name: "swap", transformer: :registry_test_swap}
+      :ok = Registry.register_transformer(:registry_test_swap, Yggdrasil.Transformer.Default)
+
+      assert {:ok, _, %{transformer_module: Yggdrasil.Transformer.Default, direct: true}} =
+               Registry.resolve(channel)
+
+      resolvers =
+        for _ <- 1..2 do
+          spawn_link(fn ->
+            Stream.repeatedly(fn -> Registry.resolve(channel) end) |> Stream.run()
+          end)
+        end
+
+      for round <- 1..50 do
+        module =
+          if rem(round, 2) == 0,
+            do: Yggdrasil.Transformer.Default,
+            else: Yggdrasil.Transformer.Json
+
+        :ok = Registry.register_transformer(:registry_test_swap, module)
+        assert {:ok, _, %{transformer_module: ^module}} = Registry.resolve(channel)
+      end
+
+      Enum.each(resolvers, &(Process.unlink(&1) && Process.exit(&1, :kill)))
+
+      assert {:ok, _, %{transformer_module: Yggdrasil.Transformer.Default}} =
+               Registry.resolve(channel)
+    end
+
     test "register_transformer/2 and register_backend/2 make aliases" do
       assert :ok =
                Registry.register_transformer(
@@ -306,7 +336,8 @@ defmodule Yggdrasil.ApplicationTest do
     capture_log(fn ->
       :ok = Application.stop(:yggdrasil)
       # A fresh boot: nothing registered, no route cached.
-      Enum.each([{Registry, :generation} | keys], &:persistent_term.erase/1)
+      routes = for {{Registry, :route, _, _, _} = key, _} <- :persistent_term.get(), do: key
+      Enum.each(keys ++ routes, &:persistent_term.erase/1)
       assert {:error, _} = Yggdrasil.gen_channel(name: "boot")
 
       :ok = Application.start(:yggdrasil)

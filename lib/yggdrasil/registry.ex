@@ -24,8 +24,6 @@ defmodule Yggdrasil.Registry do
 
   @type type :: :transformer | :backend | :subscriber | :publisher | :adapter
 
-  @generation {__MODULE__, :generation}
-
   @doc false
   def start_link(_) do
     Supervisor.start_link(__MODULE__, nil, name: Yggdrasil.Registry.Supervisor)
@@ -154,21 +152,34 @@ defmodule Yggdrasil.Registry do
   @doc false
   # The full channel and the modules that serve it: `{:ok, channel, route}`
   # for a channel whose adapter is registered on this node. Routes are
-  # cached in :persistent_term per (adapter, transformer, backend) and
-  # rebuilt after any registration, so a publish pays two lookups instead of
-  # one per module it needs.
+  # cached in :persistent_term per (adapter, transformer, backend), so a
+  # publish pays one lookup instead of one per module it needs. Routes are
+  # built, and erased by every registration, under one lock, so a cached
+  # route never outlives what it was built from.
   @spec resolve(Channel.t()) :: {:ok, Channel.t(), Route.t()} | {:error, binary()}
   def resolve(%Channel{adapter: adapter, transformer: transformer, backend: backend} = channel) do
     key = {__MODULE__, :route, adapter, transformer, backend}
-    generation = :persistent_term.get(@generation, 0)
 
     case :persistent_term.get(key, nil) do
-      {^generation, route} -> {:ok, with_route(channel, route), route}
-      _ -> build_route(channel, key, generation)
+      %Route{} = route ->
+        {:ok, with_route(channel, route), route}
+
+      # An adapter that is not registered here (one on another node, for a
+      # bridge) is answered without the lock, however often it is asked.
+      nil ->
+        with {:ok, _} <- get_adapter_module(adapter),
+             do: locked(fn -> cached_or_build(channel, key) end)
     end
   end
 
-  defp build_route(%Channel{adapter: adapter} = channel, key, generation) do
+  defp cached_or_build(channel, key) do
+    case :persistent_term.get(key, nil) do
+      %Route{} = route -> {:ok, with_route(channel, route), route}
+      nil -> build_route(channel, key)
+    end
+  end
+
+  defp build_route(%Channel{adapter: adapter} = channel, key) do
     with {:ok, adapter_module} <- get_adapter_module(adapter),
          transformer = channel.transformer || adapter_module.get_transformer(),
          backend = channel.backend || adapter_module.get_backend(),
@@ -187,10 +198,15 @@ defmodule Yggdrasil.Registry do
         publish: Map.get(capabilities, :publish, :pool)
       }
 
-      :persistent_term.put(key, {generation, route})
+      route = %Route{route | direct: Route.direct?(route)}
+      :persistent_term.put(key, route)
       {:ok, with_route(channel, route), route}
     end
   end
+
+  # Registrations and route builds, one at a time on this node (rare:
+  # once per registration, once per route after it).
+  defp locked(fun), do: :global.trans({{__MODULE__, :routes}, self()}, fun, [node()])
 
   defp with_route(%Channel{transformer: t, backend: b} = channel, %{transformer: t, backend: b}),
     do: channel
@@ -201,14 +217,22 @@ defmodule Yggdrasil.Registry do
   defp lookup(type, name), do: :persistent_term.get({__MODULE__, type, name}, nil)
 
   defp register(type, name, module) when is_atom(name) and is_atom(module) do
-    :persistent_term.put({__MODULE__, type, name}, module)
-    :persistent_term.put({__MODULE__, type, module}, module)
-    # A fresh value (not a counter: concurrent registrations must not lose
-    # an update) invalidates every cached route.
-    :persistent_term.put(@generation, :erlang.unique_integer([:monotonic]))
+    locked(fn ->
+      :persistent_term.put({__MODULE__, type, name}, module)
+      :persistent_term.put({__MODULE__, type, module}, module)
+      erase_routes()
+    end)
   end
 
   defp register(_type, name, module), do: bad_alias(name, module)
+
+  defp erase_routes do
+    for {{__MODULE__, :route, _, _, _} = key, _} <- :persistent_term.get() do
+      :persistent_term.erase(key)
+    end
+
+    :ok
+  end
 
   defp bad_alias(name, module) do
     {:error,

@@ -11,6 +11,11 @@ defmodule Yggdrasil.Route do
     publisher processes, `:caller` when it calls the publisher module's
     `publish_in_caller/4` in the publishing process.
 
+  - `direct`: `true` when the transformer is the identity
+    (`Yggdrasil.Transformer.Default`) and the backend the engine's own
+    (`Yggdrasil.Backend.Default`): publishing then skips both transformer
+    calls and goes straight to the engine, with the same result.
+
   Routes are built once per adapter, transformer and backend and cached
   (`Yggdrasil.Registry`), so the publish path reads them instead of looking
   each module up. A `:caller` publisher gets the route of the channel it
@@ -26,7 +31,8 @@ defmodule Yggdrasil.Route do
     :subscriber_module,
     :publisher_module,
     delivery: :process,
-    publish: :pool
+    publish: :pool,
+    direct: false
   ]
 
   @typedoc "How an adapter's events reach subscribers."
@@ -44,6 +50,19 @@ defmodule Yggdrasil.Route do
           subscriber_module: module() | nil,
           publisher_module: module() | nil,
           delivery: delivery(),
-          publish: publish()
+          publish: publish(),
+          direct: boolean()
         }
+
+  @doc false
+  # Whether `route` may be `direct` (see the moduledoc); decided once, when
+  # the route is built.
+  @spec direct?(t()) :: boolean()
+  def direct?(%__MODULE__{
+        transformer_module: Yggdrasil.Transformer.Default,
+        backend_module: Yggdrasil.Backend.Default
+      }),
+      do: true
+
+  def direct?(%__MODULE__{}), do: false
 end

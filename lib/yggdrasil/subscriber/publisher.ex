@@ -9,6 +9,7 @@ defmodule Yggdrasil.Subscriber.Publisher do
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
+  alias Yggdrasil.Route
 
   @doc "Decodes `message` and delivers it to the channel's subscribers."
   @spec notify(Channel.t(), term(), term()) :: :ok | {:error, term()}
@@ -25,9 +26,13 @@ defmodule Yggdrasil.Subscriber.Publisher do
   @doc """
   `notify/3` with the channel's route already at hand (as a
   `c:Yggdrasil.Publisher.Adapter.publish_in_caller/4` has it): decodes with
-  `route.transformer_module`, delivers through `route.backend_module`.
+  `route.transformer_module`, delivers through `route.backend_module`
+  (a `direct` route has nothing to decode).
   """
   @spec deliver(Channel.t(), Yggdrasil.Route.t(), term(), term()) :: :ok | {:error, term()}
+  def deliver(channel, %Route{direct: true}, message, metadata),
+    do: Yggdrasil.Backend.Default.publish(channel, message, metadata)
+
   def deliver(channel, route, message, metadata) do
     with {:ok, decoded} <- route.transformer_module.decode(channel, message) do
       route.backend_module.publish(channel, decoded, metadata)

@@ -120,6 +120,17 @@ impl<S: Hash + Eq + Copy> Members<S> {
     }
 }
 
+/// Whom a publish sends to (see [`Engine::targets`]).
+pub enum Targets<'a, S> {
+    /// A channel of at most the asked number of members: the members
+    /// themselves, to send to while the caller still holds the engine (its
+    /// lock then orders the sends with every membership change, so no
+    /// snapshot, reference count or fence is needed).
+    Few(&'a [S]),
+    /// A bigger channel: a snapshot to send from after releasing the engine.
+    Many(Snapshot<S>),
+}
+
 /// Result of a successful [`Engine::subscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscribed {
@@ -459,6 +470,23 @@ where
     {
         let id = *self.index.get(key)?;
         Some(self.channel_mut(id)?.snapshot())
+    }
+
+    /// The channel's subscribers for one publish: borrowed as they are when
+    /// there are at most `few` of them, else as a snapshot. `None` for an
+    /// unknown channel.
+    pub fn targets<Q>(&mut self, key: &Q, few: usize) -> Option<Targets<'_, S>>
+    where
+        C: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let id = *self.index.get(key)?;
+        let channel = self.channel_mut(id)?;
+        Some(if channel.members.len() <= few {
+            Targets::Few(&channel.members)
+        } else {
+            Targets::Many(channel.snapshot())
+        })
     }
 
     /// Sets the channel's connection state. When the state changed, returns

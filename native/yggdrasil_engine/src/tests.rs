@@ -22,6 +22,12 @@ fn subscribe(engine: &mut TestEngine, key: &str, sub: u32) -> Subscribed {
         .expect("subscribe")
 }
 
+fn sorted_slice(members: &[u32]) -> Vec<u32> {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    members
+}
+
 fn sorted(snapshot: Snapshot<u32>) -> Vec<u32> {
     let mut members = snapshot.to_vec();
     members.sort_unstable();
@@ -598,6 +604,31 @@ fn large_tables_split_and_come_back() {
         assert_eq!(engine.remove_subscriber(sub).unwrap().subscriptions, 2);
     }
     assert_eq!(engine.counts(), Counts::default());
+}
+
+#[test]
+fn targets_lend_few_members_and_snapshot_more() {
+    let mut engine = TestEngine::new();
+    assert!(engine.targets("a", 2).is_none());
+    for subscriber in 1..=2 {
+        subscribe(&mut engine, "a", subscriber);
+    }
+    match engine.targets("a", 2) {
+        Some(Targets::Few(members)) => assert_eq!(sorted_slice(members), vec![1, 2]),
+        _ => panic!("2 members of at most 2 are lent"),
+    }
+    // Lending takes no snapshot: nothing to retire or fence afterwards.
+    let held = match engine.targets("a", 1) {
+        Some(Targets::Many(snapshot)) => snapshot,
+        _ => panic!("2 members of at most 1 come as a snapshot"),
+    };
+    assert_eq!(sorted(held.clone()), vec![1, 2]);
+    let left = engine.unsubscribe("a", 1).unwrap();
+    assert_eq!(left.in_flight.len(), 1);
+    drop((held, left));
+    let left = engine.unsubscribe("a", 2).unwrap();
+    assert!(left.in_flight.is_empty());
+    assert!(engine.targets("a", 2).is_none());
 }
 
 #[test]

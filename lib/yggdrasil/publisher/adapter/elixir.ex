@@ -9,6 +9,7 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
+  alias Yggdrasil.Route
   alias Yggdrasil.Subscriber.Publisher
 
   @impl Yggdrasil.Publisher.Adapter
@@ -18,9 +19,13 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
     end
   end
 
-  # The whole pipeline once the channel's modules are known: encode, then
-  # what an adapter's `notify` does (decode, deliver).
+  # The whole pipeline once the channel's modules are known: encode (not
+  # with the identity transformer of a `direct` route), then what an
+  # adapter's `notify` does (decode, deliver).
   @impl Yggdrasil.Publisher.Adapter
+  def publish_in_caller(channel, %Route{direct: true} = route, message, options),
+    do: Publisher.deliver(channel, route, message, options[:metadata])
+
   def publish_in_caller(channel, route, message, options) do
     with {:ok, encoded} <- route.transformer_module.encode(channel, message) do
       Publisher.deliver(channel, route, encoded, options[:metadata])
