@@ -315,9 +315,9 @@ start() { # KIND DIR [PORT]
 
 stop() { # DIR
   local dir=$1 i=0 pid signals
-  [[ -f $dir/$STATE_FILE ]] || return 0 # nothing running: stopping is done
+  # No state: nothing runs (or a concurrent stop just finished): done.
   # shellcheck disable=SC1090
-  source "$dir/$STATE_FILE"
+  source "$dir/$STATE_FILE" 2>/dev/null || return 0
   read -r -a signals <<<"$SIGNALS"
   for pid in $PIDS; do
     terminate "$pid" "${signals[$i]:-TERM}" 30
