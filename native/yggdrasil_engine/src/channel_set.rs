@@ -6,7 +6,6 @@
 //! unsubscribes in O(1), and one on millions never waits for a full rehash.
 
 use crate::smooth::SmoothMap;
-use std::mem::size_of;
 
 const SMALL_LIMIT: usize = 16;
 
@@ -72,6 +71,7 @@ impl ChannelSet {
         self.len() == 0
     }
 
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match self {
             ChannelSet::Small(ids) => Box::new(ids.iter().copied()),
@@ -79,9 +79,10 @@ impl ChannelSet {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            ChannelSet::Small(ids) => ids.capacity() * size_of::<u32>(),
+            ChannelSet::Small(ids) => ids.capacity() * std::mem::size_of::<u32>(),
             ChannelSet::Large(set) => set.heap_bytes(),
         }
     }

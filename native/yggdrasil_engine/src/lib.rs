@@ -18,6 +18,7 @@
 //! Nothing in here panics on any input: the lints below are enforced, and
 //! states that would be engine bugs (a dangling channel id) are handled as
 //! "unknown channel" instead of aborting the caller.
+#![forbid(unsafe_code)]
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -29,7 +30,6 @@
 use rustc_hash::FxHashSet;
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::mem::size_of;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 mod channel_set;
@@ -118,17 +118,6 @@ impl<S: Hash + Eq + Copy> Members<S> {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(member);
     }
-
-    fn heap_bytes(&self) -> usize {
-        size_of::<Self>()
-            + 2 * size_of::<usize>()
-            + self.members.len() * size_of::<S>()
-            // Never wait for a fence here: this runs under the engine's lock.
-            + self
-                .left
-                .try_read()
-                .map_or(0, |left| map_bytes::<S, ()>(left.capacity()))
-    }
 }
 
 /// Result of a successful [`Engine::subscribe`].
@@ -157,16 +146,6 @@ pub struct Unsubscribed<C, S, D> {
     pub in_flight: Vec<Snapshot<S>>,
 }
 
-/// Result of [`Engine::remove_subscriber`].
-#[derive(Debug, PartialEq, Eq)]
-pub struct Removed<C, D> {
-    pub data: D,
-    /// How many subscriptions were dropped.
-    pub subscriptions: usize,
-    /// Watched channels that lost their last subscriber.
-    pub emptied: Vec<C>,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubscribeError<E> {
     /// The caller's `register` callback refused the new subscriber.
@@ -178,15 +157,12 @@ pub enum SubscribeError<E> {
     Internal,
 }
 
-/// Counts and memory of the whole table.
+/// Sizes of the whole table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
+pub struct Counts {
     pub channels: usize,
     pub subscribers: usize,
     pub subscriptions: usize,
-    /// Heap bytes held by the table's own structures (an estimate from the
-    /// containers' capacities; keys' own heap data is not included).
-    pub memory_bytes: usize,
 }
 
 struct Channel<C, S> {
@@ -305,19 +281,6 @@ impl<T> Slab<T> {
         self.chunks.last_mut()?.push(Some(value));
         self.len += 1;
         Some(id)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten().flatten()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * size_of::<Vec<Option<T>>>()
-            + self
-                .chunks
-                .iter()
-                .map(|chunk| chunk.capacity() * size_of::<Option<T>>())
-                .sum::<usize>()
     }
 }
 
@@ -452,26 +415,6 @@ where
         })
     }
 
-    /// Removes `subscriber` from every channel (it died). `None` when the
-    /// engine did not know it. No fencing: nothing can reach a dead process.
-    pub fn remove_subscriber(&mut self, subscriber: S) -> Option<Removed<C, D>> {
-        let entry = self.subscribers.remove(&subscriber)?;
-        let mut emptied = Vec::new();
-        let mut subscriptions = 0;
-        for id in entry.channels.iter() {
-            if self.remove_member(id, subscriber) {
-                subscriptions += 1;
-            }
-            emptied.extend(self.drop_if_empty(id));
-        }
-        self.shrink_if_sparse();
-        Some(Removed {
-            data: entry.data,
-            subscriptions,
-            emptied,
-        })
-    }
-
     /// Takes a subscriber (it died) out of the table in O(1), leaving its
     /// memberships to [`Engine::remove_memberships`], so that a subscriber
     /// on a million channels is cleaned up in bounded steps instead of one
@@ -498,14 +441,12 @@ where
         emptied
     }
 
-    /// Channel, subscriber and subscription counts, in O(1) (unlike
-    /// [`Engine::stats`], which also walks the table to estimate memory).
-    pub fn counts(&self) -> Stats {
-        Stats {
+    /// Channel, subscriber and subscription counts, in O(1).
+    pub fn counts(&self) -> Counts {
+        Counts {
             channels: self.index.len(),
             subscribers: self.subscribers.len(),
             subscriptions: self.subscriptions,
-            memory_bytes: 0,
         }
     }
 
@@ -539,7 +480,7 @@ where
     }
 
     /// Marks a channel whose emptying the caller wants to hear about (its
-    /// key comes back in [`Unsubscribed::emptied`] / [`Removed::emptied`]).
+    /// key comes back in [`Unsubscribed::emptied`] / [`Engine::remove_memberships`]).
     /// Returns `false` for an unknown channel.
     pub fn set_watched<Q>(&mut self, key: &Q, watched: bool) -> bool
     where
@@ -579,43 +520,6 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.lookup(key).map_or(0, |channel| channel.members.len())
-    }
-
-    /// How many channels `subscriber` is on.
-    pub fn channel_count_of(&self, subscriber: S) -> usize {
-        self.subscribers
-            .get(&subscriber)
-            .map_or(0, |entry| entry.channels.len())
-    }
-
-    pub fn subscriber_data(&self, subscriber: S) -> Option<&D> {
-        self.subscribers.get(&subscriber).map(|entry| &entry.data)
-    }
-
-    pub fn stats(&self) -> Stats {
-        Stats {
-            channels: self.index.len(),
-            subscribers: self.subscribers.len(),
-            subscriptions: self.subscriptions,
-            memory_bytes: self.memory_bytes(),
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        let mut bytes = self.index.heap_bytes()
-            + self.channels.heap_bytes()
-            + self.free_ids.capacity() * size_of::<ChannelId>()
-            + self.subscribers.heap_bytes();
-        for channel in self.channels.iter() {
-            bytes += channel.members.capacity() * size_of::<S>()
-                + channel.positions.heap_bytes()
-                + channel.retired.capacity() * size_of::<Weak<Members<S>>>()
-                + channel.snapshot.as_ref().map_or(0, |s| s.heap_bytes());
-        }
-        for entry in self.subscribers.values() {
-            bytes += entry.channels.heap_bytes();
-        }
-        bytes
     }
 
     fn lookup<Q>(&self, key: &Q) -> Option<&Channel<C, S>>
@@ -746,14 +650,7 @@ impl<C, S: Hash + Eq + Copy> Channel<C, S> {
     }
 }
 
-/// Approximate heap bytes of a hashbrown table holding `capacity` entries:
-/// buckets are 8/7 of the capacity, each an entry plus one control byte.
-pub(crate) fn map_bytes<K, V>(capacity: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    (capacity * 8 / 7 + 1) * (size_of::<(K, V)>() + 1)
-}
-
+#[cfg(test)]
+mod inspect;
 #[cfg(test)]
 mod tests;

@@ -138,12 +138,14 @@ impl<K: Hash + Eq, V> SmoothMap<K, V> {
         self.tables().flat_map(FxHashMap::keys)
     }
 
+    #[cfg(test)]
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.tables().flat_map(FxHashMap::values)
     }
 
     /// Approximate heap bytes of the tables (entries not included beyond
     /// their inline size).
+    #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
         let shards = match self {
             SmoothMap::One(_) => 0,
@@ -152,7 +154,7 @@ impl<K: Hash + Eq, V> SmoothMap<K, V> {
         shards
             + self
                 .tables()
-                .map(|table| crate::map_bytes::<K, V>(table.capacity()))
+                .map(|table| crate::inspect::map_bytes::<K, V>(table.capacity()))
                 .sum::<usize>()
     }
 

@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+use super::inspect::Removed;
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,7 +48,7 @@ fn subscribe_publish_unsubscribe() {
     assert_eq!(sorted(engine.snapshot("a").unwrap()), vec![2]);
     assert!(engine.unsubscribe("a", 1).is_none());
     assert!(engine.unsubscribe("zzz", 2).is_none());
-    assert_eq!(engine.stats().subscriptions, 1);
+    assert_eq!(engine.counts().subscriptions, 1);
 }
 
 #[test]
@@ -56,9 +57,9 @@ fn subscribing_twice_is_idempotent() {
     assert!(subscribe(&mut engine, "a", 1).added);
     assert!(!subscribe(&mut engine, "a", 1).added);
     assert_eq!(engine.subscriber_count("a"), 1);
-    assert_eq!(engine.stats().subscriptions, 1);
+    assert_eq!(engine.counts().subscriptions, 1);
     assert!(engine.unsubscribe("a", 1).is_some());
-    assert_eq!(engine.stats(), Stats::default());
+    assert_eq!(engine.counts(), Counts::default());
 }
 
 #[test]
@@ -91,7 +92,7 @@ fn failed_register_leaves_no_trace() {
     let mut engine: Engine<String, u32, u32> = Engine::new();
     let result = engine.subscribe("a", || "a".to_string(), 1, || Err("dead"));
     assert_eq!(result, Err(SubscribeError::Register("dead")));
-    assert_eq!(engine.stats(), Stats::default());
+    assert_eq!(engine.counts(), Counts::default());
     assert!(engine.snapshot("a").is_none());
 }
 
@@ -129,8 +130,8 @@ fn remove_subscriber_drops_it_everywhere() {
     assert_eq!(removed.subscriptions, 3);
     // "a" still has subscriber 2; "c" emptied but was not watched.
     assert_eq!(removed.emptied, vec!["b".to_string()]);
-    assert_eq!(engine.stats().channels, 1);
-    assert_eq!(engine.stats().subscriptions, 1);
+    assert_eq!(engine.counts().channels, 1);
+    assert_eq!(engine.counts().subscriptions, 1);
     assert!(engine.remove_subscriber(1).is_none());
 }
 
@@ -209,19 +210,18 @@ fn many_channels_per_subscriber_switch_to_a_set() {
     assert_eq!(engine.channel_count_of(1), 50);
     let removed = engine.remove_subscriber(1).unwrap();
     assert_eq!(removed.subscriptions, 50);
-    assert_eq!(engine.stats().channels, 0);
+    assert_eq!(engine.counts().channels, 0);
 }
 
 #[test]
 fn big_channel_churn_and_memory_returns() {
     let mut engine = TestEngine::new();
-    let baseline = engine.stats().memory_bytes;
+    let baseline = engine.heap_bytes();
     for sub in 0..100_000 {
         subscribe(&mut engine, "big", sub);
     }
-    let full = engine.stats();
-    assert_eq!(full.subscriptions, 100_000);
-    assert!(full.memory_bytes > 100_000 * 8);
+    assert_eq!(engine.counts().subscriptions, 100_000);
+    assert!(engine.heap_bytes() > 100_000 * 8);
     // Remove from the middle and the ends; membership stays exact.
     for sub in (0..100_000).step_by(3) {
         assert!(engine.unsubscribe("big", sub).is_some());
@@ -232,9 +232,9 @@ fn big_channel_churn_and_memory_returns() {
     for sub in expected {
         engine.remove_subscriber(sub);
     }
-    assert_eq!(engine.stats().subscriptions, 0);
-    assert_eq!(engine.stats().channels, 0);
-    assert_eq!(engine.stats().memory_bytes, baseline);
+    assert_eq!(engine.counts().subscriptions, 0);
+    assert_eq!(engine.counts().channels, 0);
+    assert_eq!(engine.heap_bytes(), baseline);
 }
 
 /// Small deterministic generator so the randomized test needs no crate.
@@ -386,7 +386,7 @@ fn randomized_against_reference_model() {
                 }
             }
             // Whole-table invariants after every step.
-            let stats = engine.stats();
+            let stats = engine.counts();
             assert_eq!(stats.channels, model.channels.len());
             let total: usize = model.channels.values().map(BTreeSet::len).sum();
             assert_eq!(stats.subscriptions, total);
@@ -546,7 +546,7 @@ fn memory_returns_to_zero_after_fenced_churn() {
         }
     }
     drop(held);
-    assert_eq!(engine.stats(), Stats::default());
+    assert_eq!(engine.counts(), Counts::default());
 }
 
 #[test]
@@ -563,7 +563,7 @@ fn a_subscriber_on_many_channels_is_removed_in_steps() {
     assert!(engine.detach_subscriber(1).is_none());
     // Until its memberships are removed, its channels still list it.
     assert_eq!(engine.subscriber_count("c5"), 1);
-    assert_eq!(engine.stats().subscribers, 1);
+    assert_eq!(engine.counts().subscribers, 1);
     let (data, channels) = detached.into_channels();
     assert_eq!(data, "monitor");
     let mut emptied = Vec::new();
@@ -571,12 +571,12 @@ fn a_subscriber_on_many_channels_is_removed_in_steps() {
         emptied.extend(engine.remove_memberships(1, chunk));
     }
     assert_eq!(emptied, vec!["c1".to_string()]);
-    assert_eq!(engine.stats().channels, 1);
-    assert_eq!(engine.stats().subscriptions, 1);
+    assert_eq!(engine.counts().channels, 1);
+    assert_eq!(engine.counts().subscriptions, 1);
     assert_eq!(engine.counts().subscriptions, 1);
     assert_eq!(sorted(engine.snapshot("c0").unwrap()), vec![2]);
     engine.remove_subscriber(2);
-    assert_eq!(engine.stats(), Stats::default());
+    assert_eq!(engine.counts(), Counts::default());
 }
 
 #[test]
@@ -588,7 +588,7 @@ fn large_tables_split_and_come_back() {
         subscribe(&mut engine, "big", sub);
         subscribe(&mut engine, &format!("own{sub}"), sub);
     }
-    assert_eq!(engine.stats().channels, 20_001);
+    assert_eq!(engine.counts().channels, 20_001);
     assert_eq!(engine.subscriber_count("big"), 20_000);
     for sub in 0..20_000 {
         assert!(engine.is_subscribed("big", sub));
@@ -597,5 +597,5 @@ fn large_tables_split_and_come_back() {
     for sub in 0..20_000 {
         assert_eq!(engine.remove_subscriber(sub).unwrap().subscriptions, 2);
     }
-    assert_eq!(engine.stats(), Stats::default());
+    assert_eq!(engine.counts(), Counts::default());
 }
