@@ -13,6 +13,7 @@
 )]
 
 mod alloc;
+mod broker;
 mod json;
 mod key;
 mod pid;
