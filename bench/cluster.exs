@@ -6,8 +6,7 @@
 #   PHOENIX_PUBSUB_PATH=/path/to/phoenix_pubsub MIX_ENV=prod mix run bench/cluster.exs
 #
 # With PHOENIX_PUBSUB_PATH, Phoenix.PubSub (PG2 adapter) runs the same
-# scenario; its lib/ is compiled into a temporary directory (nothing is
-# written to the checkout) that both nodes load.
+# scenario, loaded by the harness's loader on both nodes.
 #
 # What is measured, per subscriber count N (1, 100, 10k):
 #   deliveries/s  the publisher publishes M messages as fast as it can; the
@@ -20,7 +19,11 @@
 #                 port (`:inet.getstat/2` send_cnt; includes the control
 #                 traffic of the run, so it can only be slightly above).
 
+Code.require_file("support/harness.exs", __DIR__)
+
 defmodule ClusterBench do
+  alias YggBench.Harness
+
   # {subscribers, messages, pings}
   @rounds_full [{1, 200_000, 2_000}, {100, 20_000, 1_000}, {10_000, 200, 100}]
   @rounds_quick [{1, 20_000, 300}, {100, 2_000, 200}, {10_000, 20, 20}]
@@ -31,12 +34,11 @@ defmodule ClusterBench do
     reps = if quick?, do: 1, else: 3
 
     distributed!()
-    phoenix = load_phoenix()
-    {peer, node} = start_peer(phoenix)
+    phoenix = YggBench.Comparators.load_phoenix()
+    {peer, node} = start_peer()
     load_remote_module(node)
 
-    comparators =
-      [:yggdrasil] ++ if(match?({:ok, _, _}, phoenix), do: [:phoenix_pubsub], else: [])
+    comparators = [:yggdrasil] ++ if(match?({:ok, _}, phoenix), do: [:phoenix_pubsub], else: [])
 
     if :phoenix_pubsub in comparators, do: start_phoenix([node(), node])
 
@@ -65,7 +67,8 @@ defmodule ClusterBench do
         r = summary(results[comparator])
 
         IO.puts(
-          "| #{comparator} | #{n} | #{m} | #{fmt(r.deliveries_per_s)} | #{fmt(r.publishes_per_s)} | " <>
+          "| #{comparator} | #{n} | #{m} | #{Harness.fmt(r.deliveries_per_s, :per_s)} | " <>
+            "#{Harness.fmt(r.publishes_per_s, :per_s)} | " <>
             "#{r.rtt_p50} | #{r.rtt_p99} | #{r.relay_per_publish} | #{r.packets_per_publish} |"
         )
       end
@@ -134,8 +137,8 @@ defmodule ClusterBench do
     packets = results |> Enum.map(& &1.packets) |> Enum.sum()
 
     %{
-      deliveries_per_s: median(Enum.map(results, & &1.deliveries_per_s)),
-      publishes_per_s: median(Enum.map(results, & &1.publishes_per_s)),
+      deliveries_per_s: YggBench.Stats.median(Enum.map(results, & &1.deliveries_per_s)),
+      publishes_per_s: YggBench.Stats.median(Enum.map(results, & &1.publishes_per_s)),
       rtt_p50: elem(sorted, div(tuple_size(sorted), 2)),
       rtt_p99: elem(sorted, min(tuple_size(sorted) - 1, div(tuple_size(sorted) * 99, 100))),
       relay_per_publish:
@@ -143,8 +146,6 @@ defmodule ClusterBench do
       packets_per_publish: Float.round(packets / published, 3)
     }
   end
-
-  defp median(values), do: values |> Enum.sort() |> Enum.at(div(length(values), 2))
 
   defp target(:yggdrasil, id) do
     {:ok, channel} = Yggdrasil.gen_channel(name: {:cluster_bench, id})
@@ -160,10 +161,6 @@ defmodule ClusterBench do
   defp publish(:phoenix_pubsub, {topic, channel}, message) do
     apply(Phoenix.PubSub, :broadcast, [ClusterBench.PubSub, topic, {:Y_EVENT, channel, message}])
   end
-
-  defp fmt(rate) when rate >= 1_000_000, do: "#{Float.round(rate / 1_000_000, 2)} M"
-  defp fmt(rate) when rate >= 1_000, do: "#{Float.round(rate / 1_000, 1)} k"
-  defp fmt(rate), do: "#{Float.round(rate * 1.0, 1)}"
 
   defp relayed(node), do: Yggdrasil.Relay.stats(node).relayed
 
@@ -194,27 +191,19 @@ defmodule ClusterBench do
     end
   end
 
-  defp start_peer(phoenix) do
-    extra = with {:ok, _, dir} <- phoenix, do: [dir], else: (_ -> [])
-    paths = :code.get_path() ++ Enum.map(extra, &to_charlist/1)
-    args = Enum.flat_map(paths, &[~c"-pa", &1])
+  # The peer gets this node's code path, Phoenix.PubSub's compiled directory
+  # included.
+  defp start_peer do
+    args = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
     name = :"ygg_bench_peer_#{System.pid()}"
 
     {:ok, peer, node} =
       :peer.start_link(%{name: name, host: ~c"127.0.0.1", longnames: true, args: args})
 
     {:ok, _} = :erpc.call(node, :application, :ensure_all_started, [:yggdrasil])
-    wait(fn -> node in Yggdrasil.Relay.remote_nodes() end)
-    wait(fn -> node() in :erpc.call(node, Yggdrasil.Relay, :remote_nodes, []) end)
+    Harness.wait_until(fn -> node in Yggdrasil.Relay.remote_nodes() end)
+    Harness.wait_until(fn -> node() in :erpc.call(node, Yggdrasil.Relay, :remote_nodes, []) end)
     {peer, node}
-  end
-
-  defp wait(fun, tries \\ 1_000) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> raise "the nodes did not see each other's relay"
-      true -> Process.sleep(10) && wait(fun, tries - 1)
-    end
   end
 
   # The peer runs code of this script: compile it here, load it there.
@@ -324,38 +313,7 @@ defmodule ClusterBench do
 
   # -- Phoenix.PubSub -------------------------------------------------------
 
-  defp load_phoenix do
-    case System.get_env("PHOENIX_PUBSUB_PATH") do
-      blank when blank in [nil, ""] ->
-        {:skipped, "PHOENIX_PUBSUB_PATH not set"}
-
-      path ->
-        files = Path.wildcard(Path.join(Path.expand(path), "lib/**/*.ex"))
-        dir = Path.join(System.tmp_dir!(), "ygg_cluster_bench_phoenix_#{System.pid()}")
-        File.mkdir_p!(dir)
-
-        case Kernel.ParallelCompiler.compile_to_path(files, dir) do
-          {:ok, _, _} ->
-            Code.prepend_path(dir)
-            {:ok, version(path), dir}
-
-          {:error, errors, _} ->
-            {:skipped, "compiling #{path} failed: #{inspect(errors)}"}
-        end
-    end
-  end
-
-  defp version(path) do
-    case File.read(Path.join(path, "mix.exs")) do
-      {:ok, text} ->
-        with [_, v] <- Regex.run(~r/@version "([^"]+)"/, text), do: v, else: (_ -> "?")
-
-      _ ->
-        "?"
-    end
-  end
-
-  defp phoenix_note({:ok, version, _}), do: "#{version} (PG2 adapter, pool_size 1)"
+  defp phoenix_note({:ok, version}), do: "#{version} (PG2 adapter, pool_size 1)"
   defp phoenix_note({:skipped, why}), do: "skipped: #{why}"
 
   # What Phoenix.PubSub.Application and `{Phoenix.PubSub, name: ...}` start,
@@ -363,7 +321,7 @@ defmodule ClusterBench do
   defp start_phoenix(nodes) do
     for node <- nodes, do: :ok = :erpc.call(node, ClusterBench.Remote, :start_phoenix, [])
     group = Module.concat(ClusterBench.PubSub, "Adapter")
-    wait(fn -> length(:pg.get_members(Phoenix.PubSub, group)) == length(nodes) end)
+    Harness.wait_until(fn -> length(:pg.get_members(Phoenix.PubSub, group)) == length(nodes) end)
   end
 end
 

@@ -1,8 +1,11 @@
 # The main job (`make demo`): subscribes processes, publishes, shows what
 # arrives, then a quick throughput comparison against the baselines, all
 # measured side by side in this run.
+Code.require_file("support/harness.exs", __DIR__)
+
 defmodule Demo do
   alias Yggdrasil.Channel
+  alias YggBench.{Comparators, Group, Harness, Loops}
 
   def run do
     IO.puts("== native Yggdrasil demo (#{machine()})\n")
@@ -10,6 +13,7 @@ defmodule Demo do
     show_json()
     IO.puts("\n== throughput: deliveries per second, median of 5 interleaved rounds")
     IO.puts("   (every comparator sends {:Y_EVENT, channel, payload} to the same processes)\n")
+    Comparators.start_infra()
     throughput(1, 100_000)
     throughput(100, 2_000)
     throughput(10_000, 20)
@@ -72,102 +76,35 @@ defmodule Demo do
     receive do: ({:Y_DISCONNECTED, ^channel} -> :ok)
   end
 
-  # -- 2. throughput ---------------------------------------------------------
+  # -- 2. throughput, with the bench's comparators and subscriber groups ----
 
-  defp throughput(subscribers, messages) do
-    {:ok, channel} = Yggdrasil.gen_channel(name: {:demo, :bench, subscribers})
-    registry = :"demo_registry_#{subscribers}"
+  defp throughput(n, messages) do
+    comps = Comparators.all()
+    target = Comparators.target(:demo, n)
+    group = Group.start(List.duplicate(target, n), :count, &Comparators.subscribe_all(comps, &1))
+    keys = Map.new(comps, &{&1, Comparators.pub_key(&1, target, group.pids)})
 
-    {:ok, _} =
-      Registry.start_link(
-        keys: :duplicate,
-        name: registry,
-        partitions: System.schedulers_online()
-      )
-
-    pids = for _ <- 1..subscribers, do: spawn_subscriber(channel, registry)
-    event = {:Y_EVENT, channel, "payload"}
-
-    comparators = [
-      {"raw send/2 loop", fn -> for pid <- pids, do: send(pid, event) end},
-      {"Registry.dispatch",
-       fn ->
-         Registry.dispatch(registry, :topic, fn entries ->
-           for {pid, _} <- entries, do: send(pid, event)
-         end)
-       end},
-      {"native engine", fn -> Yggdrasil.Backend.Default.publish(channel, "payload", nil) end},
-      {"Yggdrasil.publish", fn -> Yggdrasil.publish(channel, "payload") end}
-    ]
-
-    rounds =
-      for _ <- 1..5 do
-        for {name, publish} <- comparators, do: {name, rate(pids, messages, publish)}
-      end
-
-    medians =
-      for {name, _} <- comparators do
-        rates = rounds |> Enum.map(&:proplists.get_value(name, &1)) |> Enum.sort()
-        {name, Enum.at(rates, 2)}
-      end
-
-    raw = :proplists.get_value("raw send/2 loop", medians)
-    registry_rate = :proplists.get_value("Registry.dispatch", medians)
-    IO.puts("   #{subscribers} subscriber(s) x #{messages} messages")
-
-    for {name, rate} <- medians do
-      IO.puts(
-        "     #{String.pad_trailing(name, 18)} #{format_rate(rate)}/s" <>
-          "   #{ratio(rate, raw)} of raw   #{ratio(rate, registry_rate)} of Registry"
-      )
-    end
-
-    for pid <- pids, do: Process.exit(pid, :kill)
-    IO.puts("")
-  end
-
-  defp spawn_subscriber(channel, registry) do
-    parent = self()
-
-    pid =
-      spawn(fn ->
-        :ok = Yggdrasil.Backend.Default.subscribe(channel)
-        {:ok, _} = Registry.register(registry, :topic, nil)
-        send(parent, {:ready, self()})
-        count_loop(0, 0, nil)
+    rates =
+      Harness.interleave(5, comps, fn c, _rep ->
+        publish = fn -> Loops.repeat(c, keys[c], "payload", messages) end
+        {total, _, _} = Group.round(group, messages, publish)
+        n * messages * 1.0e9 / total
       end)
 
-    receive do: ({:ready, ^pid} -> pid)
-  end
+    Group.stop(group)
+    median = Map.new(rates, fn {c, values} -> {c, YggBench.Stats.median(values)} end)
+    IO.puts("   #{n} subscriber(s) x #{messages} messages")
 
-  defp count_loop(count, target, notify) do
-    receive do
-      {:expect, n, from} ->
-        count_loop(0, n, from)
-
-      {:Y_EVENT, _, _} ->
-        count = count + 1
-        if count == target, do: send(notify, :done)
-        count_loop(count, target, notify)
+    for c <- comps do
+      IO.puts(
+        "     #{String.pad_trailing("#{c}", 10)} #{String.pad_leading(Harness.fmt(median[c], :per_s), 10)}" <>
+          "   #{Harness.fmt_ratio(median[c] / median.raw)} of raw" <>
+          "   #{Harness.fmt_ratio(median[c] / median.registry)} of Registry"
+      )
     end
+
+    IO.puts("")
   end
-
-  defp rate(pids, messages, publish) do
-    for pid <- pids, do: send(pid, {:expect, messages, self()})
-    started = System.monotonic_time()
-    for _ <- 1..messages, do: publish.()
-    for _ <- pids, do: receive(do: (:done -> :ok))
-    elapsed = System.monotonic_time() - started
-    length(pids) * messages / System.convert_time_unit(elapsed, :native, :microsecond) * 1.0e6
-  end
-
-  defp format_rate(rate) when rate >= 1.0e6,
-    do: String.pad_leading(:erlang.float_to_binary(rate / 1.0e6, decimals: 2) <> " M", 9)
-
-  defp format_rate(rate),
-    do: String.pad_leading(:erlang.float_to_binary(rate / 1.0e3, decimals: 1) <> " k", 9)
-
-  defp ratio(rate, base), do: :erlang.float_to_binary(rate / base, decimals: 2) <> "x"
 
   defp machine do
     "#{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, " <>

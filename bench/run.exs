@@ -1,9 +1,9 @@
-# The benchmark suite of issue 4: every scenario, every comparator.
+# The benchmark suite: every scenario, every comparator.
 #
 #   make bench          # = MIX_ENV=prod mix run bench/run.exs
 #   make bench-quick    # = ... --quick: a fast check that the harness runs
 #
-# Options: --quick, --only fanout,channels (names or numbers), --out DIR.
+# Options: --quick, --only fanout,memory (names or numbers), --out DIR.
 # Set PHOENIX_PUBSUB_PATH to a phoenix_pubsub checkout to include it.
 # A full run writes bench/results/latest.md and latest.csv.
 Code.require_file("support/harness.exs", __DIR__)

@@ -2,6 +2,8 @@ defmodule Yggdrasil.ApiTest do
   # Spec sections 1–3: messages, gen_channel, subscribe/unsubscribe/publish.
   use ExUnit.Case, async: true
 
+  import Yggdrasil.Test.Helpers
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
@@ -16,31 +18,6 @@ defmodule Yggdrasil.ApiTest do
   end
 
   defp key(channel), do: Channel.key(channel)
-
-  # Publishes a sentinel after `message` and returns every `Y_EVENT` payload
-  # received on `channel` up to (not including) the sentinel: messages from
-  # one publisher arrive in order, so this counts deliveries without timeouts.
-  defp events_until_sentinel(channel) do
-    sentinel =
-      case channel.transformer do
-        :json -> %{"sentinel" => inspect(make_ref())}
-        _ -> {:sentinel, make_ref()}
-      end
-
-    :ok = Yggdrasil.publish(channel, sentinel)
-    collect(channel, sentinel, [])
-  end
-
-  defp collect(channel, sentinel, acc) do
-    name = channel.name
-
-    receive do
-      {:Y_EVENT, %Channel{name: ^name}, ^sentinel} -> Enum.reverse(acc)
-      {:Y_EVENT, %Channel{name: ^name}, message} -> collect(channel, sentinel, [message | acc])
-    after
-      5_000 -> flunk("sentinel not received; got so far: #{inspect(Enum.reverse(acc))}")
-    end
-  end
 
   describe "messages (section 1)" do
     test "connected, event and disconnected carry the caller's channel struct" do

@@ -2,6 +2,8 @@ defmodule Yggdrasil.BehaviourTest do
   # Spec section 3: `use Yggdrasil`, Yggdrasil.start_link/3 and stop/3.
   use ExUnit.Case, async: true
 
+  import Yggdrasil.Test.Helpers
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
@@ -225,7 +227,7 @@ defmodule Yggdrasil.BehaviourTest do
       end)
 
       # And the dead subscriber is dropped from the channel.
-      wait_until(fn -> Yggdrasil.Engine.subscriber_count(Channel.key(channel)) == 0 end)
+      eventually(fn -> Yggdrasil.Engine.subscriber_count(Channel.key(channel)) == 0 end)
     end
 
     test "stop/3 with a reason and a timeout calls terminate/2 with that reason" do
@@ -298,14 +300,6 @@ defmodule Yggdrasil.BehaviourTest do
       # Like Yggdrasil 6 the wrapper does not trap exits: a supervisor's
       # shutdown ends it without terminate/2.
       assert_receive {:DOWN, ^ref, :process, ^pid, :shutdown}, @timeout
-    end
-  end
-
-  defp wait_until(fun, tries \\ 500) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never became true")
-      true -> Process.sleep(2) && wait_until(fun, tries - 1)
     end
   end
 end

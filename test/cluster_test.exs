@@ -3,6 +3,8 @@ defmodule Yggdrasil.ClusterTest do
   # skipped when distribution is unavailable: setup_all fails and says why.
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   import Yggdrasil.Test.Cluster
 
   alias Yggdrasil.Adapter.Bridge
@@ -183,7 +185,7 @@ defmodule Yggdrasil.ClusterTest do
       assert_receive {:nodedown, ^node1}, 10_000
 
       # After nodedown, the relay list no longer names the node.
-      wait_until(
+      eventually(
         fn -> node1 not in Yggdrasil.Relay.remote_nodes() end,
         "relay list without node1"
       )
@@ -208,7 +210,7 @@ defmodule Yggdrasil.ClusterTest do
       {_peer, node} = peer!()
       register_cluster_mem(node)
 
-      wait_until(
+      eventually(
         fn -> Registry.get_adapter_node(:cluster_mem) == {:ok, node} end,
         "adapter on peer"
       )
@@ -241,7 +243,7 @@ defmodule Yggdrasil.ClusterTest do
       {_peer, node} = peer!()
       register_cluster_mem(node)
 
-      wait_until(
+      eventually(
         fn -> Registry.get_adapter_node(:cluster_mem) == {:ok, node} end,
         "adapter on peer"
       )
@@ -281,7 +283,7 @@ defmodule Yggdrasil.ClusterTest do
       # peer's own subscriber keeps the adapter running.
       :ok = Yggdrasil.unsubscribe(bridge)
       assert_receive {:Y_DISCONNECTED, ^bridge}
-      wait_until(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
+      eventually(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
       refute :erpc.call(node, Process, :alive?, [remote_pid])
       :ok = :erpc.call(node, Yggdrasil, :publish, [full, "after"])
       assert_receive {:peer_sub, {:Y_EVENT, _, "after"}}, 5_000
@@ -292,7 +294,7 @@ defmodule Yggdrasil.ClusterTest do
       assert_receive {:Y_CONNECTED, ^bridge}, 5_000
       assert [_] = bridge_remotes(node)
       :ok = Yggdrasil.unsubscribe(bridge)
-      wait_until(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop again")
+      eventually(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop again")
     end
 
     test "an explicit :bridge channel (keyword name) to an adapter on this node", %{id: id} do
@@ -309,7 +311,7 @@ defmodule Yggdrasil.ClusterTest do
       assert_receive {:Y_EVENT, ^bridge, "through the bridge"}, 5_000
       :ok = Yggdrasil.unsubscribe(bridge)
       assert_receive {:Y_DISCONNECTED, ^bridge}
-      wait_until(fn -> bridge_remotes(node()) == [] end, "local bridge subscriber to stop")
+      eventually(fn -> bridge_remotes(node()) == [] end, "local bridge subscriber to stop")
 
       assert {:error, _} =
                Bridge.split_channels(%Channel{name: "not a channel", adapter: :bridge})
@@ -319,7 +321,7 @@ defmodule Yggdrasil.ClusterTest do
       {_peer, node} = peer!()
       register_cluster_mem(node)
 
-      wait_until(
+      eventually(
         fn -> Registry.get_adapter_node(:cluster_mem) == {:ok, node} end,
         "adapter on peer"
       )
@@ -333,9 +335,9 @@ defmodule Yggdrasil.ClusterTest do
       assert is_pid(adapter)
 
       :ok = Yggdrasil.unsubscribe(bridge)
-      wait_until(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
+      eventually(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
 
-      wait_until(
+      eventually(
         fn -> :erpc.call(node, Yggdrasil.Subscriber.Generator, :whereis, [full]) == nil end,
         "the peer's adapter process to stop"
       )
@@ -348,7 +350,7 @@ defmodule Yggdrasil.ClusterTest do
       {peer, node} = start_peer!(name)
       register_cluster_mem(node)
 
-      wait_until(
+      eventually(
         fn -> Registry.get_adapter_node(:cluster_mem) == {:ok, node} end,
         "adapter on peer"
       )
@@ -363,7 +365,7 @@ defmodule Yggdrasil.ClusterTest do
       assert_receive {:Y_DISCONNECTED, ^bridge}, 10_000
       assert {:error, _} = Yggdrasil.publish(bridge, "nobody")
       # With the adapter nowhere, the channel cannot be built any more.
-      wait_until(fn -> match?({:error, _}, Yggdrasil.gen_channel(remote)) end, "no :cluster_mem")
+      eventually(fn -> match?({:error, _}, Yggdrasil.gen_channel(remote)) end, "no :cluster_mem")
 
       # Same node name again.
       {peer, ^node} = start_peer_again!(name)
@@ -375,7 +377,7 @@ defmodule Yggdrasil.ClusterTest do
 
       :ok = Yggdrasil.unsubscribe(bridge)
       assert_receive {:Y_DISCONNECTED, ^bridge}
-      wait_until(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
+      eventually(fn -> bridge_remotes(node) == [] end, "remote bridge subscriber to stop")
       refute_receive {:Y_CONNECTED, _}, 100
     end
   end

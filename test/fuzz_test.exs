@@ -6,6 +6,8 @@ defmodule Yggdrasil.FuzzTest do
   # (YGG_FUZZ=full, or YGG_FUZZ=<iterations>); YGG_FUZZ_SEED reproduces a run.
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   alias Yggdrasil.Channel
   alias Yggdrasil.Native
   alias Yggdrasil.TermGen
@@ -26,7 +28,7 @@ defmodule Yggdrasil.FuzzTest do
     {:subscribe, 1},
     {:unsubscribe, 1},
     {:publish, 2},
-    {:publish_more, 2},
+    {:fanout_more, 2},
     {:set_connected, 3},
     {:set_watched, 2},
     {:set_janitor, 1},
@@ -36,7 +38,7 @@ defmodule Yggdrasil.FuzzTest do
     {:is_subscribed, 2},
     {:is_connected, 1},
     {:info, 0},
-    {:call_stats, 1},
+    {:reset_counters, 0},
     {:json_encode, 1},
     {:json_encode_dirty, 1},
     {:json_decode, 1},
@@ -88,9 +90,9 @@ defmodule Yggdrasil.FuzzTest do
     {Yggdrasil.Subscriber.Publisher, :notify, 2},
     {Yggdrasil.Subscriber.Publisher, :notify, 3},
     {Yggdrasil.Channel, :key, 1},
-    {Yggdrasil.Native, :broadcast, 2},
-    {Yggdrasil.Native, :broadcast_state, 3},
-    {Yggdrasil.Native, :subscribers, 1}
+    {Yggdrasil.Engine, :broadcast, 2},
+    {Yggdrasil.Engine, :set_connected, 3},
+    {Yggdrasil.Engine, :subscribers, 1}
   ]
 
   # Enough subscribers on one channel that listings page and fan-outs yield.
@@ -314,13 +316,6 @@ defmodule Yggdrasil.FuzzTest do
       fun.(key)
     after
       Enum.each(crowd, &send(&1, :stop))
-    end
-  end
-
-  defp sink do
-    receive do
-      :stop -> :ok
-      _ -> sink()
     end
   end
 

@@ -4,6 +4,8 @@ defmodule Yggdrasil.IdentityTest do
   # compare the engine's global counts (Yggdrasil.info/0).
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
@@ -22,21 +24,6 @@ defmodule Yggdrasil.IdentityTest do
   end
 
   defp key(channel), do: Channel.key(channel)
-
-  # Waits for the engine to process monitors (`down` runs asynchronously).
-  defp wait_until(fun, tries \\ 1_000) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never became true")
-      true -> Process.sleep(2) && wait_until(fun, tries - 1)
-    end
-  end
-
-  defp kill(pid) do
-    ref = Process.monitor(pid)
-    Process.exit(pid, :kill)
-    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, @timeout
-  end
 
   # Collects `{:Y_EVENT, ...}` payloads until `sentinel` arrives on `channel`.
   defp events_until(channel, sentinel, acc \\ []) do
@@ -157,7 +144,7 @@ defmodule Yggdrasil.IdentityTest do
       assert Engine.subscribers(key(channel)) == [pid]
 
       kill(pid)
-      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
       after_death = Yggdrasil.info()
       assert after_death.subscriptions <= alive.subscriptions - 1
       assert after_death.subscribers <= alive.subscribers - 1
@@ -190,7 +177,7 @@ defmodule Yggdrasil.IdentityTest do
       assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 1))
 
       kill(pid)
-      wait_until(fn -> Yggdrasil.info().subscriptions <= alive.subscriptions - 2_000 end)
+      eventually(fn -> Yggdrasil.info().subscriptions <= alive.subscriptions - 2_000 end)
       assert Enum.all?(channels, &(Engine.subscriber_count(key(&1)) == 0))
       after_death = Yggdrasil.info()
       assert after_death.channels <= alive.channels - 2_000
@@ -211,7 +198,7 @@ defmodule Yggdrasil.IdentityTest do
 
       assert_receive :subscribed, @timeout
       kill(victim)
-      wait_until(fn -> Engine.subscriber_count(key(channel)) == 1 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 1 end)
       assert Engine.subscribers(key(channel)) == [self()]
       :ok = Yggdrasil.publish(channel, "still here")
       assert_receive {:Y_EVENT, ^channel, "still here"}, @timeout
@@ -230,7 +217,7 @@ defmodule Yggdrasil.IdentityTest do
         assert_receive {:DOWN, ^ref, :process, ^pid, _}, @timeout
       end
 
-      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -262,8 +249,15 @@ defmodule Yggdrasil.IdentityTest do
 
       # A spent continuation delivers nothing more.
       for continuation <- continuations do
-        assert :ok = Native.publish_more(continuation, event)
+        assert :ok = Native.fanout_more(continuation, event)
       end
+
+      # A listing's cursor is of another kind: fanout_more refuses it (and
+      # sends nothing: the report below has one event per subscriber).
+      assert {_page, listing} = Native.subscribers_page(key)
+      assert is_reference(listing)
+      assert_raise ArgumentError, fn -> Native.fanout_more(listing, event) end
+      assert {[_ | _], _rest} = Native.subscribers_more(listing)
 
       assert report(pids) == Map.new(pids, &{&1, [:chunked]})
     end
@@ -276,7 +270,7 @@ defmodule Yggdrasil.IdentityTest do
       :ok = Yggdrasil.publish(channel, :survived)
       assert report(survivors) == Map.new(survivors, &{&1, [:survived]})
       # The survivors end after reporting: the channel empties.
-      wait_until(fn -> Engine.subscriber_count(key(channel)) == 0 end)
+      eventually(fn -> Engine.subscriber_count(key(channel)) == 0 end)
     end
   end
 
@@ -324,7 +318,7 @@ defmodule Yggdrasil.IdentityTest do
   defp drive(:ok, _event, rounds, continuations), do: {rounds, continuations}
 
   defp drive({:more, continuation}, event, rounds, continuations) do
-    drive(Native.publish_more(continuation, event), event, rounds + 1, [
+    drive(Native.fanout_more(continuation, event), event, rounds + 1, [
       continuation | continuations
     ])
   end

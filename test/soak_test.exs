@@ -6,8 +6,10 @@ defmodule Yggdrasil.SoakTest do
   # subscribers on one channel, 10M subscriptions, a 100 MB message).
   use ExUnit.Case, async: false
 
+  import Yggdrasil.Test.Helpers
+
   alias Yggdrasil.Channel
-  alias Yggdrasil.Native
+  alias Yggdrasil.Engine
 
   @moduletag timeout: :infinity
 
@@ -48,7 +50,7 @@ defmodule Yggdrasil.SoakTest do
 
   test "churn: exactly once and in order while subscribed, nothing after unsubscribe, clean end" do
     %{processes: n, channels: cs, publishers: ps, seconds: seconds} = size()
-    baseline = settle(Native.info())
+    baseline = settle(Engine.info())
 
     channels =
       List.to_tuple(
@@ -117,7 +119,7 @@ defmodule Yggdrasil.SoakTest do
 
   test "a crowd on one channel: fan-outs yield, racing unsubscribes are fenced (long_schedule reported)" do
     %{crowd: n, crowd_seconds: seconds} = size()
-    baseline = settle(Native.info())
+    baseline = settle(Engine.info())
     {:ok, channel} = Yggdrasil.gen_channel(name: {:soak, :crowd})
     parent = self()
 
@@ -141,7 +143,7 @@ defmodule Yggdrasil.SoakTest do
     # Every long_schedule of the VM from here on, with where it happened.
     monitor = spawn(fn -> collect_monitor([]) end)
     previous = :erlang.system_monitor(monitor, [{:long_schedule, 1}])
-    Native.call_stats(true)
+    Engine.reset_counters()
     stop = :atomics.new(1, signed: false)
     # Publisher p's publishes started / returned so far: slots 2p-1 and 2p.
     progress = :atomics.new(4, signed: false)
@@ -184,7 +186,15 @@ defmodule Yggdrasil.SoakTest do
       end
 
     :erlang.system_monitor(previous || :undefined)
-    {calls, max_wall, max_cpu, over_wall, over_cpu} = Native.call_stats(true)
+
+    %{
+      fanout_calls: calls,
+      fanout_max_wall_us: max_wall,
+      fanout_max_cpu_us: max_cpu,
+      fanout_over_1ms_wall: over_wall,
+      fanout_over_1ms_cpu: over_cpu
+    } = Engine.info()
+
     send(monitor, {:report, self()})
     events = receive do: ({:long_schedules, events} -> events)
 
@@ -289,13 +299,6 @@ defmodule Yggdrasil.SoakTest do
     end
   end
 
-  defp sink do
-    receive do
-      :stop -> :ok
-      _ -> sink()
-    end
-  end
-
   defp collect_monitor(events) do
     receive do
       {:monitor, pid, :long_schedule, info} ->
@@ -315,7 +318,7 @@ defmodule Yggdrasil.SoakTest do
 
   test "limits: a grid of subscriptions, a 100 MB message, a 1 MB channel name" do
     {procs, per} = size().grid
-    baseline = settle(Native.info())
+    baseline = settle(Engine.info())
     memory_before = :erlang.memory(:total)
     parent = self()
 
@@ -340,7 +343,7 @@ defmodule Yggdrasil.SoakTest do
         members
       end)
 
-    full = Native.info()
+    full = Engine.info()
     memory_full = :erlang.memory(:total)
     assert full.subscriptions - baseline.subscriptions == procs * per
     assert Yggdrasil.subscriber_count(hd(channels)) == procs
@@ -718,7 +721,7 @@ defmodule Yggdrasil.SoakTest do
   # Waits until the engine's counts equal `target`'s (process deaths are
   # cleaned up asynchronously, by the monitors), then returns the info.
   defp settle(target, tries \\ 400) do
-    now = Native.info()
+    now = Engine.info()
     keys = [:channels, :subscribers, :subscriptions]
 
     if Map.take(now, keys) == Map.take(target, keys) or tries == 0 do

@@ -1,32 +1,22 @@
 # Shared machinery of the benchmark suite: comparators, subscriber process
 # groups, timing loops, statistics, and the markdown/CSV report.
-#
-# Loaded by bench/run.exs and the per-scenario scripts with
-# `Code.require_file("support/harness.exs", __DIR__)`. OTP/Elixir only.
+# Loaded by bench/run.exs and bench/cluster.exs. OTP/Elixir only.
 
 defmodule YggBench.Stats do
   @moduledoc false
 
-  @doc "Nearest-rank percentile of an unsorted list (nil when empty)."
-  def percentile([], _p), do: nil
-  def percentile(values, p), do: values |> Enum.sort() |> List.to_tuple() |> pct(p)
-
-  @doc "Nearest-rank percentile of a sorted tuple."
-  def pct({}, _p), do: nil
-
-  def pct(sorted, p) when is_tuple(sorted) do
-    n = tuple_size(sorted)
-    rank = (p / 100 * n) |> Float.ceil() |> trunc() |> max(1) |> min(n)
-    elem(sorted, rank - 1)
-  end
-
-  @doc "Several percentiles of one list of samples: %{p => value}."
+  @doc "Several nearest-rank percentiles of one list of samples: %{p => value}."
   def percentiles(values, ps) do
     sorted = values |> Enum.sort() |> List.to_tuple()
-    Map.new(ps, &{&1, pct(sorted, &1)})
+    n = tuple_size(sorted)
+
+    Map.new(ps, fn p ->
+      rank = (p / 100 * n) |> Float.ceil() |> trunc() |> max(1) |> min(n)
+      {p, if(n == 0, do: nil, else: elem(sorted, rank - 1))}
+    end)
   end
 
-  def median(values), do: percentile(values, 50)
+  def median(values), do: percentiles(values, [50])[50]
 end
 
 defmodule YggBench.Comparators do
@@ -59,59 +49,34 @@ defmodule YggBench.Comparators do
 
   def phoenix, do: :persistent_term.get({__MODULE__, :phoenix}, nil)
 
-  ###########################
-  # Loading Phoenix.PubSub
-
-  @doc """
-  Compiles `lib/**/*.ex` of the checkout in PHOENIX_PUBSUB_PATH in memory
-  (nothing is written there). Returns `{:ok, version}` or `{:skipped, why}`.
-  """
+  # Loading Phoenix.PubSub: never a dependency. Its `lib/**/*.ex` is
+  # compiled into a temporary directory on the code path (nothing is written
+  # to the checkout), which other nodes can load too (bench/cluster.exs).
+  # `{:ok, version}` or `{:skipped, why}`.
   def load_phoenix do
-    case System.get_env("PHOENIX_PUBSUB_PATH") do
-      blank when blank in [nil, ""] ->
-        {:skipped, "PHOENIX_PUBSUB_PATH is not set"}
+    with path when path not in [nil, ""] <- System.get_env("PHOENIX_PUBSUB_PATH"),
+         path = Path.expand(path),
+         [_ | _] = files <- Path.wildcard(Path.join(path, "lib/**/*.ex")) do
+      dir = Path.join(System.tmp_dir!(), "ygg_bench_phoenix_#{System.pid()}")
+      File.mkdir_p!(dir)
 
-      path ->
-        path = Path.expand(path)
-        files = Path.wildcard(Path.join(path, "lib/**/*.ex"))
+      case Kernel.ParallelCompiler.compile_to_path(files, dir) do
+        {:ok, _, _} ->
+          Code.prepend_path(dir)
 
-        cond do
-          files == [] ->
-            {:skipped, "no lib/**/*.ex under PHOENIX_PUBSUB_PATH=#{path}"}
+          version =
+            YggBench.Harness.read_match(Path.join(path, "mix.exs"), ~r/@version "([^"]+)"/)
 
-          Code.ensure_loaded?(Phoenix.PubSub) ->
-            remember_phoenix(path)
+          :persistent_term.put({__MODULE__, :phoenix}, %{path: path, version: version, dir: dir})
+          {:ok, version}
 
-          true ->
-            compile_phoenix(path, files)
-        end
-    end
-  end
-
-  defp compile_phoenix(path, files) do
-    case Kernel.ParallelCompiler.compile(files) do
-      {:ok, _modules, _warnings} -> remember_phoenix(path)
-      {:error, errors, _warnings} -> {:skipped, "compiling #{path} failed: #{inspect(errors)}"}
-    end
-  rescue
-    error -> {:skipped, "compiling #{path} failed: #{Exception.message(error)}"}
-  end
-
-  defp remember_phoenix(path) do
-    version =
-      case File.read(Path.join(path, "mix.exs")) do
-        {:ok, text} ->
-          case Regex.run(~r/@version "([^"]+)"/, text) do
-            [_, version] -> version
-            _ -> "unknown version"
-          end
-
-        _ ->
-          "unknown version"
+        {:error, errors, _} ->
+          {:skipped, "compiling #{path} failed: #{inspect(errors)}"}
       end
-
-    :persistent_term.put({__MODULE__, :phoenix}, %{path: path, version: version})
-    {:ok, version}
+    else
+      [] -> {:skipped, "no lib/**/*.ex under PHOENIX_PUBSUB_PATH"}
+      _ -> {:skipped, "PHOENIX_PUBSUB_PATH is not set"}
+    end
   end
 
   ###########################
@@ -281,7 +246,7 @@ defmodule YggBench.Comparators do
   def count(:phoenix_pubsub, _target), do: Registry.count(@pubsub)
 
   def count(engine, %{channel: channel}) when engine in [:native, :yggdrasil],
-    do: Yggdrasil.Native.subscriber_count(Channel.key(channel))
+    do: Yggdrasil.subscriber_count(channel)
 
   @doc "What `publish/3` takes for this comparator (prepared outside timing)."
   def pub_key(:raw, %{channel: channel}, pids), do: {pids, channel}
@@ -444,8 +409,8 @@ defmodule YggBench.Group do
   def stop(%__MODULE__{pids: pids, engine_before: before}) do
     YggBench.Comparators.reset_infra()
     Enum.each(pids, &Process.exit(&1, :kill))
-    YggBench.Harness.wait_until(fn -> not Enum.any?(pids, &Process.alive?/1) end, 60_000)
-    YggBench.Harness.wait_until(fn -> Yggdrasil.info().subscribers <= before end, 60_000)
+    YggBench.Harness.wait_until(fn -> not Enum.any?(pids, &Process.alive?/1) end)
+    YggBench.Harness.wait_until(fn -> Yggdrasil.info().subscribers <= before end)
   end
 end
 
@@ -457,13 +422,6 @@ defmodule YggBench.Loops do
   alias YggBench.Comparators, as: C
 
   def now, do: :erlang.monotonic_time(:nanosecond)
-
-  @doc "Cost of the two clock reads around every timed call."
-  def clock_overhead do
-    t0 = now()
-    t1 = now()
-    t1 - t0
-  end
 
   def repeat(_c, _key, _payload, 0), do: :ok
 
@@ -482,34 +440,6 @@ defmodule YggBench.Loops do
     C.publish(c, key, payload)
     t1 = now()
     timed(c, key, payload, n - 1, [t1 - t0 | acc])
-  end
-
-  @doc "`passes` passes over a tuple of keys, one publish per key."
-  def round_robin(_c, _keys, _payload, 0), do: :ok
-
-  def round_robin(c, keys, payload, passes) do
-    pass(c, keys, payload, 0, tuple_size(keys))
-    round_robin(c, keys, payload, passes - 1)
-  end
-
-  defp pass(c, keys, payload, i, n) when i < n do
-    C.publish(c, elem(keys, i), payload)
-    pass(c, keys, payload, i + 1, n)
-  end
-
-  defp pass(_c, _keys, _payload, _i, _n), do: :ok
-
-  @doc "One timed pass over a tuple of keys."
-  def timed_pass(c, keys, payload), do: timed_pass(c, keys, payload, tuple_size(keys) - 1, [])
-
-  defp timed_pass(_c, _keys, _payload, -1, acc), do: acc
-
-  defp timed_pass(c, keys, payload, i, acc) do
-    key = elem(keys, i)
-    t0 = now()
-    C.publish(c, key, payload)
-    t1 = now()
-    timed_pass(c, keys, payload, i - 1, [t1 - t0 | acc])
   end
 
   @doc "Publish, wait for the subscriber's ack; durations (ns)."
@@ -563,134 +493,116 @@ defmodule YggBench.Harness do
 
   @results_dir Path.expand("../results", __DIR__)
 
-  ###########################
-  # Configuration
-
-  def config(quick?) do
-    common = %{
-      quick: quick?,
-      min_k: 4,
-      max_lat_k: 20_000,
-      small: {:chat, 42, :hello}
+  def config(true = _quick?) do
+    %{
+      quick: true,
+      reps: 2,
+      sizes: [1, 100, 10_000],
+      budget: 30_000,
+      max_k: 10_000,
+      lat_budget: 5_000,
+      rt_iters: 2_000,
+      cycle_iters: 2_000,
+      busy_cycles: 1_000,
+      busy_subs: 100,
+      mass: [10_000],
+      mass_reps: 1,
+      mem_procs: 1_000,
+      sched_subs: 10_000,
+      sched_msgs: 2,
+      sched_reps: 1
     }
-
-    sizes =
-      if quick?,
-        do: %{
-          reps: 2,
-          sizes: [1, 100, 10_000],
-          budget: 30_000,
-          max_k: 10_000,
-          lat_budget: 5_000,
-          channels: 10_000,
-          channel_passes: 1,
-          channel_reps: 2,
-          payload_subs: 100,
-          payload_budget: 20_000,
-          rt_iters: 2_000,
-          cycle_iters: 2_000,
-          busy_cycles: 1_000,
-          busy_subs: 100,
-          mass: [10_000],
-          mass_reps: 1,
-          mass_full_limit: 10_000,
-          mass_cap_ms: 3_000,
-          mem_procs: 1_000,
-          mem_channels_per_proc: 100,
-          sched_subs: 10_000,
-          sched_msgs: 2,
-          sched_reps: 1
-        },
-        else: %{
-          reps: 5,
-          sizes: [1, 10, 100, 1_000, 10_000, 100_000],
-          budget: 200_000,
-          max_k: 50_000,
-          lat_budget: 20_000,
-          channels: 100_000,
-          channel_passes: 2,
-          channel_reps: 3,
-          payload_subs: 1_000,
-          payload_budget: 200_000,
-          rt_iters: 20_000,
-          cycle_iters: 20_000,
-          busy_cycles: 5_000,
-          busy_subs: 1_000,
-          mass: [10_000, 100_000],
-          mass_reps: 3,
-          mass_full_limit: 10_000,
-          mass_cap_ms: 3_000,
-          mem_procs: 10_000,
-          mem_channels_per_proc: 100,
-          sched_subs: 100_000,
-          sched_msgs: 5,
-          sched_reps: 3
-        }
-
-    Map.merge(common, sizes)
+    |> Map.merge(common())
   end
 
-  ###########################
-  # Running
+  def config(false) do
+    %{
+      quick: false,
+      reps: 5,
+      sizes: [1, 10, 100, 1_000, 10_000, 100_000],
+      budget: 200_000,
+      max_k: 50_000,
+      lat_budget: 20_000,
+      rt_iters: 20_000,
+      cycle_iters: 20_000,
+      busy_cycles: 5_000,
+      busy_subs: 1_000,
+      mass: [10_000, 100_000],
+      mass_reps: 3,
+      mem_procs: 10_000,
+      sched_subs: 100_000,
+      sched_msgs: 5,
+      sched_reps: 3
+    }
+    |> Map.merge(common())
+  end
+
+  defp common do
+    %{
+      min_k: 4,
+      max_lat_k: 20_000,
+      small: {:chat, 42, :hello},
+      mass_full_limit: 10_000,
+      mem_channels_per_proc: 100
+    }
+  end
 
   def main(argv) do
     {opts, _, invalid} =
       OptionParser.parse(argv, strict: [quick: :boolean, only: :string, out: :string])
 
     if invalid != [], do: raise(ArgumentError, "unknown options: #{inspect(invalid)}")
-
     quick? = Keyword.get(opts, :quick, false)
     cfg = config(quick?)
-    scenarios = YggBench.Scenarios.list()
-    selected = select(scenarios, opts[:only])
     full? = not quick? and opts[:only] == nil
-
     phoenix = Comparators.load_phoenix()
     Comparators.start_infra()
-    machine = machine(phoenix, quick?, argv)
-    IO.puts(machine_lines(machine) |> Enum.join("\n"))
-    IO.puts("")
-
+    machine = machine(phoenix)
+    IO.puts(machine_lines(machine) <> "\n")
     started = System.monotonic_time(:millisecond)
 
     results =
-      for {id, number, title, fun} <- selected do
+      for {id, number, title, fun} <- select(YggBench.Scenarios.list(), opts[:only]) do
         IO.write("[#{number}] #{title} ... ")
         t0 = System.monotonic_time(:millisecond)
         result = isolated(fn -> fun.(cfg) end)
         settle()
         seconds = (System.monotonic_time(:millisecond) - t0) / 1000
-        IO.puts("#{status(result)} (#{:erlang.float_to_binary(seconds, decimals: 1)} s)")
-        build_result(id, number, title, result)
+        IO.puts("#{elem(result, 0)} (#{:erlang.float_to_binary(seconds, decimals: 1)} s)")
+
+        case result do
+          {:ok, r} -> Map.merge(%{id: id, number: number, title: title, notes: []}, r)
+          {:error, why} -> %{id: id, number: number, title: title, error: why, records: []}
+        end
       end
 
-    total_s = (System.monotonic_time(:millisecond) - started) / 1000
-    machine = machine |> Map.put(:duration_s, total_s) |> Map.put(:load_end, loadavg())
-    markdown = render(machine, results, cfg)
-    csv = render_csv(machine, results)
-    problems = sanity(results)
+    machine =
+      Map.put(machine, :duration_s, (System.monotonic_time(:millisecond) - started) / 1000)
 
     dir = opts[:out] || if(full?, do: @results_dir, else: System.tmp_dir!())
-    base = if full?, do: "latest", else: if(quick?, do: "ygg-bench-quick", else: "ygg-bench")
+
+    base =
+      cond do:
+             (
+               full? -> "latest"
+               quick? -> "ygg-bench-quick"
+               true -> "ygg-bench"
+             )
+
     File.mkdir_p!(dir)
-    md_path = Path.join(dir, base <> ".md")
-    csv_path = Path.join(dir, base <> ".csv")
-    File.write!(md_path, markdown)
-    File.write!(csv_path, csv)
+    markdown = render(machine, results, cfg)
+    paths = for ext <- [".md", ".csv"], do: Path.join(dir, base <> ext)
+    File.write!(hd(paths), markdown)
+    File.write!(List.last(paths), render_csv(machine, results))
+    IO.puts("\n" <> markdown <> "Written: #{Enum.join(paths, ", ")}")
 
-    IO.puts("\n" <> markdown)
-
-    IO.puts(
-      "Written: #{md_path}, #{csv_path} (#{:erlang.float_to_binary(total_s, decimals: 1)} s)"
-    )
-
-    case problems do
+    case sanity(results) do
       [] ->
         IO.puts(
           "Sanity: every round completed with every message received; all numbers non-zero."
         )
 
-      _ ->
+      problems ->
         IO.puts(:stderr, "Sanity check FAILED:\n  " <> Enum.join(problems, "\n  "))
         System.halt(1)
     end
@@ -700,36 +612,18 @@ defmodule YggBench.Harness do
 
   defp select(scenarios, only) do
     wanted = only |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
-
-    known =
-      Enum.map(scenarios, fn {id, n, _, _} -> [Atom.to_string(id), Integer.to_string(n)] end)
-
-    unknown = wanted -- List.flatten(known)
-    if unknown != [], do: raise(ArgumentError, "unknown scenarios: #{Enum.join(unknown, ", ")}")
-
-    Enum.filter(scenarios, fn {id, n, _, _} ->
-      Atom.to_string(id) in wanted or Integer.to_string(n) in wanted
-    end)
+    chosen = Enum.filter(scenarios, fn {id, n, _, _} -> "#{id}" in wanted or "#{n}" in wanted end)
+    if chosen == [], do: raise(ArgumentError, "unknown scenarios: #{only}")
+    chosen
   end
 
-  defp status({:ok, _}), do: "ok"
-  defp status({:error, _}), do: "FAILED"
-
-  defp build_result(id, number, title, {:ok, result}),
-    do: Map.merge(%{id: id, number: number, title: title, notes: [], extra: nil}, result)
-
-  defp build_result(id, number, title, {:error, reason}),
-    do: %{id: id, number: number, title: title, error: reason, records: [], notes: [], extra: nil}
-
-  @doc "Runs `fun` in a fresh process (clean heap and mailbox)."
+  @doc "Runs `fun` in a fresh process (clean heap and mailbox): `{:ok, _}` or `{:error, text}`."
   def isolated(fun) do
     {pid, ref} =
       spawn_monitor(fn ->
         result =
           try do
             {:ok, fun.()}
-          rescue
-            error -> {:error, Exception.format(:error, error, __STACKTRACE__)}
           catch
             kind, reason -> {:error, Exception.format(kind, reason, __STACKTRACE__)}
           end
@@ -746,96 +640,71 @@ defmodule YggBench.Harness do
   @doc "Leaves nothing subscribed behind."
   def settle do
     Comparators.reset_infra()
-    wait_until(fn -> Yggdrasil.info().subscriptions == 0 end, 60_000)
+    wait_until(fn -> Yggdrasil.info().subscriptions == 0 end)
     :erlang.garbage_collect()
   end
 
-  def wait_until(check, timeout_ms) do
-    deadline = System.monotonic_time(:millisecond) + timeout_ms
-    do_wait(check, deadline)
-  end
+  def wait_until(check, timeout_ms \\ 60_000),
+    do: wait_until(check, timeout_ms, System.monotonic_time(:millisecond) + timeout_ms)
 
-  defp do_wait(check, deadline) do
+  defp wait_until(check, timeout_ms, deadline) do
     cond do
-      check.() ->
-        :ok
-
-      System.monotonic_time(:millisecond) > deadline ->
-        raise "condition not reached in time"
-
-      true ->
-        Process.sleep(1)
-        do_wait(check, deadline)
+      check.() -> :ok
+      System.monotonic_time(:millisecond) > deadline -> raise "condition not reached in time"
+      true -> Process.sleep(1) && wait_until(check, timeout_ms, deadline)
     end
   end
 
   @doc """
-  Runs `fun.(comparator, rep)` for every rep and comparator, interleaved
-  (the order rotates every rep). `fun` returns %{metric => value}.
-  Returns %{comparator => [metrics_map]}.
-  """
-  def interleave(reps, comps, fun) do
-    Enum.reduce(1..reps, %{}, fn rep, acc ->
-      comps
-      |> rotate(rep - 1)
-      |> Enum.reduce(acc, fn comp, acc ->
-        :erlang.garbage_collect()
-        metrics = fun.(comp, rep)
-        Map.update(acc, comp, [metrics], &[metrics | &1])
-      end)
-    end)
-  end
-
-  @doc """
-  Like `interleave/3` at a finer grain: within every rep, `blocks` blocks
-  rotate over the comparators; `fun.(comparator, rep, block)` returns a
-  list of samples. Returns %{comparator => [samples_of_one_rep]}.
+  Runs `fun.(comparator, rep, block)` for every rep, and within a rep for
+  `blocks` blocks that rotate over the comparators (the order changes
+  every block, so that all see the same mix of process placements).
+  `fun` returns a list of samples. Returns %{comparator => [samples of one rep]}.
   """
   def interleave_blocks(reps, blocks, comps, fun) do
     Enum.reduce(1..reps, %{}, fn rep, acc ->
       :erlang.garbage_collect()
 
-      samples =
-        Enum.reduce(1..max(blocks, 1), %{}, fn block, samples ->
-          comps
-          |> rotate(rep + block)
-          |> Enum.reduce(samples, fn comp, samples ->
-            new = fun.(comp, rep, block)
-            Map.update(samples, comp, new, &(new ++ &1))
-          end)
+      1..max(blocks, 1)
+      |> Enum.reduce(%{}, fn block, samples ->
+        comps
+        |> rotate(rep + block)
+        |> Enum.reduce(samples, fn c, samples ->
+          new = fun.(c, rep, block)
+          Map.update(samples, c, new, &(new ++ &1))
         end)
-
-      Enum.reduce(samples, acc, fn {comp, list}, acc ->
-        Map.update(acc, comp, [list], &[list | &1])
       end)
+      |> Enum.reduce(acc, fn {c, list}, acc -> Map.update(acc, c, [list], &[list | &1]) end)
     end)
   end
 
-  defp rotate(list, 0), do: list
-  defp rotate([], _), do: []
-
-  defp rotate(list, n) do
-    n = rem(n, length(list))
-    Enum.drop(list, n) ++ Enum.take(list, n)
+  @doc "`interleave_blocks/4` with one block and `fun.(c, rep)` returning one metrics map."
+  def interleave(reps, comps, fun) do
+    reps
+    |> interleave_blocks(1, comps, fn c, rep, _ ->
+      :erlang.garbage_collect()
+      [fun.(c, rep)]
+    end)
+    |> Map.new(fn {c, reps} -> {c, Enum.concat(reps)} end)
   end
 
+  defp rotate([], _), do: []
+
+  defp rotate(list, n),
+    do: Enum.split(list, rem(n, length(list))) |> then(fn {a, b} -> b ++ a end)
+
   @doc """
-  Records for one case: `per` is %{comparator => [metrics_map]}, `specs`
-  is [{metric, unit, :higher | :lower, opts}].
+  Records of one case: `per` is %{comparator => [metrics map per rep]},
+  `specs` [{metric, unit, :higher | :lower, opts}].
   """
   def records(scenario, kase, per, specs) do
-    comps = Comparators.order() ++ ((per |> Map.keys() |> Enum.sort()) -- Comparators.order())
-
-    for comp <- comps, Map.has_key?(per, comp), {metric, unit, better, opts} <- specs do
-      values = per |> Map.fetch!(comp) |> Enum.map(&Map.get(&1, metric))
-
-      if Enum.any?(values, &is_nil/1) do
-        nil
-      else
-        record(scenario, kase, comp, metric, unit, better, values, opts)
-      end
-    end
-    |> Enum.reject(&is_nil/1)
+    for c <- Comparators.order() ++ (Map.keys(per) -- Comparators.order()),
+        maps = per[c],
+        maps != nil,
+        {metric, unit, better, opts} <- specs,
+        values = Enum.map(maps, &Map.get(&1, metric)),
+        not Enum.any?(values, &is_nil/1),
+        do: record(scenario, kase, c, metric, unit, better, values, opts)
   end
 
   def record(scenario, kase, comp, metric, unit, better, values, opts \\ []) do
@@ -850,7 +719,6 @@ defmodule YggBench.Harness do
       median: Stats.median(values),
       min: Enum.min(values),
       max: Enum.max(values),
-      capped: Keyword.get(opts, :capped, false),
       zero_ok: Keyword.get(opts, :zero_ok, false)
     }
   end
@@ -858,71 +726,35 @@ defmodule YggBench.Harness do
   ###########################
   # Machine
 
-  def machine(phoenix, quick?, argv) do
-    otp = :erlang.system_info(:otp_release) |> to_string()
-
-    otp_full =
-      case File.read(Path.join([:code.root_dir(), "releases", otp, "OTP_VERSION"])) do
-        {:ok, text} -> String.trim(text)
-        _ -> otp
-      end
-
-    cpu =
-      case File.read("/proc/cpuinfo") do
-        {:ok, text} ->
-          case Regex.run(~r/model name\s*:\s*(.+)/, text) do
-            [_, model] -> String.trim(model)
-            _ -> "unknown"
-          end
+  def machine(phoenix) do
+    commit =
+      case System.cmd("git", ["rev-parse", "--short", "HEAD"], stderr_to_stdout: true) do
+        {sha, 0} ->
+          {changes, _} = System.cmd("git", ["status", "--porcelain", "--", "lib", "native"])
+          String.trim(sha) <> if(changes == "", do: "", else: " (+ uncommitted changes)")
 
         _ ->
-          "unknown"
+          "?"
       end
-
-    commit =
-      System.get_env("YGG_BENCH_COMMIT") ||
-        try do
-          case System.cmd("git", ["rev-parse", "--short", "HEAD"], stderr_to_stdout: true) do
-            {sha, 0} ->
-              {changes, _} =
-                System.cmd("git", ["status", "--porcelain", "--", "lib", "native", "mix.exs"])
-
-              String.trim(sha) <>
-                if changes == "", do: "", else: " (+ uncommitted changes in lib/, native/)"
-
-            _ ->
-              "unknown"
-          end
-        rescue
-          _ -> "unknown"
-        end
-
-    timer = Enum.map(1..10_000, fn _ -> YggBench.Loops.clock_overhead() end)
 
     %{
       date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
-      cpu: cpu,
-      cores: :erlang.system_info(:logical_processors_available),
-      logical: :erlang.system_info(:logical_processors),
-      schedulers: :erlang.system_info(:schedulers_online),
-      otp: otp_full,
-      erts: :erlang.system_info(:version) |> to_string(),
+      cpu: read_match("/proc/cpuinfo", ~r/model name\s*:\s*(.+)/),
+      schedulers: System.schedulers_online(),
+      otp: System.otp_release(),
       elixir: System.version(),
-      commit: commit,
-      mix_env: Mix.env(),
-      quick: quick?,
-      argv: argv,
+      commit: System.get_env("YGG_BENCH_COMMIT") || commit,
       phoenix: phoenix,
-      timer_ns: Stats.median(timer),
-      load_start: loadavg()
+      load: read_match("/proc/loadavg", ~r/^(\S+ \S+ \S+)/)
     }
   end
 
-  defp loadavg do
-    case File.read("/proc/loadavg") do
-      {:ok, text} -> text |> String.split() |> Enum.take(3) |> Enum.join(" ")
-      _ -> "unknown"
-    end
+  @doc "The first capture of `regex` in the file at `path`, or \"?\"."
+  def read_match(path, regex) do
+    with {:ok, text} <- File.read(path),
+         [_, found] <- Regex.run(regex, text),
+         do: String.trim(found),
+         else: (_ -> "?")
   end
 
   def machine_lines(m) do
@@ -935,18 +767,11 @@ defmodule YggBench.Harness do
           "phoenix_pubsub skipped: #{why}"
       end
 
-    cores = if m.cores == :unknown, do: m.logical, else: m.cores
-
-    [
-      "- Date: #{m.date} (UTC)",
-      "- Machine: #{cores} cores available (#{m.cpu}), #{m.schedulers} schedulers online",
-      "- Erlang/OTP #{m.otp} (ERTS #{m.erts}), Elixir #{m.elixir}, MIX_ENV=#{m.mix_env}",
-      "- Commit: #{m.commit}; #{phoenix}",
-      "- Load average (1/5/15 min) at start: #{m.load_start}" <>
-        if(m[:load_end], do: "; at end: #{m.load_end}", else: "") <>
-        " (anything else running on the machine moves the numbers)",
-      "- Timer: back-to-back `:erlang.monotonic_time(:nanosecond)` reads cost #{m.timer_ns} ns (median); per-call times include it"
-    ]
+    """
+    - Date: #{m.date} (UTC); commit #{m.commit}
+    - #{m.schedulers} schedulers online (#{m.cpu}), OTP #{m.otp}, Elixir #{m.elixir}, MIX_ENV=#{Mix.env()}
+    - Load average at start: #{m.load} (anything else running moves the numbers); #{phoenix}\
+    """
   end
 
   ###########################
@@ -957,340 +782,198 @@ defmodule YggBench.Harness do
   def render(machine, results, cfg) do
     mode = if cfg.quick, do: " (--quick: harness check only, numbers not meaningful)", else: ""
 
-    command =
-      if cfg.quick,
-        do: "make bench-quick",
-        else: "make bench  # = MIX_ENV=prod mix run bench/run.exs"
-
-    [
+    IO.iodata_to_binary([
       "# Yggdrasil native: benchmark results#{mode}\n\n",
-      "Produced by `#{command}`",
-      phoenix_env(machine),
-      " in #{:erlang.float_to_binary(machine.duration_s, decimals: 0)} s.\n\n",
-      Enum.join(machine_lines(machine), "\n"),
-      "\n\n",
-      method(machine),
+      "Produced by `make bench#{if cfg.quick, do: "-quick"}` in #{round(machine.duration_s)} s.\n\n",
+      machine_lines(machine),
+      """
+
+
+      Comparators, all delivering `{:Y_EVENT, channel_struct, payload}`: **raw** `for pid <- pids,
+      do: send(pid, msg)` (the floor); **registry** `Registry` (`keys: :duplicate`, one partition per
+      scheduler) + `Registry.dispatch/3`; **phoenix_pubsub** `Phoenix.PubSub.broadcast/3`; **native**
+      `Yggdrasil.Backend.Default.publish/3` (the engine alone); **yggdrasil** `Yggdrasil.publish/2`.
+      They run interleaved in one VM; cells show the median over repetitions, with min–max for the
+      main metric. `× X` is speed relative to X on the main metric (> 1 = faster than X). Throughput
+      counts until every subscriber has received every message.
+
+      """,
       headline(results),
-      targets_section(results),
-      Enum.map(results, &scenario_section/1)
-    ]
-    |> IO.iodata_to_binary()
+      Enum.map(results, &section/1)
+    ])
   end
 
-  defp phoenix_env(%{phoenix: {:ok, version}}),
-    do: " with `PHOENIX_PUBSUB_PATH` pointing at a checkout of phoenix_pubsub v#{version}"
-
-  defp phoenix_env(_), do: ""
-
-  defp method(machine) do
-    skipped =
-      case machine.phoenix do
-        {:skipped, why} -> " — **skipped in this run**: #{why}"
-        _ -> ""
-      end
-
-    """
-    Comparators, all delivering `{:Y_EVENT, channel_struct, payload}`:
-    **raw** `for pid <- pids, do: send(pid, msg)` (the floor);
-    **registry** Elixir `Registry` (`keys: :duplicate`, one partition per scheduler) + `Registry.dispatch/3`;
-    **phoenix_pubsub** `Phoenix.PubSub.broadcast/3` (default options)#{skipped};
-    **native** `Yggdrasil.Backend.Default.publish/3` (the engine alone);
-    **yggdrasil** `Yggdrasil.publish/2` (full API, `:default` transformer).
-    Comparators run interleaved in one VM (the order rotates every repetition); cells show the
-    median over repetitions, with min–max for the main metric. `× X` columns are speed relative
-    to X on the main metric (> 1 = faster than X; for times and bytes: X's value ÷ ours).
-    Throughput counts until every subscriber has received every message.
-
-    """
-  end
-
+  # The README's table: fan-out deliveries/s and the ratios it quotes.
   defp headline(results) do
-    case Enum.find(results, &(&1.id == :fanout and &1.records != [])) do
-      nil ->
-        ""
+    with %{records: [_ | _] = records} <- Enum.find(results, &(&1.id == :fanout)) do
+      comps = records |> Enum.map(& &1.comparator) |> Enum.uniq()
+      get = fn kase, c -> find(records, kase, c, "deliveries/s") end
 
-      %{records: records} ->
-        comps = records |> Enum.map(& &1.comparator) |> Enum.uniq()
-        cases = records |> Enum.map(& &1.case) |> Enum.uniq()
-        get = fn kase, comp, metric -> find(records, kase, comp, metric) end
+      pairs =
+        for {a, b} <- [native: :raw, native: :phoenix_pubsub, yggdrasil: :phoenix_pubsub],
+            a in comps,
+            b in comps,
+            do: {a, b}
 
-        ratio_cols =
-          [{:native, :raw}, {:native, :phoenix_pubsub}, {:yggdrasil, :phoenix_pubsub}]
-          |> Enum.filter(fn {a, b} -> a in comps and b in comps end)
+      rows =
+        for kase <- records |> Enum.map(& &1.case) |> Enum.uniq() do
+          [kase | Enum.map(comps, &fmt(get.(kase, &1), :per_s))] ++
+            Enum.map(pairs, fn {a, b} ->
+              fmt_ratio(speed(get.(kase, a), get.(kase, b), :higher))
+            end)
+        end
 
-        header =
-          ["subscribers" | Enum.map(comps, &"#{&1}")] ++
-            Enum.map(ratio_cols, fn {a, b} -> "#{a} ÷ #{b}" end) ++
-            Enum.map(comps -- [:raw], &"#{&1} publish p50")
+      header =
+        ["subscribers" | Enum.map(comps, &"#{&1}")] ++
+          Enum.map(pairs, fn {a, b} -> "#{a} ÷ #{b}" end)
 
-        rows =
-          for kase <- cases do
-            [kase] ++
-              Enum.map(comps, fn c -> fmt(get.(kase, c, "deliveries/s"), :per_s) end) ++
-              Enum.map(ratio_cols, fn {a, b} ->
-                fmt_ratio(
-                  speed(get.(kase, a, "deliveries/s"), get.(kase, b, "deliveries/s"), :higher)
-                )
-              end) ++
-              Enum.map(comps -- [:raw], fn c -> fmt(get.(kase, c, "publish p50"), :ns) end)
-          end
-
-        [
-          "## Headline: one channel, fan-out (deliveries/s until every subscriber has every message)\n\n",
-          table(header, rows),
-          "\n"
-        ]
+      ["## Headline: one channel, fan-out (deliveries/s)\n\n", table(header, rows), "\n"]
+    else
+      _ -> ""
     end
   end
 
   defp find(records, kase, comp, metric) do
-    case Enum.find(records, &(&1.case == kase and &1.comparator == comp and &1.metric == metric)) do
-      nil -> nil
-      record -> record.median
-    end
+    Enum.find_value(
+      records,
+      &(&1.case == kase and &1.comparator == comp and &1.metric == metric and &1.median)
+    )
   end
 
-  defp speed(nil, _ref, _better), do: nil
-  defp speed(_ours, nil, _better), do: nil
+  defp speed(ours, ref, _) when ours == nil or ref == nil, do: nil
   defp speed(ours, ref, :higher) when ref > 0, do: ours / ref
   defp speed(ours, ref, :lower) when ours > 0, do: ref / ours
   defp speed(_, _, _), do: nil
 
-  ###########################
-  # Targets of issue 4
+  defp section(%{error: reason} = r),
+    do: "## #{r.number}. #{r.title}\n\nFAILED:\n\n```\n#{reason}\n```\n\n"
 
-  defp targets_section(results) do
-    rows = YggBench.Targets.evaluate(results)
+  defp section(r) do
+    records = r.records
+    metrics = records |> Enum.map(& &1.metric) |> Enum.uniq()
+    primary = r[:primary] || hd(metrics)
+    comps = records |> Enum.map(& &1.comparator) |> Enum.uniq()
+    refs = Enum.filter(@ratio_refs, &(&1 in comps))
 
-    case rows do
-      [] ->
-        ""
+    rows =
+      for kase <- records |> Enum.map(& &1.case) |> Enum.uniq(),
+          c <- comps,
+          mine =
+            Map.new(
+              for(rec <- records, rec.case == kase, rec.comparator == c, do: {rec.metric, rec})
+            ),
+          mine != %{} do
+        cells = Enum.map(metrics, &if(rec = mine[&1], do: cell(rec, &1 == primary), else: "—"))
 
-      _ ->
-        [
-          "## Targets (issue 4)\n\n",
-          table(["target", "measured", "result"], rows),
-          "\n"
-        ]
-    end
-  end
+        ratios = for ref <- refs, do: ratio_cell(mine[primary], peer(records, mine[primary], ref))
 
-  ###########################
-  # Scenario tables
+        [kase, "#{c}"] ++ cells ++ ratios
+      end
 
-  defp scenario_section(%{error: reason} = r) do
-    "## #{r.number}. #{r.title}\n\nFAILED:\n\n```\n#{reason}\n```\n\n"
-  end
-
-  defp scenario_section(r) do
-    notes = Enum.map(r.notes, &"#{&1}\n")
+    notes = Enum.map(r.notes, &"#{&1}\n\n")
 
     [
       "## #{r.number}. #{r.title}\n\n",
       notes,
-      if(notes == [], do: "", else: "\n"),
-      scenario_table(r.records, r[:primary]),
-      "\n",
-      if(r.extra, do: [r.extra, "\n"], else: "")
+      table(["case", "comparator"] ++ metrics ++ Enum.map(refs, &"× #{&1}"), rows),
+      "\n"
     ]
   end
 
-  defp scenario_table([], _primary), do: "(no results)\n"
+  # The record of comparator `ref` for the case and metric of `rec`.
+  defp peer(_records, nil, _ref), do: nil
+  defp peer(_records, %{comparator: ref}, ref), do: nil
 
-  defp scenario_table(records, primary) do
-    cases = records |> Enum.map(& &1.case) |> Enum.uniq()
-    metrics = records |> Enum.map(& &1.metric) |> Enum.uniq()
-    primary = primary || hd(metrics)
-    comps = records |> Enum.map(& &1.comparator) |> Enum.uniq()
-    refs = Enum.filter(@ratio_refs, &(&1 in comps))
-
-    header = ["case", "comparator"] ++ metrics ++ Enum.map(refs, &"× #{&1}")
-
-    rows =
-      for kase <- cases,
-          comp <- Comparators.order() ++ (comps -- Comparators.order()),
-          Enum.any?(records, &(&1.case == kase and &1.comparator == comp)) do
-        by_metric =
-          Map.new(
-            Enum.filter(records, &(&1.case == kase and &1.comparator == comp)),
-            &{&1.metric, &1}
-          )
-
-        cells =
-          Enum.map(metrics, fn metric ->
-            case by_metric[metric] do
-              nil -> "—"
-              rec -> cell(rec, metric == primary)
-            end
-          end)
-
-        ratios =
-          Enum.map(refs, fn ref ->
-            ours = by_metric[primary]
-
-            theirs =
-              Enum.find(
-                records,
-                &(&1.case == kase and &1.comparator == ref and &1.metric == primary)
-              )
-
-            cond do
-              ref == comp or ours == nil or theirs == nil -> "—"
-              true -> ratio_cell(ours, theirs)
-            end
-          end)
-
-        [kase, "#{comp}"] ++ cells ++ ratios
-      end
-
-    table(header, rows)
-  end
+  defp peer(records, rec, ref),
+    do:
+      Enum.find(
+        records,
+        &(&1.case == rec.case and &1.comparator == ref and &1.metric == rec.metric)
+      )
 
   defp cell(rec, with_range?) do
-    # A capped run's time is a lower bound, so its rate is an upper bound.
-    prefix =
-      cond do
-        not rec.capped -> ""
-        rec.better == :lower -> "> "
-        true -> "< "
-      end
-
-    value = prefix <> fmt(rec.median, rec.unit)
-
-    if with_range? and length(rec.values) > 1 and rec.min != rec.max do
-      value <> " (#{fmt_short(rec.min, rec.unit)}–#{fmt_short(rec.max, rec.unit)})"
-    else
-      value
-    end
+    range = " (#{fmt(rec.min, rec.unit)}–#{fmt(rec.max, rec.unit)})"
+    fmt(rec.median, rec.unit) <> if(with_range? and rec.min != rec.max, do: range, else: "")
   end
 
-  defp ratio_cell(ours, theirs) do
-    r = speed(ours.median, theirs.median, ours.better)
-
-    cond do
-      r == nil -> "—"
-      ours.capped and theirs.capped -> "?"
-      # Our time is a lower bound: we are at most this fast.
-      ours.capped -> "< " <> fmt_ratio(r)
-      theirs.capped -> "> " <> fmt_ratio(r)
-      true -> fmt_ratio(r)
-    end
-  end
+  defp ratio_cell(_ours, nil), do: "—"
+  defp ratio_cell(ours, theirs), do: fmt_ratio(speed(ours.median, theirs.median, ours.better))
 
   defp table(header, rows) do
     line = fn cells -> "| " <> Enum.join(cells, " | ") <> " |\n" end
-    sep = "|" <> Enum.map_join(header, "|", fn _ -> "---" end) <> "|\n"
-    [line.(header), sep, Enum.map(rows, line)]
+
+    [
+      line.(header),
+      "|" <> Enum.map_join(header, "|", fn _ -> "---" end) <> "|\n",
+      Enum.map(rows, line)
+    ]
   end
 
+  @doc "A value with its unit, the way every report of the bench writes it."
   def fmt(nil, _unit), do: "—"
-  def fmt(value, :per_s), do: si(value) <> "/s"
-  def fmt(value, :ns), do: duration(value)
-  def fmt(value, :ms), do: duration(value * 1_000_000)
-  def fmt(value, :bytes), do: bytes(value)
-  def fmt(value, :count) when is_integer(value), do: Integer.to_string(value)
-  def fmt(value, :count), do: :erlang.float_to_binary(value / 1, decimals: 1)
+  def fmt(value, :per_s), do: scaled(value, [{1.0e9, " G"}, {1.0e6, " M"}, {1.0e3, " k"}]) <> "/s"
+  def fmt(value, :ns), do: scaled(value, [{1.0e9, " s"}, {1.0e6, " ms"}, {1.0e3, " µs"}], " ns")
+  def fmt(value, :ms), do: fmt(value * 1_000_000, :ns)
+  def fmt(value, :bytes), do: scaled(value, [{1_048_576, " MiB"}, {10_240, " KiB"}], " B")
+  def fmt(value, :count), do: num(value)
 
-  defp fmt_short(value, :per_s), do: si(value)
-  defp fmt_short(value, unit), do: fmt(value, unit)
+  defp scaled(value, steps, unit \\ "") do
+    case Enum.find(steps, fn {size, _} -> abs(value) >= size end) do
+      {size, suffix} -> num(value / size) <> suffix
+      nil -> num(value) <> unit
+    end
+  end
 
-  def fmt_ratio(nil), do: "—"
-  def fmt_ratio(r) when r >= 100, do: "#{round(r)}×"
-  def fmt_ratio(r) when r >= 10, do: :erlang.float_to_binary(r / 1, decimals: 1) <> "×"
-  def fmt_ratio(r), do: :erlang.float_to_binary(r / 1, decimals: 2) <> "×"
-
-  defp si(v) when v >= 1.0e9, do: num(v / 1.0e9) <> " G"
-  defp si(v) when v >= 1.0e6, do: num(v / 1.0e6) <> " M"
-  defp si(v) when v >= 1.0e3, do: num(v / 1.0e3) <> " k"
-  defp si(v), do: num(v)
-
-  defp duration(ns) when ns >= 1.0e9, do: num(ns / 1.0e9) <> " s"
-  defp duration(ns) when ns >= 1.0e6, do: num(ns / 1.0e6) <> " ms"
-  defp duration(ns) when ns >= 1.0e3, do: num(ns / 1.0e3) <> " µs"
-  defp duration(ns) when ns == 0, do: "0"
-  defp duration(ns), do: "#{round(ns)} ns"
-
-  defp bytes(b) when abs(b) >= 1_048_576, do: num(b / 1_048_576) <> " MiB"
-  defp bytes(b) when abs(b) >= 10_240, do: num(b / 1024) <> " KiB"
-  defp bytes(b) when is_integer(b), do: "#{b} B"
-  defp bytes(b), do: :erlang.float_to_binary(b / 1, decimals: 1) <> " B"
-
+  defp num(v) when is_integer(v), do: Integer.to_string(v)
   defp num(v) when abs(v) >= 100, do: Integer.to_string(round(v))
   defp num(v) when abs(v) >= 10, do: :erlang.float_to_binary(v / 1, decimals: 1)
   defp num(v), do: :erlang.float_to_binary(v / 1, decimals: 2)
 
-  ###########################
-  # CSV
+  def fmt_ratio(nil), do: "—"
+  def fmt_ratio(r), do: num(r) <> "×"
 
   def render_csv(machine, results) do
     header =
-      "scenario,case,comparator,metric,unit,median,min,max,reps,capped," <>
-        "x_raw,x_registry,x_phoenix_pubsub,date,schedulers,otp,elixir\n"
+      "scenario,case,comparator,metric,unit,median,min,max,reps,x_raw,x_registry,x_phoenix_pubsub,date,schedulers,otp,elixir\n"
 
     rows =
       for r <- results, rec <- r.records do
         ratios =
-          Enum.map(@ratio_refs, fn ref ->
-            theirs =
-              Enum.find(
-                r.records,
-                &(&1.case == rec.case and &1.comparator == ref and &1.metric == rec.metric)
-              )
+          for ref <- @ratio_refs do
+            theirs = peer(r.records, rec, ref)
+            if theirs, do: csv_num(speed(rec.median, theirs.median, rec.better)), else: ""
+          end
 
-            if theirs && ref != rec.comparator,
-              do: csv_num(speed(rec.median, theirs.median, rec.better)),
-              else: ""
-          end)
+        cells =
+          ["#{r.number}-#{r.id}", rec.case, "#{rec.comparator}", rec.metric, "#{rec.unit}"] ++
+            Enum.map([rec.median, rec.min, rec.max], &csv_num/1) ++
+            ["#{length(rec.values)}"] ++
+            ratios ++ [machine.date, "#{machine.schedulers}", machine.otp, machine.elixir]
 
-        [
-          "#{r.number}-#{r.id}",
-          rec.case,
-          "#{rec.comparator}",
-          rec.metric,
-          "#{rec.unit}",
-          csv_num(rec.median),
-          csv_num(rec.min),
-          csv_num(rec.max),
-          "#{length(rec.values)}",
-          "#{rec.capped}"
-        ] ++ ratios ++ [machine.date, "#{machine.schedulers}", machine.otp, machine.elixir]
+        Enum.map_join(cells, ",", &if(&1 =~ ~r/[,"]/, do: inspect(&1), else: &1)) <> "\n"
       end
 
-    [header | Enum.map(rows, fn cells -> Enum.map_join(cells, ",", &csv_escape/1) <> "\n" end)]
-    |> IO.iodata_to_binary()
+    IO.iodata_to_binary([header | rows])
   end
 
   defp csv_num(nil), do: ""
   defp csv_num(v) when is_integer(v), do: Integer.to_string(v)
   defp csv_num(v), do: :erlang.float_to_binary(v / 1, [:compact, decimals: 4])
 
-  defp csv_escape(text) do
-    if String.contains?(text, [",", "\"", "\n"]),
-      do: "\"" <> String.replace(text, "\"", "\"\"") <> "\"",
-      else: text
-  end
-
-  ###########################
-  # Sanity (what --quick checks)
-
+  @doc "What --quick checks: no scenario failed, no number is zero unless it may be."
   def sanity(results) do
-    errors =
-      for %{error: reason} = r <- results,
-          do: "scenario #{r.number} failed: #{first_line(reason)}"
+    failed = for %{error: why} = r <- results, do: "scenario #{r.number} failed: #{why}"
 
-    bad =
+    zeros =
       for r <- results,
           rec <- r.records,
           not rec.zero_ok,
-          Enum.any?(rec.values, &(not is_number(&1) or &1 <= 0)) do
-        "scenario #{r.number} #{rec.case} #{rec.comparator} #{rec.metric}: #{inspect(rec.values)}"
-      end
+          Enum.any?(rec.values, &(&1 <= 0)),
+          do:
+            "scenario #{r.number} #{rec.case} #{rec.comparator} #{rec.metric}: #{inspect(rec.values)}"
 
-    errors ++ bad ++ Enum.flat_map(results, &Map.get(&1, :problems, []))
+    failed ++ zeros
   end
-
-  defp first_line(text), do: text |> String.split("\n") |> Enum.take(3) |> Enum.join(" ")
 end
 
 Code.require_file("scenarios.exs", __DIR__)
-Code.require_file("targets.exs", __DIR__)

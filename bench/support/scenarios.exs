@@ -1,6 +1,6 @@
-# The eight scenarios of issue 4. Each takes the run's config and returns
-# %{records: [...], primary: metric, notes: [...], extra: markdown | nil}.
-# Loaded by support/harness.exs.
+# The scenarios. Each takes the run's config and returns
+# %{records: [...], primary: metric, notes: [...]}. Loaded by
+# support/harness.exs.
 
 defmodule YggBench.Scenarios do
   @moduledoc false
@@ -14,13 +14,11 @@ defmodule YggBench.Scenarios do
   def list do
     [
       {:fanout, 1, "One channel, fan-out", &fanout/1},
-      {:channels, 2, "Many channels, one subscriber each, publishing round-robin", &channels/1},
-      {:payloads, 3, "Payloads", &payloads/1},
-      {:round_trip, 4, "Round trip with one subscriber", &round_trip/1},
-      {:subscribe, 5, "Subscribe + unsubscribe cycle", &subscribe/1},
-      {:unsubscribe, 6, "Mass unsubscribe from one channel", &unsubscribe/1},
-      {:memory, 7, "Memory per subscription", &memory/1},
-      {:scheduler, 8, "Scheduler hold during the largest fan-out", &scheduler/1}
+      {:round_trip, 2, "Round trip with one subscriber", &round_trip/1},
+      {:subscribe, 3, "Subscribe + unsubscribe cycle", &subscribe/1},
+      {:unsubscribe, 4, "Mass unsubscribe from one channel", &unsubscribe/1},
+      {:memory, 5, "Memory per subscription", &memory/1},
+      {:scheduler, 6, "Scheduler hold during the largest fan-out", &scheduler/1}
     ]
   end
 
@@ -120,126 +118,7 @@ defmodule YggBench.Scenarios do
   end
 
   ###########################
-  # 2. Many channels
-
-  def channels(cfg) do
-    comps = Comparators.all()
-    n = cfg.channels
-    passes = cfg.channel_passes
-    targets = for i <- 0..(n - 1), do: Comparators.target({:channels, n}, i)
-    group = start_group(targets, :count, comps)
-
-    keys =
-      Map.new(comps, fn c ->
-        tuple =
-          targets
-          |> Enum.zip(group.pids)
-          |> Enum.map(fn {target, pid} -> Comparators.pub_key(c, target, [pid]) end)
-          |> List.to_tuple()
-
-        {c, tuple}
-      end)
-
-    for c <- comps do
-      key = Map.fetch!(keys, c)
-
-      Group.round(group, 1, fn ->
-        publish_checked(c, elem(key, 0), cfg.small)
-        top_up(c, key, cfg.small)
-      end)
-
-      Group.round(group, 1, fn -> Loops.round_robin(c, key, cfg.small, 1) end)
-    end
-
-    per =
-      Harness.interleave(cfg.channel_reps, comps, fn c, _rep ->
-        key = Map.fetch!(keys, c)
-
-        {total, _, _} =
-          Group.round(group, passes, fn -> Loops.round_robin(c, key, cfg.small, passes) end)
-
-        {_, _, samples} = Group.round(group, 1, fn -> Loops.timed_pass(c, key, cfg.small) end)
-        p = Stats.percentiles(samples, [50, 99])
-
-        %{
-          "deliveries/s" => n * passes * 1.0e9 / total,
-          "publish p50" => p[50],
-          "publish p99" => p[99]
-        }
-      end)
-
-    finish(group)
-
-    %{
-      records: Harness.records(:channels, "#{label(n)} channels", per, @fanout_specs),
-      primary: "deliveries/s",
-      notes: [
-        "#{label(n)} channels, one subscriber process each. A round publishes once on every " <>
-          "channel in turn, #{passes} passes, and ends when every subscriber has its " <>
-          "#{passes} messages; a second round times every call of one pass. " <>
-          "raw looks the pid up in a tuple. #{cfg.channel_reps} repetitions."
-      ]
-    }
-  end
-
-  defp top_up(c, keys, payload) do
-    for i <- 1..(tuple_size(keys) - 1)//1, do: Comparators.publish(c, elem(keys, i), payload)
-    :ok
-  end
-
-  ###########################
-  # 3. Payloads
-
-  def payloads(cfg) do
-    comps = Comparators.all()
-    n = cfg.payload_subs
-    target = Comparators.target(:payloads, n)
-    group = start_group(List.duplicate(target, n), :count, comps)
-    binary = :binary.copy(<<171>>, 1024)
-    map = nested_map()
-
-    kinds = [
-      {"small term (#{:erts_debug.flat_size(cfg.small)} words)", cfg.small},
-      {"1 KB binary (refc, shared)", binary},
-      {"nested map (#{:erts_debug.flat_size(map) * 8} B, copied)", map}
-    ]
-
-    k = clamp(div(cfg.payload_budget, n), cfg.min_k, cfg.max_k)
-    kl = clamp(div(cfg.lat_budget, n), cfg.min_k, cfg.max_lat_k)
-
-    records =
-      Enum.flat_map(kinds, fn {kind, payload} ->
-        per = measure_fanout(group, comps, target, payload, k, kl, cfg.reps)
-        Harness.records(:payloads, kind, per, @fanout_specs)
-      end)
-
-    finish(group)
-
-    %{
-      records: records,
-      primary: "deliveries/s",
-      notes: [
-        "Fan-out to #{label(n)} subscribers of one channel, #{k} messages per round, " <>
-          "as in scenario 1. A binary over 64 bytes is reference-counted: only a " <>
-          "handle is copied per delivery; the map is copied into every subscriber's heap. " <>
-          "#{cfg.reps} repetitions."
-      ]
-    }
-  end
-
-  defp nested_map do
-    %{
-      id: 1_234_567,
-      type: :order_updated,
-      version: 3,
-      user: %{id: 42, name: "Ada Lovelace", roles: [:admin, :billing]},
-      items: for(i <- 1..5, do: %{sku: "SKU-000#{i}", qty: i, price: i * 2.5}),
-      totals: %{net: 52.5, tax: 10.5, gross: 63.0, currency: :eur}
-    }
-  end
-
-  ###########################
-  # 4. Round trip
+  # 2. Round trip
 
   def round_trip(cfg) do
     comps = Comparators.all()
@@ -286,7 +165,7 @@ defmodule YggBench.Scenarios do
   end
 
   ###########################
-  # 5. Subscribe + unsubscribe cycle
+  # 3. Subscribe + unsubscribe cycle
 
   def subscribe(cfg) do
     comps = Comparators.all() -- [:raw]
@@ -347,301 +226,175 @@ defmodule YggBench.Scenarios do
   defp summarize(per, fun), do: Map.new(per, fn {c, reps} -> {c, Enum.map(reps, fun)} end)
 
   ###########################
-  # 6. Mass unsubscribe
+  # 4. Mass unsubscribe
 
   def unsubscribe(cfg) do
-    comps = Comparators.all() -- [:raw]
     # 100k busy subscribers would otherwise delay the coordinator's timeouts
     # and polls by the time it takes to run each of them once.
     Process.flag(:priority, :high)
 
     records =
       for n <- cfg.mass, mode <- [:unsubscribe, :death] do
-        mode_comps = if mode == :death, do: comps -- [:yggdrasil], else: comps
-
-        {full, capped} =
-          Enum.split_with(mode_comps, &(&1 in [:native, :yggdrasil] or n <= cfg.mass_full_limit))
+        comps =
+          for c <- Comparators.all() -- [:raw],
+              c in [:native, :yggdrasil] or n <= cfg.mass_full_limit,
+              mode == :unsubscribe or c != :yggdrasil,
+              do: c
 
         per =
-          Harness.interleave(cfg.mass_reps, full, fn c, rep ->
-            mass_once(c, n, mode, rep, 120_000)
-          end)
-
-        # 100k processes each unregistering from one Registry key keep both
-        # schedulers inside long ETS scans for minutes (measured once: 56 s
-        # and 163 s), starving everything else, the harness included: not run.
-        per =
-          if mode == :death,
-            do:
-              Enum.reduce(capped, per, fn c, acc ->
-                Map.put(acc, c, [mass_once(c, n, mode, 1, cfg.mass_cap_ms)])
-              end),
-            else: per
+          Harness.interleave(cfg.mass_reps, comps, fn c, rep -> mass_once(c, n, mode, rep) end)
 
         kase =
-          case mode do
-            :unsubscribe -> "#{label(n)} subscribers, each unsubscribing"
-            :death -> "#{label(n)} subscribers, all killed at once"
-          end
+          if mode == :unsubscribe,
+            do: "#{label(n)} subscribers, each unsubscribing",
+            else: "#{label(n)} subscribers, all killed at once"
 
-        for c <- Comparators.order(), maps = per[c], maps != nil do
-          capped? = Enum.any?(maps, & &1.capped)
-          times = Enum.map(maps, & &1.time)
-          rates = Enum.map(maps, &(n * 1.0e9 / &1.time))
-
-          [
-            Harness.record(:unsubscribe, kase, c, "time", :ns, :lower, times, capped: capped?),
-            Harness.record(
-              :unsubscribe,
-              kase,
-              c,
-              "subscriptions removed/s",
-              :per_s,
-              :higher,
-              rates,
-              capped: capped?
-            )
-          ]
-        end
+        Harness.records(:unsubscribe, kase, per, [
+          {"time", :ns, :lower, []},
+          {"subscriptions removed/s", :per_s, :higher, []}
+        ])
       end
-      |> List.flatten()
 
     %{
-      records: records,
+      records: List.flatten(records),
       primary: "time",
       notes: [
         "N processes subscribe to one channel; then either each unsubscribes itself (the clock " <>
           "stops when the last one has returned from its unsubscribe) or all are killed with " <>
-          "`Process.exit(pid, :kill)` (the clock stops when the channel/registry shows no " <>
-          "subscription left, polled every millisecond). yggdrasil's unsubscribe also sends " <>
-          "`{:Y_DISCONNECTED, _}`; death is the same engine path for native and yggdrasil. " <>
-          "Registry and Phoenix.PubSub remove a duplicate-key entry by scanning the key's " <>
-          "entries, so their cost grows with N²: above #{label(cfg.mass_full_limit)} they run " <>
-          "once and are stopped after #{cfg.mass_cap_ms} ms (`> …` is a lower bound), and their " <>
-          "\"each unsubscribing\" case is not run at all: 100k processes each unregistering from " <>
-          "one key keep both schedulers in ETS scans for minutes and starve the VM, the harness " <>
-          "included (once, on this machine under load: registry 56 s, phoenix_pubsub 163 s). " <>
-          "native/yggdrasil: #{cfg.mass_reps} repetitions."
+          "`Process.exit(pid, :kill)` (the clock stops when no subscription is left, polled " <>
+          "every millisecond). yggdrasil's unsubscribe also sends `{:Y_DISCONNECTED, _}`; death " <>
+          "is the same engine path for native and yggdrasil. Registry and Phoenix.PubSub remove " <>
+          "a duplicate-key entry by scanning the key's entries, so their cost grows with N²: " <>
+          "they run up to #{label(cfg.mass_full_limit)} subscribers only (100k processes each " <>
+          "unregistering from one key kept both schedulers in ETS scans for minutes, starving " <>
+          "the VM: registry 56 s, phoenix_pubsub 163 s, measured once). #{cfg.mass_reps} repetitions."
       ]
     }
   end
 
-  defp mass_once(c, n, mode, rep, cap_ms) do
+  defp mass_once(c, n, mode, rep) do
     target = Comparators.target({:mass, n, mode, rep, c}, 0)
-    # Subscribers run at low priority: when Registry's quadratic cleanup
-    # keeps 100k of them busy, its own processes (and the reset that ends
-    # a capped run) still get a scheduler. Alone in the VM, they run as fast.
-    group =
-      Group.start(List.duplicate(target, n), :idle, fn target ->
-        Process.flag(:priority, :low)
-        Comparators.subscribe(c, target)
-      end)
-
+    group = Group.start(List.duplicate(target, n), :idle, &Comparators.subscribe(c, &1))
     subscribed = Comparators.count(c, target)
     if subscribed != n, do: raise("#{c}: #{subscribed} of #{n} subscriptions registered")
+    t0 = Group.now()
 
-    {elapsed, capped?} =
-      case mode do
-        :unsubscribe -> leave_all(c, target, group, cap_ms)
-        :death -> kill_all(c, target, group, cap_ms)
-      end
+    case mode do
+      :unsubscribe ->
+        coordinator = self()
+        %Group{counter: counter, tag: tag} = group
+        :atomics.put(counter, 1, group.size)
 
-    left = Comparators.count(c, target)
+        Group.run_each(group, fn ->
+          Comparators.unsubscribe(c, target)
+          Group.countdown(counter, 1, coordinator, {tag, :left})
+        end)
+
+        Group.await(tag, :left, "#{n} processes to unsubscribe")
+
+      :death ->
+        Enum.each(group.pids, &Process.exit(&1, :kill))
+        Harness.wait_until(fn -> Comparators.count(c, target) == 0 end)
+    end
+
+    elapsed = Group.now() - t0
     Group.stop(group)
-
-    if not capped? and left != 0,
-      do: raise("#{c}: #{left} subscriptions left after mass #{mode}")
-
-    %{time: elapsed, capped: capped?}
-  end
-
-  defp leave_all(c, target, group, cap_ms) do
-    coordinator = self()
-    %Group{counter: counter, tag: tag} = group
-    :atomics.put(counter, 1, group.size)
-
-    leave = fn ->
-      Comparators.unsubscribe(c, target)
-      Group.countdown(counter, 1, coordinator, {tag, :left})
-    end
-
-    t0 = Group.now()
-    Group.run_each(group, leave)
-
-    receive do
-      {^tag, :left} -> {Group.now() - t0, false}
-    after
-      cap_ms -> {Group.now() - t0, true}
-    end
-  end
-
-  defp kill_all(c, target, group, cap_ms) do
-    t0 = Group.now()
-    Enum.each(group.pids, &Process.exit(&1, :kill))
-    deadline = t0 + cap_ms * 1_000_000
-    poll_empty(c, target, t0, deadline)
-  end
-
-  defp poll_empty(c, target, t0, deadline) do
-    now = Group.now()
-
-    cond do
-      Comparators.count(c, target) == 0 ->
-        {Group.now() - t0, false}
-
-      now > deadline ->
-        {now - t0, true}
-
-      true ->
-        Process.sleep(1)
-        poll_empty(c, target, t0, deadline)
-    end
+    %{"time" => elapsed, "subscriptions removed/s" => n * 1.0e9 / elapsed}
   end
 
   ###########################
-  # 7. Memory
+  # 5. Memory
 
   def memory(cfg) do
     procs = cfg.mem_procs
     per = cfg.mem_channels_per_proc
     subs = procs * per
-    channels = div(subs, 10)
     kase = "#{label(subs)} subscriptions"
 
-    runs = for c <- [:native, :registry], do: {c, memory_run(c, procs, per, channels)}
-
     records =
-      Enum.flat_map(runs, fn {c, m} ->
-        bytes = fn metric, value, opts ->
-          Harness.record(:memory, kase, c, metric, :bytes, :lower, [value], opts)
-        end
-
-        engine =
-          if c == :native do
-            [
-              bytes.("engine bytes/subscription", m.engine_per_sub, []),
-              bytes.("engine bytes left after unsubscribe", m.engine_left, zero_ok: true)
-            ]
-          else
-            []
-          end
-
-        engine ++
-          [
-            bytes.(":erlang.memory bytes/subscription", m.erlang_per_sub, []),
-            bytes.("RSS bytes/subscription", m.rss_per_sub, []),
-            Harness.record(:memory, kase, c, "subscribe rate", :per_s, :higher, [m.sub_rate]),
-            Harness.record(:memory, kase, c, "unsubscribe rate", :per_s, :higher, [m.unsub_rate]),
-            bytes.(":erlang.memory left after unsubscribe", m.erlang_left, zero_ok: true),
-            bytes.(":erlang.memory left after exit", m.erlang_left_exit, zero_ok: true)
-          ]
-      end)
+      for c <- [:native, :registry],
+          {metric, value} <- memory_run(c, procs, per, div(subs, 10)),
+          do:
+            Harness.record(:memory, kase, c, metric, :bytes, :lower, [value],
+              zero_ok: noisy?(metric)
+            )
 
     %{
       records: records,
       primary: "RSS bytes/subscription",
       notes: [
-        "#{label(procs)} processes each subscribe to #{per} of #{label(channels)} channels " <>
-          "(#{label(subs)} subscriptions, 10 subscribers per channel); registry is the same with " <>
-          "`Registry.register/3` (Phoenix.PubSub stores subscriptions the same way). Baseline " <>
-          "is taken after the processes exist and before they subscribe; every process " <>
-          "garbage-collects before each reading. The engine's own accounting (`Yggdrasil.info/0` " <>
-          "`memory_bytes`) covers its tables; channel keys live in NIF environments, which " <>
-          "`:erlang.memory` sees; RSS sees everything. One run (memory figures are stable)."
-      ],
-      extra: memory_table(runs)
+        "#{label(procs)} processes each subscribe to #{per} of #{label(div(subs, 10))} channels " <>
+          "(10 subscribers per channel); registry does the same with `Registry.register/3` " <>
+          "(Phoenix.PubSub stores subscriptions the same way). The baseline is taken with the " <>
+          "processes alive and not subscribed; every process garbage-collects before each " <>
+          "reading. The engine's own accounting (`Yggdrasil.info/0` `memory_bytes`) covers its " <>
+          "tables; channel keys live in NIF environments, which `:erlang.memory` sees; RSS sees " <>
+          "everything. One run (memory figures are stable)."
+      ]
     }
   end
 
-  defp memory_run(c, procs, per, channels) do
-    before_spawn = snapshot()
+  # What is left after unsubscribing may be 0, and RSS moves by whole
+  # allocator carriers: at --quick's size it can even shrink.
+  defp noisy?(metric), do: metric =~ "left" or metric =~ "RSS"
 
+  defp memory_run(c, procs, per, channels) do
     group =
       Group.start(Enum.to_list(0..(procs - 1)), :idle, fn i ->
         Process.put(:ygg_bench_index, i)
         :ok
       end)
 
-    coordinator = self()
-    %Group{counter: counter, tag: tag} = group
-    gc_members(group)
-    base = snapshot()
+    on_members = fn action ->
+      coordinator = self()
+      %Group{counter: counter, tag: tag} = group
+      :atomics.put(counter, 1, group.size)
 
-    each = fn action ->
-      fn ->
+      Group.run_each(group, fn ->
         i = Process.get(:ygg_bench_index)
 
-        for j <- 0..(per - 1) do
-          target = Comparators.target(:memory, rem(i * per + j, channels))
-          apply(Comparators, action, [c, target])
-        end
+        for j <- 0..(per - 1),
+            action != :gc,
+            do:
+              apply(Comparators, action, [
+                c,
+                Comparators.target(:memory, rem(i * per + j, channels))
+              ])
 
         :erlang.garbage_collect()
         Group.countdown(counter, 1, coordinator, {tag, action})
-      end
+      end)
+
+      Group.await(tag, action, "#{group.size} processes to #{action}")
+      snapshot()
     end
 
-    sub_ns = run_members(group, each.(:subscribe), :subscribe)
-    full = snapshot()
-    unsub_ns = run_members(group, each.(:unsubscribe), :unsubscribe)
-    gc_members(group)
-    emptied = snapshot()
+    base = on_members.(:gc)
+    full = on_members.(:subscribe)
+    emptied = on_members.(:unsubscribe)
     Group.stop(group)
-    Harness.wait_until(fn -> Yggdrasil.info().subscriptions == 0 end, 60_000)
-    gone = snapshot()
     subs = procs * per
 
-    %{
-      subs: subs,
-      snapshots: [
-        {"before the processes exist", before_spawn},
-        {"baseline (processes alive, no subscription)", base},
-        {"#{label(subs)} subscriptions", full},
-        {"all unsubscribed", emptied},
-        {"processes gone", gone}
-      ],
-      engine_per_sub: (full.engine.memory_bytes - base.engine.memory_bytes) / subs,
-      engine_left: emptied.engine.memory_bytes - base.engine.memory_bytes,
-      erlang_per_sub: (full.erlang[:total] - base.erlang[:total]) / subs,
-      rss_per_sub: (full.rss - base.rss) / subs,
-      erlang_left: emptied.erlang[:total] - base.erlang[:total],
-      erlang_left_exit: gone.erlang[:total] - before_spawn.erlang[:total],
-      sub_rate: subs * 1.0e9 / sub_ns,
-      unsub_rate: subs * 1.0e9 / unsub_ns
-    }
-  end
+    engine =
+      if c == :native,
+        do: [
+          {"engine bytes/subscription", (full.engine - base.engine) / subs},
+          {"engine bytes left after unsubscribe", emptied.engine - base.engine}
+        ],
+        else: []
 
-  defp run_members(group, fun, what) do
-    :atomics.put(group.counter, 1, group.size)
-    t0 = Group.now()
-    Group.run_each(group, fun)
-    Group.await(group.tag, what, "#{group.size} processes to #{what}")
-    Group.now() - t0
-  end
-
-  defp gc_members(group) do
-    coordinator = self()
-    %Group{counter: counter, tag: tag} = group
-
-    run_members(
-      group,
-      fn ->
-        :erlang.garbage_collect()
-        Group.countdown(counter, 1, coordinator, {tag, :gc})
-      end,
-      :gc
-    )
+    engine ++
+      [
+        {":erlang.memory bytes/subscription", (full.erlang - base.erlang) / subs},
+        {"RSS bytes/subscription", (full.rss - base.rss) / subs},
+        {":erlang.memory left after unsubscribe", emptied.erlang - base.erlang}
+      ]
   end
 
   defp snapshot do
     stir_allocators()
     :erlang.garbage_collect()
-
-    %{
-      engine: Yggdrasil.info(),
-      erlang: :erlang.memory(),
-      rss: rss()
-    }
+    %{engine: Yggdrasil.info().memory_bytes, erlang: :erlang.memory(:total), rss: rss()}
   end
 
   # Memory freed on another scheduler than the one that allocated it is
@@ -672,52 +425,8 @@ defmodule YggBench.Scenarios do
     end
   end
 
-  defp memory_table(runs) do
-    rows =
-      for {c, m} <- runs, {what, s} <- m.snapshots do
-        engine =
-          if c == :native,
-            do: [
-              Harness.fmt(s.engine.memory_bytes, :bytes),
-              "#{s.engine.channels} / #{s.engine.subscriptions}"
-            ],
-            else: ["—", "—"]
-
-        ["#{c}", what] ++
-          engine ++
-          [
-            Harness.fmt(s.erlang[:total], :bytes),
-            Harness.fmt(s.erlang[:processes], :bytes),
-            Harness.fmt(s.erlang[:ets], :bytes),
-            Harness.fmt(s.erlang[:system], :bytes),
-            Harness.fmt(s.rss, :bytes)
-          ]
-      end
-
-    header = [
-      "comparator",
-      "moment",
-      "engine memory_bytes",
-      "engine channels / subscriptions",
-      ":erlang.memory total",
-      "processes",
-      "ets",
-      "system",
-      "RSS"
-    ]
-
-    line = fn cells -> "| " <> Enum.join(cells, " | ") <> " |\n" end
-
-    IO.iodata_to_binary([
-      "Back to baseline:\n\n",
-      line.(header),
-      "|" <> Enum.map_join(header, "|", fn _ -> "---" end) <> "|\n",
-      Enum.map(rows, line)
-    ])
-  end
-
   ###########################
-  # 8. Scheduler hold
+  # 6. Scheduler hold
 
   def scheduler(cfg) do
     comps = Comparators.all()
@@ -746,9 +455,9 @@ defmodule YggBench.Scenarios do
                   # thread CPU time): the outer time of a call that yielded
                   # includes the wait until the publisher is scheduled in
                   # again, which is time the scheduler spent on others.
-                  _ = Yggdrasil.Native.call_stats(true)
+                  :ok = Yggdrasil.Native.reset_counters()
                   times = timed_nif(engine_key, message, k, [])
-                  {times, Yggdrasil.Native.call_stats(false)}
+                  {times, Yggdrasil.Native.info()}
 
                 _ ->
                   Loops.repeat(c, Map.fetch!(keys, c), cfg.small, k)
@@ -797,18 +506,17 @@ defmodule YggBench.Scenarios do
         "Fan-out to #{label(n)} subscribers, #{k} messages per round, with " <>
           "`:erlang.system_monitor(pid, [{:long_schedule, 1}])` installed (an event whenever a " <>
           "process or port ran ≥ 1 ms without being scheduled out). native_nif_timed does what " <>
-          "`Yggdrasil.Native.broadcast/2` does — `Native.publish/2`, then `Native.publish_more/2` " <>
-          "while it answers `{:more, _}` — timing every NIF call from outside (which, for a call " <>
-          "that yielded, includes waiting to be scheduled in again) and, through " <>
-          "`Native.call_stats/1`, from inside the NIF (wall and thread CPU time). The \"max\" of the " <>
-          "#{cfg.sched_reps} repetitions is in the min–max of the CSV."
+          "`Yggdrasil.Engine.broadcast/2` does (`publish/2`, then `fanout_more/2` while the NIF " <>
+          "answers `{:more, _}`), timing every NIF call from outside (for a call that yielded, this " <>
+          "includes waiting to be scheduled in again) and from inside the NIF (wall and thread CPU " <>
+          "time, `Yggdrasil.info/0`). The max of #{cfg.sched_reps} repetitions is in the CSV's max."
       ]
     }
   end
 
   defp nif_metrics(nil, _k), do: %{}
 
-  defp nif_metrics({times, {_calls, inside_wall_us, inside_cpu_us, _over_wall, over_cpu}}, k) do
+  defp nif_metrics({times, inside}, k) do
     p = Stats.percentiles(times, [50, 99])
 
     %{
@@ -817,9 +525,9 @@ defmodule YggBench.Scenarios do
       "longest NIF call" => Enum.max(times),
       "NIF calls per publish" => length(times) / k,
       "NIF calls over 1 ms" => Enum.count(times, &(&1 > 1_000_000)),
-      "longest call inside, wall" => inside_wall_us * 1_000,
-      "longest call inside, CPU" => inside_cpu_us * 1_000,
-      "calls over 1 ms inside, CPU" => over_cpu
+      "longest call inside, wall" => inside.fanout_max_wall_us * 1_000,
+      "longest call inside, CPU" => inside.fanout_max_cpu_us * 1_000,
+      "calls over 1 ms inside, CPU" => inside.fanout_over_1ms_cpu
     }
   end
 
@@ -837,7 +545,7 @@ defmodule YggBench.Scenarios do
 
   defp continue_nif({:more, rest}, message, acc) do
     t0 = Group.now()
-    result = Yggdrasil.Native.publish_more(rest, message)
+    result = Yggdrasil.Native.fanout_more(rest, message)
     t1 = Group.now()
     continue_nif(result, message, [t1 - t0 | acc])
   end

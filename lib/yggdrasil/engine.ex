@@ -22,7 +22,7 @@ defmodule Yggdrasil.Engine do
   @spec subscribe(key()) :: :ok | {:error, :process_dead | :too_many_channels | :internal}
   def subscribe(key) do
     case Native.subscribe(key) do
-      {:ok, _added?, _connected?} -> :ok
+      {:ok, _subscribed} -> :ok
       {:error, _} = error -> error
     end
   end
@@ -46,7 +46,7 @@ defmodule Yggdrasil.Engine do
     do: finish(Native.set_connected(key, connected?, message), message)
 
   defp finish(:ok, _message), do: :ok
-  defp finish({:more, rest}, message), do: finish(Native.publish_more(rest, message), message)
+  defp finish({:more, rest}, message), do: finish(Native.fanout_more(rest, message), message)
 
   @doc false
   # Marks a channel as served by an adapter process, so its emptying is
@@ -92,15 +92,15 @@ defmodule Yggdrasil.Engine do
   def connected?(key), do: Native.is_connected(key)
 
   @doc false
-  # Table sizes, bytes the NIF holds, and messages sent since boot.
+  # Table sizes, bytes the NIF holds, and the counters (see the NIF's
+  # `stats` module).
   @spec info() :: %{atom() => non_neg_integer()}
   def info, do: Native.info()
 
   @doc false
-  # How long fan-out calls held their scheduler since the last reset (see
-  # the NIF's `stats` module).
-  @spec call_stats(boolean()) :: %{atom() => non_neg_integer()}
-  def call_stats(reset?), do: Native.call_stats(reset?)
+  # Zeroes the counters of `info/0`, for measurements over a window.
+  @spec reset_counters() :: :ok
+  def reset_counters, do: Native.reset_counters()
 
   @doc false
   @spec json_encode(term()) :: {:ok, binary()} | {:error, term()}

@@ -42,7 +42,7 @@ defmodule Yggdrasil.Native do
   # `key` is a channel key, `cursor` a resource from an earlier call.
 
   @doc false
-  @spec subscribe(term()) :: {:ok, boolean(), boolean()} | {:error, atom()}
+  @spec subscribe(term()) :: {:ok, %{added: boolean(), connected: boolean()}} | {:error, atom()}
   def subscribe(_key), do: not_loaded()
 
   @doc false
@@ -54,8 +54,8 @@ defmodule Yggdrasil.Native do
   def publish(_key, _message), do: not_loaded()
 
   @doc false
-  @spec publish_more(reference(), term()) :: :ok | {:more, reference()}
-  def publish_more(_cursor, _message), do: not_loaded()
+  @spec fanout_more(reference(), term()) :: :ok | {:more, reference()}
+  def fanout_more(_cursor, _message), do: not_loaded()
 
   @doc false
   @spec set_connected(term(), boolean(), term()) :: :ok | {:more, reference()}
@@ -94,8 +94,8 @@ defmodule Yggdrasil.Native do
   def info, do: not_loaded()
 
   @doc false
-  @spec call_stats(boolean()) :: %{atom() => non_neg_integer()}
-  def call_stats(_reset), do: not_loaded()
+  @spec reset_counters() :: :ok
+  def reset_counters, do: not_loaded()
 
   @doc false
   @spec json_encode(term()) :: {:ok, binary()} | {:error, term()} | :too_big

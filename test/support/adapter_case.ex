@@ -4,12 +4,14 @@ defmodule Yggdrasil.AdapterCase do
   use ExUnit.CaseTemplate
 
   import ExUnit.Assertions
+  import Yggdrasil.Test.Helpers
 
   alias Yggdrasil.Channel
 
   using do
     quote do
       import Yggdrasil.AdapterCase
+      import Yggdrasil.Test.Helpers
 
       # For messages that follow asynchronous work (adapter starts, stops,
       # restarts): generous, as the suites run concurrently.
@@ -62,19 +64,6 @@ defmodule Yggdrasil.AdapterCase do
     eventually(fn -> Yggdrasil.Subscriber.Generator.whereis(channel) end)
   end
 
-  @doc "Polls `fun` until it returns a truthy value (fails after ~5 s)."
-  def eventually(fun, tries \\ 500) do
-    case fun.() do
-      result when result in [nil, false] ->
-        if tries == 0, do: flunk("condition never became true")
-        Process.sleep(10)
-        eventually(fun, tries - 1)
-
-      result ->
-        result
-    end
-  end
-
   @doc """
   A process that subscribes to `channel`, forwards every `:Y_*` message to
   `parent` as `{pid, message}`, and obeys `{:unsubscribe, channel}` (answers
@@ -121,46 +110,12 @@ defmodule Yggdrasil.AdapterCase do
     end
   end
 
-  @doc "Kills `pid` and waits until it is gone."
-  def kill(pid) do
-    ref = Process.monitor(pid)
-    Process.exit(pid, :kill)
-
-    receive do
-      {:DOWN, ^ref, :process, ^pid, _} -> :ok
-    end
-  end
-
   @doc "Waits for the `:DOWN` of `ref` and returns its reason."
   def down_reason(ref, timeout \\ 5_000) do
     receive do
       {:DOWN, ^ref, :process, _, reason} -> reason
     after
       timeout -> flunk("process did not stop")
-    end
-  end
-
-  @doc """
-  Publishes a sentinel and returns the `:Y_EVENT` payloads of `channel`
-  received before it (messages from one adapter arrive in order).
-  """
-  def events_until_sentinel(channel) do
-    sentinel =
-      case channel.transformer do
-        :json -> %{"sentinel" => System.unique_integer([:positive])}
-        _ -> {:sentinel, make_ref()}
-      end
-
-    :ok = Yggdrasil.publish(channel, sentinel)
-    collect(channel.name, sentinel, [])
-  end
-
-  defp collect(name, sentinel, acc) do
-    receive do
-      {:Y_EVENT, %Channel{name: ^name}, ^sentinel} -> Enum.reverse(acc)
-      {:Y_EVENT, %Channel{name: ^name}, message} -> collect(name, sentinel, [message | acc])
-    after
-      5_000 -> flunk("sentinel not received; got so far: #{inspect(Enum.reverse(acc))}")
     end
   end
 end

@@ -10,6 +10,7 @@ defmodule Yggdrasil.Test.Cluster do
   # not exist on the peers.
 
   import ExUnit.Assertions
+  import Yggdrasil.Test.Helpers
 
   @host ~c"127.0.0.1"
 
@@ -87,35 +88,12 @@ defmodule Yggdrasil.Test.Cluster do
     :exit, _ -> :ok
   end
 
-  @doc """
-  Waits until `fun.()` is truthy, polling; fails with `what` after
-  `timeout` ms. Waits for the cluster to settle, it asserts no duration.
-  """
-  def wait_until(fun, what, timeout \\ 10_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    do_wait(fun, what, deadline)
-  end
-
-  defp do_wait(fun, what, deadline) do
-    cond do
-      fun.() ->
-        :ok
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("timed out waiting for: #{what}")
-
-      true ->
-        Process.sleep(10)
-        do_wait(fun, what, deadline)
-    end
-  end
-
   @doc "Waits until each of `nodes` relays to all the others."
   def wait_relays(nodes) do
     for node <- nodes do
       others = Enum.sort(nodes -- [node])
 
-      wait_until(
+      eventually(
         fn -> remote_nodes(node) == others end,
         "relays of #{inspect(node)} to be #{inspect(others)}"
       )

@@ -20,8 +20,7 @@ end
 
 defmodule Yggdrasil.Publisher.Adapter.Direct do
   @moduledoc false
-  use Yggdrasil.Publisher.Adapter
-  use GenServer
+  use Yggdrasil.Publisher.Adapter, worker: :stateless
 
   alias Yggdrasil.Subscriber.Publisher
 
@@ -37,9 +36,6 @@ defmodule Yggdrasil.Publisher.Adapter.Direct do
       :ok
     end
   end
-
-  @impl GenServer
-  def init(namespace), do: {:ok, namespace}
 end
 
 # Declares `publish: :caller` without `publish_in_caller/4`: refused.

@@ -23,11 +23,10 @@ defmodule Yggdrasil.Broker.Publisher do
 
   defmacro __using__(broker: broker) do
     quote do
-      use Yggdrasil.Publisher.Adapter
       # Pooled workers only serve direct calls of
       # `Yggdrasil.Publisher.Adapter.publish/4`; `Yggdrasil.publish/3` uses
       # `publish_in_caller/4`.
-      use GenServer
+      use Yggdrasil.Publisher.Adapter, worker: :stateless
 
       @impl Yggdrasil.Publisher.Adapter
       def publish(_worker, %Yggdrasil.Channel{} = channel, message, options) do
@@ -38,13 +37,6 @@ defmodule Yggdrasil.Broker.Publisher do
       @impl Yggdrasil.Publisher.Adapter
       def publish_in_caller(channel, route, message, options),
         do: Yggdrasil.Broker.Publisher.publish(unquote(broker), channel, route, message, options)
-
-      @impl GenServer
-      def init(namespace), do: {:ok, namespace}
-
-      @impl GenServer
-      def handle_call({:publish, %Yggdrasil.Channel{} = channel, message}, _from, namespace),
-        do: {:reply, publish(self(), channel, message, []), namespace}
     end
   end
 

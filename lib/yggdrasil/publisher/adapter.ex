@@ -7,7 +7,10 @@ defmodule Yggdrasil.Publisher.Adapter do
   `use Yggdrasil.Publisher.Adapter` defines `start_link(namespace, options)`
   as `GenServer.start_link(__MODULE__, namespace, options)` and
   `publish(publisher, channel, message, options)` as
-  `GenServer.call(publisher, {:publish, channel, message})`.
+  `GenServer.call(publisher, {:publish, channel, message})`. With
+  `worker: :stateless` it also makes the module a GenServer whose process
+  holds only its namespace and answers that call with `publish/4`: for
+  adapters whose `publish/4` does its work in the caller.
 
   An adapter declared with `use Yggdrasil.Adapter, publish: :caller` is
   published to without the pool: `Yggdrasil.publish/3` calls its publisher
@@ -58,9 +61,10 @@ defmodule Yggdrasil.Publisher.Adapter do
 
   @optional_callbacks publish_in_caller: 4
 
-  defmacro __using__(_) do
+  defmacro __using__(options) do
     quote do
       @behaviour Yggdrasil.Publisher.Adapter
+      unquote(if Keyword.get(options, :worker) == :stateless, do: stateless_worker())
 
       @doc "Starts a publisher process for `namespace`."
       @spec start_link(atom(), GenServer.options()) :: GenServer.on_start()
@@ -77,6 +81,22 @@ defmodule Yggdrasil.Publisher.Adapter do
       end
 
       defoverridable start_link: 1, start_link: 2, publish: 3, publish: 4
+    end
+  end
+
+  # `worker: :stateless`: the pooled process is a GenServer holding only its
+  # namespace, for adapters whose `publish/4` does the work in the caller.
+  defp stateless_worker do
+    quote do
+      use GenServer
+
+      @impl GenServer
+      def init(namespace), do: {:ok, namespace}
+
+      @impl GenServer
+      def handle_call({:publish, %Yggdrasil.Channel{} = channel, message}, _from, namespace) do
+        {:reply, publish(self(), channel, message, []), namespace}
+      end
     end
   end
 

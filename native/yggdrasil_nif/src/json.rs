@@ -206,3 +206,55 @@ fn to_term<'a>(env: Env<'a>, value: &Value) -> Result<Term<'a>, String> {
         }
     })
 }
+
+// The NIFs of the `:json` transformer. A term above the node budget is
+// refused with `:too_big` on a normal scheduler, so that `Yggdrasil.Engine`
+// retries it on a dirty one.
+
+mod atoms {
+    rustler::atoms! { ok, error, too_big }
+}
+
+/// Budget of JSON nodes on a normal scheduler; larger terms go dirty.
+const JSON_NODE_BUDGET: usize = 20_000;
+
+fn json_encode_with<'a>(env: Env<'a>, term: Term<'a>, budget: Option<usize>) -> Term<'a> {
+    match encode(term, budget) {
+        Ok(bytes) => {
+            let mut binary = rustler::types::binary::NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), rustler::Binary::from(binary)).encode(env)
+        }
+        Err(EncodeError::OverBudget) => atoms::too_big().encode(env),
+        Err(EncodeError::Invalid(reason)) => (atoms::error(), reason).encode(env),
+    }
+}
+
+/// `{:ok, json}`, `{:error, reason}`, or `:too_big` when the term should be
+/// encoded on a dirty scheduler instead.
+#[rustler::nif]
+fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    json_encode_with(env, term, Some(JSON_NODE_BUDGET))
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    json_encode_with(env, term, None)
+}
+
+fn json_decode_with<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    match decode(env, text.as_slice()) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
+
+#[rustler::nif]
+fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    json_decode_with(env, text)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode_dirty<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    json_decode_with(env, text)
+}

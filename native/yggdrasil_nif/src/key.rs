@@ -10,25 +10,30 @@ use rustler::sys::{ErlNifEnv, ErlNifTerm};
 use rustler::{Env, Term};
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Salt for the VM's internal hash; any constant works.
 const HASH_SALT: u64 = 0x5967_6764_7261_7369;
 
-/// A channel term looked up during one NIF call. Only valid while the call's
-/// environment is, so it never outlives the call.
+/// A channel term looked up during one NIF call. The lifetime is the call's
+/// environment (the `'a` of the `Term<'a>` it came from), so the compiler
+/// keeps it from outliving the call. Stored keys hold a `TermKey<'static>`
+/// whose term lives in a slab instead (see [`ChannelKey`]).
 #[derive(Clone, Copy)]
-pub struct TermKey {
+pub struct TermKey<'a> {
     hash: u64,
     term: ErlNifTerm,
+    env: PhantomData<&'a ()>,
 }
 
-impl TermKey {
-    pub fn new(term: Term<'_>) -> Self {
+impl<'a> TermKey<'a> {
+    pub fn new(term: Term<'a>) -> Self {
         TermKey {
             hash: bucket_hash(term),
             term: term.as_c_arg(),
+            env: PhantomData,
         }
     }
 }
@@ -52,13 +57,13 @@ fn bucket_hash(term: Term<'_>) -> u64 {
     term.hash_internal(HASH_SALT)
 }
 
-impl Hash for TermKey {
+impl Hash for TermKey<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
     }
 }
 
-impl PartialEq for TermKey {
+impl PartialEq for TermKey<'_> {
     fn eq(&self, other: &Self) -> bool {
         // SAFETY: both terms are alive: one belongs to the running call, the
         // other to a `StoredTerm` that the engine keeps alive while it is
@@ -67,7 +72,7 @@ impl PartialEq for TermKey {
     }
 }
 
-impl Eq for TermKey {}
+impl Eq for TermKey<'_> {}
 
 /// A process-independent environment shared by up to [`SLAB_KEYS`] stored
 /// channel terms. An environment carries about 2.6 KB of fixed VM overhead
@@ -106,7 +111,9 @@ static CURRENT_SLAB: Mutex<Option<(Arc<Slab>, usize)>> = Mutex::new(None);
 struct StoredTerm {
     // Keeps the slab, hence the term's memory, alive.
     slab: Arc<Slab>,
-    key: TermKey,
+    // `'static` because the term belongs to no call: it lives as long as
+    // `slab`, and is only lent out borrowed from its `ChannelKey`.
+    key: TermKey<'static>,
 }
 
 impl Drop for StoredTerm {
@@ -136,7 +143,7 @@ pub struct ChannelKey {
 
 impl ChannelKey {
     /// Copies the looked-up term into the current slab.
-    pub fn store(key: &TermKey) -> Self {
+    pub fn store(key: &TermKey<'_>) -> Self {
         let mut current = CURRENT_SLAB.lock().unwrap_or_else(PoisonError::into_inner);
         let slab = match current.as_mut() {
             Some((slab, held)) if *held < SLAB_KEYS => {
@@ -166,6 +173,7 @@ impl ChannelKey {
                 key: TermKey {
                     hash: key.hash,
                     term,
+                    env: PhantomData,
                 },
             }),
         }
@@ -178,8 +186,8 @@ impl ChannelKey {
     }
 }
 
-impl Borrow<TermKey> for ChannelKey {
-    fn borrow(&self) -> &TermKey {
+impl<'a> Borrow<TermKey<'a>> for ChannelKey {
+    fn borrow(&self) -> &TermKey<'a> {
         &self.stored.key
     }
 }

@@ -12,12 +12,21 @@ use rustler::{Encoder, Env, LocalPid, Term};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pid(ErlNifTerm);
 
+// `ErlNifPid` is `#[repr(C)]` with the pid term as its only (private) field:
+// the conversions below rely on that layout, so a rustler version that
+// changes it fails to compile here instead of misbehaving.
+const _: () = assert!(
+    std::mem::size_of::<ErlNifPid>() == std::mem::size_of::<ErlNifTerm>()
+        && std::mem::align_of::<ErlNifPid>() == std::mem::align_of::<ErlNifTerm>()
+);
+
 impl Pid {
     #[inline]
     pub fn of(pid: &LocalPid) -> Pid {
         let raw: *const ErlNifPid = pid.as_c_arg();
         // SAFETY: `ErlNifPid` is `#[repr(C)]` with the pid term as its only
-        // field, so reading the first field through the pointer is sound.
+        // field (size and alignment asserted above), so reading the first
+        // field through the pointer is sound.
         Pid(unsafe { *raw.cast::<ErlNifTerm>() })
     }
 

@@ -7,8 +7,7 @@ defmodule Yggdrasil.Publisher.Adapter.Bridge do
   publishing process and waits for the remote publish, so one publisher's
   messages keep their order.
   """
-  use Yggdrasil.Publisher.Adapter
-  use GenServer
+  use Yggdrasil.Publisher.Adapter, worker: :stateless
 
   alias Yggdrasil.Adapter.Bridge
   alias Yggdrasil.Channel
@@ -25,12 +24,4 @@ defmodule Yggdrasil.Publisher.Adapter.Bridge do
   end
 
   def publish(_publisher, other, _message, _options), do: Channel.not_a_channel(other)
-
-  @impl GenServer
-  def init(namespace), do: {:ok, namespace}
-
-  @impl GenServer
-  def handle_call({:publish, %Channel{} = channel, message}, _from, namespace) do
-    {:reply, publish(self(), channel, message, []), namespace}
-  end
 end

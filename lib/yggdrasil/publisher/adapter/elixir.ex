@@ -5,8 +5,7 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
   the caller: encode and decode with the channel's transformer, then native
   delivery. Per-publisher order holds.
   """
-  use Yggdrasil.Publisher.Adapter
-  use GenServer
+  use Yggdrasil.Publisher.Adapter, worker: :stateless
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Registry
@@ -26,13 +25,5 @@ defmodule Yggdrasil.Publisher.Adapter.Elixir do
     with {:ok, encoded} <- route.transformer_module.encode(channel, message) do
       Publisher.deliver(channel, route, encoded, options[:metadata])
     end
-  end
-
-  @impl GenServer
-  def init(namespace), do: {:ok, namespace}
-
-  @impl GenServer
-  def handle_call({:publish, %Channel{} = channel, message}, _from, namespace) do
-    {:reply, publish(self(), channel, message, []), namespace}
   end
 end

@@ -1,4 +1,0 @@
-# Scenario 3 of the benchmark suite alone: `mix run bench/payloads.exs [--quick]`
-# (MIX_ENV=prod recommended). Prints the table; see bench/run.exs.
-Code.require_file("support/harness.exs", __DIR__)
-YggBench.Harness.main(["--only", "payloads" | System.argv()])

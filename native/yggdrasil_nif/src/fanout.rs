@@ -1,0 +1,182 @@
+//! Sending one message to every subscriber of a channel, from the
+//! publisher's own process, in calls that never hold a scheduler for 1 ms:
+//! a fan-out that runs out of time returns `{:more, cursor}` and
+//! `fanout_more/2` resumes it. The [`Cursor`] is also what resumes a
+//! listing (see `listing`).
+
+use crate::key::TermKey;
+use crate::pid::Pid;
+use crate::stats;
+use crate::table::table;
+use rustler::schedule::consume_timeslice;
+use rustler::sys::enif_send;
+use rustler::{Env, NifResult, NifTaggedEnum, Resource, ResourceArc, Term};
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use yggdrasil_engine::Snapshot;
+
+/// Sends per batch of a fan-out: the unit the fence waits for and the unit
+/// between clock reads. 32 `enif_send`s of a small message usually take a
+/// few µs, but waking 32 sleeping receivers among 100k was measured at up to
+/// ~250 µs of CPU, which is why batches are small and the cap below leaves
+/// room for one.
+const BATCH: usize = 32;
+
+/// How often a long fan-out reports its time to the scheduler.
+const REPORT_EVERY_US: u128 = 100;
+
+/// A fan-out call returns `{:more, _}` after this long at the latest,
+/// leaving room under 1 ms for the batch in progress.
+const MAX_CALL_US: u128 = 700;
+
+/// What a cursor resumes: a cursor of one kind handed to the other's NIF
+/// is an `ArgumentError`, not a listing that sends or a fan-out that lists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    FanOut,
+    Listing,
+}
+
+/// The rest of a subscriber snapshot that a call left for the next one.
+/// Usable once: the first call to resume it takes it.
+pub struct Cursor {
+    purpose: Purpose,
+    members: Snapshot<Pid>,
+    next: AtomicUsize,
+}
+
+#[rustler::resource_impl]
+impl Resource for Cursor {}
+
+impl Cursor {
+    pub fn new(purpose: Purpose, members: Snapshot<Pid>, next: usize) -> ResourceArc<Cursor> {
+        ResourceArc::new(Cursor {
+            purpose,
+            members,
+            next: AtomicUsize::new(next),
+        })
+    }
+
+    /// The snapshot and where to go on from; `None` when an earlier call
+    /// already took it.
+    pub fn take(&self, purpose: Purpose) -> NifResult<Option<(Snapshot<Pid>, usize)>> {
+        if self.purpose != purpose {
+            return Err(rustler::Error::BadArg);
+        }
+        let next = self.next.swap(usize::MAX, Ordering::AcqRel);
+        Ok((next != usize::MAX).then(|| (self.members.clone(), next)))
+    }
+}
+
+/// `:ok` once every subscriber was sent the message, `{:more, cursor}`
+/// when the call's time ran out first.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+pub enum FanOut {
+    Ok,
+    More(ResourceArc<Cursor>),
+}
+
+/// Sends `message` to every subscriber of `channel`.
+#[rustler::nif]
+fn publish<'a>(env: Env<'a>, channel: Term<'a>, message: Term<'a>) -> FanOut {
+    let targets = table().snapshot(&TermKey::new(channel));
+    match targets {
+        Some(targets) => deliver(env, targets, 0, message),
+        None => FanOut::Ok,
+    }
+}
+
+/// Sets the channel's connection state and sends `message` to its
+/// subscribers, atomically with the change; nothing when it did not change.
+#[rustler::nif]
+fn set_connected<'a>(
+    env: Env<'a>,
+    channel: Term<'a>,
+    connected: bool,
+    message: Term<'a>,
+) -> FanOut {
+    let targets = table().set_connected(&TermKey::new(channel), connected);
+    match targets {
+        Some(targets) => deliver(env, targets, 0, message),
+        None => FanOut::Ok,
+    }
+}
+
+/// Continues a fan-out that `publish/2` or `set_connected/3` left.
+#[rustler::nif]
+fn fanout_more<'a>(
+    env: Env<'a>,
+    cursor: ResourceArc<Cursor>,
+    message: Term<'a>,
+) -> NifResult<FanOut> {
+    Ok(match cursor.take(Purpose::FanOut)? {
+        Some((targets, next)) => deliver(env, targets, next, message),
+        None => FanOut::Ok,
+    })
+}
+
+/// `send/2` from inside a NIF call: `env` is the caller's (process-bound,
+/// on a scheduler thread), so the VM copies `message` into the target's
+/// heap. A dead target is not an error, as with `send/2`.
+#[inline]
+pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
+    let pid = pid.c_pid();
+    // SAFETY: `env` is the calling process's environment and `message`
+    // belongs to it; a null message env means "copy", which is what we want.
+    unsafe {
+        enif_send(env.as_c_arg(), &pid, ptr::null_mut(), message.as_c_arg());
+    }
+}
+
+/// Delivers `message` to `targets[next..]`, yielding the scheduler when its
+/// time slice is used up.
+///
+/// Sends go out in batches of [`BATCH`] under the snapshot's fence (see
+/// `Members::deliver`): an unsubscribe racing with this fan-out waits at
+/// most for the batch being sent, never for the whole fan-out, and the rest
+/// of the fan-out skips it. A fan-out that fits in one batch (the common
+/// 1-subscriber publish) does no clock reads at all.
+fn deliver<'a>(env: Env<'a>, targets: Snapshot<Pid>, mut next: usize, message: Term<'a>) -> FanOut {
+    let total = targets.len();
+    if total.saturating_sub(next) <= BATCH {
+        let sent = targets.deliver(next, total, |&pid| send(env, pid, message));
+        stats::COUNTERS.deliveries.add(sent);
+        return FanOut::Ok;
+    }
+    let timer = stats::CallTimer::start();
+    let started = Instant::now();
+    let mut reported = started;
+    loop {
+        let end = next.saturating_add(BATCH).min(total);
+        let sent = targets.deliver(next, end, |&pid| send(env, pid, message));
+        stats::COUNTERS.deliveries.add(sent);
+        next = end;
+        if next >= total {
+            timer.stop();
+            return FanOut::Ok;
+        }
+        // Report to the scheduler every ~100 µs (100% of a slice is about
+        // 1 ms), and stop after MAX_CALL_US even if the slice is not used
+        // up, so that no call reaches 1 ms.
+        let now = Instant::now();
+        let spent = now.duration_since(reported).as_micros();
+        let over = now.duration_since(started).as_micros() >= MAX_CALL_US;
+        if spent >= REPORT_EVERY_US || over {
+            reported = now;
+            let percent = (spent / 10).clamp(1, 100) as i32;
+            let exhausted = consume_timeslice(env, percent);
+            if exhausted || over {
+                if !exhausted {
+                    // Stopped by our own cap: spend the rest of the slice so
+                    // the publisher is scheduled out before it resumes,
+                    // and no process holds a scheduler across two calls.
+                    consume_timeslice(env, 100);
+                }
+                timer.stop();
+                return FanOut::More(Cursor::new(Purpose::FanOut, targets, next));
+            }
+        }
+    }
+}
