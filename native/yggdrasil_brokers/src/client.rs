@@ -555,7 +555,21 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 }
                 continue;
             }
-            match timeout(CALL_TIMEOUT, broker.connect_listener()).await {
+            // Connecting may take long (an unroutable host): keep taking
+            // commands meanwhile, so a close is not held up by it.
+            let connect = timeout(CALL_TIMEOUT, broker.connect_listener());
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    biased;
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        None => return,
+                    },
+                    connected = &mut connect => break connected,
+                }
+            };
+            match connected {
                 Ok(Ok((control, messages))) => {
                     session = Some(Session {
                         control,
