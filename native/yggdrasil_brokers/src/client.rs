@@ -599,7 +599,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                     Ok(Ok(())) => topics.confirm(shared, &topic),
                     Ok(Err(ListenError::Topic(reason))) => {
                         shared.warn(format!(
-                            "{} refused the subscription to {topic:?}: {reason}",
+                            "{} refused the subscription to {topic}: {reason}",
                             broker.name()
                         ));
                         topics.refused(&topic, common.backoff_max);

@@ -581,3 +581,99 @@ fn foreign_topics_and_bad_urls_are_refused() {
         .is_err());
     assert_eq!(client.stats(), ClientStats::default());
 }
+
+fn open_as(port: u16, username: &str, password: &str) -> (Client<u64>, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = Config::Redis(redis::Config {
+        hostname: "127.0.0.1".to_string(),
+        port,
+        username: Some(username.to_string()),
+        password: Some(password.to_string()),
+        common: common(),
+        ..redis::Config::default()
+    });
+    (
+        Client::open(config, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    )
+}
+
+#[test]
+fn a_refused_pattern_is_retried_while_the_others_flow() {
+    if skip("redis-server") {
+        return;
+    }
+    let server = Server::start("redis");
+    // ACL channel rules match a PSUBSCRIBE pattern literally: ok.1 only.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">secret",
+        "resetchannels",
+        "&ok.1",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "limited", "secret");
+    client.subscribe(topic("ok.1"), 1).expect("subscribe");
+    client.subscribe(topic("no.*"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.wait(
+        "a refusal warning",
+        |d| matches!(&d.event, Event::Warning { message } if message.contains("refused")),
+    );
+    // The session stays up for the other topic.
+    server.redis_cli_text(&["PUBLISH", "ok.1", "flows"]);
+    assert_eq!(message_parts(inbox.message(1)).1, b"flows");
+
+    assert_eq!(
+        server.redis_cli_text(&["ACL", "SETUSER", "limited", "&no.*"]),
+        "OK"
+    );
+    assert_eq!(
+        inbox.connected(2).event,
+        Event::Connected {
+            topic: topic("no.*")
+        }
+    );
+    server.redis_cli_text(&["PUBLISH", "no.1", "now"]);
+    let (t, payload, channel) = message_parts(inbox.message(2));
+    assert_eq!(
+        (t, payload, channel),
+        (topic("no.*"), b"now".to_vec(), b"no.1".to_vec())
+    );
+}
+
+#[test]
+fn a_wrong_password_is_a_warning_per_attempt() {
+    if skip("redis-server") {
+        return;
+    }
+    let server = Server::start("redis");
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "someone",
+        "on",
+        ">right",
+        "allchannels",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "someone", "wrong");
+    client.subscribe(topic("secret"), 1).expect("subscribe");
+    for _ in 0..2 {
+        inbox.wait("an auth warning", |d| {
+            matches!(&d.event, Event::Warning { message } if message.contains("cannot connect"))
+        });
+    }
+    let rest = inbox.drain_for(Duration::from_millis(300));
+    assert!(
+        !rest
+            .iter()
+            .any(|d| matches!(d.event, Event::Connected { .. })),
+        "{rest:?}"
+    );
+}
