@@ -517,38 +517,34 @@ async fn listen_loop<B: Broker, R: Recipient>(
     rx: &mut UnboundedReceiver<ListenCmd<R>>,
     backoff: &mut Backoff,
 ) {
-    let common = broker.common().clone();
-    let mut session: Option<Session<'_, B>> = None;
-    let mut reconnect_at: Option<Instant> = None;
+    let idle_timeout = broker.common().idle_timeout;
+    let mut l = Listener {
+        broker,
+        shared,
+        session: None,
+        reconnect_at: None,
+        review: true,
+        retry_at: None,
+    };
     loop {
-        topics.publish_counts(&shared.counters);
-
         if topics.map.is_empty() {
             // Nothing to listen to: wait for work, or end after idle_timeout
             // (which also closes the session, if one is open).
-            match timeout(common.idle_timeout, rx.recv()).await {
-                Ok(Some(cmd)) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+            match timeout(idle_timeout, rx.recv()).await {
+                Ok(Some(cmd)) => l.apply(topics, backoff, cmd).await,
                 Ok(None) => return,
-                Err(_) => {
-                    if shared.listener.retire_if_idle(rx) {
-                        return;
-                    }
-                }
+                Err(_) if shared.listener.retire_if_idle(rx) => return,
+                Err(_) => {}
             }
             continue;
         }
 
-        let Some(open) = session.as_mut() else {
-            if let Some(at) = reconnect_at.filter(|at| *at > Instant::now()) {
+        let Some(open) = l.session.as_mut() else {
+            if let Some(at) = l.reconnect_at.filter(|at| *at > Instant::now()) {
                 // Waiting to reconnect: keep the bookkeeping current.
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
                         None => return,
                     },
                     _ = sleep_until(at) => {}
@@ -563,7 +559,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 tokio::select! {
                     biased;
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
                         None => return,
                     },
                     connected = &mut connect => break connected,
@@ -571,12 +567,13 @@ async fn listen_loop<B: Broker, R: Recipient>(
             };
             match connected {
                 Ok(Ok((control, messages))) => {
-                    session = Some(Session {
+                    l.session = Some(Session {
                         control,
                         messages,
                         _counted: Counted::new(&shared.counters.connections),
                     });
-                    reconnect_at = None;
+                    l.reconnect_at = None;
+                    l.review = true;
                 }
                 failed => {
                     let reason = match failed {
@@ -584,17 +581,18 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         _ => format!("no answer within {CALL_TIMEOUT:?}"),
                     };
                     shared.warn(format!("cannot connect to {}: {reason}", broker.name()));
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                    l.reconnect_at = Some(Instant::now() + backoff.next_delay());
                 }
             }
             continue;
         };
 
-        // Session up: (re)subscribe what is due, one topic at a time.
-        let due = topics.due(Instant::now());
-        if !due.is_empty() {
+        if l.review {
+            // (Re)subscribe what is due, one topic at a time. Only after
+            // something changed: not once per message.
+            l.review = false;
             let mut lost = None;
-            for topic in due {
+            for topic in topics.due(Instant::now()) {
                 match timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic)).await {
                     Ok(Ok(())) => topics.confirm(shared, &topic),
                     Ok(Err(ListenError::Topic(reason))) => {
@@ -602,7 +600,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                             "{} refused the subscription to {topic}: {reason}",
                             broker.name()
                         ));
-                        topics.refused(&topic, common.backoff_max);
+                        topics.refused(&topic, broker.common().backoff_max);
                     }
                     Ok(Err(ListenError::Connection(reason))) => {
                         lost = Some(reason);
@@ -615,27 +613,21 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 }
             }
             match lost {
-                Some(reason) => {
-                    lose_session(broker, shared, topics, &mut session, reason);
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                Some(reason) => l.lose(topics, backoff, reason),
+                None => {
+                    backoff.reset();
+                    l.retry_at = topics.next_retry();
                 }
-                None => backoff.reset(),
             }
             continue;
         }
 
-        let retry = topics.next_retry();
         tokio::select! {
             // Commands first: an unsubscribe sent before a publish is applied
             // before that publish's message can be read.
             biased;
             cmd = rx.recv() => match cmd {
-                Some(cmd) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+                Some(cmd) => l.apply(topics, backoff, cmd).await,
                 None => return,
             },
             incoming = broker.next_message(&mut open.messages) => match incoming {
@@ -647,13 +639,46 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         broker.ack(ack).await;
                     }
                 }
-                None => {
-                    lose_session(broker, shared, topics, &mut session, "connection closed".to_string());
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
-                }
+                None => l.lose(topics, backoff, "connection closed".to_string()),
             },
-            _ = sleep_until_some(retry) => {}
+            _ = sleep_until_some(l.retry_at) => l.review = true,
         }
+    }
+}
+
+/// The listener's per-run state (what a panic may throw away).
+struct Listener<'a, B: Broker, R: Recipient> {
+    broker: &'a B,
+    shared: &'a Shared<R>,
+    session: Option<Session<'a, B>>,
+    reconnect_at: Option<Instant>,
+    /// Topics may need (re)subscribing: after a command, a new session, or
+    /// when a refused topic's retry time comes (`retry_at`).
+    review: bool,
+    retry_at: Option<Instant>,
+}
+
+impl<B: Broker, R: Recipient> Listener<'_, B, R> {
+    async fn apply(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, cmd: ListenCmd<R>) {
+        let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+        topics.publish_counts(&self.shared.counters);
+        self.review = true;
+        if let Err(reason) = result {
+            self.lose(topics, backoff, reason);
+        }
+    }
+
+    /// The session broke: close it, tell everyone, reconnect after a pause.
+    fn lose(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, reason: String) {
+        // Dropping the session closes its connection before anyone is told.
+        if self.session.take().is_some() {
+            self.shared.warn(format!(
+                "lost the {} connection: {reason}",
+                self.broker.name()
+            ));
+        }
+        topics.disconnect_all(self.shared);
+        self.reconnect_at = Some(Instant::now() + backoff.next_delay());
     }
 }
 
@@ -692,20 +717,6 @@ async fn apply<B: Broker, R: Recipient>(
         ListenCmd::Panic => panic!("injected by debug_inject_panic"),
     }
     Ok(())
-}
-
-fn lose_session<B: Broker, R: Recipient>(
-    broker: &B,
-    shared: &Shared<R>,
-    topics: &mut Topics<R>,
-    session: &mut Option<Session<'_, B>>,
-    reason: String,
-) {
-    // Dropping the session closes its connection before anyone is told.
-    if session.take().is_some() {
-        shared.warn(format!("lost the {} connection: {reason}", broker.name()));
-    }
-    topics.disconnect_all(shared);
 }
 
 fn fan_out<R: Recipient>(
