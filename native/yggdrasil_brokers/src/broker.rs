@@ -79,7 +79,6 @@ use crate::{Common, Metadata, Properties, Topic};
 #[derive(Debug)]
 pub(crate) enum ListenError {
     /// This topic only; the session is still usable.
-    #[allow(dead_code)] // redis never refuses a single pattern; rabbit does
     Topic(String),
     /// The session is broken and must be reopened.
     Connection(String),

@@ -517,52 +517,63 @@ async fn listen_loop<B: Broker, R: Recipient>(
     rx: &mut UnboundedReceiver<ListenCmd<R>>,
     backoff: &mut Backoff,
 ) {
-    let common = broker.common().clone();
-    let mut session: Option<Session<'_, B>> = None;
-    let mut reconnect_at: Option<Instant> = None;
+    let idle_timeout = broker.common().idle_timeout;
+    let mut l = Listener {
+        broker,
+        shared,
+        session: None,
+        reconnect_at: None,
+        review: true,
+        retry_at: None,
+    };
     loop {
-        topics.publish_counts(&shared.counters);
-
         if topics.map.is_empty() {
             // Nothing to listen to: wait for work, or end after idle_timeout
             // (which also closes the session, if one is open).
-            match timeout(common.idle_timeout, rx.recv()).await {
-                Ok(Some(cmd)) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+            match timeout(idle_timeout, rx.recv()).await {
+                Ok(Some(cmd)) => l.apply(topics, backoff, cmd).await,
                 Ok(None) => return,
-                Err(_) => {
-                    if shared.listener.retire_if_idle(rx) {
-                        return;
-                    }
-                }
+                Err(_) if shared.listener.retire_if_idle(rx) => return,
+                Err(_) => {}
             }
             continue;
         }
 
-        let Some(open) = session.as_mut() else {
-            if let Some(at) = reconnect_at.filter(|at| *at > Instant::now()) {
+        let Some(open) = l.session.as_mut() else {
+            if let Some(at) = l.reconnect_at.filter(|at| *at > Instant::now()) {
                 // Waiting to reconnect: keep the bookkeeping current.
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
                         None => return,
                     },
                     _ = sleep_until(at) => {}
                 }
                 continue;
             }
-            match timeout(CALL_TIMEOUT, broker.connect_listener()).await {
+            // Connecting may take long (an unroutable host): keep taking
+            // commands meanwhile, so a close is not held up by it.
+            let connect = timeout(CALL_TIMEOUT, broker.connect_listener());
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    biased;
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
+                        None => return,
+                    },
+                    connected = &mut connect => break connected,
+                }
+            };
+            match connected {
                 Ok(Ok((control, messages))) => {
-                    session = Some(Session {
+                    l.session = Some(Session {
                         control,
                         messages,
                         _counted: Counted::new(&shared.counters.connections),
                     });
-                    reconnect_at = None;
+                    l.reconnect_at = None;
+                    l.review = true;
                 }
                 failed => {
                     let reason = match failed {
@@ -570,25 +581,26 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         _ => format!("no answer within {CALL_TIMEOUT:?}"),
                     };
                     shared.warn(format!("cannot connect to {}: {reason}", broker.name()));
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                    l.reconnect_at = Some(Instant::now() + backoff.next_delay());
                 }
             }
             continue;
         };
 
-        // Session up: (re)subscribe what is due, one topic at a time.
-        let due = topics.due(Instant::now());
-        if !due.is_empty() {
+        if l.review {
+            // (Re)subscribe what is due, one topic at a time. Only after
+            // something changed: not once per message.
+            l.review = false;
             let mut lost = None;
-            for topic in due {
+            for topic in topics.due(Instant::now()) {
                 match timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic)).await {
                     Ok(Ok(())) => topics.confirm(shared, &topic),
                     Ok(Err(ListenError::Topic(reason))) => {
                         shared.warn(format!(
-                            "{} refused the subscription to {topic:?}: {reason}",
+                            "{} refused the subscription to {topic}: {reason}",
                             broker.name()
                         ));
-                        topics.refused(&topic, common.backoff_max);
+                        topics.refused(&topic, broker.common().backoff_max);
                     }
                     Ok(Err(ListenError::Connection(reason))) => {
                         lost = Some(reason);
@@ -601,24 +613,21 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 }
             }
             match lost {
-                Some(reason) => {
-                    lose_session(broker, shared, topics, &mut session, reason);
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                Some(reason) => l.lose(topics, backoff, reason),
+                None => {
+                    backoff.reset();
+                    l.retry_at = topics.next_retry();
                 }
-                None => backoff.reset(),
             }
             continue;
         }
 
-        let retry = topics.next_retry();
         tokio::select! {
+            // Commands first: an unsubscribe sent before a publish is applied
+            // before that publish's message can be read.
+            biased;
             cmd = rx.recv() => match cmd {
-                Some(cmd) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+                Some(cmd) => l.apply(topics, backoff, cmd).await,
                 None => return,
             },
             incoming = broker.next_message(&mut open.messages) => match incoming {
@@ -630,13 +639,46 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         broker.ack(ack).await;
                     }
                 }
-                None => {
-                    lose_session(broker, shared, topics, &mut session, "connection closed".to_string());
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
-                }
+                None => l.lose(topics, backoff, "connection closed".to_string()),
             },
-            _ = sleep_until_some(retry) => {}
+            _ = sleep_until_some(l.retry_at) => l.review = true,
         }
+    }
+}
+
+/// The listener's per-run state (what a panic may throw away).
+struct Listener<'a, B: Broker, R: Recipient> {
+    broker: &'a B,
+    shared: &'a Shared<R>,
+    session: Option<Session<'a, B>>,
+    reconnect_at: Option<Instant>,
+    /// Topics may need (re)subscribing: after a command, a new session, or
+    /// when a refused topic's retry time comes (`retry_at`).
+    review: bool,
+    retry_at: Option<Instant>,
+}
+
+impl<B: Broker, R: Recipient> Listener<'_, B, R> {
+    async fn apply(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, cmd: ListenCmd<R>) {
+        let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+        topics.publish_counts(&self.shared.counters);
+        self.review = true;
+        if let Err(reason) = result {
+            self.lose(topics, backoff, reason);
+        }
+    }
+
+    /// The session broke: close it, tell everyone, reconnect after a pause.
+    fn lose(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, reason: String) {
+        // Dropping the session closes its connection before anyone is told.
+        if self.session.take().is_some() {
+            self.shared.warn(format!(
+                "lost the {} connection: {reason}",
+                self.broker.name()
+            ));
+        }
+        topics.disconnect_all(self.shared);
+        self.reconnect_at = Some(Instant::now() + backoff.next_delay());
     }
 }
 
@@ -675,20 +717,6 @@ async fn apply<B: Broker, R: Recipient>(
         ListenCmd::Panic => panic!("injected by debug_inject_panic"),
     }
     Ok(())
-}
-
-fn lose_session<B: Broker, R: Recipient>(
-    broker: &B,
-    shared: &Shared<R>,
-    topics: &mut Topics<R>,
-    session: &mut Option<Session<'_, B>>,
-    reason: String,
-) {
-    // Dropping the session closes its connection before anyone is told.
-    if session.take().is_some() {
-        shared.warn(format!("lost the {} connection: {reason}", broker.name()));
-    }
-    topics.disconnect_all(shared);
 }
 
 fn fan_out<R: Recipient>(
@@ -825,6 +853,67 @@ async fn connect_publisher<B: Broker>(broker: Arc<B>) -> Result<B::Publisher, St
     }
 }
 
+/// The requests of a publisher task that are not in flight.
+///
+/// One request per caller (`reply_to`) is active at a time, the next ones
+/// queue behind it: concurrent publishes on a multiplexed connection may
+/// reach the wire in any order (measured: they did), and a caller's
+/// messages must arrive in the order it published them. BEAM callers wait
+/// for each reply anyway, so this costs them nothing.
+struct Pending<R: Recipient> {
+    /// Active requests waiting for a connection, by deadline. All requests
+    /// of a client share one `publish_timeout`, so the earliest is in front.
+    waiting: VecDeque<PublishRequest<R>>,
+    /// Callers with an active request → their requests queued behind it.
+    behind: HashMap<R, VecDeque<PublishRequest<R>>>,
+}
+
+impl<R: Recipient> Pending<R> {
+    fn admit(&mut self, request: PublishRequest<R>) {
+        match self.behind.get_mut(&request.reply.to) {
+            Some(queue) => queue.push_back(request),
+            None => {
+                self.behind
+                    .insert(request.reply.to.clone(), VecDeque::new());
+                self.wait(request);
+            }
+        }
+    }
+
+    /// Puts an active request (new, or back from a broken connection) in line.
+    fn wait(&mut self, request: PublishRequest<R>) {
+        let at = self
+            .waiting
+            .partition_point(|r| r.deadline <= request.deadline);
+        self.waiting.insert(at, request);
+    }
+
+    /// Replies to an active request and activates its caller's next one.
+    fn finish(&mut self, request: PublishRequest<R>, result: Result<(), String>) {
+        let to = request.reply.to.clone();
+        request.reply.send(result);
+        match self.behind.get_mut(&to).and_then(VecDeque::pop_front) {
+            Some(next) => self.wait(next),
+            None => {
+                self.behind.remove(&to);
+            }
+        }
+    }
+
+    /// Fails the waiting requests whose deadline passed.
+    fn expire(&mut self, now: Instant, reason: impl Fn() -> String) {
+        while self.waiting.front().is_some_and(|r| r.deadline <= now) {
+            if let Some(request) = self.waiting.pop_front() {
+                self.finish(request, Err(reason()));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.behind.is_empty()
+    }
+}
+
 async fn publish_loop<B: Broker, R: Recipient>(
     broker: &Arc<B>,
     shared: &Shared<R>,
@@ -835,7 +924,10 @@ async fn publish_loop<B: Broker, R: Recipient>(
     let timeout_ms = common.publish_timeout.as_millis();
     let mut publisher: Option<(B::Publisher, Counted<'_>)> = None;
     let mut generation: u64 = 0;
-    let mut waiting: VecDeque<PublishRequest<R>> = VecDeque::new();
+    let mut pending = Pending {
+        waiting: VecDeque::new(),
+        behind: HashMap::new(),
+    };
     let mut in_flight = FuturesUnordered::new();
     let mut connecting = None;
     let mut reconnect_at: Option<Instant> = None;
@@ -844,31 +936,28 @@ async fn publish_loop<B: Broker, R: Recipient>(
 
     loop {
         let now = Instant::now();
-        // Requests whose deadline passed while no connection was up.
-        while let Some(pos) = waiting.iter().position(|r| r.deadline <= now) {
-            if let Some(request) = waiting.remove(pos) {
-                request.reply.send(Err(format!(
-                    "no {} connection within publish_timeout ({timeout_ms} ms): {last_error}",
-                    broker.name()
-                )));
-            }
-        }
+        pending.expire(now, || {
+            format!(
+                "no {} connection within publish_timeout ({timeout_ms} ms): {last_error}",
+                broker.name()
+            )
+        });
         if let Some((p, _)) = publisher.as_ref() {
-            for request in waiting.drain(..) {
+            for request in pending.waiting.drain(..) {
                 in_flight.push(publish_one(broker.clone(), p.clone(), generation, request));
             }
-        } else if !waiting.is_empty()
+        } else if !pending.waiting.is_empty()
             && connecting.is_none()
             && reconnect_at.is_none_or(|at| at <= now)
         {
             connecting = Some(Box::pin(connect_publisher(broker.clone())));
         }
 
-        let busy = !waiting.is_empty() || !in_flight.is_empty() || connecting.is_some();
+        let busy = !pending.is_empty() || !in_flight.is_empty() || connecting.is_some();
         let idle_at = (!busy).then(|| last_use + common.idle_timeout);
         let wake_at = [
-            waiting.iter().map(|r| r.deadline).min(),
-            reconnect_at.filter(|_| !waiting.is_empty()),
+            pending.waiting.front().map(|r| r.deadline),
+            reconnect_at.filter(|_| !pending.waiting.is_empty()),
             idle_at,
         ]
         .into_iter()
@@ -879,7 +968,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
             cmd = rx.recv() => match cmd {
                 Some(PublishCmd::Publish(request)) => {
                     last_use = Instant::now();
-                    waiting.push_back(*request);
+                    pending.admit(*request);
                 }
                 Some(PublishCmd::Panic) => panic!("injected by debug_inject_panic"),
                 None => return,
@@ -887,9 +976,9 @@ async fn publish_loop<B: Broker, R: Recipient>(
             Some((request, outcome, used)) = in_flight.next(), if !in_flight.is_empty() => {
                 last_use = Instant::now();
                 match outcome {
-                    Outcome::Done(Ok(())) => request.reply.send(Ok(())),
-                    Outcome::Done(Err(PublishError::Refused(reason))) => request.reply.send(Err(reason)),
-                    Outcome::TimedOut => request.reply.send(Err(format!(
+                    Outcome::Done(Ok(())) => pending.finish(request, Ok(())),
+                    Outcome::Done(Err(PublishError::Refused(reason))) => pending.finish(request, Err(reason)),
+                    Outcome::TimedOut => pending.finish(request, Err(format!(
                         "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
                         broker.name()
                     ))),
@@ -899,7 +988,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
                         }
                         last_error = reason;
                         // Sent again on the next connection if the deadline allows.
-                        waiting.push_back(request);
+                        pending.wait(request);
                     }
                 }
             },

@@ -110,7 +110,7 @@ impl Broker for Redis {
     fn check_topic(&self, topic: &Topic) -> Result<(), String> {
         match topic {
             Topic::Redis(_) => Ok(()),
-            other => Err(format!("not a redis channel: {other:?}")),
+            other => Err(format!("not a redis channel: {other}")),
         }
     }
 
