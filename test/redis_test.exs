@@ -7,6 +7,7 @@ defmodule Yggdrasil.RedisTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
+  import Yggdrasil.Test.Helpers, only: [eventually: 3]
 
   alias Yggdrasil.Broker
   alias Yggdrasil.Test.BrokerServer
@@ -73,23 +74,6 @@ defmodule Yggdrasil.RedisTest do
     end
   end
 
-  # Polls `check` until it returns true (or fails after @wait).
-  defp eventually(check, deadline \\ nil) do
-    deadline = deadline || System.monotonic_time(:millisecond) + @wait
-
-    cond do
-      check.() ->
-        :ok
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("condition not met within #{@wait} ms")
-
-      true ->
-        Process.sleep(50)
-        eventually(check, deadline)
-    end
-  end
-
   describe "connection state and events" do
     test "connected, an event from redis-cli, disconnected on unsubscribe", %{server: server} do
       namespace = configure(server.port)
@@ -103,7 +87,11 @@ defmodule Yggdrasil.RedisTest do
       assert :ok = Yggdrasil.unsubscribe(channel)
       assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       # The broker-level subscription went with the last subscriber.
-      eventually(fn -> RedisCli.cmd!(server.port, ["pubsub", "numpat"]) == "0" end)
+      eventually(
+        fn -> RedisCli.cmd!(server.port, ["pubsub", "numpat"]) == "0" end,
+        "PUNSUBSCRIBE",
+        @wait
+      )
     end
 
     test "a pattern name receives every matching channel, with metadata.channel", %{
@@ -308,14 +296,21 @@ defmodule Yggdrasil.RedisTest do
       assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       # Restarted by Yggdrasil for its subscriber, on the same client.
       assert_receive {:Y_CONNECTED, ^channel}, @wait
-      eventually(fn ->
-        new_adapter = Yggdrasil.Subscriber.Generator.whereis(channel)
-        is_pid(new_adapter) and new_adapter != adapter
-      end)
 
-      eventually(fn ->
-        match?(%{subscriptions: 1, monitored: 1}, Broker.stats(:redis, namespace))
-      end)
+      eventually(
+        fn ->
+          new_adapter = Yggdrasil.Subscriber.Generator.whereis(channel)
+          is_pid(new_adapter) and new_adapter != adapter
+        end,
+        "a new adapter process",
+        @wait
+      )
+
+      eventually(
+        fn -> match?(%{subscriptions: 1, monitored: 1}, Broker.stats(:redis, namespace)) end,
+        "one subscription, one monitored process",
+        @wait
+      )
 
       RedisCli.publish!(server.port, channel.name, "once")
       expected = event_name(channel, channel.name)
@@ -413,15 +408,19 @@ defmodule Yggdrasil.RedisTest do
         assert_receive {:Y_DISCONNECTED, ^channel}, @wait
       end
 
-      eventually(fn -> not Enum.any?(adapters, &Process.alive?/1) end)
+      eventually(fn -> not Enum.any?(adapters, &Process.alive?/1) end, "adapters gone", @wait)
       assert Enum.all?(channels, &(Yggdrasil.Subscriber.Generator.status(&1) == nil))
 
-      eventually(fn ->
-        Broker.stats(:redis, namespace) ==
-          %{connections: 0, tasks: 0, topics: 0, subscriptions: 0, monitored: 0}
-      end)
+      eventually(
+        fn ->
+          Broker.stats(:redis, namespace) ==
+            %{connections: 0, tasks: 0, topics: 0, subscriptions: 0, monitored: 0}
+        end,
+        "no connection, task or subscription in the client",
+        @wait
+      )
 
-      eventually(fn -> RedisCli.clients!(server.port) == [] end)
+      eventually(fn -> RedisCli.clients!(server.port) == [] end, "CLIENT LIST empty", @wait)
     end
 
     test "a `use Yggdrasil` subscriber sees connect, event and disconnect across a restart" do
