@@ -159,6 +159,16 @@ defmodule Yggdrasil.RedisTest do
       end
     end
 
+    test "a payload of several MB (published from a dirty scheduler)", %{server: server} do
+      namespace = configure(server.port)
+      channel = channel(namespace, unique("big"))
+      subscribe!(channel)
+      payload = :crypto.strong_rand_bytes(3 * 1024 * 1024)
+      assert :ok = Yggdrasil.publish(channel, payload)
+      expected = event_name(channel, channel.name)
+      assert_receive {:Y_EVENT, ^expected, ^payload}, @wait
+    end
+
     test ":json across the broker, both ways", %{server: server} do
       namespace = configure(server.port)
       name = unique("json")
@@ -216,6 +226,18 @@ defmodule Yggdrasil.RedisTest do
 
       refute_received {:Y_EVENT, %{namespace: ^here}, "on the other server"}
       refute_received {:Y_EVENT, %{namespace: ^there}, "on the first server"}
+    end
+
+    test "a bad setting: {:error, _} naming it, from subscribe and publish" do
+      namespace = namespace()
+      Application.put_env(:yggdrasil, namespace, redis: [port: :six])
+      on_exit(fn -> Application.delete_env(:yggdrasil, namespace) end)
+      channel = channel(namespace, unique("badconfig"))
+
+      assert {:error, reason} = Yggdrasil.subscribe(channel)
+      assert reason =~ "port"
+      assert {:error, ^reason} = Yggdrasil.publish(channel, "x")
+      assert Yggdrasil.Subscriber.Generator.status(channel) == nil
     end
 
     test "an environment variable overrides the namespace's config", %{server: server} do

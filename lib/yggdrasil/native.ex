@@ -165,6 +165,12 @@ defmodule Yggdrasil.Native do
   def broker_publish(_client, _name, _payload, _properties, _tag), do: not_loaded()
 
   @doc false
+  # broker_publish/5 on a dirty scheduler, for big payloads.
+  @spec broker_publish_dirty(reference(), term(), binary(), map(), non_neg_integer()) ::
+          :ok | {:error, binary()}
+  def broker_publish_dirty(_client, _name, _payload, _properties, _tag), do: not_loaded()
+
+  @doc false
   @spec broker_stats(reference()) :: %{atom() => non_neg_integer()}
   def broker_stats(_client), do: not_loaded()
 

@@ -489,6 +489,31 @@ fn broker_publish<'a>(
     properties: Term<'a>,
     tag: u64,
 ) -> Term<'a> {
+    publish(env, &client, name, payload, properties, tag)
+}
+
+/// `broker_publish/5` for payloads too big to copy within a scheduler
+/// slice (the client takes its own copy of the bytes).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn broker_publish_dirty<'a>(
+    env: Env<'a>,
+    client: ResourceArc<BrokerClient>,
+    name: Term<'a>,
+    payload: Binary<'a>,
+    properties: Term<'a>,
+    tag: u64,
+) -> Term<'a> {
+    publish(env, &client, name, payload, properties, tag)
+}
+
+fn publish<'a>(
+    env: Env<'a>,
+    client: &BrokerClient,
+    name: Term<'a>,
+    payload: Binary<'a>,
+    properties: Term<'a>,
+    tag: u64,
+) -> Term<'a> {
     let result = client.kind.topic(name).and_then(|topic| {
         let properties = config::properties(properties)?;
         client
