@@ -17,11 +17,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Socket, Statement};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
-use crate::{Common, Error, Metadata, Properties, Topic};
+use crate::{Common, Metadata, Properties, Topic};
 
-/// PostgreSQL identifiers are at most NAMEDATALEN - 1 bytes: LISTEN silently truncates a longer
-/// name (so it would listen elsewhere) and `pg_notify` refuses it.
-pub const MAX_CHANNEL_BYTES: usize = 63;
 /// `pg_notify` refuses a payload of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH with the
 /// default 8 kB block size).
 pub const MAX_PAYLOAD_BYTES: usize = 7999;
@@ -55,26 +52,6 @@ impl Default for Config {
             common: Common::default(),
         }
     }
-}
-
-/// Checks a channel name before anything is started: LISTEN would truncate a long name and
-/// PostgreSQL text cannot hold NUL.
-pub fn check_channel(name: &str) -> Result<(), Error> {
-    if name.is_empty() {
-        return Err(Error::new("a :postgres channel name cannot be empty"));
-    }
-    if name.contains('\0') {
-        return Err(Error::new(
-            "a :postgres channel name cannot contain NUL bytes",
-        ));
-    }
-    if name.len() > MAX_CHANNEL_BYTES {
-        return Err(Error::new(format!(
-            "a :postgres channel name is at most {MAX_CHANNEL_BYTES} bytes (a PostgreSQL identifier), got {} bytes",
-            name.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Checks a payload before it is sent: NOTIFY carries text shorter than 8000 bytes.
@@ -114,6 +91,7 @@ pub fn quote_identifier(name: &str) -> String {
 
 /// The `:postgres` protocol, driven by the shared client machinery.
 pub(crate) struct Postgres {
+    common: Common,
     listener: tokio_postgres::Config,
     publisher: tokio_postgres::Config,
 }
@@ -121,6 +99,7 @@ pub(crate) struct Postgres {
 impl Postgres {
     pub(crate) fn new(config: &Config) -> Self {
         Postgres {
+            common: config.common.clone(),
             listener: connection_config(config, "yggdrasil listen"),
             publisher: connection_config(config, "yggdrasil publish"),
         }
@@ -135,9 +114,6 @@ fn connection_config(config: &Config, application_name: &str) -> tokio_postgres:
         .dbname(&config.database)
         // Lets an operator (and the leak tests) tell our backends apart in pg_stat_activity.
         .application_name(application_name)
-        // A connect attempt that hangs (a black-holed address) counts as failed after as long
-        // as a publish would wait, so the reconnect loop warns and backs off instead of hanging.
-        .connect_timeout(config.common.publish_timeout)
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
@@ -150,7 +126,7 @@ fn connection_config(config: &Config, application_name: &str) -> tokio_postgres:
 
 /// The message half of a listening session: notifications in the order the server sent them;
 /// closed when the connection ends.
-pub(crate) struct Notifications(mpsc::UnboundedReceiver<Incoming>);
+pub(crate) struct Notifications(mpsc::UnboundedReceiver<Incoming<()>>);
 
 /// A publishing connection, shared by concurrent publishes.
 #[derive(Clone)]
@@ -163,6 +139,27 @@ impl Broker for Postgres {
     type Control = tokio_postgres::Client;
     type Messages = Notifications;
     type Publisher = Publisher;
+    type Ack = ();
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn check_topic(&self, topic: &Topic) -> Result<(), String> {
+        match topic {
+            // The constructor holds the name rules; a variant built by hand is checked the same.
+            Topic::Postgres(name) => Topic::postgres(name.as_str()).map(drop).map_err(|e| e.0),
+            _ => Err(not_postgres(topic)),
+        }
+    }
+
+    fn check_payload(&self, payload: &[u8]) -> Result<(), String> {
+        check_payload(payload).map(drop)
+    }
 
     async fn connect_listener(&self) -> Result<(Self::Control, Self::Messages), String> {
         let (client, connection) = self
@@ -180,11 +177,7 @@ impl Broker for Postgres {
     }
 
     async fn listen(&self, control: &mut Self::Control, topic: &Topic) -> Result<(), ListenError> {
-        let name = channel_name(topic)?;
-        control
-            .batch_execute(&format!("LISTEN {}", quote_identifier(name)))
-            .await
-            .map_err(|e| listen_error(control, &e))
+        run_on_channel(control, "LISTEN", topic).await
     }
 
     async fn unlisten(
@@ -192,14 +185,10 @@ impl Broker for Postgres {
         control: &mut Self::Control,
         topic: &Topic,
     ) -> Result<(), ListenError> {
-        let name = channel_name(topic)?;
-        control
-            .batch_execute(&format!("UNLISTEN {}", quote_identifier(name)))
-            .await
-            .map_err(|e| listen_error(control, &e))
+        run_on_channel(control, "UNLISTEN", topic).await
     }
 
-    async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming> {
+    async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming<()>> {
         messages.0.recv().await
     }
 
@@ -227,16 +216,16 @@ impl Broker for Postgres {
         &self,
         publisher: &Self::Publisher,
         topic: &Topic,
-        payload: Vec<u8>,
+        payload: &[u8],
         _properties: &Properties,
     ) -> Result<(), PublishError> {
-        let channel = channel_name(topic).map_err(|_| {
-            PublishError::Refused("not a :postgres channel".to_owned())
-        })?;
-        let payload = check_payload(&payload).map_err(PublishError::Refused)?;
+        let Topic::Postgres(channel) = topic else {
+            return Err(PublishError::Refused(not_postgres(topic)));
+        };
+        let payload = check_payload(payload).map_err(PublishError::Refused)?;
         publisher
             .client
-            .execute(&publisher.notify, &[&channel, &payload])
+            .execute(&publisher.notify, &[channel, &payload])
             .await
             .map(drop)
             .map_err(|e| {
@@ -249,11 +238,32 @@ impl Broker for Postgres {
     }
 }
 
+/// `LISTEN name` / `UNLISTEN name` with the channel quoted; returns once the server answered.
+async fn run_on_channel(
+    control: &mut tokio_postgres::Client,
+    command: &str,
+    topic: &Topic,
+) -> Result<(), ListenError> {
+    let Topic::Postgres(channel) = topic else {
+        return Err(ListenError::Topic(not_postgres(topic)));
+    };
+    control
+        .batch_execute(&format!("{command} {}", quote_identifier(channel)))
+        .await
+        .map_err(|e| {
+            if is_connection_lost(control, &e) {
+                ListenError::Connection(describe(&e))
+            } else {
+                ListenError::Topic(describe(&e))
+            }
+        })
+}
+
 /// Polls the listening connection, forwarding notifications until the connection ends or the
 /// session drops its half (which closes the socket).
 async fn forward_notifications(
     mut connection: Connection<Socket, NoTlsStream>,
-    sender: mpsc::UnboundedSender<Incoming>,
+    sender: mpsc::UnboundedSender<Incoming<()>>,
 ) {
     loop {
         let message = tokio::select! {
@@ -267,6 +277,7 @@ async fn forward_notifications(
                     topic: Topic::Postgres(channel.clone()),
                     payload: notification.payload().as_bytes().to_vec(),
                     metadata: Metadata::Postgres { channel },
+                    ack: None,
                 };
                 if sender.send(incoming).is_err() {
                     return;
@@ -279,20 +290,8 @@ async fn forward_notifications(
     }
 }
 
-#[allow(unreachable_patterns)] // only one variant when the other brokers are compiled out
-fn channel_name(topic: &Topic) -> Result<&str, ListenError> {
-    match topic {
-        Topic::Postgres(name) => Ok(name),
-        _ => Err(ListenError::Topic("not a :postgres channel".to_owned())),
-    }
-}
-
-fn listen_error(control: &tokio_postgres::Client, e: &tokio_postgres::Error) -> ListenError {
-    if is_connection_lost(control, e) {
-        ListenError::Connection(describe(e))
-    } else {
-        ListenError::Topic(describe(e))
-    }
+fn not_postgres(topic: &Topic) -> String {
+    format!("not a :postgres channel: {topic:?}")
 }
 
 /// True when the session cannot go on: closed socket, I/O failure, or a FATAL/PANIC error from
@@ -333,13 +332,16 @@ mod tests {
 
     #[test]
     fn channel_names_are_bounded() {
-        assert!(check_channel("x").is_ok());
-        assert!(check_channel(&"n".repeat(63)).is_ok());
+        let broker = Postgres::new(&Config::default());
+        let check = |name: &str| broker.check_topic(&Topic::Postgres(name.to_owned()));
+        assert!(check("x").is_ok());
+        assert!(check(&"n".repeat(63)).is_ok());
         // 62 ASCII bytes + one two-byte character = 64 bytes.
-        assert!(check_channel(&format!("{}é", "n".repeat(62))).is_err());
-        assert!(check_channel(&"n".repeat(64)).is_err());
-        assert!(check_channel("").is_err());
-        assert!(check_channel("a\0b").is_err());
+        assert!(check(&format!("{}é", "n".repeat(62))).is_err());
+        assert!(check(&"n".repeat(64)).is_err());
+        assert!(check("").is_err());
+        assert!(check("a\0b").is_err());
+        assert!(broker.check_topic(&Topic::Redis(b"x".to_vec())).is_err());
     }
 
     #[test]
