@@ -17,7 +17,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Socket, Statement};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
-use crate::{Common, Metadata, Properties, Topic};
+use crate::{Common, Error, Metadata, Properties, Topic};
 
 /// `pg_notify` refuses a payload of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH with the
 /// default 8 kB block size).
@@ -30,7 +30,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Connection settings of section 10, with the defaults of `yggdrasil_postgres`.
-#[derive(Debug, Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// A host name or IP address; a path starting with `/` is a Unix socket directory.
     pub hostname: String,
@@ -97,12 +97,19 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    pub(crate) fn new(config: &Config) -> Self {
-        Postgres {
-            common: config.common.clone(),
-            listener: connection_config(config, "yggdrasil listen"),
-            publisher: connection_config(config, "yggdrasil publish"),
+    /// Checks the settings; does not connect.
+    pub(crate) fn new(config: Config) -> Result<Self, Error> {
+        if config.hostname.is_empty() {
+            return Err(Error::new("the :postgres hostname cannot be empty"));
         }
+        if config.port == 0 {
+            return Err(Error::new("the :postgres port cannot be 0"));
+        }
+        Ok(Postgres {
+            listener: connection_config(&config, "yggdrasil listen"),
+            publisher: connection_config(&config, "yggdrasil publish"),
+            common: config.common,
+        })
     }
 }
 
@@ -332,7 +339,7 @@ mod tests {
 
     #[test]
     fn channel_names_are_bounded() {
-        let broker = Postgres::new(&Config::default());
+        let broker = Postgres::new(Config::default()).expect("the defaults are valid");
         let check = |name: &str| broker.check_topic(&Topic::Postgres(name.to_owned()));
         assert!(check("x").is_ok());
         assert!(check(&"n".repeat(63)).is_ok());
