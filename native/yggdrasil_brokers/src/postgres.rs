@@ -339,7 +339,9 @@ mod tests {
 
     #[test]
     fn channel_names_are_bounded() {
-        let broker = Postgres::new(Config::default()).expect("the defaults are valid");
+        let Ok(broker) = Postgres::new(Config::default()) else {
+            panic!("the defaults are valid");
+        };
         let check = |name: &str| broker.check_topic(&Topic::Postgres(name.to_owned()));
         assert!(check("x").is_ok());
         assert!(check(&"n".repeat(63)).is_ok());
@@ -352,13 +354,34 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_checked_without_connecting() {
+        let empty_host = Config {
+            hostname: String::new(),
+            ..Config::default()
+        };
+        assert!(Postgres::new(empty_host).is_err());
+        let port_zero = Config {
+            port: 0,
+            ..Config::default()
+        };
+        assert!(Postgres::new(port_zero).is_err());
+    }
+
+    #[test]
     fn payloads_are_checked_before_sending() {
         assert_eq!(check_payload(b"a b\nc"), Ok("a b\nc"));
         assert!(check_payload(&[b'x'; 7999]).is_ok());
-        let too_long = check_payload(&[b'x'; 8000]).unwrap_err();
+        let Err(too_long) = check_payload(&[b'x'; 8000]) else {
+            panic!("8000 bytes accepted");
+        };
         assert!(too_long.contains("8000"), "{too_long}");
-        let invalid = check_payload(&[b'a', 0xff, b'b']).unwrap_err();
-        assert!(invalid.contains("UTF-8") && invalid.contains("offset 1"), "{invalid}");
+        let Err(invalid) = check_payload(&[b'a', 0xff, b'b']) else {
+            panic!("invalid UTF-8 accepted");
+        };
+        assert!(
+            invalid.contains("UTF-8") && invalid.contains("offset 1"),
+            "{invalid}"
+        );
         assert!(check_payload(b"a\0b").is_err());
     }
 

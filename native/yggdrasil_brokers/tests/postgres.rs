@@ -116,7 +116,16 @@ impl Server {
     fn psql_command(&self) -> Command {
         let mut command = Command::new("psql");
         command
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
             .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"]);
         command
     }
@@ -139,9 +148,8 @@ impl Server {
 
     /// How many of our connections the server sees.
     fn our_backends(&self) -> usize {
-        let count = self.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'yggdrasil%'",
-        );
+        let count = self
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'yggdrasil%'");
         count.trim().parse().expect("a count from psql")
     }
 }
@@ -204,7 +212,10 @@ impl Psql {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.output.recv_timeout(left) {
                 Ok(chunk) => self.seen.extend_from_slice(&chunk),
-                Err(_) => panic!("psql did not finish {sql:?}; output so far: {:?}", self.text()),
+                Err(_) => panic!(
+                    "psql did not finish {sql:?}; output so far: {:?}",
+                    self.text()
+                ),
             }
         }
     }
@@ -372,7 +383,10 @@ fn publish(client: &Client<u64>, topic: &Topic, payload: &[u8], reply_to: u64, t
 fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WITHIN;
     while !condition() {
-        assert!(Instant::now() < deadline, "{what} did not happen within {WITHIN:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {WITHIN:?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -449,7 +463,9 @@ fn names_keep_case_spaces_and_quotes() {
         (&*"n".repeat(63), &*format!("\"{}\"", "n".repeat(63))),
     ];
     for (i, (name, _)) in names.iter().enumerate() {
-        client.subscribe(topic(name), i as u64 + 1).expect("subscribe");
+        client
+            .subscribe(topic(name), i as u64 + 1)
+            .expect("subscribe");
         inbox.expect_connected(i as u64 + 1, &topic(name));
     }
     for (i, (_, quoted)) in names.iter().enumerate() {
@@ -495,14 +511,26 @@ fn bad_names_and_payloads_are_refused_before_anything_starts() {
         .expect_err("an 8000-byte payload");
     assert!(too_long.to_string().contains("8000"), "{too_long}");
     let not_utf8 = client
-        .publish(fine.clone(), vec![b'a', 0xc3, 0x28], Properties::default(), 1, 3)
+        .publish(
+            fine.clone(),
+            vec![b'a', 0xc3, 0x28],
+            Properties::default(),
+            1,
+            3,
+        )
         .expect_err("invalid UTF-8");
     assert!(not_utf8.to_string().contains("UTF-8"), "{not_utf8}");
     assert!(client
         .publish(fine.clone(), b"a\0b".to_vec(), Properties::default(), 1, 4)
         .is_err());
     assert!(client
-        .publish(Topic::Redis(b"fine".to_vec()), b"x".to_vec(), Properties::default(), 1, 5)
+        .publish(
+            Topic::Redis(b"fine".to_vec()),
+            b"x".to_vec(),
+            Properties::default(),
+            1,
+            5
+        )
         .is_err());
     // Nothing was started for them, and no reply is owed.
     assert_eq!(client.stats().tasks, 0);
@@ -606,9 +634,13 @@ fn unreachable_server_warns_per_attempt_and_fails_publishes_in_time() {
     config.common.publish_timeout = Duration::from_millis(1500);
     let (client, mut inbox) = open(config);
     let t = topic("nowhere");
-    client.subscribe(t.clone(), 1).expect("subscribe is accepted");
+    client
+        .subscribe(t.clone(), 1)
+        .expect("subscribe is accepted");
     publish(&client, &t, b"lost", 2, 1);
-    let reason = inbox.published(2, 1).expect_err("no server: the publish fails");
+    let reason = inbox
+        .published(2, 1)
+        .expect_err("no server: the publish fails");
     assert!(reason.contains("publish_timeout"), "{reason}");
     // Several failed attempts, each one warning to the owner (listener and publisher both try).
     for _ in 0..3 {
@@ -735,7 +767,11 @@ fn idle_client_closes_its_connections() {
     publish(&client, &keep, b"x", 3, 1);
     assert_eq!(inbox.published(3, 1), Ok(()));
     assert_eq!(inbox.message(1).1, b"x");
-    assert_eq!(server.our_backends(), 2, "one listening, one publishing connection");
+    assert_eq!(
+        server.our_backends(),
+        2,
+        "one listening, one publishing connection"
+    );
 
     // UNLISTEN: the other channel keeps its subscription.
     client.unsubscribe(gone.clone(), 2).expect("unsubscribe");
