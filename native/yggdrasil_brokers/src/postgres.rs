@@ -21,7 +21,7 @@ use crate::{Common, Error, Metadata, Properties, Topic};
 
 /// `pg_notify` refuses a payload of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH with the
 /// default 8 kB block size).
-pub const MAX_PAYLOAD_BYTES: usize = 7999;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 7999;
 
 /// Keepalive probing on both connections, so a peer that vanished without closing the socket is
 /// noticed in well under a minute (the kernel default waits two hours).
@@ -55,28 +55,28 @@ impl Default for Config {
 }
 
 /// Checks a payload before it is sent: NOTIFY carries text shorter than 8000 bytes.
-pub fn check_payload(payload: &[u8]) -> Result<&str, String> {
+pub(crate) fn check_payload(payload: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(payload).map_err(|e| {
         format!(
-            "a :postgres payload must be valid UTF-8 (NOTIFY carries text); invalid byte at offset {}",
+            "a postgres payload must be valid UTF-8 (NOTIFY carries text); invalid byte at offset {}",
             e.valid_up_to()
         )
     })?;
     if text.len() > MAX_PAYLOAD_BYTES {
         return Err(format!(
-            "a :postgres payload must be shorter than {} bytes, got {} bytes",
+            "a postgres payload must be shorter than {} bytes, got {} bytes",
             MAX_PAYLOAD_BYTES + 1,
             text.len()
         ));
     }
     if text.contains('\0') {
-        return Err("a :postgres payload cannot contain NUL bytes (PostgreSQL text)".to_owned());
+        return Err("a postgres payload cannot contain NUL bytes (PostgreSQL text)".to_owned());
     }
     Ok(text)
 }
 
 /// `name` as a quoted SQL identifier, so LISTEN keeps its case, spaces and quotes.
-pub fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     let mut quoted = String::with_capacity(name.len() + 2);
     quoted.push('"');
     for c in name.chars() {
@@ -100,10 +100,10 @@ impl Postgres {
     /// Checks the settings; does not connect.
     pub(crate) fn new(config: Config) -> Result<Self, Error> {
         if config.hostname.is_empty() {
-            return Err(Error::new("the :postgres hostname cannot be empty"));
+            return Err(Error::new("the postgres hostname cannot be empty"));
         }
         if config.port == 0 {
-            return Err(Error::new("the :postgres port cannot be 0"));
+            return Err(Error::new("the postgres port cannot be 0"));
         }
         Ok(Postgres {
             listener: connection_config(&config, "yggdrasil listen"),
@@ -298,7 +298,7 @@ async fn forward_notifications(
 }
 
 fn not_postgres(topic: &Topic) -> String {
-    format!("not a :postgres channel: {topic:?}")
+    format!("not a postgres channel: {topic:?}")
 }
 
 /// True when the session cannot go on: closed socket, I/O failure, or a FATAL/PANIC error from
