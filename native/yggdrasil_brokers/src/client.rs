@@ -557,7 +557,21 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 }
                 continue;
             }
-            match timeout(CALL_TIMEOUT, broker.connect_listener()).await {
+            // Connecting may take long (an unroutable host): keep taking
+            // commands meanwhile, so a close is not held up by it.
+            let connect = timeout(CALL_TIMEOUT, broker.connect_listener());
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    biased;
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        None => return,
+                    },
+                    connected = &mut connect => break connected,
+                }
+            };
+            match connected {
                 Ok(Ok((control, messages))) => {
                     session = Some(Session {
                         control,
@@ -614,6 +628,9 @@ async fn listen_loop<B: Broker, R: Recipient>(
 
         let retry = topics.next_retry();
         tokio::select! {
+            // Commands first: an unsubscribe sent before a publish is applied
+            // before that publish's message can be read.
+            biased;
             cmd = rx.recv() => match cmd {
                 Some(cmd) => {
                     if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
@@ -827,6 +844,67 @@ async fn connect_publisher<B: Broker>(broker: Arc<B>) -> Result<B::Publisher, St
     }
 }
 
+/// The requests of a publisher task that are not in flight.
+///
+/// One request per caller (`reply_to`) is active at a time, the next ones
+/// queue behind it: concurrent publishes on a multiplexed connection may
+/// reach the wire in any order (measured: they did), and a caller's
+/// messages must arrive in the order it published them. BEAM callers wait
+/// for each reply anyway, so this costs them nothing.
+struct Pending<R: Recipient> {
+    /// Active requests waiting for a connection, by deadline. All requests
+    /// of a client share one `publish_timeout`, so the earliest is in front.
+    waiting: VecDeque<PublishRequest<R>>,
+    /// Callers with an active request → their requests queued behind it.
+    behind: HashMap<R, VecDeque<PublishRequest<R>>>,
+}
+
+impl<R: Recipient> Pending<R> {
+    fn admit(&mut self, request: PublishRequest<R>) {
+        match self.behind.get_mut(&request.reply.to) {
+            Some(queue) => queue.push_back(request),
+            None => {
+                self.behind
+                    .insert(request.reply.to.clone(), VecDeque::new());
+                self.wait(request);
+            }
+        }
+    }
+
+    /// Puts an active request (new, or back from a broken connection) in line.
+    fn wait(&mut self, request: PublishRequest<R>) {
+        let at = self
+            .waiting
+            .partition_point(|r| r.deadline <= request.deadline);
+        self.waiting.insert(at, request);
+    }
+
+    /// Replies to an active request and activates its caller's next one.
+    fn finish(&mut self, request: PublishRequest<R>, result: Result<(), String>) {
+        let to = request.reply.to.clone();
+        request.reply.send(result);
+        match self.behind.get_mut(&to).and_then(VecDeque::pop_front) {
+            Some(next) => self.wait(next),
+            None => {
+                self.behind.remove(&to);
+            }
+        }
+    }
+
+    /// Fails the waiting requests whose deadline passed.
+    fn expire(&mut self, now: Instant, reason: impl Fn() -> String) {
+        while self.waiting.front().is_some_and(|r| r.deadline <= now) {
+            if let Some(request) = self.waiting.pop_front() {
+                self.finish(request, Err(reason()));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.behind.is_empty()
+    }
+}
+
 async fn publish_loop<B: Broker, R: Recipient>(
     broker: &Arc<B>,
     shared: &Shared<R>,
@@ -837,7 +915,10 @@ async fn publish_loop<B: Broker, R: Recipient>(
     let timeout_ms = common.publish_timeout.as_millis();
     let mut publisher: Option<(B::Publisher, Counted<'_>)> = None;
     let mut generation: u64 = 0;
-    let mut waiting: VecDeque<PublishRequest<R>> = VecDeque::new();
+    let mut pending = Pending {
+        waiting: VecDeque::new(),
+        behind: HashMap::new(),
+    };
     let mut in_flight = FuturesUnordered::new();
     let mut connecting = None;
     let mut reconnect_at: Option<Instant> = None;
@@ -846,31 +927,28 @@ async fn publish_loop<B: Broker, R: Recipient>(
 
     loop {
         let now = Instant::now();
-        // Requests whose deadline passed while no connection was up.
-        while let Some(pos) = waiting.iter().position(|r| r.deadline <= now) {
-            if let Some(request) = waiting.remove(pos) {
-                request.reply.send(Err(format!(
-                    "no {} connection within publish_timeout ({timeout_ms} ms): {last_error}",
-                    broker.name()
-                )));
-            }
-        }
+        pending.expire(now, || {
+            format!(
+                "no {} connection within publish_timeout ({timeout_ms} ms): {last_error}",
+                broker.name()
+            )
+        });
         if let Some((p, _)) = publisher.as_ref() {
-            for request in waiting.drain(..) {
+            for request in pending.waiting.drain(..) {
                 in_flight.push(publish_one(broker.clone(), p.clone(), generation, request));
             }
-        } else if !waiting.is_empty()
+        } else if !pending.waiting.is_empty()
             && connecting.is_none()
             && reconnect_at.is_none_or(|at| at <= now)
         {
             connecting = Some(Box::pin(connect_publisher(broker.clone())));
         }
 
-        let busy = !waiting.is_empty() || !in_flight.is_empty() || connecting.is_some();
+        let busy = !pending.is_empty() || !in_flight.is_empty() || connecting.is_some();
         let idle_at = (!busy).then(|| last_use + common.idle_timeout);
         let wake_at = [
-            waiting.iter().map(|r| r.deadline).min(),
-            reconnect_at.filter(|_| !waiting.is_empty()),
+            pending.waiting.front().map(|r| r.deadline),
+            reconnect_at.filter(|_| !pending.waiting.is_empty()),
             idle_at,
         ]
         .into_iter()
@@ -881,7 +959,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
             cmd = rx.recv() => match cmd {
                 Some(PublishCmd::Publish(request)) => {
                     last_use = Instant::now();
-                    waiting.push_back(*request);
+                    pending.admit(*request);
                 }
                 Some(PublishCmd::Panic) => panic!("injected by debug_inject_panic"),
                 None => return,
@@ -889,9 +967,9 @@ async fn publish_loop<B: Broker, R: Recipient>(
             Some((request, outcome, used)) = in_flight.next(), if !in_flight.is_empty() => {
                 last_use = Instant::now();
                 match outcome {
-                    Outcome::Done(Ok(())) => request.reply.send(Ok(())),
-                    Outcome::Done(Err(PublishError::Refused(reason))) => request.reply.send(Err(reason)),
-                    Outcome::TimedOut => request.reply.send(Err(format!(
+                    Outcome::Done(Ok(())) => pending.finish(request, Ok(())),
+                    Outcome::Done(Err(PublishError::Refused(reason))) => pending.finish(request, Err(reason)),
+                    Outcome::TimedOut => pending.finish(request, Err(format!(
                         "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
                         broker.name()
                     ))),
@@ -901,7 +979,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
                         }
                         last_error = reason;
                         // Sent again on the next connection if the deadline allows.
-                        waiting.push_back(request);
+                        pending.wait(request);
                     }
                 }
             },
