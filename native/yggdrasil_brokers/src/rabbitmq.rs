@@ -271,7 +271,9 @@ impl Broker for RabbitMq {
             routing_key,
         } = topic
         else {
-            return Err(ListenError::Topic(format!("not a rabbitmq topic: {topic:?}")));
+            return Err(ListenError::Topic(format!(
+                "not a rabbitmq topic: {topic:?}"
+            )));
         };
         if control.topics.contains_key(topic) {
             return Ok(());
@@ -527,7 +529,10 @@ async fn acknowledge(mut pending: UnboundedReceiver<PendingAck>) {
     while let Some(first) = pending.recv().await {
         let mut latest: Vec<PendingAck> = vec![first];
         while let Ok(next) = pending.try_recv() {
-            match latest.iter_mut().find(|p| p.channel.id() == next.channel.id()) {
+            match latest
+                .iter_mut()
+                .find(|p| p.channel.id() == next.channel.id())
+            {
                 Some(same) => same.delivery_tag = next.delivery_tag,
                 None => latest.push(next),
             }
