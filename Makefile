@@ -5,7 +5,7 @@ export LANG ?= C.UTF-8
 export LC_ALL ?= C.UTF-8
 export ERL_AFLAGS ?= +pc unicode
 
-.PHONY: all setup build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
+.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
 
 all: test
 
@@ -17,6 +17,12 @@ setup:
 	fi
 	@command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy rustfmt
+
+# Redis, PostgreSQL and RabbitMQ with their CLI clients, for the tests only:
+# they run private instances (test/brokers/ctl.sh), so Debian's default
+# services are installed without being started. YGG_SKIP_BROKERS=1 skips it.
+setup-brokers:
+	@if [ "$${YGG_SKIP_BROKERS:-}" != 1 ]; then bash test/brokers/install.sh; fi
 
 build: setup
 	mix compile
@@ -32,10 +38,10 @@ lint: setup
 	cargo clippy --workspace --all-targets --release -- -D warnings
 	mix format --check-formatted
 
-test-rust: setup
+test-rust: setup setup-brokers
 	cargo test --workspace --release
 
-test-elixir: setup
+test-elixir: setup setup-brokers
 	MIX_ENV=test mix compile --warnings-as-errors
 	MIX_ENV=test mix test
 

@@ -1,0 +1,28 @@
+//! Broker I/O for native Yggdrasil: Redis (and, behind their features,
+//! PostgreSQL and RabbitMQ) driven by one shared tokio runtime.
+//!
+//! Pure Rust, no rustler types: the NIF wraps a [`Client`] per broker and
+//! namespace and drains the `crossbeam_channel` it handed to [`Client::open`]
+//! on its own delivery thread.
+//!
+//! Layout:
+//! - `runtime`: the process-wide tokio runtime (`LazyLock`, one worker).
+//! - `client`: [`Client`], task slots, the shared reconnect loops, subscription
+//!   bookkeeping, publish deadlines, idle close and panic supervision.
+//! - `broker`: the `Broker` trait each broker module implements (its protocol only).
+//! - `backoff`: bounded exponential backoff with jitter.
+//! - `redis`: the `:redis` broker.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod backoff;
+mod broker;
+mod client;
+mod runtime;
+mod types;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use client::Client;
+pub use runtime::{runtime_stats, RuntimeStats};
+pub use types::*;
