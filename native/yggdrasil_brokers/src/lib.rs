@@ -12,6 +12,7 @@
 //! - `broker`: the `Broker` trait each broker module implements (its protocol only).
 //! - `backoff`: bounded exponential backoff with jitter.
 //! - `redis`: the `:redis` broker.
+//! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod backoff;
@@ -20,6 +21,8 @@ mod client;
 mod runtime;
 mod types;
 
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -58,6 +58,8 @@ impl Default for Common {
 pub enum Config {
     #[cfg(feature = "redis")]
     Redis(crate::redis::Config),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(crate::rabbitmq::Config),
 }
 
 impl Config {
@@ -65,6 +67,8 @@ impl Config {
         match self {
             #[cfg(feature = "redis")]
             Config::Redis(c) => &c.common,
+            #[cfg(feature = "rabbitmq")]
+            Config::RabbitMq(c) => &c.common,
         }
     }
 }

@@ -7,25 +7,25 @@
 //! The independent side is amqp-tools (`amqp-publish`, `amqp-get`,
 //! `amqp-consume`); for what they cannot do (declare an exchange, set a
 //! message id, read properties) a plain lapin connection of the test's own.
+mod support;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use support::{free_port, skip, Server, WAIT};
 use yggdrasil_brokers::{
     rabbitmq, Client, Config, Delivery, Event, HeaderValue, Metadata, Properties, Topic,
 };
 
-/// Long enough for a loaded 2-core machine; a pass is usually far faster.
-const WAIT: Duration = Duration::from_secs(20);
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(700);
 
@@ -65,11 +65,7 @@ fn main() {
         .iter()
         .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
         .collect();
-    if std::env::var("YGG_SKIP_BROKERS").as_deref() == Ok("1") {
-        println!(
-            "YGG_SKIP_BROKERS=1: skipping {} rabbitmq scenarios",
-            chosen.len()
-        );
+    if ["rabbitmq-server", "amqp-publish"].into_iter().any(skip) {
         println!(
             "\ntest result: ok. 0 passed; 0 failed; {} ignored",
             chosen.len()
@@ -77,15 +73,7 @@ fn main() {
         return;
     }
     println!("\nrunning {} tests", chosen.len());
-    let mut node = match Node::start() {
-        Ok(node) => node,
-        Err(e) => {
-            println!("cannot start rabbitmq: {e}");
-            println!("(set YGG_SKIP_BROKERS=1 to skip tests that need a broker)");
-            println!("\ntest result: FAILED. 0 passed; {} failed", chosen.len());
-            std::process::exit(101);
-        }
-    };
+    let mut node = Node::start();
     let (mut passed, mut failed) = (0, Vec::new());
     for (name, scenario) in &chosen {
         let started = Instant::now();
@@ -105,7 +93,7 @@ fn main() {
         }
         let _ = std::io::stdout().flush();
     }
-    node.stop();
+    drop(node); // stops the node by pid
     if failed.is_empty() {
         println!("\ntest result: ok. {passed} passed; 0 failed");
     } else {
@@ -422,7 +410,7 @@ fn missing_exchange(node: &mut Node) {
     let mut warnings = Vec::new();
     let mut fine_connected = false;
     let deadline = Instant::now() + WAIT;
-    while !(fine_connected && !warnings.is_empty()) {
+    while !fine_connected || warnings.is_empty() {
         let delivery =
             recv_until(&events, deadline).expect("a warning and Connected for the other topic");
         match delivery.event {
@@ -484,18 +472,11 @@ fn missing_exchange(node: &mut Node) {
 }
 
 fn unreachable(node: &mut Node) {
-    let port = node.free_port();
-    let (tx, events) = crossbeam_channel::unbounded();
-    let config = rabbitmq::Config {
-        hostname: "127.0.0.1".into(),
-        port,
-        common: yggdrasil_brokers::Common {
-            publish_timeout: Duration::from_millis(1500),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let client = Client::open(Config::RabbitMq(config), 0u64, tx).expect("open");
+    let port = free_port();
+    let (client, events) = node.client(|c| {
+        c.port = port;
+        c.common.publish_timeout = Duration::from_millis(1500);
+    });
     let topic = Topic::rabbitmq("amq.topic", "nowhere").expect("topic");
     client
         .subscribe(topic.clone(), 1)
@@ -721,10 +702,7 @@ fn broker_restart(node: &mut Node) {
 
 fn recv_until(events: &Receiver<Delivery<u64>>, deadline: Instant) -> Option<Delivery<u64>> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match events.recv_timeout(left) {
-        Ok(delivery) => Some(delivery),
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-    }
+    events.recv_timeout(left).ok()
 }
 
 fn collect(events: &Receiver<Delivery<u64>>, n: usize) -> Vec<Delivery<u64>> {
@@ -798,55 +776,30 @@ fn assert_quiet(events: &Receiver<Delivery<u64>>) {
     }
 }
 
-/// The private RabbitMQ node of this test binary.
+/// The private RabbitMQ node of this test binary, and what talks to it
+/// besides our client.
 struct Node {
-    ctl: PathBuf,
-    dir: PathBuf,
+    server: Server,
     port: u16,
+    /// For the test's own lapin connections.
     runtime: tokio::runtime::Runtime,
-    stopped: bool,
 }
 
 impl Node {
-    fn start() -> Result<Node, String> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let ctl = match std::env::var_os("YGG_BROKERS_CTL") {
-            Some(path) => PathBuf::from(path),
-            None => root.join("test/brokers/ctl.sh"),
-        };
-        for tool in ["amqp-publish", "amqp-get", "amqp-consume"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !found {
-                return Err(format!("{tool} not installed (apt-get install amqp-tools)"));
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("ygg-rabbitmq-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let out = run(Command::new(&ctl).arg("start").arg("rabbitmq").arg(&dir))?;
-        let port = out
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("ctl.sh start printed {out:?}"))?;
+    fn start() -> Node {
+        let server = Server::start("rabbitmq");
         // Multi-thread: lapin's I/O thread needs a runtime that drives its
         // own I/O, not one driven only from inside `block_on`.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Node {
-            ctl,
-            dir,
-            port,
+            .expect("a tokio runtime for the test's lapin");
+        Node {
+            port: server.port,
+            server,
             runtime,
-            stopped: false,
-        })
+        }
     }
 
     fn config(&self) -> rabbitmq::Config {
@@ -955,62 +908,16 @@ impl Node {
     }
 
     fn rabbitmqctl(&self, args: &[&str]) -> String {
-        run(Command::new(&self.ctl)
-            .arg("rabbitmqctl")
-            .arg(&self.dir)
-            .args(args))
-        .expect("rabbitmqctl")
-    }
-
-    fn free_port(&self) -> u16 {
-        run(Command::new(&self.ctl).arg("free-port"))
-            .expect("free-port")
-            .trim()
-            .parse()
-            .expect("a port")
+        self.server.rabbitmqctl(args)
     }
 
     /// Stops the node, runs `while_down`, starts it again on the same port.
     fn restart(&mut self, while_down: impl FnOnce()) {
-        run(Command::new(&self.ctl).arg("stop").arg(&self.dir)).expect("stop");
+        self.server.stop();
         let down = catch_unwind(AssertUnwindSafe(while_down));
-        run(Command::new(&self.ctl)
-            .arg("start")
-            .arg("rabbitmq")
-            .arg(&self.dir)
-            .arg(self.port.to_string()))
-        .expect("start again on the same port");
+        self.server.restart();
         if let Err(panic) = down {
             std::panic::resume_unwind(panic);
         }
-    }
-
-    fn stop(&mut self) {
-        if !self.stopped {
-            self.stopped = true;
-            if let Err(e) = run(Command::new(&self.ctl).arg("stop").arg(&self.dir)) {
-                println!("stopping rabbitmq: {e}");
-            }
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn run(command: &mut Command) -> Result<String, String> {
-    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{command:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
