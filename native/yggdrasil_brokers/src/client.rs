@@ -59,6 +59,8 @@ impl<R: Recipient> Client<R> {
             Config::Redis(c) => Arc::new(Erased(Arc::new(crate::redis::Redis::new(c)?))),
             #[cfg(feature = "postgres")]
             Config::Postgres(c) => Arc::new(Erased(Arc::new(crate::postgres::Postgres::new(c)?))),
+            #[cfg(feature = "rabbitmq")]
+            Config::RabbitMq(c) => Arc::new(Erased(Arc::new(crate::rabbitmq::RabbitMq::new(c)?))),
         };
         let shared = Arc::new(Shared {
             owner,
