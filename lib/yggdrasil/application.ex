@@ -34,7 +34,9 @@ defmodule Yggdrasil.Application do
       Yggdrasil.Transformer.Json,
       Yggdrasil.Adapter.Elixir,
       Yggdrasil.Adapter.Bridge,
-      Yggdrasil.Adapter.Redis
+      Yggdrasil.Adapter.Redis,
+      Yggdrasil.Adapter.Postgres,
+      Yggdrasil.Adapter.RabbitMQ
     ]
     |> Enum.reduce_while(:ok, fn module, :ok ->
       case module.register() do

@@ -5,12 +5,43 @@ defmodule Yggdrasil.Test.RedisCli do
   # survive) and subscribes, printing what it receives in its quoted form
   # (`--no-raw`), which is decoded back to the exact bytes here.
 
+  @behaviour Yggdrasil.Test.BrokerCase
+
+  alias Yggdrasil.Test.BrokerServer
+
   defstruct [:port, :os_pid, buffer: ""]
 
   @wait 10_000
 
+  @impl true
+  def broker, do: :redis
+
+  @impl true
+  def name(_server, prefix), do: "#{prefix}.#{System.unique_integer([:positive])}"
+
+  @impl true
+  def metadata(name), do: %{channel: name}
+
+  @impl true
+  def payloads do
+    [
+      "with some spaces",
+      "two\nlines\r\nand a trailing newline\n",
+      <<0>>,
+      <<"nul", 0, "inside", 0>>,
+      "UTF-8: héllo wörld ✓ 🌳 日本",
+      ~S(quotes " and \ backslashes),
+      <<255, 254, 0, 128>>,
+      ""
+    ]
+  end
+
+  @impl true
+  def bad_names, do: [42, :orders, {"a", "b"}, "", ~c"chars", %{}, nil]
+
   @doc "PUBLISH `payload` (any bytes) on `channel`; returns the receiver count."
-  def publish!(redis_port, channel, payload) do
+  @impl true
+  def publish!(%BrokerServer{port: redis_port}, channel, payload) do
     file = Path.join(System.tmp_dir!(), "ygg-redis-cli-#{System.unique_integer([:positive])}")
     File.write!(file, payload)
 
@@ -32,21 +63,23 @@ defmodule Yggdrasil.Test.RedisCli do
   end
 
   @doc "Runs a redis-cli command; its output, trimmed."
-  def cmd!(redis_port, args) do
+  def cmd!(%BrokerServer{port: redis_port}, args) do
     {out, 0} = System.cmd("redis-cli", ["-p", "#{redis_port}" | args])
     String.trim(out)
   end
 
   @doc "The clients connected to the server, except the one asking."
-  def clients!(redis_port) do
-    redis_port
+  @impl true
+  def clients!(server) do
+    server
     |> cmd!(["client", "list"])
     |> String.split("\n", trim: true)
     |> Enum.reject(&(&1 =~ "cmd=client|list"))
   end
 
   @doc "A redis-cli SUBSCRIBE (or PSUBSCRIBE) on `channel`, once the server confirmed it."
-  def subscribe!(redis_port, channel, command \\ "subscribe") do
+  @impl true
+  def subscribe!(%BrokerServer{port: redis_port}, channel, command \\ "subscribe") do
     port =
       Port.open({:spawn_executable, System.find_executable("redis-cli")}, [
         :binary,
@@ -62,6 +95,7 @@ defmodule Yggdrasil.Test.RedisCli do
   end
 
   @doc "The next `n` payloads the subscriber received, decoded to exact bytes."
+  @impl true
   def messages!(cli, n), do: messages!(cli, n, [])
 
   defp messages!(cli, 0, acc), do: {Enum.reverse(acc), cli}
@@ -82,6 +116,7 @@ defmodule Yggdrasil.Test.RedisCli do
   end
 
   @doc "Stops the subscriber (by its pid)."
+  @impl true
   def stop(%__MODULE__{port: port, os_pid: os_pid}) do
     System.cmd("kill", ["-TERM", "#{os_pid}"], stderr_to_stdout: true)
     Port.close(port)

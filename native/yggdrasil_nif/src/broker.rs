@@ -103,8 +103,8 @@ impl Kind {
     fn compiled(self) -> bool {
         match self {
             Kind::Redis => cfg!(feature = "redis"),
-            // Their broker modules are not in yggdrasil_brokers yet.
-            Kind::Postgres | Kind::RabbitMq => false,
+            Kind::Postgres => cfg!(feature = "postgres"),
+            Kind::RabbitMq => cfg!(feature = "rabbitmq"),
         }
     }
 
@@ -605,6 +605,30 @@ mod config {
                     common,
                 },
             )),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres => Ok(yggdrasil_brokers::Config::Postgres(
+                yggdrasil_brokers::postgres::Config {
+                    hostname: settings.get("hostname")?,
+                    port: settings.get("port")?,
+                    username: settings.get("username")?,
+                    password: settings.get("password")?,
+                    database: settings.get("database")?,
+                    common,
+                },
+            )),
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq => Ok(yggdrasil_brokers::Config::RabbitMq(
+                yggdrasil_brokers::rabbitmq::Config {
+                    hostname: settings.get("hostname")?,
+                    port: settings.get("port")?,
+                    username: settings.get("username")?,
+                    password: settings.get("password")?,
+                    virtual_host: settings.get("virtual_host")?,
+                    heartbeat: settings.get("heartbeat")?,
+                    common,
+                },
+            )),
+            // Left out of this build (checked above).
             #[allow(unreachable_patterns)]
             _ => Err(not_built(kind)),
         }

@@ -1,0 +1,4 @@
+defmodule Yggdrasil.Publisher.Adapter.RabbitMQ do
+  @moduledoc false
+  use Yggdrasil.Broker.Publisher, broker: :rabbitmq
+end
