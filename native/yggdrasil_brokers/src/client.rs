@@ -36,6 +36,11 @@ use crate::{
 /// answers must not stall the listener forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A subscribing session quiet for this long is pinged, and lost if the
+/// ping is not answered within the same time: a broker that vanished
+/// without closing the socket is noticed within ~2 × KEEPALIVE.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// One broker + namespace: a fixed small set of connections (redis: one
 /// subscribing + one publishing) shared by all its topics and publishers.
 pub struct Client<R: Recipient> {
@@ -525,6 +530,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
         reconnect_at: None,
         review: true,
         retry_at: None,
+        ping_at: Instant::now() + KEEPALIVE,
     };
     loop {
         if topics.map.is_empty() {
@@ -574,6 +580,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                     });
                     l.reconnect_at = None;
                     l.review = true;
+                    l.ping_at = Instant::now() + KEEPALIVE;
                 }
                 failed => {
                     let reason = match failed {
@@ -632,6 +639,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
             },
             incoming = broker.next_message(&mut open.messages) => match incoming {
                 Some(incoming) => {
+                    l.ping_at = Instant::now() + KEEPALIVE;
                     if let Some(state) = topics.map.get(&incoming.topic) {
                         fan_out(shared, &state.recipients, incoming.topic, incoming.payload, incoming.metadata);
                     }
@@ -642,6 +650,14 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 None => l.lose(topics, backoff, "connection closed".to_string()),
             },
             _ = sleep_until_some(l.retry_at) => l.review = true,
+            _ = sleep_until(l.ping_at) => {
+                l.ping_at = Instant::now() + KEEPALIVE;
+                match timeout(KEEPALIVE, broker.ping(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
+                    Ok(Err(ListenError::Connection(reason))) => l.lose(topics, backoff, reason),
+                    Err(_) => l.lose(topics, backoff, format!("no answer to a ping within {KEEPALIVE:?}")),
+                }
+            },
         }
     }
 }
@@ -656,6 +672,8 @@ struct Listener<'a, B: Broker, R: Recipient> {
     /// when a refused topic's retry time comes (`retry_at`).
     review: bool,
     retry_at: Option<Instant>,
+    /// When to check that the session is alive, if no message came by then.
+    ping_at: Instant,
 }
 
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
@@ -978,10 +996,17 @@ async fn publish_loop<B: Broker, R: Recipient>(
                 match outcome {
                     Outcome::Done(Ok(())) => pending.finish(request, Ok(())),
                     Outcome::Done(Err(PublishError::Refused(reason))) => pending.finish(request, Err(reason)),
-                    Outcome::TimedOut => pending.finish(request, Err(format!(
-                        "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
-                        broker.name()
-                    ))),
+                    Outcome::TimedOut => {
+                        // No answer at all: the connection may be dead without
+                        // having been closed. Later publishes use a new one.
+                        if used == generation && publisher.take().is_some() {
+                            shared.warn(format!("dropped the {} publishing connection: no answer within publish_timeout", broker.name()));
+                        }
+                        pending.finish(request, Err(format!(
+                            "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
+                            broker.name()
+                        )))
+                    }
                     Outcome::Done(Err(PublishError::Connection(reason))) => {
                         if used == generation && publisher.take().is_some() {
                             shared.warn(format!("lost the {} publishing connection: {reason}", broker.name()));

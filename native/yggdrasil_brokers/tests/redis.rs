@@ -677,3 +677,37 @@ fn a_wrong_password_is_a_warning_per_attempt() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn a_server_that_stops_answering_is_a_lost_connection() {
+    if skip("redis-server") {
+        return;
+    }
+    let server = Server::start("redis");
+    let (client, mut inbox) = open(
+        server.port,
+        Common {
+            publish_timeout: Duration::from_secs(2),
+            ..common()
+        },
+    );
+    client.subscribe(topic("hang"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"before"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"before");
+
+    // The socket stays open; only the keepalive ping can tell.
+    server.pause();
+    inbox.disconnected(1);
+    assert!(publish(&client, &mut inbox, "hang", b"lost").is_err());
+
+    server.resume();
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"after"), Ok(()));
+    // "lost" may or may not have been delivered late: the server got it.
+    loop {
+        if message_parts(inbox.message(1)).1 == b"after" {
+            break;
+        }
+    }
+}
