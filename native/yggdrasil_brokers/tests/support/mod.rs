@@ -227,6 +227,12 @@ impl Inbox {
         all
     }
 
+    /// Fails if an event matching `pred` is kept or arrives within `span`.
+    pub fn assert_none_within(&mut self, span: Duration, pred: impl Fn(&Delivery<u64>) -> bool) {
+        let all = self.drain_for(span);
+        assert!(!all.iter().any(pred), "unexpected event among {all:?}");
+    }
+
     pub fn connected(&mut self, to: u64) -> Delivery<u64> {
         self.wait(&format!("Connected to {to}"), |d| {
             d.to == to && matches!(d.event, Event::Connected { .. })
