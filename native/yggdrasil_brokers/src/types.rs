@@ -65,6 +65,9 @@ impl Config {
         match self {
             #[cfg(feature = "redis")]
             Config::Redis(c) => &c.common,
+            // Built without any broker: no Config value can exist.
+            #[cfg(not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")))]
+            _ => match *self {},
         }
     }
 }
