@@ -12,13 +12,35 @@
 //! Needs a running redis-server (the bench starts one with test/brokers/ctl.sh).
 //!
 //! `--via client` runs the same loop through this crate's `Client` instead
-//! (publisher threads, events through its crossbeam channel): the cost of
-//! our runtime without the BEAM, between the floor and the full adapter.
+//! (publisher threads, events through its crossbeam channel to a delivery
+//! thread): the cost of our runtime without the BEAM, between the floor and
+//! the full adapter. `--via client-direct` lets the event sink hand each
+//! reply to its publisher itself, skipping the delivery thread's wake-up.
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::AsyncConnectionConfig;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// The redis crate alone: the floor.
+    Redis,
+    /// `Client`, events through a crossbeam channel to a delivery thread.
+    Client,
+    /// `Client`, replies handed to the waiting publisher by the sink itself.
+    ClientDirect,
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Redis => "redis",
+            Via::Client => "client",
+            Via::ClientDirect => "client-direct",
+        }
+    }
+}
 
 struct Args {
     host: String,
@@ -26,7 +48,7 @@ struct Args {
     publishers: usize,
     messages: usize,
     payload_bytes: usize,
-    via_client: bool,
+    via: Via,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,7 +58,7 @@ fn parse_args() -> Result<Args, String> {
         publishers: 1,
         messages: 10_000,
         payload_bytes: 16,
-        via_client: false,
+        via: Via::Redis,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,9 +75,10 @@ fn parse_args() -> Result<Args, String> {
             "--messages" => args.messages = number()?.max(1),
             "--payload-bytes" => args.payload_bytes = number()?,
             "--via" => match value.as_str() {
-                "redis" => args.via_client = false,
-                "client" => args.via_client = true,
-                _ => return Err(format!("--via {value}: redis or client")),
+                "redis" => args.via = Via::Redis,
+                "client" => args.via = Via::Client,
+                "client-direct" => args.via = Via::ClientDirect,
+                _ => return Err(format!("--via {value}: redis, client or client-direct")),
             },
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -138,9 +161,33 @@ async fn run(args: &Args) -> Result<Report, String> {
 }
 
 /// The same loop through `yggdrasil_brokers::Client`.
+/// Hands replies straight to the waiting publisher thread, the rest to the
+/// delivery thread: what a NIF sink doing `enif_send` itself would do.
+struct DirectSink {
+    others: crossbeam_channel::Sender<yggdrasil_brokers::Delivery<u64>>,
+    replies: Vec<crossbeam_channel::Sender<Result<(), String>>>,
+}
+
+impl yggdrasil_brokers::EventSink<u64> for DirectSink {
+    fn deliver(&self, delivery: yggdrasil_brokers::Delivery<u64>) {
+        if let yggdrasil_brokers::Event::Published { result, .. } = &delivery.event {
+            if let Some(reply) = self.replies.get(delivery.to as usize - 1) {
+                let _ = reply.send(result.clone());
+                return;
+            }
+        }
+        let _ = self.others.send(delivery);
+    }
+}
+
+/// The same loop through `yggdrasil_brokers::Client`.
 fn run_client(args: &Args) -> Result<Report, String> {
     use yggdrasil_brokers::{redis::Config, Client, Common, Config as Broker, Event, Topic};
     const SUBSCRIBER: u64 = 0;
+    // Replies go to the publisher (recipient p + 1) that is waiting for them.
+    let replies: Vec<_> = (0..args.publishers)
+        .map(|_| crossbeam_channel::unbounded())
+        .collect();
     let (events_tx, events) = crossbeam_channel::unbounded();
     let config = Broker::Redis(Config {
         hostname: args.host.clone(),
@@ -148,7 +195,17 @@ fn run_client(args: &Args) -> Result<Report, String> {
         common: Common::default(),
         ..Config::default()
     });
-    let client = Client::open(config, SUBSCRIBER, events_tx).map_err(|e| e.to_string())?;
+    let client = match args.via {
+        Via::ClientDirect => {
+            let sink = DirectSink {
+                others: events_tx,
+                replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
+            };
+            Client::open(config, SUBSCRIBER, sink)
+        }
+        _ => Client::open(config, SUBSCRIBER, events_tx),
+    }
+    .map_err(|e| e.to_string())?;
     let topic = Topic::redis(format!("ygg-floor-client-{}", std::process::id()))
         .map_err(|e| e.to_string())?;
     client
@@ -159,10 +216,6 @@ fn run_client(args: &Args) -> Result<Report, String> {
         other => return Err(format!("no Connected: {other:?}")),
     }
 
-    // Replies go to the publisher (recipient p + 1) that is waiting for them.
-    let replies: Vec<_> = (0..args.publishers)
-        .map(|_| crossbeam_channel::unbounded())
-        .collect();
     let base = Instant::now();
     let total = args.messages;
     let start = Instant::now();
@@ -236,7 +289,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(_) if args.via_client => run_client(&args),
+        Ok(_) if args.via != Via::Redis => run_client(&args),
         Ok(rt) => rt.block_on(run(&args)),
         Err(e) => Err(e.to_string()),
     };
@@ -244,7 +297,7 @@ fn main() -> ExitCode {
         Ok(report) => {
             println!(
                 "redis_floor via={} publishers={} messages={} payload_bytes={} seconds={:.3} deliveries_per_s={:.0} p50_us={} p99_us={}",
-                if args.via_client { "client" } else { "redis" },
+                args.via.name(),
                 args.publishers,
                 args.messages,
                 args.payload_bytes,

@@ -54,9 +54,10 @@ impl<R: Recipient> Client<R> {
     /// jitter, replay every subscription after each reconnect, and close
     /// once unused for `idle_timeout` (reopening on next use).
     ///
-    /// `events` receives every event of this client; it should be unbounded
-    /// (a full bounded channel would stall the runtime thread).
-    pub fn open(config: Config, owner: R, events: Sender<Delivery<R>>) -> Result<Self, Error> {
+    /// `events` receives every event of this client: usually an unbounded
+    /// `crossbeam_channel::Sender` (a full bounded one would stall the
+    /// runtime thread), or any [`EventSink`].
+    pub fn open(config: Config, owner: R, events: impl EventSink<R>) -> Result<Self, Error> {
         runtime::ensure()?;
         let common = config.common().clone();
         let driver: Arc<dyn Driver<R>> = match config {
@@ -65,7 +66,7 @@ impl<R: Recipient> Client<R> {
         };
         let shared = Arc::new(Shared {
             owner,
-            events,
+            events: Arc::new(events),
             publish_timeout: common.publish_timeout,
             listener: Slot::default(),
             publisher: Slot::default(),
@@ -174,10 +175,29 @@ impl<R: Recipient> Drop for Client<R> {
     }
 }
 
+/// Where a client's events go. Called on the broker runtime's thread, in
+/// the order of the events: it must not block, since every client's I/O
+/// waits while it runs.
+///
+/// A `crossbeam_channel::Sender` is one: the design's delivery thread reads
+/// the other end. A sink that hands events on directly (e.g. `enif_send`
+/// from an owned environment, which any non-scheduler thread may do) saves
+/// that thread's wake-up per event.
+pub trait EventSink<R>: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery<R>);
+}
+
+impl<R: Send + 'static> EventSink<R> for Sender<Delivery<R>> {
+    fn deliver(&self, delivery: Delivery<R>) {
+        // A dropped receiver means nobody listens any more: nothing to do.
+        let _ = self.send(delivery);
+    }
+}
+
 /// What the tasks and the client share.
 struct Shared<R: Recipient> {
     owner: R,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     publish_timeout: Duration,
     listener: Slot<ListenCmd<R>>,
     publisher: Slot<PublishCmd<R>>,
@@ -187,8 +207,7 @@ struct Shared<R: Recipient> {
 
 impl<R: Recipient> Shared<R> {
     fn send(&self, to: &R, event: Event) {
-        // A dropped receiver means nobody listens any more: nothing to do.
-        let _ = self.events.send(Delivery {
+        self.events.deliver(Delivery {
             to: to.clone(),
             event,
         });
@@ -790,7 +809,7 @@ struct PublishRequest<R: Recipient> {
 struct Reply<R: Recipient> {
     to: R,
     tag: u64,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     sent: bool,
 }
 
@@ -802,7 +821,7 @@ impl<R: Recipient> Reply<R> {
     fn deliver(&mut self, result: Result<(), String>) {
         if !self.sent {
             self.sent = true;
-            let _ = self.events.send(Delivery {
+            self.events.deliver(Delivery {
                 to: self.to.clone(),
                 event: Event::Published {
                     tag: self.tag,

@@ -30,6 +30,6 @@ mod types;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-pub use client::Client;
+pub use client::{Client, EventSink};
 pub use runtime::{runtime_stats, RuntimeStats};
 pub use types::*;
