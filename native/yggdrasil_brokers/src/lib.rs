@@ -33,3 +33,16 @@ pub mod redis;
 pub use client::{Client, EventSink};
 pub use runtime::{runtime_stats, RuntimeStats};
 pub use types::*;
+
+/// The brokers compiled in (cargo features), e.g. `["redis", "postgres"]`:
+/// an adapter left out answers "built without :redis" instead of failing.
+pub fn features() -> &'static [&'static str] {
+    &[
+        #[cfg(feature = "redis")]
+        "redis",
+        #[cfg(feature = "postgres")]
+        "postgres",
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq",
+    ]
+}

@@ -252,3 +252,28 @@ pub struct ClientStats {
     /// (topic, recipient) pairs.
     pub subscriptions: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_the_broker_would_refuse_are_errors() {
+        assert!(Topic::redis("").is_err());
+        assert_eq!(Topic::redis("a.*"), Ok(Topic::Redis(b"a.*".to_vec())));
+        assert!(Topic::postgres("").is_err());
+        assert!(Topic::postgres("x".repeat(64)).is_err());
+        assert!(Topic::postgres("nul\0").is_err());
+        assert!(Topic::postgres("x".repeat(63)).is_ok());
+        assert!(Topic::rabbitmq("", "key").is_err());
+        assert!(Topic::rabbitmq("ex", "k".repeat(256)).is_err());
+        assert!(Topic::rabbitmq("e".repeat(256), "key").is_err());
+        assert!(Topic::rabbitmq("ex", "").is_ok());
+    }
+
+    #[test]
+    fn topics_print_as_written() {
+        let t = Topic::redis("orders.*").expect("valid");
+        assert_eq!(t.to_string(), "redis channel \"orders.*\"");
+    }
+}
