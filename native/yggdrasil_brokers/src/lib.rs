@@ -13,6 +13,7 @@
 //! - `backoff`: bounded exponential backoff with jitter.
 //! - `redis`: the `:redis` broker.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 // Built with no broker at all (an application that uses none): the shared
 // machinery is there but nothing drives it, and `Client::open` has nothing
 // to open.
