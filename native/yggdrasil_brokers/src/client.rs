@@ -142,30 +142,33 @@ impl<R: Recipient> Client<R> {
     }
 
     fn send_listener(&self, cmd: ListenCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .listener
-            .send(cmd, |rx| driver.spawn_listener(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_listener(shared.clone(), rx)
+            })
+            .map_err(|not_sent| self.refusal(not_sent.reason))
     }
 
     fn send_publisher(&self, cmd: PublishCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .publisher
-            .send(cmd, |rx| driver.spawn_publisher(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_publisher(shared.clone(), rx)
+            })
+            .map_err(|not_sent| {
+                // The caller gets this error instead of a `Published` event.
+                if let PublishCmd::Publish(mut request) = not_sent.cmd {
+                    request.reply.disarm();
+                }
+                self.refusal(not_sent.reason)
+            })
     }
 
-    fn check_open(&self) -> Result<(), Error> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            Err(Error::new(format!(
-                "the {} client is closed",
-                self.driver.name()
-            )))
-        } else {
-            Ok(())
-        }
+    fn refusal(&self, reason: Option<Error>) -> Error {
+        reason.unwrap_or_else(|| Error::new(format!("the {} client is closed", self.driver.name())))
     }
 }
 
@@ -238,12 +241,20 @@ impl<C> Slot<C> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Queues `cmd` for the task, starting the task if none runs; gives the
+    /// command back if it could not be queued.
     fn send(
         &self,
+        closed: &AtomicBool,
         cmd: C,
         start: impl FnOnce(UnboundedReceiver<C>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), NotSent<C>> {
         let mut slot = self.lock();
+        // Checked under the lock: once `close` took the sender, no call
+        // racing with it can start a new task.
+        if closed.load(Ordering::SeqCst) {
+            return Err(NotSent { cmd, reason: None });
+        }
         let cmd = match slot.as_ref() {
             Some(tx) => match tx.send(cmd) {
                 Ok(()) => return Ok(()),
@@ -253,11 +264,22 @@ impl<C> Slot<C> {
             None => cmd,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        start(rx)?;
-        tx.send(cmd)
-            .map_err(|_| Error::new("the broker task ended at once"))?;
-        *slot = Some(tx);
-        Ok(())
+        if let Err(e) = start(rx) {
+            return Err(NotSent {
+                cmd,
+                reason: Some(e),
+            });
+        }
+        match tx.send(cmd) {
+            Ok(()) => {
+                *slot = Some(tx);
+                Ok(())
+            }
+            Err(mpsc::error::SendError(cmd)) => Err(NotSent {
+                cmd,
+                reason: Some(Error::new("the broker task ended at once")),
+            }),
+        }
     }
 
     /// Called by an idle task: true if it may end (nothing queued for it).
@@ -274,6 +296,12 @@ impl<C> Slot<C> {
     fn take(&self) {
         self.lock().take();
     }
+}
+
+/// A command that could not be queued; `reason` None: the client is closed.
+struct NotSent<C> {
+    cmd: C,
+    reason: Option<Error>,
 }
 
 #[derive(Default)]
@@ -816,6 +844,11 @@ struct Reply<R: Recipient> {
 impl<R: Recipient> Reply<R> {
     fn send(mut self, result: Result<(), String>) {
         self.deliver(result);
+    }
+
+    /// The caller learns the outcome otherwise (an error from `publish`).
+    fn disarm(&mut self) {
+        self.sent = true;
     }
 
     fn deliver(&mut self, result: Result<(), String>) {
