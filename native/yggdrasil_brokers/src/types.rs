@@ -4,9 +4,9 @@ use std::hash::Hash;
 use std::time::Duration;
 
 /// Anything that identifies where an event goes (the NIF uses rustler's
-/// `LocalPid`; tests use `u64`).
-pub trait Recipient: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static {}
-impl<T: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static> Recipient for T {}
+/// `LocalPid`; tests use `u64`). No `Debug` needed: `LocalPid` has none.
+pub trait Recipient: Clone + Send + Sync + Eq + Hash + 'static {}
+impl<T: Clone + Send + Sync + Eq + Hash + 'static> Recipient for T {}
 
 /// Why a call was refused. Its text is meant for `{:error, reason}` as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
