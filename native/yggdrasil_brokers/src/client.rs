@@ -36,6 +36,11 @@ use crate::{
 /// answers must not stall the listener forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A subscribing session quiet for this long is pinged, and lost if the
+/// ping is not answered within the same time: a broker that vanished
+/// without closing the socket is noticed within ~2 × KEEPALIVE.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// One broker + namespace: a fixed small set of connections (redis: one
 /// subscribing + one publishing) shared by all its topics and publishers.
 pub struct Client<R: Recipient> {
@@ -519,38 +524,35 @@ async fn listen_loop<B: Broker, R: Recipient>(
     rx: &mut UnboundedReceiver<ListenCmd<R>>,
     backoff: &mut Backoff,
 ) {
-    let common = broker.common().clone();
-    let mut session: Option<Session<'_, B>> = None;
-    let mut reconnect_at: Option<Instant> = None;
+    let idle_timeout = broker.common().idle_timeout;
+    let mut l = Listener {
+        broker,
+        shared,
+        session: None,
+        reconnect_at: None,
+        review: true,
+        retry_at: None,
+        ping_at: Instant::now() + KEEPALIVE,
+    };
     loop {
-        topics.publish_counts(&shared.counters);
-
         if topics.map.is_empty() {
             // Nothing to listen to: wait for work, or end after idle_timeout
             // (which also closes the session, if one is open).
-            match timeout(common.idle_timeout, rx.recv()).await {
-                Ok(Some(cmd)) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+            match timeout(idle_timeout, rx.recv()).await {
+                Ok(Some(cmd)) => l.apply(topics, backoff, cmd).await,
                 Ok(None) => return,
-                Err(_) => {
-                    if shared.listener.retire_if_idle(rx) {
-                        return;
-                    }
-                }
+                Err(_) if shared.listener.retire_if_idle(rx) => return,
+                Err(_) => {}
             }
             continue;
         }
 
-        let Some(open) = session.as_mut() else {
-            if let Some(at) = reconnect_at.filter(|at| *at > Instant::now()) {
+        let Some(open) = l.session.as_mut() else {
+            if let Some(at) = l.reconnect_at.filter(|at| *at > Instant::now()) {
                 // Waiting to reconnect: keep the bookkeeping current.
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
                         None => return,
                     },
                     _ = sleep_until(at) => {}
@@ -565,7 +567,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 tokio::select! {
                     biased;
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => { let _ = apply(broker, shared, topics, &mut session, cmd).await; }
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
                         None => return,
                     },
                     connected = &mut connect => break connected,
@@ -573,12 +575,14 @@ async fn listen_loop<B: Broker, R: Recipient>(
             };
             match connected {
                 Ok(Ok((control, messages))) => {
-                    session = Some(Session {
+                    l.session = Some(Session {
                         control,
                         messages,
                         _counted: Counted::new(&shared.counters.connections),
                     });
-                    reconnect_at = None;
+                    l.reconnect_at = None;
+                    l.review = true;
+                    l.ping_at = Instant::now() + KEEPALIVE;
                 }
                 failed => {
                     let reason = match failed {
@@ -586,25 +590,26 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         _ => format!("no answer within {CALL_TIMEOUT:?}"),
                     };
                     shared.warn(format!("cannot connect to {}: {reason}", broker.name()));
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                    l.reconnect_at = Some(Instant::now() + backoff.next_delay());
                 }
             }
             continue;
         };
 
-        // Session up: (re)subscribe what is due, one topic at a time.
-        let due = topics.due(Instant::now());
-        if !due.is_empty() {
+        if l.review {
+            // (Re)subscribe what is due, one topic at a time. Only after
+            // something changed: not once per message.
+            l.review = false;
             let mut lost = None;
-            for topic in due {
+            for topic in topics.due(Instant::now()) {
                 match timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic)).await {
                     Ok(Ok(())) => topics.confirm(shared, &topic),
                     Ok(Err(ListenError::Topic(reason))) => {
                         shared.warn(format!(
-                            "{} refused the subscription to {topic:?}: {reason}",
+                            "{} refused the subscription to {topic}: {reason}",
                             broker.name()
                         ));
-                        topics.refused(&topic, common.backoff_max);
+                        topics.refused(&topic, broker.common().backoff_max);
                     }
                     Ok(Err(ListenError::Connection(reason))) => {
                         lost = Some(reason);
@@ -617,31 +622,26 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 }
             }
             match lost {
-                Some(reason) => {
-                    lose_session(broker, shared, topics, &mut session, reason);
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                Some(reason) => l.lose(topics, backoff, reason),
+                None => {
+                    backoff.reset();
+                    l.retry_at = topics.next_retry();
                 }
-                None => backoff.reset(),
             }
             continue;
         }
 
-        let retry = topics.next_retry();
         tokio::select! {
             // Commands first: an unsubscribe sent before a publish is applied
             // before that publish's message can be read.
             biased;
             cmd = rx.recv() => match cmd {
-                Some(cmd) => {
-                    if let Err(lost) = apply(broker, shared, topics, &mut session, cmd).await {
-                        lose_session(broker, shared, topics, &mut session, lost);
-                        reconnect_at = Some(Instant::now() + backoff.next_delay());
-                    }
-                }
+                Some(cmd) => l.apply(topics, backoff, cmd).await,
                 None => return,
             },
             incoming = broker.next_message(&mut open.messages) => match incoming {
                 Some(incoming) => {
+                    l.ping_at = Instant::now() + KEEPALIVE;
                     if let Some(state) = topics.map.get(&incoming.topic) {
                         fan_out(shared, &state.recipients, incoming.topic, incoming.payload, incoming.metadata);
                     }
@@ -649,13 +649,56 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         broker.ack(ack).await;
                     }
                 }
-                None => {
-                    lose_session(broker, shared, topics, &mut session, "connection closed".to_string());
-                    reconnect_at = Some(Instant::now() + backoff.next_delay());
+                None => l.lose(topics, backoff, "connection closed".to_string()),
+            },
+            _ = sleep_until_some(l.retry_at) => l.review = true,
+            _ = sleep_until(l.ping_at) => {
+                l.ping_at = Instant::now() + KEEPALIVE;
+                match timeout(KEEPALIVE, broker.ping(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
+                    Ok(Err(ListenError::Connection(reason))) => l.lose(topics, backoff, reason),
+                    Err(_) => l.lose(topics, backoff, format!("no answer to a ping within {KEEPALIVE:?}")),
                 }
             },
-            _ = sleep_until_some(retry) => {}
         }
+    }
+}
+
+/// The listener's per-run state (what a panic may throw away).
+struct Listener<'a, B: Broker, R: Recipient> {
+    broker: &'a B,
+    shared: &'a Shared<R>,
+    session: Option<Session<'a, B>>,
+    reconnect_at: Option<Instant>,
+    /// Topics may need (re)subscribing: after a command, a new session, or
+    /// when a refused topic's retry time comes (`retry_at`).
+    review: bool,
+    retry_at: Option<Instant>,
+    /// When to check that the session is alive, if no message came by then.
+    ping_at: Instant,
+}
+
+impl<B: Broker, R: Recipient> Listener<'_, B, R> {
+    async fn apply(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, cmd: ListenCmd<R>) {
+        let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+        topics.publish_counts(&self.shared.counters);
+        self.review = true;
+        if let Err(reason) = result {
+            self.lose(topics, backoff, reason);
+        }
+    }
+
+    /// The session broke: close it, tell everyone, reconnect after a pause.
+    fn lose(&mut self, topics: &mut Topics<R>, backoff: &mut Backoff, reason: String) {
+        // Dropping the session closes its connection before anyone is told.
+        if self.session.take().is_some() {
+            self.shared.warn(format!(
+                "lost the {} connection: {reason}",
+                self.broker.name()
+            ));
+        }
+        topics.disconnect_all(self.shared);
+        self.reconnect_at = Some(Instant::now() + backoff.next_delay());
     }
 }
 
@@ -694,20 +737,6 @@ async fn apply<B: Broker, R: Recipient>(
         ListenCmd::Panic => panic!("injected by debug_inject_panic"),
     }
     Ok(())
-}
-
-fn lose_session<B: Broker, R: Recipient>(
-    broker: &B,
-    shared: &Shared<R>,
-    topics: &mut Topics<R>,
-    session: &mut Option<Session<'_, B>>,
-    reason: String,
-) {
-    // Dropping the session closes its connection before anyone is told.
-    if session.take().is_some() {
-        shared.warn(format!("lost the {} connection: {reason}", broker.name()));
-    }
-    topics.disconnect_all(shared);
 }
 
 fn fan_out<R: Recipient>(
@@ -969,10 +998,17 @@ async fn publish_loop<B: Broker, R: Recipient>(
                 match outcome {
                     Outcome::Done(Ok(())) => pending.finish(request, Ok(())),
                     Outcome::Done(Err(PublishError::Refused(reason))) => pending.finish(request, Err(reason)),
-                    Outcome::TimedOut => pending.finish(request, Err(format!(
-                        "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
-                        broker.name()
-                    ))),
+                    Outcome::TimedOut => {
+                        // No answer at all: the connection may be dead without
+                        // having been closed. Later publishes use a new one.
+                        if used == generation && publisher.take().is_some() {
+                            shared.warn(format!("dropped the {} publishing connection: no answer within publish_timeout", broker.name()));
+                        }
+                        pending.finish(request, Err(format!(
+                            "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
+                            broker.name()
+                        )))
+                    }
                     Outcome::Done(Err(PublishError::Connection(reason))) => {
                         if used == generation && publisher.take().is_some() {
                             shared.warn(format!("lost the {} publishing connection: {reason}", broker.name()));

@@ -151,6 +151,23 @@ impl Topic {
     }
 }
 
+impl fmt::Display for Topic {
+    /// As a user wrote the name (for warnings and errors).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Redis(name) => write!(f, "redis channel {:?}", String::from_utf8_lossy(name)),
+            Topic::Postgres(name) => write!(f, "postgres channel {name:?}"),
+            Topic::RabbitMq {
+                exchange,
+                routing_key,
+            } => write!(
+                f,
+                "rabbitmq exchange {exchange:?} routing key {routing_key:?}"
+            ),
+        }
+    }
+}
+
 /// Message properties for publishing. AMQP uses them; redis and postgres
 /// ignore them.
 #[derive(Clone, Debug, Default, PartialEq)]
