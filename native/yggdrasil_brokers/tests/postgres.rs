@@ -738,3 +738,75 @@ fn a_unix_socket_directory_works_as_hostname() {
     );
     assert_eq!(payload(&mut inbox, 1), b"over a socket");
 }
+
+/// The pid of our listening connection's backend process.
+fn listening_backend(server: &Server) -> u32 {
+    psql(
+        server,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'yggdrasil listen'",
+    )
+    .parse()
+    .expect("one listening backend")
+}
+
+#[test]
+fn a_terminated_backend_is_replaced_and_relistened() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("admin"), 1).expect("subscribe");
+    inbox.connected(1);
+    let old = listening_backend(&server);
+    // What an operator (or a pooler) does: the server closes that connection only.
+    assert_eq!(
+        psql(&server, &format!("SELECT pg_terminate_backend({old})")),
+        "t"
+    );
+    inbox.disconnected(1);
+    inbox.connected(1);
+    assert_ne!(listening_backend(&server), old);
+    psql(&server, "NOTIFY admin, 'after'");
+    assert_eq!(payload(&mut inbox, 1), b"after");
+}
+
+/// SIGCONTs a stopped process when dropped, so that a failing test leaves nothing stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn a_backend_that_stops_answering_is_noticed_by_the_keepalive() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("hung"), 1).expect("subscribe");
+    inbox.connected(1);
+    // The backend hangs with its socket open: only a ping that gets no answer can tell.
+    let hung = Stopped::new(listening_backend(&server));
+    inbox.disconnected(1);
+    inbox.connected(1);
+    psql(&server, "NOTIFY hung, 'on the new connection'");
+    assert_eq!(payload(&mut inbox, 1), b"on the new connection");
+    drop(hung);
+}
