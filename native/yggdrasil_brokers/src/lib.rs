@@ -12,6 +12,7 @@
 //! - `broker`: the `Broker` trait each broker module implements (its protocol only).
 //! - `backoff`: bounded exponential backoff with jitter.
 //! - `redis`: the `:redis` broker.
+//! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 // Built with no broker at all (an application that uses none): the shared
@@ -28,6 +29,8 @@ mod client;
 mod runtime;
 mod types;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 

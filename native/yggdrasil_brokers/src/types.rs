@@ -58,6 +58,8 @@ impl Default for Common {
 pub enum Config {
     #[cfg(feature = "redis")]
     Redis(crate::redis::Config),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::Config),
 }
 
 impl Config {
@@ -65,6 +67,8 @@ impl Config {
         match self {
             #[cfg(feature = "redis")]
             Config::Redis(c) => &c.common,
+            #[cfg(feature = "postgres")]
+            Config::Postgres(c) => &c.common,
             // Built without any broker: no Config value can exist.
             #[cfg(not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")))]
             _ => match *self {},
