@@ -274,6 +274,16 @@ fn connected_then_notifications_from_psql_byte_for_byte() {
         "  two  spaces\nnew line\ttab é ü 日本 🎉 ".as_bytes()
     );
     assert_eq!(payload(&mut inbox, 1), b"", "an empty payload is a payload");
+
+    // PostgreSQL folds identical notifications of one transaction into one; each publish is its
+    // own transaction, so each one arrives.
+    for _ in 0..3 {
+        assert_eq!(publish(&client, &mut inbox, "orders", b"same"), Ok(()));
+    }
+    for _ in 0..3 {
+        assert_eq!(payload(&mut inbox, 1), b"same");
+    }
+    inbox.assert_none_within(Duration::from_millis(300), |d| d.to == 1);
 }
 
 #[test]
@@ -350,13 +360,9 @@ fn names_keep_their_case_spaces_and_quotes() {
         assert_eq!(publish(&client, &mut inbox, name, b"ours"), Ok(()));
         assert_eq!(message(&mut inbox, to(i)), (topic(name), b"ours".to_vec()));
     }
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Message { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
 }
 
 #[test]
@@ -402,7 +408,7 @@ fn bad_names_and_payloads_are_refused_before_anything_is_sent() {
     // Nothing was started for them and no reply is owed.
     assert_eq!(client.stats(), ClientStats::default());
     assert_eq!(our_backends(&server), 0);
-    assert!(inbox.drain_for(Duration::from_millis(200)).is_empty());
+    inbox.assert_none_within(Duration::from_millis(200), |_| true);
 
     // The largest payload PostgreSQL takes goes through, multi-byte characters and all.
     client.subscribe(topic("fine"), 2).expect("subscribe");
@@ -546,13 +552,9 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
         } => assert!(reason.contains("publish_timeout"), "{reason}"),
         other => panic!("expected an error reply, got {other:?}"),
     }
-    let rest = inbox.drain_for(Duration::from_millis(500));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Connected { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(500), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
 }
 
 #[test]
@@ -628,8 +630,7 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
         }
     }
     // Exactly once: nothing more arrives.
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(rest.is_empty(), "{rest:?}");
+    inbox.assert_none_within(Duration::from_millis(300), |_| true);
 }
 
 #[test]
@@ -658,8 +659,7 @@ fn unlisten_idle_close_and_close_leave_no_backend() {
     client.unsubscribe(topic("gone"), 2).expect("unsubscribe");
     psql(&server, "NOTIFY gone, 'not for 2'; NOTIFY keep, 'for 1'");
     assert_eq!(payload(&mut inbox, 1), b"for 1");
-    let rest = inbox.drain_for(Duration::from_millis(200));
-    assert!(!rest.iter().any(|d| d.to == 2), "{rest:?}");
+    inbox.assert_none_within(Duration::from_millis(200), |d| d.to == 2);
 
     // The idle publisher closes; the listener stays while a channel is subscribed.
     assert!(eventually(|| client.stats().connections == 1));
@@ -737,4 +737,76 @@ fn a_unix_socket_directory_works_as_hostname() {
         Ok(())
     );
     assert_eq!(payload(&mut inbox, 1), b"over a socket");
+}
+
+/// The pid of our listening connection's backend process.
+fn listening_backend(server: &Server) -> u32 {
+    psql(
+        server,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'yggdrasil listen'",
+    )
+    .parse()
+    .expect("one listening backend")
+}
+
+#[test]
+fn a_terminated_backend_is_replaced_and_relistened() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("admin"), 1).expect("subscribe");
+    inbox.connected(1);
+    let old = listening_backend(&server);
+    // What an operator (or a pooler) does: the server closes that connection only.
+    assert_eq!(
+        psql(&server, &format!("SELECT pg_terminate_backend({old})")),
+        "t"
+    );
+    inbox.disconnected(1);
+    inbox.connected(1);
+    assert_ne!(listening_backend(&server), old);
+    psql(&server, "NOTIFY admin, 'after'");
+    assert_eq!(payload(&mut inbox, 1), b"after");
+}
+
+/// SIGCONTs a stopped process when dropped, so that a failing test leaves nothing stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn a_backend_that_stops_answering_is_noticed_by_the_keepalive() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("hung"), 1).expect("subscribe");
+    inbox.connected(1);
+    // The backend hangs with its socket open: only a ping that gets no answer can tell.
+    let hung = Stopped::new(listening_backend(&server));
+    inbox.disconnected(1);
+    inbox.connected(1);
+    psql(&server, "NOTIFY hung, 'on the new connection'");
+    assert_eq!(payload(&mut inbox, 1), b"on the new connection");
+    drop(hung);
 }
