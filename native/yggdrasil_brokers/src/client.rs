@@ -54,9 +54,10 @@ impl<R: Recipient> Client<R> {
     /// jitter, replay every subscription after each reconnect, and close
     /// once unused for `idle_timeout` (reopening on next use).
     ///
-    /// `events` receives every event of this client; it should be unbounded
-    /// (a full bounded channel would stall the runtime thread).
-    pub fn open(config: Config, owner: R, events: Sender<Delivery<R>>) -> Result<Self, Error> {
+    /// `events` receives every event of this client: usually an unbounded
+    /// `crossbeam_channel::Sender` (a full bounded one would stall the
+    /// runtime thread), or any [`EventSink`].
+    pub fn open(config: Config, owner: R, events: impl EventSink<R>) -> Result<Self, Error> {
         runtime::ensure()?;
         let common = config.common().clone();
         let driver: Arc<dyn Driver<R>> = match config {
@@ -67,7 +68,7 @@ impl<R: Recipient> Client<R> {
         };
         let shared = Arc::new(Shared {
             owner,
-            events,
+            events: Arc::new(events),
             publish_timeout: common.publish_timeout,
             listener: Slot::default(),
             publisher: Slot::default(),
@@ -143,30 +144,33 @@ impl<R: Recipient> Client<R> {
     }
 
     fn send_listener(&self, cmd: ListenCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .listener
-            .send(cmd, |rx| driver.spawn_listener(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_listener(shared.clone(), rx)
+            })
+            .map_err(|not_sent| self.refusal(not_sent.reason))
     }
 
     fn send_publisher(&self, cmd: PublishCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .publisher
-            .send(cmd, |rx| driver.spawn_publisher(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_publisher(shared.clone(), rx)
+            })
+            .map_err(|not_sent| {
+                // The caller gets this error instead of a `Published` event.
+                if let PublishCmd::Publish(mut request) = not_sent.cmd {
+                    request.reply.disarm();
+                }
+                self.refusal(not_sent.reason)
+            })
     }
 
-    fn check_open(&self) -> Result<(), Error> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            Err(Error::new(format!(
-                "the {} client is closed",
-                self.driver.name()
-            )))
-        } else {
-            Ok(())
-        }
+    fn refusal(&self, reason: Option<Error>) -> Error {
+        reason.unwrap_or_else(|| Error::new(format!("the {} client is closed", self.driver.name())))
     }
 }
 
@@ -176,10 +180,29 @@ impl<R: Recipient> Drop for Client<R> {
     }
 }
 
+/// Where a client's events go. Called on the broker runtime's thread, in
+/// the order of the events: it must not block, since every client's I/O
+/// waits while it runs.
+///
+/// A `crossbeam_channel::Sender` is one: the design's delivery thread reads
+/// the other end. A sink that hands events on directly (e.g. `enif_send`
+/// from an owned environment, which any non-scheduler thread may do) saves
+/// that thread's wake-up per event.
+pub trait EventSink<R>: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery<R>);
+}
+
+impl<R: Send + 'static> EventSink<R> for Sender<Delivery<R>> {
+    fn deliver(&self, delivery: Delivery<R>) {
+        // A dropped receiver means nobody listens any more: nothing to do.
+        let _ = self.send(delivery);
+    }
+}
+
 /// What the tasks and the client share.
 struct Shared<R: Recipient> {
     owner: R,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     publish_timeout: Duration,
     listener: Slot<ListenCmd<R>>,
     publisher: Slot<PublishCmd<R>>,
@@ -189,8 +212,7 @@ struct Shared<R: Recipient> {
 
 impl<R: Recipient> Shared<R> {
     fn send(&self, to: &R, event: Event) {
-        // A dropped receiver means nobody listens any more: nothing to do.
-        let _ = self.events.send(Delivery {
+        self.events.deliver(Delivery {
             to: to.clone(),
             event,
         });
@@ -221,12 +243,20 @@ impl<C> Slot<C> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Queues `cmd` for the task, starting the task if none runs; gives the
+    /// command back if it could not be queued.
     fn send(
         &self,
+        closed: &AtomicBool,
         cmd: C,
         start: impl FnOnce(UnboundedReceiver<C>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), NotSent<C>> {
         let mut slot = self.lock();
+        // Checked under the lock: once `close` took the sender, no call
+        // racing with it can start a new task.
+        if closed.load(Ordering::SeqCst) {
+            return Err(NotSent { cmd, reason: None });
+        }
         let cmd = match slot.as_ref() {
             Some(tx) => match tx.send(cmd) {
                 Ok(()) => return Ok(()),
@@ -236,11 +266,22 @@ impl<C> Slot<C> {
             None => cmd,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        start(rx)?;
-        tx.send(cmd)
-            .map_err(|_| Error::new("the broker task ended at once"))?;
-        *slot = Some(tx);
-        Ok(())
+        if let Err(e) = start(rx) {
+            return Err(NotSent {
+                cmd,
+                reason: Some(e),
+            });
+        }
+        match tx.send(cmd) {
+            Ok(()) => {
+                *slot = Some(tx);
+                Ok(())
+            }
+            Err(mpsc::error::SendError(cmd)) => Err(NotSent {
+                cmd,
+                reason: Some(Error::new("the broker task ended at once")),
+            }),
+        }
     }
 
     /// Called by an idle task: true if it may end (nothing queued for it).
@@ -257,6 +298,12 @@ impl<C> Slot<C> {
     fn take(&self) {
         self.lock().take();
     }
+}
+
+/// A command that could not be queued; `reason` None: the client is closed.
+struct NotSent<C> {
+    cmd: C,
+    reason: Option<Error>,
 }
 
 #[derive(Default)]
@@ -792,7 +839,7 @@ struct PublishRequest<R: Recipient> {
 struct Reply<R: Recipient> {
     to: R,
     tag: u64,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     sent: bool,
 }
 
@@ -801,10 +848,15 @@ impl<R: Recipient> Reply<R> {
         self.deliver(result);
     }
 
+    /// The caller learns the outcome otherwise (an error from `publish`).
+    fn disarm(&mut self) {
+        self.sent = true;
+    }
+
     fn deliver(&mut self, result: Result<(), String>) {
         if !self.sent {
             self.sent = true;
-            let _ = self.events.send(Delivery {
+            self.events.deliver(Delivery {
                 to: self.to.clone(),
                 event: Event::Published {
                     tag: self.tag,

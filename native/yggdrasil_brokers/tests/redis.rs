@@ -542,8 +542,12 @@ fn close_ends_tasks_and_connections() {
         == 1));
     assert!(client.subscribe(topic("bye"), 1).is_err());
     assert!(client
-        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, 1)
+        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, u64::MAX)
         .is_err());
+    // Refused by an error from publish: no Published event besides.
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Published { tag: u64::MAX, .. })
+    });
 }
 
 #[test]
