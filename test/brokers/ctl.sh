@@ -19,8 +19,8 @@
 #
 # PID is the server process itself (redis-server, the postmaster, RabbitMQ's
 # beam.smp): `kill -KILL PID` simulates a crash; `stop DIR` then still cleans up
-# the rest (RabbitMQ's wrapper script and epmd). `stop` then `start KIND DIR PORT`
-# restarts on the same port, reusing DIR's data.
+# the rest (RabbitMQ's wrapper script and epmd), and so does `start` in that DIR.
+# `stop` then `start KIND DIR PORT` restarts on the same port, reusing DIR's data.
 set -euo pipefail
 
 die() {
@@ -43,8 +43,8 @@ port_listening() {
 free_port() {
   mkdir -p "$RESERVATIONS" 2>/dev/null && chmod 1777 "$RESERVATIONS" 2>/dev/null || true
   find "$RESERVATIONS" -mindepth 1 -maxdepth 1 -mmin +10 -exec rmdir {} + 2>/dev/null || true
-  local attempt port
-  for attempt in $(seq 1 500); do
+  local port
+  for _ in $(seq 1 500); do
     # 10000..31999: above the well-known brokers' defaults, below Linux's
     # ephemeral range (32768+), where outgoing connections take their ports.
     port=$((10000 + ((RANDOM << 15 | RANDOM) % 22000)))
@@ -136,7 +136,7 @@ start_redis() { # DIR PORT
 
 pg_bin() { # the newest installed server binaries, else whatever PATH has
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     [[ -x $d/pg_ctl ]] && {
       echo "$d"
       return 0
@@ -149,6 +149,29 @@ pg_bin() { # the newest installed server binaries, else whatever PATH has
 # PostgreSQL refuses to run as root: as root, its files belong to `postgres`.
 as_pg() {
   if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The processes of a cluster (postmaster, backends) have its data dir as
+# working directory: that finds backends a killed postmaster left behind.
+pg_processes() { # DATA_DIR -> pids
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/cwd" 2>/dev/null) == "$1" ]] && alive "${p#/proc/}" && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# Waits until no process of the cluster is left (SIGKILL after SECONDS).
+pg_wait_gone() { # DATA_DIR SECONDS
+  local deadline=$((SECONDS + $2)) pids
+  while pids=$(pg_processes "$1") && [[ -n $pids ]]; do
+    if ((SECONDS >= deadline)); then
+      # shellcheck disable=SC2086
+      kill -KILL $pids 2>/dev/null || true
+      deadline=$((SECONDS + 5))
+    fi
+    sleep 0.05
+  done
 }
 
 start_postgres() { # DIR PORT
@@ -170,6 +193,14 @@ start_postgres() { # DIR PORT
     as_pg "$bin/initdb" -D "$d/data" -U postgres --pwfile="$d/pwfile" -E UTF8 --locale=C \
       --auth-local=trust --auth-host="${CTL_PG_AUTH:-trust}" -N >"$d/initdb.log" 2>&1 ||
       fail_with_log "$d/initdb.log" "initdb failed"
+  fi
+  # After a crash (kill -KILL PID) the lock files stay; PostgreSQL would take
+  # a postmaster that is dead but not yet reaped (a zombie) for a live one.
+  local lock_pid
+  lock_pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null || true)
+  if [[ -n $lock_pid ]] && ! alive "$lock_pid"; then
+    pg_wait_gone "$d/data" 10
+    rm -f "$d/data/postmaster.pid" "$d"/.s.PGSQL.*
   fi
   # Durability off: nothing here must survive a crash, and it is faster.
   as_pg "$bin/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 -s \
@@ -215,16 +246,15 @@ RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}
 EOF
 }
 
-with_rabbit_env() { # DIR COMMAND...
-  local dir=$1 line
-  shift
-  local -a vars=()
-  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
-  env "${vars[@]}" "$@"
+RABBIT_ENV=()
+load_rabbit_env() { # DIR -> RABBIT_ENV, arguments for env(1)
+  local line
+  RABBIT_ENV=()
+  while IFS= read -r line; do RABBIT_ENV+=("$line"); done < <(rabbit_env "$1")
 }
 
 start_rabbitmq() { # DIR PORT
-  local dir=$1 port=$2 d=$1/rabbitmq epmd_pid wrapper_pid beam_pid="" deadline line
+  local dir=$1 port=$2 d=$1/rabbitmq epmd_pid wrapper_pid beam_pid="" deadline
   [[ -x $RABBIT_BIN/rabbitmq-server ]] || die "rabbitmq-server not installed (apt-get install rabbitmq-server amqp-tools)"
   command -v epmd >/dev/null || die "epmd not found (comes with Erlang)"
   mkdir -p "$d/home" "$d/mnesia" "$d/log"
@@ -241,18 +271,20 @@ start_rabbitmq() { # DIR PORT
   source "$d/ports"
   epmd -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >"$d/log/epmd.log" 2>&1 &
   epmd_pid=$!
+  write_state "$dir" rabbitmq "$port" "$epmd_pid" TERM
   deadline=$((SECONDS + 10))
   until port_listening "$EPMD_PORT"; do
-    alive "$epmd_pid" && ((SECONDS < deadline)) || fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
+    if ! alive "$epmd_pid" || ((SECONDS >= deadline)); then
+      stop "$dir"
+      fail_with_log "$d/log/epmd.log" "epmd failed on port $EPMD_PORT"
+    fi
     sleep 0.05
   done
 
-  # The server script directly: the packaged wrapper switches to the rabbitmq user.
-  # Started from this shell (not a function's subshell) so that $! is the
-  # script's own pid: env execs it.
-  local -a vars=()
-  while IFS= read -r line; do vars+=("$line"); done < <(rabbit_env "$dir")
-  env "${vars[@]}" "$RABBIT_BIN/rabbitmq-server" </dev/null >"$d/log/server.out" 2>&1 &
+  # The server script directly: the packaged wrapper switches to the rabbitmq
+  # user. env execs it, so $! is the script's own pid.
+  load_rabbit_env "$dir"
+  env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-server" </dev/null >"$d/log/server.out" 2>&1 &
   wrapper_pid=$!
   write_state "$dir" rabbitmq "$port" "$wrapper_pid $epmd_pid" "TERM TERM"
 
@@ -268,7 +300,7 @@ start_rabbitmq() { # DIR PORT
     [[ -n $beam_pid ]] && port_listening "$port" && break
     sleep 0.1
   done
-  if ! with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmq-diagnostics" -q ping >"$d/log/ping.out" 2>&1; then
+  if ! env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-diagnostics" -q ping >"$d/log/ping.out" 2>&1; then
     stop "$dir"
     fail_with_log "$d/log/ping.out" "rabbitmq-diagnostics ping failed on port $port"
   fi
@@ -285,23 +317,23 @@ start() { # KIND DIR [PORT]
   dir=$(cd "$dir" && pwd)
   if [[ -f $dir/$STATE_FILE ]]; then
     # shellcheck disable=SC1090
-    (source "$dir/$STATE_FILE" && for p in $PIDS; do alive "$p" && exit 1; done; exit 0) ||
+    (source "$dir/$STATE_FILE" && ! alive "${PIDS%% *}") ||
       die "$dir already runs an instance (ctl.sh stop $dir first)"
-    rm -f "$dir/$STATE_FILE"
+    # Its server was killed: clean up what it left (RabbitMQ's epmd) first.
+    stop "$dir"
   fi
   case $kind in
   redis | postgres | rabbitmq) ;;
   *) die "unknown broker '$kind' (redis, postgres or rabbitmq)" ;;
   esac
   if [[ -n $port ]]; then
-    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port"
+    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port (1..65535)"
     port_listening "$port" && die "port $port is already in use"
     "start_$kind" "$dir" "$port"
   else
     # A port found free can still be taken by someone else before the server
     # binds it: then try another one.
-    local attempt
-    for attempt in 1 2 3; do
+    for _ in 1 2 3; do
       port=$(free_port)
       ("start_$kind" "$dir" "$port") && return 0
       port_listening "$port" || exit 1
@@ -315,14 +347,16 @@ start() { # KIND DIR [PORT]
 
 stop() { # DIR
   local dir=$1 i=0 pid signals
-  [[ -f $dir/$STATE_FILE ]] || return 0 # nothing running: stopping is done
+  # No state: nothing runs (or a concurrent stop just finished): done.
   # shellcheck disable=SC1090
-  source "$dir/$STATE_FILE"
-  read -r -a signals <<<"$SIGNALS"
+  source "$dir/$STATE_FILE" 2>/dev/null || return 0
+  read -r -a signals <<<"$SIGNALS" # from the state file
   for pid in $PIDS; do
     terminate "$pid" "${signals[$i]:-TERM}" 30
     i=$((i + 1))
   done
+  # Backends outlive a postmaster that was killed, for a moment.
+  [[ $KIND == postgres ]] && pg_wait_gone "$dir/postgres/data" 10
   rm -f "$dir/$STATE_FILE"
 }
 
@@ -348,7 +382,8 @@ rabbitmqctl)
   [[ $# -ge 2 && -f $2/rabbitmq/ports ]] || usage
   dir=$(cd "$2" && pwd)
   shift 2
-  with_rabbit_env "$dir" "$RABBIT_BIN/rabbitmqctl" "$@"
+  load_rabbit_env "$dir"
+  env "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmqctl" "$@"
   ;;
 *) usage ;;
 esac
