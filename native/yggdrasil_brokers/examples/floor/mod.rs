@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use yggdrasil_brokers::{Client, Config, Event, Topic};
+use yggdrasil_brokers::{Client, Config, Delivery, Event, EventSink, Topic};
 
 /// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
 /// (text, so that every broker takes it).
@@ -16,13 +16,24 @@ const STAMP_BYTES: usize = 16;
 /// Far above a healthy run's gaps: only a broken run waits this long.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Which loop runs.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Via {
+    /// The broker's crate alone: the floor.
+    Direct,
+    /// `Client`, events through a crossbeam channel to a delivery thread.
+    Client,
+    /// `Client`, replies handed to the waiting publisher by the sink itself.
+    ClientDirect,
+}
+
 pub struct Args {
     pub host: String,
     pub port: u16,
     pub publishers: usize,
     pub messages: usize,
     pub payload_bytes: usize,
-    pub via_client: bool,
+    pub via: Via,
 }
 
 pub struct Report {
@@ -30,7 +41,7 @@ pub struct Report {
     pub latencies_us: Vec<u64>,
 }
 
-/// `--via` is `direct` (the broker crate alone) or `client` (through `Client`).
+/// `--via` is `direct` (named after the broker: the crate alone), `client` or `client-direct`.
 fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
     let mut args = Args {
         host: "127.0.0.1".to_string(),
@@ -38,7 +49,7 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
         publishers: 1,
         messages: 10_000,
         payload_bytes: STAMP_BYTES,
-        via_client: false,
+        via: Via::Direct,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,9 +66,10 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
             "--messages" => args.messages = number()?.max(1),
             "--payload-bytes" => args.payload_bytes = number()?,
             "--via" => match value.as_str() {
-                v if v == direct => args.via_client = false,
-                "client" => args.via_client = true,
-                _ => return Err(format!("--via {value}: {direct} or client")),
+                v if v == direct => args.via = Via::Direct,
+                "client" => args.via = Via::Client,
+                "client-direct" => args.via = Via::ClientDirect,
+                _ => return Err(format!("--via {value}: {direct}, client or client-direct")),
             },
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -112,12 +124,46 @@ pub async fn collect_latencies(
     Ok((latencies_us, Instant::now()))
 }
 
+/// Hands replies straight to the waiting publisher thread and the rest to the delivery thread:
+/// what a NIF sink doing `enif_send` itself would do.
+struct DirectSink {
+    others: crossbeam_channel::Sender<Delivery<u64>>,
+    replies: Vec<crossbeam_channel::Sender<Result<(), String>>>,
+}
+
+impl EventSink<u64> for DirectSink {
+    fn deliver(&self, delivery: Delivery<u64>) {
+        if let Event::Published { result, .. } = &delivery.event {
+            let publisher = (delivery.to as usize).checked_sub(1);
+            if let Some(reply) = publisher.and_then(|p| self.replies.get(p)) {
+                let _ = reply.send(result.clone());
+                return;
+            }
+        }
+        let _ = self.others.send(delivery);
+    }
+}
+
 /// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
-/// crossbeam channel.
+/// sink.
 fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, String> {
     const SUBSCRIBER: u64 = 0;
+    // Replies go to the publisher (recipient p + 1) that is waiting for them.
+    let replies: Vec<_> = (0..args.publishers)
+        .map(|_| crossbeam_channel::unbounded())
+        .collect();
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let client = Client::open(config, SUBSCRIBER, events_tx).map_err(|e| e.to_string())?;
+    let client = match args.via {
+        Via::ClientDirect => {
+            let sink = DirectSink {
+                others: events_tx,
+                replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
+            };
+            Client::open(config, SUBSCRIBER, sink)
+        }
+        _ => Client::open(config, SUBSCRIBER, events_tx),
+    }
+    .map_err(|e| e.to_string())?;
     client
         .subscribe(topic.clone(), SUBSCRIBER)
         .map_err(|e| e.to_string())?;
@@ -126,10 +172,6 @@ fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, Strin
         other => return Err(format!("no Connected: {other:?}")),
     }
 
-    // Replies go to the publisher (recipient p + 1) that is waiting for them.
-    let replies: Vec<_> = (0..args.publishers)
-        .map(|_| crossbeam_channel::unbounded())
-        .collect();
     let base = Instant::now();
     let total = args.messages;
     let start = Instant::now();
@@ -199,11 +241,11 @@ pub fn main(
     let args = match parse_args(default_port, direct) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client]");
+            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-direct]");
             return ExitCode::from(2);
         }
     };
-    let result = if args.via_client {
+    let result = if args.via != Via::Direct {
         client_setup(&args).and_then(|(config, topic)| run_client(&args, config, topic))
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -217,7 +259,11 @@ pub fn main(
         Ok(report) => {
             println!(
                 "{name} via={} publishers={} messages={} payload_bytes={} seconds={:.3} deliveries_per_s={:.0} p50_us={} p99_us={}",
-                if args.via_client { "client" } else { direct },
+                match args.via {
+                    Via::Direct => direct,
+                    Via::Client => "client",
+                    Via::ClientDirect => "client-direct",
+                },
                 args.publishers,
                 args.messages,
                 args.payload_bytes,
