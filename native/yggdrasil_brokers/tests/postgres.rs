@@ -106,18 +106,22 @@ fn payload(inbox: &mut Inbox, to: u64) -> Vec<u8> {
 
 // ---------------------------------------------------------------------- psql --
 
-fn psql_command(port: u16) -> Command {
+fn psql_command(port: u16, database: &str) -> Command {
     let mut command = Command::new("psql");
     command
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-U", "postgres", "postgres"]);
+        .args(["-U", "postgres", database]);
     command
 }
 
-/// Runs SQL in a fresh psql session; its output.
+/// Runs SQL in a fresh psql session on database `postgres`; its output.
 fn psql(server: &Server, sql: &str) -> String {
-    let out = psql_command(server.port)
+    psql_in(server, "postgres", sql)
+}
+
+fn psql_in(server: &Server, database: &str, sql: &str) -> String {
+    let out = psql_command(server.port, database)
         .arg("-c")
         .arg(sql)
         .output()
@@ -151,7 +155,7 @@ struct Psql {
 
 impl Psql {
     fn open(server: &Server) -> Psql {
-        let mut child = psql_command(server.port)
+        let mut child = psql_command(server.port, "postgres")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -809,4 +813,34 @@ fn a_backend_that_stops_answering_is_noticed_by_the_keepalive() {
     psql(&server, "NOTIFY hung, 'on the new connection'");
     assert_eq!(payload(&mut inbox, 1), b"on the new connection");
     drop(hung);
+}
+
+#[test]
+fn the_database_key_selects_where_notifications_live() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    psql(&server, "CREATE DATABASE other");
+    let (client, mut inbox) = open_with(postgres::Config {
+        database: "other".to_string(),
+        ..settings(server.port, common())
+    });
+    client.subscribe(topic("events"), 1).expect("subscribe");
+    inbox.connected(1);
+    // NOTIFY is per database: the one in `postgres` is not ours.
+    psql(&server, "NOTIFY events, 'in postgres'");
+    psql_in(&server, "other", "NOTIFY events, 'in other'");
+    assert_eq!(payload(&mut inbox, 1), b"in other");
+    inbox.assert_none_within(Duration::from_millis(300), |d| d.to == 1);
+    // A database that does not exist: each attempt warns with the server's reason.
+    let (missing, mut missing_inbox) = open_with(postgres::Config {
+        database: "nowhere".to_string(),
+        ..settings(server.port, common())
+    });
+    missing.subscribe(topic("events"), 1).expect("subscribe");
+    missing_inbox.wait(
+        "a warning naming the database",
+        |d| matches!(&d.event, Event::Warning { message } if message.contains("\"nowhere\"")),
+    );
 }
