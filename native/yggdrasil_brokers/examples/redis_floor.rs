@@ -14,8 +14,8 @@
 //! `--via client` runs the same loop through this crate's `Client` instead
 //! (publisher threads, events through its crossbeam channel to a delivery
 //! thread): the cost of our runtime without the BEAM, between the floor and
-//! the full adapter. `--via client-direct` lets the event sink hand each
-//! reply to its publisher itself, skipping the delivery thread's wake-up.
+//! the full adapter. `--via client-sink` lets the event sink hand each reply
+//! to its publisher itself, skipping the delivery thread's wake-up.
 mod floor;
 
 use std::process::ExitCode;

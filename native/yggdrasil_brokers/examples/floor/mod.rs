@@ -1,5 +1,6 @@
 //! What the broker floor examples share: their flags, timestamped payloads, the same loop run
-//! through this crate's `Client` (`--via client`), and the one output line the bench parses.
+//! through this crate's `Client` (`--via client`, or `--via client-sink` with an `EventSink`
+//! that hands replies to their publishers itself), and the one output line the bench parses.
 //!
 //! Each floor publishes `--messages` payloads from `--publishers` publishers, every publisher
 //! waiting for its reply before the next message (as `Yggdrasil.publish` does), to one
@@ -17,17 +18,6 @@ const STAMP_BYTES: usize = 16;
 /// Far above a healthy run's gaps: only a broken run waits this long.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Which loop runs.
-#[derive(Clone, Copy, PartialEq)]
-pub enum Via {
-    /// The broker's crate alone: the floor.
-    Direct,
-    /// `Client`, events through a crossbeam channel to a delivery thread.
-    Client,
-    /// `Client`, replies handed to the waiting publisher by the sink itself.
-    ClientDirect,
-}
-
 pub struct Args {
     pub host: String,
     pub port: u16,
@@ -37,12 +27,24 @@ pub struct Args {
     pub via: Via,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+pub enum Via {
+    /// The broker crate alone: the floor.
+    Broker,
+    /// `Client`, every event through a crossbeam channel to a delivery thread that hands
+    /// replies on (the NIF design's delivery thread).
+    Client,
+    /// `Client` with a sink that hands each reply to its publisher itself, as a NIF doing
+    /// `enif_send` on the runtime thread would: one wake-up less per round trip.
+    ClientSink,
+}
+
 pub struct Report {
     pub seconds: f64,
     pub latencies_us: Vec<u64>,
 }
 
-/// `--via` is `direct` (named after the broker: the crate alone), `client` or `client-direct`.
+/// `--via` is `direct` (the broker crate alone), `client` or `client-sink` (through `Client`).
 fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
     let mut args = Args {
         host: "127.0.0.1".to_string(),
@@ -50,7 +52,7 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
         publishers: 1,
         messages: 10_000,
         payload_bytes: STAMP_BYTES,
-        via: Via::Direct,
+        via: Via::Broker,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,10 +69,10 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
             "--messages" => args.messages = number()?.max(1),
             "--payload-bytes" => args.payload_bytes = number()?,
             "--via" => match value.as_str() {
-                v if v == direct => args.via = Via::Direct,
+                v if v == direct => args.via = Via::Broker,
                 "client" => args.via = Via::Client,
-                "client-direct" => args.via = Via::ClientDirect,
-                _ => return Err(format!("--via {value}: {direct}, client or client-direct")),
+                "client-sink" => args.via = Via::ClientSink,
+                _ => return Err(format!("--via {value}: {direct}, client or client-sink")),
             },
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -143,18 +145,20 @@ pub async fn finish(
     })
 }
 
-/// Hands replies straight to the waiting publisher thread and the rest to the delivery thread:
-/// what a NIF sink doing `enif_send` itself would do.
-struct DirectSink {
+/// Hands replies straight to the waiting publisher thread, everything else to the delivery
+/// thread.
+struct ReplySink {
     others: crossbeam_channel::Sender<Delivery<u64>>,
     replies: Vec<crossbeam_channel::Sender<Result<(), String>>>,
 }
 
-impl EventSink<u64> for DirectSink {
+impl EventSink<u64> for ReplySink {
     fn deliver(&self, delivery: Delivery<u64>) {
         if let Event::Published { result, .. } = &delivery.event {
-            let publisher = (delivery.to as usize).checked_sub(1);
-            if let Some(reply) = publisher.and_then(|p| self.replies.get(p)) {
+            if let Some(reply) = (delivery.to as usize)
+                .checked_sub(1)
+                .and_then(|p| self.replies.get(p))
+            {
                 let _ = reply.send(result.clone());
                 return;
             }
@@ -164,7 +168,7 @@ impl EventSink<u64> for DirectSink {
 }
 
 /// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
-/// sink.
+/// crossbeam channel (replies routed by the delivery thread, or by the sink itself).
 fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, String> {
     const SUBSCRIBER: u64 = 0;
     // Replies go to the publisher (recipient p + 1) that is waiting for them.
@@ -172,15 +176,14 @@ fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, Strin
         .map(|_| crossbeam_channel::unbounded())
         .collect();
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let client = match args.via {
-        Via::ClientDirect => {
-            let sink = DirectSink {
-                others: events_tx,
-                replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
-            };
-            Client::open(config, SUBSCRIBER, sink)
-        }
-        _ => Client::open(config, SUBSCRIBER, events_tx),
+    let client = if args.via == Via::ClientSink {
+        let sink = ReplySink {
+            others: events_tx,
+            replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
+        };
+        Client::open(config, SUBSCRIBER, sink)
+    } else {
+        Client::open(config, SUBSCRIBER, events_tx)
     }
     .map_err(|e| e.to_string())?;
     client
@@ -260,11 +263,11 @@ pub fn main(
     let args = match parse_args(default_port, direct) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-direct]");
+            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-sink]");
             return ExitCode::from(2);
         }
     };
-    let result = if args.via != Via::Direct {
+    let result = if args.via != Via::Broker {
         client_setup(&args).and_then(|(config, topic)| run_client(&args, config, topic))
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -279,9 +282,9 @@ pub fn main(
             println!(
                 "{name} via={} publishers={} messages={} payload_bytes={} seconds={:.3} deliveries_per_s={:.0} p50_us={} p99_us={}",
                 match args.via {
-                    Via::Direct => direct,
+                    Via::Broker => direct,
                     Via::Client => "client",
-                    Via::ClientDirect => "client-direct",
+                    Via::ClientSink => "client-sink",
                 },
                 args.publishers,
                 args.messages,
