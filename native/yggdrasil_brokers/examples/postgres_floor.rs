@@ -10,7 +10,8 @@
 //! ```
 //! Needs a running PostgreSQL that takes user `postgres` password `postgres` on database
 //! `postgres` (the bench starts one with test/brokers/ctl.sh). `--via client` runs the same
-//! loop through this crate's `Client`.
+//! loop through this crate's `Client` (events through its crossbeam channel to a delivery
+//! thread); `--via client-sink` lets the event sink hand each reply to its publisher itself.
 mod floor;
 
 use std::future::poll_fn;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use floor::{collect_latencies, stamped, Args, Report};
+use floor::{collect_latencies, finish, stamped, Args, Report};
 use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -84,16 +85,9 @@ async fn run(args: &Args) -> Result<Report, String> {
             Ok::<(), String>(())
         }));
     }
-    for publisher in publishers {
-        publisher.await.map_err(|e| e.to_string())??;
-    }
-    let (mut latencies_us, end) = receiver.await.map_err(|e| e.to_string())??;
-    latencies_us.sort_unstable();
+    let report = finish(start, publishers, receiver).await;
     drop(listener);
-    Ok(Report {
-        seconds: (end - start).as_secs_f64(),
-        latencies_us,
-    })
+    report
 }
 
 fn main() -> ExitCode {

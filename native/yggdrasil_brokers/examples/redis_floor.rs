@@ -12,14 +12,16 @@
 //! Needs a running redis-server (the bench starts one with test/brokers/ctl.sh).
 //!
 //! `--via client` runs the same loop through this crate's `Client` instead
-//! (publisher threads, events through its crossbeam channel): the cost of
-//! our runtime without the BEAM, between the floor and the full adapter.
+//! (publisher threads, events through its crossbeam channel to a delivery
+//! thread): the cost of our runtime without the BEAM, between the floor and
+//! the full adapter. `--via client-sink` lets the event sink hand each reply
+//! to its publisher itself, skipping the delivery thread's wake-up.
 mod floor;
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use floor::{collect_latencies, stamped, Args, Report};
+use floor::{collect_latencies, finish, stamped, Args, Report};
 use futures_util::StreamExt;
 use redis::AsyncConnectionConfig;
 
@@ -57,16 +59,9 @@ async fn run(args: &Args) -> Result<Report, String> {
             Ok::<(), String>(())
         }));
     }
-    for publisher in publishers {
-        publisher.await.map_err(|e| e.to_string())??;
-    }
-    let (mut latencies_us, end) = receiver.await.map_err(|e| e.to_string())??;
-    latencies_us.sort_unstable();
+    let report = finish(start, publishers, receiver).await;
     drop(sink);
-    Ok(Report {
-        seconds: (end - start).as_secs_f64(),
-        latencies_us,
-    })
+    report
 }
 
 fn main() -> ExitCode {

@@ -287,7 +287,7 @@ async fn forward_notifications(
                     return;
                 }
             }
-            // Notices (e.g. "already listening") carry nothing a subscriber needs.
+            // Notices (warnings from the server) carry nothing a subscriber needs.
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return,
         }
@@ -295,7 +295,7 @@ async fn forward_notifications(
 }
 
 fn not_postgres(topic: &Topic) -> String {
-    format!("not a postgres channel: {topic:?}")
+    format!("{topic} is not a postgres channel")
 }
 
 /// True when the session cannot go on: closed socket, I/O failure, or a FATAL/PANIC error from

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
+use tokio::task::JoinHandle;
 use yggdrasil_brokers::{Client, Config, Delivery, Event, EventSink, Topic};
 
 /// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
@@ -124,6 +125,24 @@ pub async fn collect_latencies(
         }
     }
     Ok((latencies_us, Instant::now()))
+}
+
+/// Waits for the publisher tasks and the subscriber's latencies: the run's report, timed from
+/// `start` to the last delivery.
+pub async fn finish(
+    start: Instant,
+    publishers: Vec<JoinHandle<Result<(), String>>>,
+    receiver: JoinHandle<Result<(Vec<u64>, Instant), String>>,
+) -> Result<Report, String> {
+    for publisher in publishers {
+        publisher.await.map_err(|e| e.to_string())??;
+    }
+    let (mut latencies_us, end) = receiver.await.map_err(|e| e.to_string())??;
+    latencies_us.sort_unstable();
+    Ok(Report {
+        seconds: (end - start).as_secs_f64(),
+        latencies_us,
+    })
 }
 
 /// Hands replies straight to the waiting publisher thread, everything else to the delivery
