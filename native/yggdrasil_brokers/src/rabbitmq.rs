@@ -104,11 +104,13 @@ pub(crate) struct RabbitMq {
 impl RabbitMq {
     pub(crate) fn new(config: Config) -> Result<Self, Error> {
         if config.hostname.is_empty() {
-            return Err(Error::new("rabbitmq: hostname must not be empty"));
+            return Err(Error::new(
+                "bad rabbitmq configuration: hostname must not be empty",
+            ));
         }
         if config.virtual_host.len() > AMQP_MAX_SHORTSTR {
             return Err(Error::new(format!(
-                "rabbitmq: virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
+                "bad rabbitmq configuration: virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
             )));
         }
         // The URI is built as a struct, not parsed from text: no escaping of
@@ -152,7 +154,7 @@ impl RabbitMq {
             .map(Arc::new)
             .map_err(|e| {
                 format!(
-                    "rabbitmq: cannot connect to {}:{} (virtual host {:?}): {}",
+                    "{}:{} (virtual host {:?}): {}",
                     self.config.hostname,
                     self.config.port,
                     self.config.virtual_host,
@@ -418,10 +420,10 @@ impl Broker for RabbitMq {
         match outcome {
             Ok(Confirmation::Ack(_)) => Ok(()),
             Ok(Confirmation::Nack(_)) => Err(PublishError::Refused(
-                "rabbitmq: the broker refused the message (basic.nack)".into(),
+                "the broker refused the message (basic.nack)".into(),
             )),
             Ok(Confirmation::NotRequested) => Err(PublishError::Connection(
-                "rabbitmq: the publishing channel is not in confirm mode".into(),
+                "the publishing channel is not in confirm mode".into(),
             )),
             Err(e) => {
                 let error = publish_error(&status, &e);
@@ -578,17 +580,17 @@ fn next_queue_name() -> ShortString {
 /// topic only; anything else ends the session.
 fn listen_error(status: &ConnectionStatus, error: &lapin::Error) -> ListenError {
     if error.is_amqp_soft_error() && status.connected() {
-        ListenError::Topic(format!("rabbitmq: {}", describe(error)))
+        ListenError::Topic(describe(error))
     } else {
-        ListenError::Connection(format!("rabbitmq: {}", describe(error)))
+        ListenError::Connection(describe(error))
     }
 }
 
 fn publish_error(status: &ConnectionStatus, error: &lapin::Error) -> PublishError {
     if error.is_amqp_soft_error() && status.connected() {
-        PublishError::Refused(format!("rabbitmq: {}", describe(error)))
+        PublishError::Refused(describe(error))
     } else {
-        PublishError::Connection(format!("rabbitmq: {}", describe(error)))
+        PublishError::Connection(describe(error))
     }
 }
 
@@ -603,8 +605,10 @@ fn describe(error: &lapin::Error) -> String {
 
 fn short(value: &str) -> Result<ShortString, String> {
     ShortString::try_new(value).map_err(|_| {
+        let start: String = value.chars().take(20).collect();
         format!(
-            "rabbitmq: {value:.40?}... is longer than {AMQP_MAX_SHORTSTR} bytes, the AMQP limit"
+            "{start:?}... is {} bytes, longer than an AMQP short string ({AMQP_MAX_SHORTSTR})",
+            value.len()
         )
     })
 }
