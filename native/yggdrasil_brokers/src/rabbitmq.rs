@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_compat::CompatExt;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -38,9 +39,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus,
-    ErrorKind,
+    AsyncTcpStream, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    ConnectionStatus, ErrorKind,
 };
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::AbortHandle;
 
@@ -52,9 +54,9 @@ use crate::{Common, Error, HeaderValue, Metadata, Properties, Topic};
 /// slow delivery side holds the backlog in the broker, not in our memory.
 const PREFETCH: u16 = 1000;
 
-/// How long the TCP connect may take before lapin gives up (the shared code
-/// times out the whole handshake too; this ends lapin's I/O thread early).
-const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long the TCP connect may take (the shared code also times out the
+/// whole handshake).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a session looks whether its connection is still up, besides
 /// waking on each of lapin's connection events.
@@ -128,7 +130,6 @@ impl RabbitMq {
             vhost: config.virtual_host.clone(),
             query: AMQPQueryString {
                 heartbeat: Some(config.heartbeat),
-                connection_timeout: Some(CONNECT_TIMEOUT_MS),
                 ..AMQPQueryString::default()
             },
         };
@@ -147,20 +148,48 @@ impl RabbitMq {
                 return Ok(connection);
             }
         }
+        let describe_failure = |reason: String| {
+            format!(
+                "{}:{} (virtual host {:?}): {reason}",
+                self.config.hostname, self.config.port, self.config.virtual_host
+            )
+        };
+        // The TCP connection is made here and handed to lapin: when lapin
+        // connects by itself and that fails, it leaves its internal tasks
+        // behind on our runtime (a few per attempt, forever, while a broker
+        // is unreachable). Past this point its failures clean up after them.
+        let address = (self.config.hostname.as_str(), self.config.port);
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(describe_failure(e.to_string())),
+            Err(_) => {
+                return Err(describe_failure(format!(
+                    "no TCP connection within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = std::sync::Mutex::new(Some(stream));
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| describe_failure(describe(&e)))?;
         // No `enable_auto_recover()`: the shared loop reconnects.
         let properties = ConnectionProperties::default().with_connection_name("yggdrasil".into());
-        let connection = Connection::connect_uri(self.uri.clone(), properties)
-            .await
-            .map(Arc::new)
-            .map_err(|e| {
-                format!(
-                    "{}:{} (virtual host {:?}): {}",
-                    self.config.hostname,
-                    self.config.port,
-                    self.config.virtual_host,
-                    describe(&e)
-                )
-            })?;
+        let connection = Connection::connector(
+            self.uri.clone(),
+            runtime,
+            async move |_uri, _runtime| {
+                // Called once: lapin retries nothing without auto-recovery.
+                let taken = stream.lock().map(|mut s| s.take()).unwrap_or(None);
+                taken
+                    .map(|s| AsyncTcpStream::Plain(s.compat()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
+            },
+            properties,
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| describe_failure(describe(&e)))?;
         *current = Arc::downgrade(&connection);
         Ok(connection)
     }
