@@ -110,7 +110,7 @@ impl Broker for Redis {
     fn check_topic(&self, topic: &Topic) -> Result<(), String> {
         match topic {
             Topic::Redis(_) => Ok(()),
-            other => Err(format!("not a redis channel: {other:?}")),
+            other => Err(format!("not a redis channel: {other}")),
         }
     }
 
@@ -130,6 +130,14 @@ impl Broker for Redis {
     async fn unlisten(&self, sink: &mut PubSubSink, topic: &Topic) -> Result<(), ListenError> {
         sink.punsubscribe(pattern(topic))
             .await
+            .map_err(listen_error)
+    }
+
+    async fn ping(&self, sink: &mut PubSubSink) -> Result<(), ListenError> {
+        // Any answer will do: in subscribed mode it is ["pong", ""].
+        sink.ping::<redis::Value>()
+            .await
+            .map(|_| ())
             .map_err(listen_error)
     }
 

@@ -4,9 +4,9 @@ use std::hash::Hash;
 use std::time::Duration;
 
 /// Anything that identifies where an event goes (the NIF uses rustler's
-/// `LocalPid`; tests use `u64`).
-pub trait Recipient: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static {}
-impl<T: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static> Recipient for T {}
+/// `LocalPid`; tests use `u64`). No `Debug` needed: `LocalPid` has none.
+pub trait Recipient: Clone + Send + Sync + Eq + Hash + 'static {}
+impl<T: Clone + Send + Sync + Eq + Hash + 'static> Recipient for T {}
 
 /// Why a call was refused. Its text is meant for `{:error, reason}` as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +69,9 @@ impl Config {
             Config::Redis(c) => &c.common,
             #[cfg(feature = "rabbitmq")]
             Config::RabbitMq(c) => &c.common,
+            // Built without any broker: no Config value can exist.
+            #[cfg(not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")))]
+            _ => match *self {},
         }
     }
 }
@@ -148,6 +151,23 @@ impl Topic {
             exchange,
             routing_key,
         })
+    }
+}
+
+impl fmt::Display for Topic {
+    /// As a user wrote the name (for warnings and errors).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Redis(name) => write!(f, "redis channel {:?}", String::from_utf8_lossy(name)),
+            Topic::Postgres(name) => write!(f, "postgres channel {name:?}"),
+            Topic::RabbitMq {
+                exchange,
+                routing_key,
+            } => write!(
+                f,
+                "rabbitmq exchange {exchange:?} routing key {routing_key:?}"
+            ),
+        }
     }
 }
 
@@ -235,4 +255,29 @@ pub struct ClientStats {
     pub topics: usize,
     /// (topic, recipient) pairs.
     pub subscriptions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_the_broker_would_refuse_are_errors() {
+        assert!(Topic::redis("").is_err());
+        assert_eq!(Topic::redis("a.*"), Ok(Topic::Redis(b"a.*".to_vec())));
+        assert!(Topic::postgres("").is_err());
+        assert!(Topic::postgres("x".repeat(64)).is_err());
+        assert!(Topic::postgres("nul\0").is_err());
+        assert!(Topic::postgres("x".repeat(63)).is_ok());
+        assert!(Topic::rabbitmq("", "key").is_err());
+        assert!(Topic::rabbitmq("ex", "k".repeat(256)).is_err());
+        assert!(Topic::rabbitmq("e".repeat(256), "key").is_err());
+        assert!(Topic::rabbitmq("ex", "").is_ok());
+    }
+
+    #[test]
+    fn topics_print_as_written() {
+        let t = Topic::redis("orders.*").expect("valid");
+        assert_eq!(t.to_string(), "redis channel \"orders.*\"");
+    }
 }

@@ -13,6 +13,11 @@ use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metad
 
 const OWNER: u64 = 0;
 
+/// A private redis-server, or None when broker tests are skipped.
+fn start_redis() -> Option<Server> {
+    (!skip("redis-server")).then(|| Server::start("redis"))
+}
+
 fn common() -> Common {
     Common {
         publish_timeout: Duration::from_secs(10),
@@ -91,10 +96,9 @@ fn awkward_payloads() -> Vec<Vec<u8>> {
 
 #[test]
 fn connected_then_events_with_channel_metadata() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("news"), 1).expect("subscribe");
     let connected = inbox.connected(1);
@@ -115,10 +119,9 @@ fn connected_then_events_with_channel_metadata() {
 
 #[test]
 fn payloads_from_redis_cli_arrive_byte_for_byte() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("bytes"), 1).expect("subscribe");
     inbox.connected(1);
@@ -149,10 +152,9 @@ fn payloads_from_redis_cli_arrive_byte_for_byte() {
 
 #[test]
 fn payloads_to_redis_cli_leave_byte_for_byte() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
 
     let mut cli = Command::new("redis-cli")
@@ -191,10 +193,9 @@ fn payloads_to_redis_cli_leave_byte_for_byte() {
 
 #[test]
 fn a_pattern_receives_every_matching_channel_with_its_name() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("orders.*"), 1).expect("subscribe");
     inbox.connected(1);
@@ -217,10 +218,9 @@ fn a_pattern_receives_every_matching_channel_with_its_name() {
 
 #[test]
 fn recipients_of_one_topic_share_one_subscription() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("shared"), 1).expect("subscribe");
     client.subscribe(topic("shared"), 2).expect("subscribe");
@@ -248,21 +248,16 @@ fn recipients_of_one_topic_share_one_subscription() {
         assert_eq!(message_parts(inbox.message(to)).1, b"m1");
         assert_eq!(message_parts(inbox.message(to)).1, b"m2");
     }
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Message { .. } | Event::Connected { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. } | Event::Connected { .. })
+    });
 }
 
 #[test]
 fn unsubscribe_stops_delivery_and_the_last_one_drops_the_pattern() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("leave"), 1).expect("subscribe");
     client.subscribe(topic("leave"), 2).expect("subscribe");
@@ -279,22 +274,17 @@ fn unsubscribe_stops_delivery_and_the_last_one_drops_the_pattern() {
         || server.redis_cli_text(&["PUBSUB", "NUMPAT"]) == "0"
     ));
     assert_eq!(publish(&client, &mut inbox, "leave", b"m2"), Ok(()));
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Message { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
     assert_eq!(client.stats().topics, 0);
 }
 
 #[test]
 fn a_killed_server_disconnects_everyone_and_its_restart_reconnects_them() {
-    if skip("redis-server") {
+    let Some(mut server) = start_redis() else {
         return;
-    }
-    let mut server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("a"), 1).expect("subscribe");
     client.subscribe(topic("a"), 2).expect("subscribe");
@@ -370,13 +360,9 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
-    let rest = inbox.drain_for(Duration::from_millis(500));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Connected { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(500), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
 
     // A publish still waiting when the client closes gets its reply at once.
     let tag = next_tag();
@@ -466,10 +452,9 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
 
 #[test]
 fn an_idle_client_closes_its_connections_and_tasks_and_reopens_on_use() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(
         server.port,
         Common {
@@ -503,10 +488,9 @@ fn an_idle_client_closes_its_connections_and_tasks_and_reopens_on_use() {
 
 #[test]
 fn a_panic_in_the_tasks_is_survived() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("sturdy"), 1).expect("subscribe");
     client.subscribe(topic("sturdy"), 2).expect("subscribe");
@@ -540,10 +524,9 @@ fn a_panic_in_the_tasks_is_survived() {
 
 #[test]
 fn close_ends_tasks_and_connections() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("bye"), 1).expect("subscribe");
     inbox.connected(1);
@@ -559,8 +542,12 @@ fn close_ends_tasks_and_connections() {
         == 1));
     assert!(client.subscribe(topic("bye"), 1).is_err());
     assert!(client
-        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, 1)
+        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, u64::MAX)
         .is_err());
+    // Refused by an error from publish: no Published event besides.
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Published { tag: u64::MAX, .. })
+    });
 }
 
 #[test]
@@ -580,4 +567,127 @@ fn foreign_topics_and_bad_urls_are_refused() {
         .publish(pg, Vec::new(), Default::default(), 1, 1)
         .is_err());
     assert_eq!(client.stats(), ClientStats::default());
+}
+
+fn open_as(port: u16, username: &str, password: &str) -> (Client<u64>, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = Config::Redis(redis::Config {
+        hostname: "127.0.0.1".to_string(),
+        port,
+        username: Some(username.to_string()),
+        password: Some(password.to_string()),
+        common: common(),
+        ..redis::Config::default()
+    });
+    (
+        Client::open(config, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    )
+}
+
+#[test]
+fn a_refused_pattern_is_retried_while_the_others_flow() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    // ACL channel rules match a PSUBSCRIBE pattern literally: ok.1 only.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">secret",
+        "resetchannels",
+        "&ok.1",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "limited", "secret");
+    client.subscribe(topic("ok.1"), 1).expect("subscribe");
+    client.subscribe(topic("no.*"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.wait(
+        "a refusal warning",
+        |d| matches!(&d.event, Event::Warning { message } if message.contains("refused")),
+    );
+    // The session stays up for the other topic.
+    server.redis_cli_text(&["PUBLISH", "ok.1", "flows"]);
+    assert_eq!(message_parts(inbox.message(1)).1, b"flows");
+
+    assert_eq!(
+        server.redis_cli_text(&["ACL", "SETUSER", "limited", "&no.*"]),
+        "OK"
+    );
+    assert_eq!(
+        inbox.connected(2).event,
+        Event::Connected {
+            topic: topic("no.*")
+        }
+    );
+    server.redis_cli_text(&["PUBLISH", "no.1", "now"]);
+    let (t, payload, channel) = message_parts(inbox.message(2));
+    assert_eq!(
+        (t, payload, channel),
+        (topic("no.*"), b"now".to_vec(), b"no.1".to_vec())
+    );
+}
+
+#[test]
+fn a_wrong_password_is_a_warning_per_attempt() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "someone",
+        "on",
+        ">right",
+        "allchannels",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "someone", "wrong");
+    client.subscribe(topic("secret"), 1).expect("subscribe");
+    for _ in 0..2 {
+        inbox.wait("an auth warning", |d| {
+            matches!(&d.event, Event::Warning { message } if message.contains("cannot connect"))
+        });
+    }
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
+}
+
+#[test]
+fn a_server_that_stops_answering_is_a_lost_connection() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(
+        server.port,
+        Common {
+            publish_timeout: Duration::from_secs(2),
+            ..common()
+        },
+    );
+    client.subscribe(topic("hang"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"before"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"before");
+
+    // The socket stays open; only the keepalive ping can tell.
+    server.pause();
+    inbox.disconnected(1);
+    assert!(publish(&client, &mut inbox, "hang", b"lost").is_err());
+
+    server.resume();
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"after"), Ok(()));
+    // "lost" may or may not have been delivered late: the server got it.
+    loop {
+        if message_parts(inbox.message(1)).1 == b"after" {
+            break;
+        }
+    }
 }

@@ -106,6 +106,23 @@ impl Server {
         self.stop();
     }
 
+    /// A hang without a closed socket: SIGSTOP (undone by `resume`).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {} failed", self.pid);
+    }
+
     pub fn stop(&mut self) {
         ctl(&["stop", self.dir.to_str().expect("utf-8 dir")]);
     }
@@ -151,6 +168,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         // Never leave a broker running, even when the test failed.
         if let Some(dir) = self.dir.to_str() {
+            // A paused server would not act on the stop signal.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
             let _ = Command::new(CTL).args(["stop", dir]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -210,6 +232,12 @@ impl Inbox {
             all.push(d);
         }
         all
+    }
+
+    /// Fails if an event matching `pred` is kept or arrives within `span`.
+    pub fn assert_none_within(&mut self, span: Duration, pred: impl Fn(&Delivery<u64>) -> bool) {
+        let all = self.drain_for(span);
+        assert!(!all.iter().any(pred), "unexpected event among {all:?}");
     }
 
     pub fn connected(&mut self, to: u64) -> Delivery<u64> {
