@@ -17,14 +17,22 @@
 //!   exchange, and that must not fail publishes in flight to other
 //!   exchanges. `Ok` means the broker confirmed (basic.ack) the message.
 //! - **Acknowledgements**: consumed messages are acked once the shared code
-//!   handed their events on (`Broker::ack`), so at most `PREFETCH` messages
-//!   per topic wait in memory on our side. A message acknowledged late is
-//!   never seen twice on a healthy connection. When the connection breaks,
-//!   the broker deletes the exclusive queue with whatever it still held
-//!   (unacked messages included): those, and messages published while the
-//!   connection is down, are not delivered. No message is delivered twice
-//!   to one subscription; after a reconnect a subscriber gets only messages
-//!   published after its `Connected`.
+//!   handed their events on (`Broker::ack`; batched into one
+//!   `basic.ack(multiple)` per channel), so at most `PREFETCH` messages per
+//!   topic wait on our side and a slow delivery side leaves the backlog in
+//!   the broker. When the connection breaks, the broker deletes the
+//!   exclusive queue with whatever it still held, unacked messages included:
+//!   those, and messages published while the connection is down, are not
+//!   delivered (the queue that would get them back is gone), so a
+//!   subscription never sees a broker redelivery; after a reconnect it gets
+//!   what is published after its new `Connected`.
+//! - **What can arrive twice**: a publish whose connection breaks after the
+//!   broker took the message but before its confirm came back is sent again
+//!   by the shared retry (within `publish_timeout`), so subscribers can
+//!   receive that message twice.
+//!
+//! Header values that are tables, arrays or void (other AMQP clients may
+//! send them) have no `HeaderValue` kind and are left out of the metadata.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -379,6 +387,9 @@ impl Broker for RabbitMq {
         // lost connection; closing the channel cancels the consumer and the
         // broker deletes the auto-delete queue.
         drop(subscription.forward);
+        if !subscription.channel.status().connected() {
+            return Ok(()); // already closed by the broker: nothing to undo
+        }
         let status = control.connection.status().clone();
         subscription
             .channel
