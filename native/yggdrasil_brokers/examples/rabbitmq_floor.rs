@@ -2,7 +2,7 @@
 //! publish/subscribe loop as `Yggdrasil.publish` → RabbitMQ → one
 //! subscriber, with the same `lapin` crate and the same AMQP shape as our
 //! broker module (one connection; an exclusive auto-delete queue bound to
-//! `amq.topic`, consumed with the same prefetch and acked after each
+//! `amq.topic`, consumed with the same prefetch and acked in batches after
 //! delivery; one confirm-mode channel shared by all publishers, each
 //! waiting for its confirm before the next message), a one-worker tokio
 //! runtime like ours, and no BEAM.
@@ -149,6 +149,21 @@ async fn run(args: &Args) -> Result<Report, String> {
 
     let base = Instant::now();
     let total = args.messages;
+    // Acks as the broker module sends them: off the receiving loop, all
+    // those queued at once as one basic.ack(multiple).
+    let (acks, mut queued) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let acking = consuming.clone();
+    tokio::spawn(async move {
+        while let Some(mut tag) = queued.recv().await {
+            while let Ok(later) = queued.try_recv() {
+                tag = later;
+            }
+            let multiple = BasicAckOptions { multiple: true };
+            if acking.basic_ack(tag, multiple).await.is_err() {
+                return;
+            }
+        }
+    });
     let receiver = tokio::spawn(async move {
         let mut latencies_us = Vec::with_capacity(total);
         while latencies_us.len() < total {
@@ -161,10 +176,7 @@ async fn run(args: &Args) -> Result<Report, String> {
                 }
             };
             latencies_us.push(latency_us(base, &delivery.data)?);
-            delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
+            let _ = acks.send(delivery.delivery_tag);
         }
         Ok((latencies_us, Instant::now()))
     });
@@ -246,20 +258,27 @@ fn run_client(args: &Args) -> Result<Report, String> {
                     let payload = stamped_payload(base, bytes);
                     let to = p as u64 + 1;
                     let sent = client.publish(topic.clone(), payload, Default::default(), to, tag);
-                    if sent.is_err() || !matches!(reply.recv(), Ok(Ok(()))) {
+                    if sent.is_err()
+                        || !matches!(reply.recv_timeout(Duration::from_secs(30)), Ok(Ok(())))
+                    {
                         return;
                     }
                 }
             });
         }
         let mut latencies_us = Vec::with_capacity(total);
-        while latencies_us.len() < total {
-            let delivery = events
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
+        // Until every message arrived and every reply was passed on: a
+        // confirm may come after its own delivery, and its publisher waits.
+        let mut replied = 0;
+        while latencies_us.len() < total || replied < total {
+            let delivery = events.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+                let got = latencies_us.len();
+                format!("only {got} of {total} messages and {replied} replies arrived")
+            })?;
             match delivery.event {
                 Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
                 Event::Published { result, .. } => {
+                    replied += 1;
                     if let Some((tx, _)) = (delivery.to as usize)
                         .checked_sub(1)
                         .and_then(|i| replies.get(i))
