@@ -22,7 +22,10 @@ defmodule Yggdrasil.Application do
       {Registry, keys: :unique, name: Yggdrasil.Publisher.Names},
       {DynamicSupervisor, name: Yggdrasil.Publisher.Pools, strategy: :one_for_one},
       # Multi-node `:elixir` delivery; uses the `:pg` scope of the Registry.
-      Yggdrasil.Relay
+      Yggdrasil.Relay,
+      # Broker clients; last, so that its restart restarts nothing else
+      # (subscriber processes watch their client's owner themselves).
+      Yggdrasil.Broker
     ]
 
     with {:ok, supervisor} <-
@@ -47,7 +50,10 @@ defmodule Yggdrasil.Application do
       Yggdrasil.Transformer.Default,
       Yggdrasil.Transformer.Json,
       Yggdrasil.Adapter.Elixir,
-      Yggdrasil.Adapter.Bridge
+      Yggdrasil.Adapter.Bridge,
+      Yggdrasil.Adapter.Redis,
+      Yggdrasil.Adapter.Postgres,
+      Yggdrasil.Adapter.RabbitMQ
     ]
     |> Enum.reduce_while(:ok, fn module, :ok ->
       case module.register() do

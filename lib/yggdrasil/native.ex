@@ -2,7 +2,8 @@ defmodule Yggdrasil.Native do
   @moduledoc false
   # The NIF loader and stubs: every stub is replaced by the Rust
   # implementation in `native/yggdrasil_nif` when the library loads (see
-  # `load/0`). Only `Yggdrasil.Engine` calls them.
+  # `load/0`). Only `Yggdrasil.Engine` calls the engine's and only
+  # `Yggdrasil.Broker.Client` the brokers' (`broker_*`).
   #
   # Channel keys are `%Yggdrasil.Channel{}` structs with `metadata: nil`;
   # identity is the whole term compared with `=:=`.
@@ -128,6 +129,71 @@ defmodule Yggdrasil.Native do
   @doc false
   @spec json_decode_dirty(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode_dirty(_binary), do: not_loaded()
+
+  # Broker clients (`native/yggdrasil_nif/src/broker.rs`), called only by
+  # `Yggdrasil.Broker.Client`. `client` is the resource of one broker and
+  # namespace; every call returns at once (no I/O on a scheduler). What the
+  # client sends to processes, from its delivery thread:
+  #
+  #   {:"$yggdrasil_broker", :connected}          to a subscriber: the broker
+  #                                               confirmed its topic (again
+  #                                               after every reconnect)
+  #   {:"$yggdrasil_broker", :disconnected}       to a subscriber: the
+  #                                               connection carrying it was lost
+  #   {:"$yggdrasil_broker", :event, payload, metadata}
+  #                                               to a subscriber; metadata is
+  #                                               %{channel: binary} (redis,
+  #                                               postgres) or %{routing_key:,
+  #                                               message_id:, headers:} (rabbitmq)
+  #   {:"$yggdrasil_broker", :published, tag, :ok | {:error, binary}}
+  #                                               to the publishing process, one
+  #                                               per accepted broker_publish/5,
+  #                                               within publish_timeout
+  #   {:"$yggdrasil_broker", :warning, binary}    to the owner: a failed connect,
+  #                                               a refused subscription, ...
+
+  @doc false
+  @spec broker_features() :: [:redis | :postgres | :rabbitmq]
+  def broker_features, do: not_loaded()
+
+  @doc false
+  # `config`: a map with every key of `Yggdrasil.Config.broker_config/2`.
+  # The owner's death closes the client.
+  @spec broker_open(atom(), map(), pid()) :: {:ok, reference()} | {:error, binary()}
+  def broker_open(_kind, _config, _owner), do: not_loaded()
+
+  @doc false
+  @spec broker_check_topic(reference(), term()) :: :ok | {:error, binary()}
+  def broker_check_topic(_client, _name), do: not_loaded()
+
+  @doc false
+  # `pid` is monitored: its death unsubscribes it.
+  @spec broker_subscribe(reference(), term(), pid()) :: :ok | {:error, binary()}
+  def broker_subscribe(_client, _name, _pid), do: not_loaded()
+
+  @doc false
+  @spec broker_unsubscribe(reference(), term(), pid()) :: :ok | {:error, binary()}
+  def broker_unsubscribe(_client, _name, _pid), do: not_loaded()
+
+  @doc false
+  # `:ok`: exactly one `:published` message with `tag` follows.
+  @spec broker_publish(reference(), term(), binary(), map(), non_neg_integer()) ::
+          :ok | {:error, binary()}
+  def broker_publish(_client, _name, _payload, _properties, _tag), do: not_loaded()
+
+  @doc false
+  # broker_publish/5 on a dirty scheduler, for big payloads.
+  @spec broker_publish_dirty(reference(), term(), binary(), map(), non_neg_integer()) ::
+          :ok | {:error, binary()}
+  def broker_publish_dirty(_client, _name, _payload, _properties, _tag), do: not_loaded()
+
+  @doc false
+  @spec broker_stats(reference()) :: %{atom() => non_neg_integer()}
+  def broker_stats(_client), do: not_loaded()
+
+  @doc false
+  @spec broker_runtime_stats() :: %{atom() => non_neg_integer() | boolean()}
+  def broker_runtime_stats, do: not_loaded()
 
   @doc false
   # TEST HOOK, never called by the library: panics inside the NIF on purpose

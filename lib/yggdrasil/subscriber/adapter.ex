@@ -24,6 +24,15 @@ defmodule Yggdrasil.Subscriber.Adapter do
   @callback start_link(channel :: Channel.t(), options :: GenServer.options()) ::
               GenServer.on_start()
 
+  @doc """
+  Optional: refuses `channel` before anything starts, e.g. a name the
+  message source cannot take. `{:error, reason}` is what
+  `Yggdrasil.subscribe/1` returns, and the caller is not subscribed.
+  """
+  @callback check_channel(channel :: Channel.t()) :: :ok | {:error, term()}
+
+  @optional_callbacks check_channel: 1
+
   defmacro __using__(_) do
     quote do
       @behaviour Yggdrasil.Subscriber.Adapter

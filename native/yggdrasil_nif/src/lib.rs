@@ -1,5 +1,5 @@
-//! The NIF behind `Yggdrasil.Native` (which only `Yggdrasil.Engine`
-//! calls): converts terms, owns the one global subscription table, monitors
+//! The NIF behind `Yggdrasil.Native` (which only `Yggdrasil.Engine` and,
+//! for the brokers, `Yggdrasil.Broker.Client` call): converts terms, owns the one global subscription table, monitors
 //! subscribers and delivers messages with `enif_send` from the publisher's
 //! own process. This file only wires the concerns to rustler:
 //!
@@ -11,7 +11,9 @@
 //! - [`listing`]: a channel's subscribers, a bounded page per call;
 //! - [`stats`]: the counters and `info/0`;
 //! - [`key`], [`pid`]: channel terms and pids as the engine stores them;
-//! - [`json`]: the `:json` transformer; [`alloc`]: the counting allocator.
+//! - [`json`]: the `:json` transformer; [`alloc`]: the counting allocator;
+//! - [`broker`]: the broker clients (`yggdrasil_brokers`) and their
+//!   delivery thread.
 //!
 //! Nothing a caller passes can panic here: bad terms raise `ArgumentError`
 //! through rustler's decoding, and engine failures come back as
@@ -24,6 +26,7 @@
 )]
 
 mod alloc;
+mod broker;
 mod fanout;
 mod json;
 mod key;

@@ -1,0 +1,109 @@
+defmodule Yggdrasil.Broker do
+  @moduledoc false
+  # The broker clients: one per {broker, namespace} (`:redis`, `:postgres`,
+  # `:rabbitmq`), opened on first use with the settings
+  # `Yggdrasil.Config.broker_config/2` reads at that moment, and shared by
+  # every channel and publisher of that namespace (the client keeps a fixed
+  # small set of connections, whatever the number of channels).
+  #
+  # Lookups read an ETS table (a publish pays one `:ets.lookup/2`); only
+  # opening goes through this process, which serializes it so that two
+  # callers never open two clients for one namespace. Opening never does I/O:
+  # connections open later, in Rust.
+  #
+  # Each client's owner is a small `Yggdrasil.Broker.Owner` process, linked
+  # to this one: it logs the client's warnings (one per failed connection
+  # attempt, not per channel) with the broker and namespace, and the client
+  # closes when it dies. Subscriber processes monitor the owner, so if this
+  # process and its owners ever die, they restart and subscribe on fresh
+  # clients.
+  use GenServer
+
+  alias Yggdrasil.Broker.Client
+  alias Yggdrasil.Broker.Owner
+
+  @table __MODULE__
+
+  @typedoc "An open client and what publishing needs to know about it."
+  @type entry :: %{client: Client.t(), owner: pid(), publish_timeout: pos_integer()}
+
+  @doc false
+  def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
+
+  @doc false
+  # The client of `broker` for channels of `namespace`, opened if needed.
+  @spec client(atom(), atom()) :: {:ok, entry()} | {:error, binary()}
+  def client(broker, namespace) do
+    case :ets.lookup(@table, {broker, namespace}) do
+      [{_, entry}] -> {:ok, entry}
+      [] -> GenServer.call(__MODULE__, {:open, broker, namespace})
+    end
+  rescue
+    ArgumentError -> {:error, "the :yggdrasil application is not running"}
+  catch
+    :exit, reason -> {:error, "cannot open the :#{broker} client: #{inspect(reason)}"}
+  end
+
+  @doc false
+  # What the client of {broker, namespace} holds (see Yggdrasil.Native), or
+  # nil when none is open. For tests and introspection.
+  @spec stats(atom(), atom()) :: %{atom() => non_neg_integer()} | nil
+  def stats(broker, namespace) do
+    case :ets.lookup(@table, {broker, namespace}) do
+      [{_, %{client: client}}] -> Client.stats(client)
+      [] -> nil
+    end
+  end
+
+  @impl GenServer
+  def init(nil) do
+    # Owners are linked: their exit is an entry to drop, not a crash here.
+    Process.flag(:trap_exit, true)
+    :ets.new(@table, [:named_table, :protected, read_concurrency: true])
+    {:ok, nil}
+  end
+
+  @impl GenServer
+  def handle_call({:open, broker, namespace}, _from, state) do
+    case :ets.lookup(@table, {broker, namespace}) do
+      [{_, entry}] -> {:reply, {:ok, entry}, state}
+      [] -> {:reply, open(broker, namespace), state}
+    end
+  end
+
+  @impl GenServer
+  def handle_info({:EXIT, owner, _reason}, state) do
+    :ets.match_delete(@table, {:_, %{owner: owner}})
+    {:noreply, state}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp open(broker, namespace) do
+    with {:ok, config} <- read_config(broker, namespace),
+         {:ok, owner} <- Owner.start_link(label(broker, namespace, config)) do
+      case Client.open(broker, Keyword.delete(config, :url), owner) do
+        {:ok, client} ->
+          entry = %{client: client, owner: owner, publish_timeout: config[:publish_timeout]}
+          :ets.insert(@table, {{broker, namespace}, entry})
+          {:ok, entry}
+
+        {:error, _} = error ->
+          Owner.stop(owner)
+          error
+      end
+    end
+  end
+
+  defp read_config(broker, namespace) do
+    {:ok, Yggdrasil.Config.broker_config(broker, namespace)}
+  rescue
+    error in ArgumentError -> {:error, Exception.message(error)}
+  end
+
+  # Names the client in its warnings; never shows a password.
+  defp label(broker, namespace, config) do
+    where = "#{config[:hostname]}:#{config[:port]}"
+    if namespace, do: ":#{broker} #{where} (#{inspect(namespace)})", else: ":#{broker} #{where}"
+  end
+end

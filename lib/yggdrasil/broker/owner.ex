@@ -1,0 +1,27 @@
+defmodule Yggdrasil.Broker.Owner do
+  @moduledoc false
+  # Owns one broker client (see `Yggdrasil.Broker`): gets its warnings and
+  # logs each one, naming the client; the client closes when this process
+  # dies.
+  use GenServer
+
+  require Logger
+  require Yggdrasil.Broker.Client
+
+  @doc false
+  def start_link(label), do: GenServer.start_link(__MODULE__, label)
+
+  @doc false
+  def stop(owner), do: GenServer.stop(owner)
+
+  @impl GenServer
+  def init(label), do: {:ok, label}
+
+  @impl GenServer
+  def handle_info({Yggdrasil.Broker.Client.tag(), :warning, reason}, label) do
+    Logger.warning("Yggdrasil #{label}: #{reason}")
+    {:noreply, label}
+  end
+
+  def handle_info(_other, label), do: {:noreply, label}
+end

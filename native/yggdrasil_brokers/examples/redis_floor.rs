@@ -1,0 +1,86 @@
+//! The pure-Rust floor of the `brokers` bench: the same publish/subscribe
+//! loop as `Yggdrasil.publish` → Redis → one subscriber, with the same
+//! `redis` crate, the same connections (one PSUBSCRIBE, one multiplexed
+//! publisher shared by all publishers), a one-worker tokio runtime like
+//! ours, each publisher waiting for its reply before the next message, and
+//! no BEAM.
+//!
+//! ```text
+//! cargo run --release --example redis_floor -- --port 6390 --publishers 8 --messages 20000
+//! redis_floor via=redis publishers=8 messages=20000 payload_bytes=16 seconds=1.108 deliveries_per_s=18056 p50_us=71 p99_us=5903
+//! ```
+//! Needs a running redis-server (the bench starts one with test/brokers/ctl.sh).
+//!
+//! `--via client` runs the same loop through this crate's `Client` instead
+//! (publisher threads, events through its crossbeam channel to a delivery
+//! thread): the cost of our runtime without the BEAM, between the floor and
+//! the full adapter. `--via client-sink` lets the event sink hand each reply
+//! to its publisher itself, skipping the delivery thread's wake-up.
+mod floor;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use floor::{collect_latencies, finish, stamped, Args, Report};
+use futures_util::StreamExt;
+use redis::AsyncConnectionConfig;
+
+async fn run(args: &Args) -> Result<Report, String> {
+    let err = |e: redis::RedisError| e.to_string();
+    let client =
+        redis::Client::open(format!("redis://{}:{}/", args.host, args.port)).map_err(err)?;
+    let channel = format!("ygg-floor-{}", std::process::id());
+    let (mut sink, stream) = client.get_async_pubsub().await.map_err(err)?.split();
+    sink.psubscribe(&channel).await.map_err(err)?;
+    let config = AsyncConnectionConfig::new().set_response_timeout(None);
+    let publisher = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(err)?;
+
+    let base = Instant::now();
+    let payloads = stream.map(|msg| msg.get_payload_bytes().to_vec());
+    let receiver = tokio::spawn(collect_latencies(base, args.messages, payloads));
+
+    let start = Instant::now();
+    let mut publishers = Vec::new();
+    for p in 0..args.publishers {
+        let (mut connection, channel) = (publisher.clone(), channel.clone());
+        let (count, bytes) = (args.share(p), args.payload_bytes);
+        publishers.push(tokio::spawn(async move {
+            for _ in 0..count {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(stamped(base, bytes))
+                    .query_async::<i64>(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let report = finish(start, publishers, receiver).await;
+    drop(sink);
+    report
+}
+
+fn main() -> ExitCode {
+    use yggdrasil_brokers::{redis::Config, Common, Config as Broker, Topic};
+    floor::main(
+        "redis_floor",
+        "redis",
+        6379,
+        |rt, args| rt.block_on(run(args)),
+        |args| {
+            let config = Broker::Redis(Config {
+                hostname: args.host.clone(),
+                port: args.port,
+                common: Common::default(),
+                ..Config::default()
+            });
+            let topic = Topic::redis(format!("ygg-floor-client-{}", std::process::id()))
+                .map_err(|e| e.to_string())?;
+            Ok((config, topic))
+        },
+    )
+}

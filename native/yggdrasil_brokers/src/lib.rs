@@ -1,0 +1,55 @@
+//! Broker I/O for native Yggdrasil: Redis (and, behind their features,
+//! PostgreSQL and RabbitMQ) driven by one shared tokio runtime.
+//!
+//! Pure Rust, no rustler types: the NIF wraps a [`Client`] per broker and
+//! namespace and drains the `crossbeam_channel` it handed to [`Client::open`]
+//! on its own delivery thread.
+//!
+//! Layout:
+//! - `runtime`: the process-wide tokio runtime (`LazyLock`, one worker).
+//! - `client`: [`Client`], task slots, the shared reconnect loops, subscription
+//!   bookkeeping, publish deadlines, idle close and panic supervision.
+//! - `broker`: the `Broker` trait each broker module implements (its protocol only).
+//! - `backoff`: bounded exponential backoff with jitter.
+//! - `redis`: the `:redis` broker.
+//! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
+//! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// Built with no broker at all (an application that uses none): the shared
+// machinery is there but nothing drives it, and `Client::open` has nothing
+// to open.
+#![cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")),
+    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+)]
+
+mod backoff;
+mod broker;
+mod client;
+mod runtime;
+mod types;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use client::{Client, EventSink};
+pub use runtime::{runtime_stats, RuntimeStats};
+pub use types::*;
+
+/// The brokers compiled in (cargo features), e.g. `["redis", "postgres"]`:
+/// an adapter left out answers "built without :redis" instead of failing.
+pub fn features() -> &'static [&'static str] {
+    &[
+        #[cfg(feature = "redis")]
+        "redis",
+        #[cfg(feature = "postgres")]
+        "postgres",
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq",
+    ]
+}

@@ -1,0 +1,665 @@
+//! The `:redis` broker against real private redis-server instances, with
+//! `redis-cli` as the independent client.
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::{
+    check_concurrent_publishers, csv_fields, eventually, free_port, skip, unquote_redis, Inbox,
+    Server, WAIT,
+};
+use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
+
+const OWNER: u64 = 0;
+
+/// A private redis-server, or None when broker tests are skipped.
+fn start_redis() -> Option<Server> {
+    (!skip("redis-server")).then(|| Server::start("redis"))
+}
+
+fn common() -> Common {
+    Common {
+        publish_timeout: Duration::from_secs(10),
+        backoff_max: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(30),
+    }
+}
+
+fn open(port: u16, common: Common) -> (Client<u64>, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = Config::Redis(redis::Config {
+        hostname: "127.0.0.1".to_string(),
+        port,
+        common,
+        ..redis::Config::default()
+    });
+    let client = Client::open(config, OWNER, tx).expect("open");
+    (client, Inbox::new(rx))
+}
+
+fn topic(name: &str) -> Topic {
+    Topic::redis(name).expect("valid topic")
+}
+
+fn next_tag() -> u64 {
+    static TAG: AtomicU64 = AtomicU64::new(1);
+    TAG.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Publishes through the client and waits for its reply.
+fn publish(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    name: &str,
+    payload: &[u8],
+) -> Result<(), String> {
+    let tag = next_tag();
+    client
+        .publish(
+            topic(name),
+            payload.to_vec(),
+            Default::default(),
+            OWNER,
+            tag,
+        )
+        .expect("publish accepted");
+    inbox.published(tag)
+}
+
+fn message_parts(event: Event) -> (Topic, Vec<u8>, Vec<u8>) {
+    match event {
+        Event::Message {
+            topic,
+            payload,
+            metadata: Metadata::Redis { channel },
+        } => (topic, payload, channel),
+        other => panic!("not a redis message: {other:?}"),
+    }
+}
+
+/// Payloads that break naive framing: spaces, newlines, NUL, quotes, UTF-8.
+fn awkward_payloads() -> Vec<Vec<u8>> {
+    vec![
+        b"plain".to_vec(),
+        b"with spaces  and\ttabs".to_vec(),
+        b"line one\nline two\r\n".to_vec(),
+        b"nul\0in\0the middle\0".to_vec(),
+        "utf-8: h\u{e9}llo w\u{f6}rld \u{1f333} \u{4e16}\u{754c}"
+            .as_bytes()
+            .to_vec(),
+        b"quotes \" and \\ backslash".to_vec(),
+        (0u8..=255).collect(),
+        Vec::new(),
+    ]
+}
+
+#[test]
+fn connected_then_events_with_channel_metadata() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("news"), 1).expect("subscribe");
+    let connected = inbox.connected(1);
+    assert_eq!(
+        connected.event,
+        Event::Connected {
+            topic: topic("news")
+        }
+    );
+
+    assert_eq!(server.redis_cli_text(&["PUBLISH", "news", "hello"]), "1");
+    let (t, payload, channel) = message_parts(inbox.message(1));
+    assert_eq!(
+        (t, payload, channel),
+        (topic("news"), b"hello".to_vec(), b"news".to_vec())
+    );
+}
+
+#[test]
+fn payloads_from_redis_cli_arrive_byte_for_byte() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("bytes"), 1).expect("subscribe");
+    inbox.connected(1);
+
+    for payload in awkward_payloads() {
+        // `-x` takes the last argument from stdin, unmodified.
+        let mut cli = Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "-x", "PUBLISH", "bytes"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        cli.stdin
+            .take()
+            .expect("stdin")
+            .write_all(&payload)
+            .expect("write payload");
+        assert!(cli.wait().expect("redis-cli ends").success());
+        let (_, got, _) = message_parts(inbox.message(1));
+        assert_eq!(
+            got,
+            payload,
+            "payload {:?}",
+            String::from_utf8_lossy(&payload)
+        );
+    }
+}
+
+#[test]
+fn payloads_to_redis_cli_leave_byte_for_byte() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "--csv", "SUBSCRIBE", "out"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs");
+    let (lines_tx, lines) = crossbeam_channel::unbounded();
+    let stdout = cli.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |prefix: &str| loop {
+        let line = lines.recv_timeout(WAIT).expect("redis-cli output");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    };
+    next_line("\"subscribe\"");
+
+    for payload in awkward_payloads() {
+        assert_eq!(publish(&client, &mut inbox, "out", &payload), Ok(()));
+        let fields = csv_fields(&next_line("\"message\""));
+        assert_eq!(fields.len(), 3, "{fields:?}");
+        assert_eq!(unquote_redis(&fields[1]), b"out");
+        assert_eq!(unquote_redis(&fields[2]), payload);
+    }
+    cli.kill().expect("stop redis-cli");
+    let _ = cli.wait();
+    let _ = reader.join();
+}
+
+#[test]
+fn a_pattern_receives_every_matching_channel_with_its_name() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("orders.*"), 1).expect("subscribe");
+    inbox.connected(1);
+
+    for channel in ["orders.eu", "other", "orders.us", "orders.end"] {
+        assert_eq!(
+            publish(&client, &mut inbox, channel, channel.as_bytes()),
+            Ok(())
+        );
+    }
+    let mut channels = Vec::new();
+    for _ in 0..3 {
+        let (t, payload, channel) = message_parts(inbox.message(1));
+        assert_eq!(t, topic("orders.*"));
+        assert_eq!(payload, channel);
+        channels.push(String::from_utf8(channel).expect("utf-8"));
+    }
+    assert_eq!(channels, ["orders.eu", "orders.us", "orders.end"]);
+}
+
+#[test]
+fn recipients_of_one_topic_share_one_subscription() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("shared"), 1).expect("subscribe");
+    client.subscribe(topic("shared"), 2).expect("subscribe");
+    client
+        .subscribe(topic("shared"), 1)
+        .expect("subscribing twice is fine");
+    inbox.connected(1);
+    inbox.connected(2);
+    assert_eq!(server.redis_cli_text(&["PUBSUB", "NUMPAT"]), "1");
+    assert_eq!(
+        client.stats(),
+        ClientStats {
+            connections: 1,
+            tasks: 1,
+            topics: 1,
+            subscriptions: 2
+        }
+    );
+
+    for payload in ["m1", "m2"] {
+        server.redis_cli_text(&["PUBLISH", "shared", payload]);
+    }
+    for to in [1, 2] {
+        // m1 then m2, once each: the second subscribe of 1 added nothing.
+        assert_eq!(message_parts(inbox.message(to)).1, b"m1");
+        assert_eq!(message_parts(inbox.message(to)).1, b"m2");
+    }
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. } | Event::Connected { .. })
+    });
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_the_last_one_drops_the_pattern() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("leave"), 1).expect("subscribe");
+    client.subscribe(topic("leave"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.connected(2);
+
+    client.unsubscribe(topic("leave"), 2).expect("unsubscribe");
+    // Commands are applied before later messages are read, so m1 already
+    // finds 2 gone.
+    assert_eq!(publish(&client, &mut inbox, "leave", b"m1"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"m1");
+    client.unsubscribe(topic("leave"), 1).expect("unsubscribe");
+    assert!(eventually(
+        || server.redis_cli_text(&["PUBSUB", "NUMPAT"]) == "0"
+    ));
+    assert_eq!(publish(&client, &mut inbox, "leave", b"m2"), Ok(()));
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+    assert_eq!(client.stats().topics, 0);
+}
+
+#[test]
+fn a_killed_server_disconnects_everyone_and_its_restart_reconnects_them() {
+    let Some(mut server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("a"), 1).expect("subscribe");
+    client.subscribe(topic("a"), 2).expect("subscribe");
+    client.subscribe(topic("b"), 3).expect("subscribe");
+    for to in [1, 2, 3] {
+        inbox.connected(to);
+    }
+    assert_eq!(publish(&client, &mut inbox, "b", b"before"), Ok(()));
+    assert_eq!(message_parts(inbox.message(3)).1, b"before");
+
+    server.kill();
+    for (to, name) in [(1, "a"), (2, "a"), (3, "b")] {
+        assert_eq!(
+            inbox.disconnected(to).event,
+            Event::Disconnected { topic: topic(name) }
+        );
+    }
+
+    server.restart();
+    for (to, name) in [(1, "a"), (2, "a"), (3, "b")] {
+        assert_eq!(
+            inbox.connected(to).event,
+            Event::Connected { topic: topic(name) }
+        );
+    }
+    server.redis_cli_text(&["PUBLISH", "a", "after"]);
+    assert_eq!(message_parts(inbox.message(1)).1, b"after");
+    assert_eq!(message_parts(inbox.message(2)).1, b"after");
+    // The publishing connection died too and comes back by itself.
+    assert_eq!(publish(&client, &mut inbox, "b", b"after"), Ok(()));
+    assert_eq!(message_parts(inbox.message(3)).1, b"after");
+}
+
+#[test]
+fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
+    if skip("redis-server") {
+        return;
+    }
+    let port = free_port();
+    let (client, mut inbox) = open(
+        port,
+        Common {
+            publish_timeout: Duration::from_millis(1000),
+            backoff_max: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(30),
+        },
+    );
+    client
+        .subscribe(topic("nowhere"), 1)
+        .expect("subscribe still succeeds");
+    for _ in 0..3 {
+        inbox.wait("a connect warning", |d| {
+            d.to == OWNER
+                && matches!(&d.event, Event::Warning { message } if message.contains("cannot connect"))
+        });
+    }
+
+    let tag = next_tag();
+    client
+        .publish(topic("nowhere"), b"x".to_vec(), Default::default(), 7, tag)
+        .expect("publish accepted");
+    let reply = inbox.wait(
+        "the publish reply",
+        |d| matches!(d.event, Event::Published { tag: t, .. } if t == tag),
+    );
+    assert_eq!(reply.to, 7);
+    match reply.event {
+        Event::Published {
+            result: Err(reason),
+            ..
+        } => {
+            assert!(reason.contains("publish_timeout"), "{reason}")
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    inbox.assert_none_within(Duration::from_millis(500), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
+
+    // A publish still waiting when the client closes gets its reply at once.
+    let tag = next_tag();
+    client
+        .publish(topic("nowhere"), b"x".to_vec(), Default::default(), 7, tag)
+        .expect("publish accepted");
+    client.close();
+    assert!(inbox.published(tag).is_err());
+    assert!(client.subscribe(topic("nowhere"), 1).is_err());
+}
+
+#[test]
+fn concurrent_publishers_reach_every_recipient_once_in_order() {
+    if skip("redis-server") {
+        return;
+    }
+    let server = Server::start("redis");
+    let (client, mut inbox) = open(server.port, common());
+    check_concurrent_publishers(&client, &mut inbox, &topic("load"));
+}
+
+#[test]
+fn an_idle_client_closes_its_connections_and_tasks_and_reopens_on_use() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(
+        server.port,
+        Common {
+            idle_timeout: Duration::from_millis(300),
+            ..common()
+        },
+    );
+    let clients_on_server = || server.redis_cli_text(&["CLIENT", "LIST"]).lines().count();
+    client.subscribe(topic("idle"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "idle", b"x"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"x");
+    assert_eq!(client.stats().connections, 2);
+    assert_eq!(client.stats().tasks, 2);
+    // Ours two plus the redis-cli asking.
+    assert_eq!(clients_on_server(), 3);
+
+    client.unsubscribe(topic("idle"), 1).expect("unsubscribe");
+    assert!(
+        eventually(|| client.stats() == ClientStats::default()),
+        "{:?}",
+        client.stats()
+    );
+    assert!(eventually(|| clients_on_server() == 1));
+
+    client.subscribe(topic("idle"), 1).expect("subscribe again");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "idle", b"y"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"y");
+}
+
+#[test]
+fn a_panic_in_the_tasks_is_survived() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("sturdy"), 1).expect("subscribe");
+    client.subscribe(topic("sturdy"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.connected(2);
+    assert_eq!(publish(&client, &mut inbox, "sturdy", b"before"), Ok(()));
+
+    eprintln!("note: two panics 'injected by debug_inject_panic' are expected below");
+    client.debug_inject_panic().expect("inject");
+    for task in ["listener", "publisher"] {
+        inbox.wait("a panic warning", |d| {
+            matches!(&d.event, Event::Warning { message } if message.contains(task) && message.contains("panicked"))
+        });
+    }
+    for to in [1, 2] {
+        inbox.disconnected(to);
+        inbox.connected(to);
+    }
+    server.redis_cli_text(&["PUBLISH", "sturdy", "after"]);
+    for to in [1, 2] {
+        // Messages published before the panic arrive before it: skip them.
+        loop {
+            if message_parts(inbox.message(to)).1 == b"after" {
+                break;
+            }
+        }
+    }
+    assert_eq!(publish(&client, &mut inbox, "sturdy", b"again"), Ok(()));
+    assert_eq!(client.stats().tasks, 2);
+}
+
+#[test]
+fn close_ends_tasks_and_connections() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("bye"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "bye", b"x"), Ok(()));
+    client.close();
+    assert!(eventually(
+        || client.stats().connections == 0 && client.stats().tasks == 0
+    ));
+    assert!(eventually(|| server
+        .redis_cli_text(&["CLIENT", "LIST"])
+        .lines()
+        .count()
+        == 1));
+    assert!(client.subscribe(topic("bye"), 1).is_err());
+    assert!(client
+        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, u64::MAX)
+        .is_err());
+    // Refused by an error from publish: no Published event besides.
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Published { tag: u64::MAX, .. })
+    });
+}
+
+#[test]
+fn foreign_topics_and_bad_urls_are_refused() {
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let bad = Config::Redis(redis::Config {
+        url: Some("not a url".to_string()),
+        ..redis::Config::default()
+    });
+    assert!(Client::<u64>::open(bad, OWNER, tx).is_err());
+
+    // Refused before anything connects: no server needed.
+    let (client, _inbox) = open(free_port(), common());
+    let pg = Topic::postgres("x").expect("valid postgres topic");
+    assert!(client.subscribe(pg.clone(), 1).is_err());
+    assert!(client
+        .publish(pg, Vec::new(), Default::default(), 1, 1)
+        .is_err());
+    assert_eq!(client.stats(), ClientStats::default());
+}
+
+fn open_as(port: u16, username: &str, password: &str) -> (Client<u64>, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = Config::Redis(redis::Config {
+        hostname: "127.0.0.1".to_string(),
+        port,
+        username: Some(username.to_string()),
+        password: Some(password.to_string()),
+        common: common(),
+        ..redis::Config::default()
+    });
+    (
+        Client::open(config, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    )
+}
+
+#[test]
+fn a_refused_pattern_is_retried_while_the_others_flow() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    // ACL channel rules match a PSUBSCRIBE pattern literally: ok.1 only.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">secret",
+        "resetchannels",
+        "&ok.1",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "limited", "secret");
+    client.subscribe(topic("ok.1"), 1).expect("subscribe");
+    client.subscribe(topic("no.*"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.wait(
+        "a refusal warning",
+        |d| matches!(&d.event, Event::Warning { message } if message.contains("refused")),
+    );
+    // The session stays up for the other topic.
+    server.redis_cli_text(&["PUBLISH", "ok.1", "flows"]);
+    assert_eq!(message_parts(inbox.message(1)).1, b"flows");
+
+    assert_eq!(
+        server.redis_cli_text(&["ACL", "SETUSER", "limited", "&no.*"]),
+        "OK"
+    );
+    assert_eq!(
+        inbox.connected(2).event,
+        Event::Connected {
+            topic: topic("no.*")
+        }
+    );
+    server.redis_cli_text(&["PUBLISH", "no.1", "now"]);
+    let (t, payload, channel) = message_parts(inbox.message(2));
+    assert_eq!(
+        (t, payload, channel),
+        (topic("no.*"), b"now".to_vec(), b"no.1".to_vec())
+    );
+}
+
+#[test]
+fn a_wrong_password_is_a_warning_per_attempt() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "someone",
+        "on",
+        ">right",
+        "allchannels",
+        "+@all",
+    ];
+    assert_eq!(server.redis_cli_text(&acl), "OK");
+    let (client, mut inbox) = open_as(server.port, "someone", "wrong");
+    client.subscribe(topic("secret"), 1).expect("subscribe");
+    for _ in 0..2 {
+        inbox.wait("an auth warning", |d| {
+            matches!(&d.event, Event::Warning { message } if message.contains("cannot connect"))
+        });
+    }
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
+}
+
+#[test]
+fn a_server_that_stops_answering_is_a_lost_connection() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(
+        server.port,
+        Common {
+            publish_timeout: Duration::from_secs(2),
+            ..common()
+        },
+    );
+    client.subscribe(topic("hang"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"before"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"before");
+
+    // The socket stays open; only the keepalive ping can tell.
+    server.pause();
+    inbox.disconnected(1);
+    assert!(publish(&client, &mut inbox, "hang", b"lost").is_err());
+
+    server.resume();
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"after"), Ok(()));
+    // "lost" may or may not have been delivered late: the server got it.
+    loop {
+        if message_parts(inbox.message(1)).1 == b"after" {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_url_overrides_the_other_keys_and_clients_keep_to_their_server() {
+    let (Some(one), Some(two)) = (start_redis(), start_redis()) else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let by_url = Config::Redis(redis::Config {
+        // Would not resolve: the url must win.
+        hostname: "nowhere.invalid".to_string(),
+        port: 1,
+        url: Some(format!("redis://127.0.0.1:{}/0", two.port)),
+        common: common(),
+        ..redis::Config::default()
+    });
+    let (client_two, mut inbox_two) = (
+        Client::open(by_url, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    );
+    let (client_one, mut inbox_one) = open(one.port, common());
+    client_one.subscribe(topic("where"), 1).expect("subscribe");
+    client_two.subscribe(topic("where"), 2).expect("subscribe");
+    inbox_one.connected(1);
+    inbox_two.connected(2);
+
+    one.redis_cli_text(&["PUBLISH", "where", "one"]);
+    two.redis_cli_text(&["PUBLISH", "where", "two"]);
+    assert_eq!(message_parts(inbox_one.message(1)).1, b"one");
+    assert_eq!(message_parts(inbox_two.message(2)).1, b"two");
+    inbox_one.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+    inbox_two.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+}

@@ -1,0 +1,419 @@
+//! Test helpers: private broker instances through `test/brokers/ctl.sh`
+//! and an inbox over a client's event channel.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use yggdrasil_brokers::{Client, Delivery, Event, Topic};
+
+/// How long a test waits for something that should happen. Generous: the
+/// machine is shared and loaded; a passing run never waits this long.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+const CTL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../test/brokers/ctl.sh");
+
+/// Whether broker tests must be skipped: only when asked to
+/// (`YGG_SKIP_BROKERS=1`) and the server binary is missing. A missing binary
+/// without that variable is a failure: CI installs the brokers.
+pub fn skip(binary: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        return false;
+    }
+    if std::env::var("YGG_SKIP_BROKERS").as_deref() == Ok("1") {
+        eprintln!("note: {binary} not installed, skipped (YGG_SKIP_BROKERS=1)");
+        return true;
+    }
+    panic!("{binary} not installed: install it (make setup-brokers) or set YGG_SKIP_BROKERS=1");
+}
+
+/// A private instance in its own temp dir, stopped by pid when dropped.
+pub struct Server {
+    kind: &'static str,
+    dir: PathBuf,
+    pub port: u16,
+    pub pid: u32,
+}
+
+fn ctl(args: &[&str]) -> String {
+    let out = Command::new(CTL)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {CTL}: {e}"));
+    assert!(out.status.success(), "ctl.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fresh_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ygg-brokers-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
+    dir
+}
+
+/// A loopback port nothing listens on (reserved by ctl.sh for a while).
+pub fn free_port() -> u16 {
+    ctl(&["free-port"])
+        .parse()
+        .expect("free-port prints a port")
+}
+
+impl Server {
+    pub fn start(kind: &'static str) -> Server {
+        let dir = fresh_dir();
+        let (port, pid) = Self::parse(&ctl(&["start", kind, dir.to_str().expect("utf-8 dir")]));
+        Server {
+            kind,
+            dir,
+            port,
+            pid,
+        }
+    }
+
+    fn parse(line: &str) -> (u16, u32) {
+        let mut parts = line.split_whitespace();
+        let port = parts.next().and_then(|p| p.parse().ok());
+        let pid = parts.next().and_then(|p| p.parse().ok());
+        match (port, pid) {
+            (Some(port), Some(pid)) => (port, pid),
+            _ => panic!("ctl.sh start printed {line:?}, not \"PORT PID\""),
+        }
+    }
+
+    /// The instance's directory (data, logs, sockets, as ctl.sh lays them out).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A crash: SIGKILL to the server process, then wait until it is gone.
+    pub fn kill(&mut self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -KILL {} failed", self.pid);
+        // ctl.sh stop cleans up after a dead server too.
+        self.stop();
+    }
+
+    /// A hang without a closed socket: SIGSTOP (undone by `resume`).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {} failed", self.pid);
+    }
+
+    pub fn stop(&mut self) {
+        ctl(&["stop", self.dir.to_str().expect("utf-8 dir")]);
+    }
+
+    /// Starts it again on the same port (after `kill` or `stop`).
+    pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let line = ctl(&[
+            "start",
+            self.kind,
+            self.dir.to_str().expect("utf-8 dir"),
+            &port,
+        ]);
+        let (port, pid) = Self::parse(&line);
+        assert_eq!(port, self.port, "restarted on another port");
+        self.pid = pid;
+    }
+
+    /// `rabbitmqctl ARGS...` against this node (its own environment), its output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["rabbitmqctl", self.dir.to_str().expect("utf-8 dir")];
+        all.extend_from_slice(args);
+        ctl(&all)
+    }
+
+    /// `redis-cli -p PORT ARGS...`, its output.
+    pub fn redis_cli(&self, args: &[&str]) -> Output {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs")
+    }
+
+    pub fn redis_cli_text(&self, args: &[&str]) -> String {
+        let out = self.redis_cli(args);
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Never leave a broker running, even when the test failed.
+        if let Some(dir) = self.dir.to_str() {
+            // A paused server would not act on the stop signal.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new(CTL).args(["stop", dir]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` until it is true or WAIT passed; false if it never became true.
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + WAIT;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The events of one client; `wait` picks matching ones in arrival order
+/// and keeps the others for later waits.
+pub struct Inbox {
+    rx: Receiver<Delivery<u64>>,
+    kept: Vec<Delivery<u64>>,
+}
+
+impl Inbox {
+    pub fn new(rx: Receiver<Delivery<u64>>) -> Inbox {
+        Inbox {
+            rx,
+            kept: Vec::new(),
+        }
+    }
+
+    /// The first event (already kept or arriving within WAIT) matching `pred`.
+    pub fn wait(&mut self, what: &str, pred: impl Fn(&Delivery<u64>) -> bool) -> Delivery<u64> {
+        if let Some(pos) = self.kept.iter().position(&pred) {
+            return self.kept.remove(pos);
+        }
+        let until = Instant::now() + WAIT;
+        loop {
+            match self.rx.recv_deadline(until) {
+                Ok(d) if pred(&d) => return d,
+                Ok(d) => self.kept.push(d),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {what} within {WAIT:?}; other events: {:?}", self.kept)
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!("event channel closed"),
+            }
+        }
+    }
+
+    /// Everything that arrives within `span` (plus what was kept).
+    pub fn drain_for(&mut self, span: Duration) -> Vec<Delivery<u64>> {
+        let until = Instant::now() + span;
+        let mut all = std::mem::take(&mut self.kept);
+        while let Ok(d) = self.rx.recv_deadline(until) {
+            all.push(d);
+        }
+        all
+    }
+
+    /// Fails if an event matching `pred` is kept or arrives within `span`.
+    pub fn assert_none_within(&mut self, span: Duration, pred: impl Fn(&Delivery<u64>) -> bool) {
+        let all = self.drain_for(span);
+        assert!(!all.iter().any(pred), "unexpected event among {all:?}");
+    }
+
+    pub fn connected(&mut self, to: u64) -> Delivery<u64> {
+        self.wait(&format!("Connected to {to}"), |d| {
+            d.to == to && matches!(d.event, Event::Connected { .. })
+        })
+    }
+
+    pub fn disconnected(&mut self, to: u64) -> Delivery<u64> {
+        self.wait(&format!("Disconnected to {to}"), |d| {
+            d.to == to && matches!(d.event, Event::Disconnected { .. })
+        })
+    }
+
+    /// The next message for `to`: (payload, metadata).
+    pub fn message(&mut self, to: u64) -> Event {
+        self.wait(&format!("a message to {to}"), |d| {
+            d.to == to && matches!(d.event, Event::Message { .. })
+        })
+        .event
+    }
+
+    pub fn published(&mut self, tag: u64) -> Result<(), String> {
+        match self
+            .wait(
+                &format!("Published {tag}"),
+                |d| matches!(d.event, Event::Published { tag: t, .. } if t == tag),
+            )
+            .event
+        {
+            Event::Published { result, .. } => result,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Decodes one string as `redis-cli --csv` prints it (sdscatrepr quoting).
+pub fn unquote_redis(quoted: &str) -> Vec<u8> {
+    let bytes = quoted.as_bytes();
+    assert!(
+        bytes.len() >= 2 && bytes[0] == b'"' && bytes[bytes.len() - 1] == b'"',
+        "not a quoted redis string: {quoted:?}"
+    );
+    let inner = &bytes[1..bytes.len() - 1];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            out.push(inner[i]);
+            i += 1;
+            continue;
+        }
+        let c = inner[i + 1];
+        i += 2;
+        out.push(match c {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'a' => 7,
+            b'b' => 8,
+            b'x' => {
+                let hex = std::str::from_utf8(&inner[i..i + 2]).expect("hex digits");
+                i += 2;
+                u8::from_str_radix(hex, 16).expect("hex byte")
+            }
+            other => other, // \" and \\
+        });
+    }
+    out
+}
+
+/// Splits a `redis-cli --csv` line into its quoted fields.
+pub fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        if in_quotes {
+            current.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quotes = false;
+            }
+        } else if c == '"' {
+            in_quotes = true;
+            current.push(c);
+        } else if c == ',' {
+            fields.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    fields.push(current);
+    fields
+}
+
+/// 4 publishers × 20 recipients of one topic, 100 messages each, published from 4 threads
+/// without waiting (the client keeps each caller's order): every publish is answered `Ok` and
+/// every recipient gets every message exactly once, in each publisher's order.
+pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topic: &Topic) {
+    const PUBLISHERS: u64 = 4;
+    const RECIPIENTS: u64 = 20;
+    const MESSAGES: u64 = 100;
+    for to in 1..=RECIPIENTS {
+        client.subscribe(topic.clone(), to).expect("subscribe");
+    }
+    for to in 1..=RECIPIENTS {
+        inbox.connected(to);
+    }
+
+    std::thread::scope(|s| {
+        for p in 0..PUBLISHERS {
+            s.spawn(move || {
+                for n in 0..MESSAGES {
+                    let payload = format!("{p}:{n}").into_bytes();
+                    client
+                        .publish(
+                            topic.clone(),
+                            payload,
+                            Default::default(),
+                            1000 + p,
+                            p * MESSAGES + n,
+                        )
+                        .expect("publish accepted");
+                }
+            });
+        }
+    });
+
+    let mut replies = 0;
+    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    let expected_messages = PUBLISHERS * MESSAGES * RECIPIENTS;
+    let mut messages = 0;
+    while replies < PUBLISHERS * MESSAGES || messages < expected_messages {
+        let d = inbox.wait("a publish reply or message", |_| true);
+        match d.event {
+            Event::Published { result, .. } => {
+                assert_eq!(result, Ok(()));
+                replies += 1;
+            }
+            Event::Message { payload, .. } => {
+                let text = String::from_utf8(payload).expect("utf-8");
+                let (p, n) = text.split_once(':').expect("p:n");
+                seen.entry(d.to)
+                    .or_default()
+                    .push((p.parse().expect("p"), n.parse().expect("n")));
+                messages += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for to in 1..=RECIPIENTS {
+        let got = &seen[&to];
+        for p in 0..PUBLISHERS {
+            let ns: Vec<u64> = got
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(
+                ns,
+                (0..MESSAGES).collect::<Vec<_>>(),
+                "recipient {to}, publisher {p}"
+            );
+        }
+    }
+    // Exactly once: nothing more arrives.
+    inbox.assert_none_within(Duration::from_millis(300), |_| true);
+}
