@@ -146,6 +146,13 @@ impl Server {
         self.pid = pid;
     }
 
+    /// `rabbitmqctl ARGS...` against this node (its own environment), its output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["rabbitmqctl", self.dir.to_str().expect("utf-8 dir")];
+        all.extend_from_slice(args);
+        ctl(&all)
+    }
+
     /// `redis-cli -p PORT ARGS...`, its output.
     pub fn redis_cli(&self, args: &[&str]) -> Output {
         Command::new("redis-cli")
