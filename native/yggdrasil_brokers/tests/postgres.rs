@@ -3,7 +3,6 @@
 #![cfg(feature = "postgres")]
 mod support;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -562,75 +561,13 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
     if skip_postgres() {
         return;
     }
-    const PUBLISHERS: u64 = 4;
-    const RECIPIENTS: u64 = 20;
-    const MESSAGES: u64 = 100;
     let server = Server::start("postgres");
     let (client, mut inbox) = open(server.port, common());
-    for to in 1..=RECIPIENTS {
-        client.subscribe(topic("load"), to).expect("subscribe");
-    }
-    for to in 1..=RECIPIENTS {
-        inbox.connected(to);
-    }
-
-    std::thread::scope(|s| {
-        for p in 0..PUBLISHERS {
-            let client = &client;
-            s.spawn(move || {
-                for n in 0..MESSAGES {
-                    let payload = format!("{p}:{n}").into_bytes();
-                    client
-                        .publish(
-                            topic("load"),
-                            payload,
-                            Default::default(),
-                            1000 + p,
-                            p * MESSAGES + n,
-                        )
-                        .expect("publish accepted");
-                }
-            });
-        }
-    });
-
-    let mut replies = 0;
-    let mut messages = 0;
-    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    while replies < PUBLISHERS * MESSAGES || messages < PUBLISHERS * MESSAGES * RECIPIENTS {
-        let d = inbox.wait("a publish reply or message", |_| true);
-        match d.event {
-            Event::Published { result, .. } => {
-                assert_eq!(result, Ok(()));
-                replies += 1;
-            }
-            Event::Message { payload, .. } => {
-                let text = String::from_utf8(payload).expect("utf-8");
-                let (p, n) = text.split_once(':').expect("p:n");
-                seen.entry(d.to)
-                    .or_default()
-                    .push((p.parse().expect("p"), n.parse().expect("n")));
-                messages += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    for to in 1..=RECIPIENTS {
-        for p in 0..PUBLISHERS {
-            let ns: Vec<u64> = seen[&to]
-                .iter()
-                .filter(|(q, _)| *q == p)
-                .map(|(_, n)| *n)
-                .collect();
-            assert_eq!(
-                ns,
-                (0..MESSAGES).collect::<Vec<_>>(),
-                "recipient {to}, publisher {p}"
-            );
-        }
-    }
-    // Exactly once: nothing more arrives.
-    inbox.assert_none_within(Duration::from_millis(300), |_| true);
+    support::concurrent_publishers_reach_every_recipient_once_in_order(
+        &client,
+        &mut inbox,
+        topic("load"),
+    );
 }
 
 #[test]
