@@ -4,10 +4,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::{csv_fields, eventually, free_port, skip, unquote_redis, Inbox, Server, WAIT};
+use support::{
+    csv_fields, eventually, free_port, next_tag, skip, unquote_redis, Inbox, Server, WAIT,
+};
 use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
 const OWNER: u64 = 0;
@@ -41,11 +42,6 @@ fn topic(name: &str) -> Topic {
     Topic::redis(name).expect("valid topic")
 }
 
-fn next_tag() -> u64 {
-    static TAG: AtomicU64 = AtomicU64::new(1);
-    TAG.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Publishes through the client and waits for its reply.
 fn publish(
     client: &Client<u64>,
@@ -53,17 +49,7 @@ fn publish(
     name: &str,
     payload: &[u8],
 ) -> Result<(), String> {
-    let tag = next_tag();
-    client
-        .publish(
-            topic(name),
-            payload.to_vec(),
-            Default::default(),
-            OWNER,
-            tag,
-        )
-        .expect("publish accepted");
-    inbox.published(tag)
+    support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
 fn message_parts(event: Event) -> (Topic, Vec<u8>, Vec<u8>) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -414,4 +414,24 @@ pub fn concurrent_publishers_reach_every_recipient_once_in_order(
     }
     // Exactly once: nothing more arrives.
     inbox.assert_none_within(Duration::from_millis(300), |_| true);
+}
+
+/// A publish tag no other publish of this test binary uses.
+pub fn next_tag() -> u64 {
+    static TAG: AtomicU64 = AtomicU64::new(1);
+    TAG.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Publishes through the client (replies to recipient 0) and waits for the reply.
+pub fn publish_and_wait(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    topic: Topic,
+    payload: &[u8],
+) -> Result<(), String> {
+    let tag = next_tag();
+    client
+        .publish(topic, payload.to_vec(), Default::default(), 0, tag)
+        .expect("publish accepted");
+    inbox.published(tag)
 }
