@@ -13,6 +13,7 @@
 //! - `backoff`: bounded exponential backoff with jitter.
 //! - `redis`: the `:redis` broker.
 //! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
+//! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 // Built with no broker at all (an application that uses none): the shared
@@ -31,6 +32,8 @@ mod types;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -60,6 +60,8 @@ pub enum Config {
     Redis(crate::redis::Config),
     #[cfg(feature = "postgres")]
     Postgres(crate::postgres::Config),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(crate::rabbitmq::Config),
 }
 
 impl Config {
@@ -69,6 +71,8 @@ impl Config {
             Config::Redis(c) => &c.common,
             #[cfg(feature = "postgres")]
             Config::Postgres(c) => &c.common,
+            #[cfg(feature = "rabbitmq")]
+            Config::RabbitMq(c) => &c.common,
             // Built without any broker: no Config value can exist.
             #[cfg(not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")))]
             _ => match *self {},

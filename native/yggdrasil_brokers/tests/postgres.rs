@@ -6,11 +6,10 @@ mod support;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use support::{check_concurrent_publishers, eventually, free_port, skip, Inbox, Server, WAIT};
+use support::{eventually, free_port, next_tag, skip, Inbox, Server, WAIT};
 use yggdrasil_brokers::{postgres, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
 const OWNER: u64 = 0;
@@ -59,11 +58,6 @@ fn topic(name: &str) -> Topic {
     Topic::postgres(name).expect("valid channel name")
 }
 
-fn next_tag() -> u64 {
-    static TAG: AtomicU64 = AtomicU64::new(1);
-    TAG.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Publishes through the client and waits for its reply.
 fn publish(
     client: &Client<u64>,
@@ -71,17 +65,7 @@ fn publish(
     name: &str,
     payload: &[u8],
 ) -> Result<(), String> {
-    let tag = next_tag();
-    client
-        .publish(
-            topic(name),
-            payload.to_vec(),
-            Default::default(),
-            OWNER,
-            tag,
-        )
-        .expect("publish accepted");
-    inbox.published(tag)
+    support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
 /// The next message to `to`: (topic, payload), its metadata checked against the topic.
@@ -561,7 +545,11 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
     }
     let server = Server::start("postgres");
     let (client, mut inbox) = open(server.port, common());
-    check_concurrent_publishers(&client, &mut inbox, &topic("load"));
+    support::concurrent_publishers_reach_every_recipient_once_in_order(
+        &client,
+        &mut inbox,
+        topic("load"),
+    );
 }
 
 #[test]

@@ -4,12 +4,10 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::{
-    check_concurrent_publishers, csv_fields, eventually, free_port, skip, unquote_redis, Inbox,
-    Server, WAIT,
+    csv_fields, eventually, free_port, next_tag, skip, unquote_redis, Inbox, Server, WAIT,
 };
 use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
@@ -44,11 +42,6 @@ fn topic(name: &str) -> Topic {
     Topic::redis(name).expect("valid topic")
 }
 
-fn next_tag() -> u64 {
-    static TAG: AtomicU64 = AtomicU64::new(1);
-    TAG.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Publishes through the client and waits for its reply.
 fn publish(
     client: &Client<u64>,
@@ -56,17 +49,7 @@ fn publish(
     name: &str,
     payload: &[u8],
 ) -> Result<(), String> {
-    let tag = next_tag();
-    client
-        .publish(
-            topic(name),
-            payload.to_vec(),
-            Default::default(),
-            OWNER,
-            tag,
-        )
-        .expect("publish accepted");
-    inbox.published(tag)
+    support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
 fn message_parts(event: Event) -> (Topic, Vec<u8>, Vec<u8>) {
@@ -378,12 +361,15 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
 
 #[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
-    check_concurrent_publishers(&client, &mut inbox, &topic("load"));
+    support::concurrent_publishers_reach_every_recipient_once_in_order(
+        &client,
+        &mut inbox,
+        topic("load"),
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -145,6 +145,13 @@ impl Server {
         let (port, pid) = Self::parse(&line);
         assert_eq!(port, self.port, "restarted on another port");
         self.pid = pid;
+    }
+
+    /// `rabbitmqctl ARGS...` against this node (its own environment), its output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["rabbitmqctl", self.dir.to_str().expect("utf-8 dir")];
+        all.extend_from_slice(args);
+        ctl(&all)
     }
 
     /// `redis-cli -p PORT ARGS...`, its output.
@@ -337,10 +344,14 @@ pub fn csv_fields(line: &str) -> Vec<String> {
     fields
 }
 
-/// 4 publishers × 20 recipients of one topic, 100 messages each, published from 4 threads
-/// without waiting (the client keeps each caller's order): every publish is answered `Ok` and
-/// every recipient gets every message exactly once, in each publisher's order.
-pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topic: &Topic) {
+/// 4 publisher threads × 100 messages to 20 recipients of one topic: every
+/// recipient gets every message exactly once, in each publisher's order,
+/// and every publish exactly one `Ok` reply.
+pub fn concurrent_publishers_reach_every_recipient_once_in_order(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    topic: Topic,
+) {
     const PUBLISHERS: u64 = 4;
     const RECIPIENTS: u64 = 20;
     const MESSAGES: u64 = 100;
@@ -353,17 +364,13 @@ pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topi
 
     std::thread::scope(|s| {
         for p in 0..PUBLISHERS {
+            let topic = &topic;
             s.spawn(move || {
                 for n in 0..MESSAGES {
                     let payload = format!("{p}:{n}").into_bytes();
+                    let (reply_to, tag) = (1000 + p, p * MESSAGES + n);
                     client
-                        .publish(
-                            topic.clone(),
-                            payload,
-                            Default::default(),
-                            1000 + p,
-                            p * MESSAGES + n,
-                        )
+                        .publish(topic.clone(), payload, Default::default(), reply_to, tag)
                         .expect("publish accepted");
                 }
             });
@@ -371,10 +378,9 @@ pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topi
     });
 
     let mut replies = 0;
-    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    let expected_messages = PUBLISHERS * MESSAGES * RECIPIENTS;
     let mut messages = 0;
-    while replies < PUBLISHERS * MESSAGES || messages < expected_messages {
+    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    while replies < PUBLISHERS * MESSAGES || messages < PUBLISHERS * MESSAGES * RECIPIENTS {
         let d = inbox.wait("a publish reply or message", |_| true);
         match d.event {
             Event::Published { result, .. } => {
@@ -393,9 +399,8 @@ pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topi
         }
     }
     for to in 1..=RECIPIENTS {
-        let got = &seen[&to];
         for p in 0..PUBLISHERS {
-            let ns: Vec<u64> = got
+            let ns: Vec<u64> = seen[&to]
                 .iter()
                 .filter(|(q, _)| *q == p)
                 .map(|(_, n)| *n)
@@ -409,4 +414,24 @@ pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topi
     }
     // Exactly once: nothing more arrives.
     inbox.assert_none_within(Duration::from_millis(300), |_| true);
+}
+
+/// A publish tag no other publish of this test binary uses.
+pub fn next_tag() -> u64 {
+    static TAG: AtomicU64 = AtomicU64::new(1);
+    TAG.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Publishes through the client (replies to recipient 0) and waits for the reply.
+pub fn publish_and_wait(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    topic: Topic,
+    payload: &[u8],
+) -> Result<(), String> {
+    let tag = next_tag();
+    client
+        .publish(topic, payload.to_vec(), Default::default(), 0, tag)
+        .expect("publish accepted");
+    inbox.published(tag)
 }
