@@ -63,6 +63,8 @@ impl<R: Recipient> Client<R> {
         let driver: Arc<dyn Driver<R>> = match config {
             #[cfg(feature = "redis")]
             Config::Redis(c) => Arc::new(Erased(Arc::new(crate::redis::Redis::new(c)?))),
+            #[cfg(feature = "postgres")]
+            Config::Postgres(c) => Arc::new(Erased(Arc::new(crate::postgres::Postgres::new(c)?))),
             #[cfg(feature = "rabbitmq")]
             Config::RabbitMq(c) => Arc::new(Erased(Arc::new(crate::rabbitmq::RabbitMq::new(c)?))),
         };

@@ -12,6 +12,7 @@
 //! - `broker`: the `Broker` trait each broker module implements (its protocol only).
 //! - `backoff`: bounded exponential backoff with jitter.
 //! - `redis`: the `:redis` broker.
+//! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
 //! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -29,6 +30,8 @@ mod client;
 mod runtime;
 mod types;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 #[cfg(feature = "redis")]

@@ -58,6 +58,8 @@ impl Default for Common {
 pub enum Config {
     #[cfg(feature = "redis")]
     Redis(crate::redis::Config),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::Config),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(crate::rabbitmq::Config),
 }
@@ -67,6 +69,8 @@ impl Config {
         match self {
             #[cfg(feature = "redis")]
             Config::Redis(c) => &c.common,
+            #[cfg(feature = "postgres")]
+            Config::Postgres(c) => &c.common,
             #[cfg(feature = "rabbitmq")]
             Config::RabbitMq(c) => &c.common,
             // Built without any broker: no Config value can exist.

@@ -691,3 +691,39 @@ fn a_server_that_stops_answering_is_a_lost_connection() {
         }
     }
 }
+
+#[test]
+fn a_url_overrides_the_other_keys_and_clients_keep_to_their_server() {
+    let (Some(one), Some(two)) = (start_redis(), start_redis()) else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let by_url = Config::Redis(redis::Config {
+        // Would not resolve: the url must win.
+        hostname: "nowhere.invalid".to_string(),
+        port: 1,
+        url: Some(format!("redis://127.0.0.1:{}/0", two.port)),
+        common: common(),
+        ..redis::Config::default()
+    });
+    let (client_two, mut inbox_two) = (
+        Client::open(by_url, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    );
+    let (client_one, mut inbox_one) = open(one.port, common());
+    client_one.subscribe(topic("where"), 1).expect("subscribe");
+    client_two.subscribe(topic("where"), 2).expect("subscribe");
+    inbox_one.connected(1);
+    inbox_two.connected(2);
+
+    one.redis_cli_text(&["PUBLISH", "where", "one"]);
+    two.redis_cli_text(&["PUBLISH", "where", "two"]);
+    assert_eq!(message_parts(inbox_one.message(1)).1, b"one");
+    assert_eq!(message_parts(inbox_two.message(2)).1, b"two");
+    inbox_one.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+    inbox_two.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+}

@@ -2,7 +2,7 @@
 //! and an inbox over a client's event channel.
 #![allow(dead_code)] // each test binary uses a different part of it
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +93,11 @@ impl Server {
             (Some(port), Some(pid)) => (port, pid),
             _ => panic!("ctl.sh start printed {line:?}, not \"PORT PID\""),
         }
+    }
+
+    /// The instance's directory (data, logs, sockets, as ctl.sh lays them out).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A crash: SIGKILL to the server process, then wait until it is gone.
