@@ -222,8 +222,7 @@ fn topic_patterns(node: &mut Node) {
     let hash = Topic::rabbitmq("amq.topic", "orders.#").expect("topic");
     client.subscribe(star.clone(), 1).expect("subscribe");
     client.subscribe(hash.clone(), 2).expect("subscribe");
-    expect_connected(&events, 1, &star);
-    expect_connected(&events, 2, &hash);
+    expect_all_connected(&events, &[(1, &star), (2, &hash)]);
     for key in ["orders.new", "orders.eu.new", "orders", "invoices.new"] {
         node.amqp_publish(&["-e", "amq.topic", "-r", key], key.as_bytes());
     }
@@ -745,8 +744,7 @@ fn broker_restart(node: &mut Node) {
     let b = Topic::rabbitmq("amq.topic", "restart.b").expect("topic");
     client.subscribe(a.clone(), 1).expect("subscribe");
     client.subscribe(b.clone(), 2).expect("subscribe");
-    expect_connected(&events, 1, &a);
-    expect_connected(&events, 2, &b);
+    expect_all_connected(&events, &[(1, &a), (2, &b)]);
     node.restart(|| {
         let mut disconnected = Vec::new();
         let deadline = Instant::now() + WAIT;
@@ -804,6 +802,23 @@ fn collect(events: &Receiver<Delivery<u64>>, n: usize) -> Vec<Delivery<u64>> {
         }
     }
     got
+}
+
+/// Connected for each (recipient, topic), in any order: topics are
+/// confirmed one at a time, in no particular order.
+fn expect_all_connected(events: &Receiver<Delivery<u64>>, expected: &[(u64, &Topic)]) {
+    let mut got: Vec<(u64, Topic)> = collect(events, expected.len())
+        .into_iter()
+        .map(|d| match d.event {
+            Event::Connected { topic } => (d.to, topic),
+            other => panic!("not Connected: {other:?}"),
+        })
+        .collect();
+    got.sort_by_key(|(to, _)| *to);
+    let mut expected: Vec<(u64, Topic)> =
+        expected.iter().map(|(to, t)| (*to, (*t).clone())).collect();
+    expected.sort_by_key(|(to, _)| *to);
+    assert_eq!(got, expected);
 }
 
 fn expect_connected(events: &Receiver<Delivery<u64>>, to: u64, topic: &Topic) {
