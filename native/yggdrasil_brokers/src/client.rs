@@ -418,12 +418,16 @@ struct TopicState<R> {
     /// After a topic-only refusal: when to try again, and how long after that.
     retry_at: Option<Instant>,
     backoff: Option<Backoff>,
+    /// Subscription order: topics are (re)subscribed, and so confirmed, in it.
+    order: u64,
 }
 
 /// Topic → recipients, kept across sessions (and across a panic) so that
 /// every reconnect replays them.
 struct Topics<R> {
     map: HashMap<Topic, TopicState<R>>,
+    /// The next `TopicState::order`.
+    next_order: u64,
 }
 
 impl<R: Recipient> Topics<R> {
@@ -453,13 +457,17 @@ impl<R: Recipient> Topics<R> {
         }
     }
 
-    /// Unconfirmed topics whose (re)try time has come.
+    /// Unconfirmed topics whose (re)try time has come, oldest subscription
+    /// first (a hash map's order would make replays vary from run to run).
     fn due(&self, now: Instant) -> Vec<Topic> {
-        self.map
+        let mut due: Vec<(u64, Topic)> = self
+            .map
             .iter()
             .filter(|(_, s)| !s.confirmed && s.retry_at.is_none_or(|at| at <= now))
-            .map(|(t, _)| t.clone())
-            .collect()
+            .map(|(t, s)| (s.order, t.clone()))
+            .collect();
+        due.sort_unstable_by_key(|(order, _)| *order);
+        due.into_iter().map(|(_, t)| t).collect()
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -472,12 +480,17 @@ impl<R: Recipient> Topics<R> {
 
     /// Bookkeeping of a subscribe; the broker-level work happens in the loop.
     fn subscribe(&mut self, shared: &Shared<R>, topic: Topic, to: R) {
+        let order = self.next_order;
         let state = self.map.entry(topic.clone()).or_insert_with(|| TopicState {
             recipients: Vec::new(),
             confirmed: false,
             retry_at: None,
             backoff: None,
+            order,
         });
+        if state.order == order {
+            self.next_order += 1;
+        }
         if !state.recipients.contains(&to) {
             if state.confirmed {
                 shared.send(&to, Event::Connected { topic });
@@ -542,6 +555,7 @@ async fn listener_task<B: Broker, R: Recipient>(
     let _task = Counted::new(&shared.counters.tasks);
     let mut topics = Topics {
         map: HashMap::new(),
+        next_order: 0,
     };
     let mut backoff = Backoff::new(broker.common().backoff_max);
     loop {

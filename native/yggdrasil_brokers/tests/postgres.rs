@@ -3,15 +3,13 @@
 #![cfg(feature = "postgres")]
 mod support;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use support::{eventually, free_port, skip, Inbox, Server, WAIT};
+use support::{eventually, free_port, next_tag, skip, Inbox, Server, WAIT};
 use yggdrasil_brokers::{postgres, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
 const OWNER: u64 = 0;
@@ -60,11 +58,6 @@ fn topic(name: &str) -> Topic {
     Topic::postgres(name).expect("valid channel name")
 }
 
-fn next_tag() -> u64 {
-    static TAG: AtomicU64 = AtomicU64::new(1);
-    TAG.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Publishes through the client and waits for its reply.
 fn publish(
     client: &Client<u64>,
@@ -72,17 +65,7 @@ fn publish(
     name: &str,
     payload: &[u8],
 ) -> Result<(), String> {
-    let tag = next_tag();
-    client
-        .publish(
-            topic(name),
-            payload.to_vec(),
-            Default::default(),
-            OWNER,
-            tag,
-        )
-        .expect("publish accepted");
-    inbox.published(tag)
+    support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
 /// The next message to `to`: (topic, payload), its metadata checked against the topic.
@@ -562,75 +545,13 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
     if skip_postgres() {
         return;
     }
-    const PUBLISHERS: u64 = 4;
-    const RECIPIENTS: u64 = 20;
-    const MESSAGES: u64 = 100;
     let server = Server::start("postgres");
     let (client, mut inbox) = open(server.port, common());
-    for to in 1..=RECIPIENTS {
-        client.subscribe(topic("load"), to).expect("subscribe");
-    }
-    for to in 1..=RECIPIENTS {
-        inbox.connected(to);
-    }
-
-    std::thread::scope(|s| {
-        for p in 0..PUBLISHERS {
-            let client = &client;
-            s.spawn(move || {
-                for n in 0..MESSAGES {
-                    let payload = format!("{p}:{n}").into_bytes();
-                    client
-                        .publish(
-                            topic("load"),
-                            payload,
-                            Default::default(),
-                            1000 + p,
-                            p * MESSAGES + n,
-                        )
-                        .expect("publish accepted");
-                }
-            });
-        }
-    });
-
-    let mut replies = 0;
-    let mut messages = 0;
-    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    while replies < PUBLISHERS * MESSAGES || messages < PUBLISHERS * MESSAGES * RECIPIENTS {
-        let d = inbox.wait("a publish reply or message", |_| true);
-        match d.event {
-            Event::Published { result, .. } => {
-                assert_eq!(result, Ok(()));
-                replies += 1;
-            }
-            Event::Message { payload, .. } => {
-                let text = String::from_utf8(payload).expect("utf-8");
-                let (p, n) = text.split_once(':').expect("p:n");
-                seen.entry(d.to)
-                    .or_default()
-                    .push((p.parse().expect("p"), n.parse().expect("n")));
-                messages += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    for to in 1..=RECIPIENTS {
-        for p in 0..PUBLISHERS {
-            let ns: Vec<u64> = seen[&to]
-                .iter()
-                .filter(|(q, _)| *q == p)
-                .map(|(_, n)| *n)
-                .collect();
-            assert_eq!(
-                ns,
-                (0..MESSAGES).collect::<Vec<_>>(),
-                "recipient {to}, publisher {p}"
-            );
-        }
-    }
-    // Exactly once: nothing more arrives.
-    inbox.assert_none_within(Duration::from_millis(300), |_| true);
+    support::concurrent_publishers_reach_every_recipient_once_in_order(
+        &client,
+        &mut inbox,
+        topic("load"),
+    );
 }
 
 #[test]

@@ -2,13 +2,13 @@
 //! `redis-cli` as the independent client.
 mod support;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::{csv_fields, eventually, free_port, skip, unquote_redis, Inbox, Server, WAIT};
+use support::{
+    csv_fields, eventually, free_port, next_tag, skip, unquote_redis, Inbox, Server, WAIT,
+};
 use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
 const OWNER: u64 = 0;
@@ -42,11 +42,6 @@ fn topic(name: &str) -> Topic {
     Topic::redis(name).expect("valid topic")
 }
 
-fn next_tag() -> u64 {
-    static TAG: AtomicU64 = AtomicU64::new(1);
-    TAG.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Publishes through the client and waits for its reply.
 fn publish(
     client: &Client<u64>,
@@ -54,17 +49,7 @@ fn publish(
     name: &str,
     payload: &[u8],
 ) -> Result<(), String> {
-    let tag = next_tag();
-    client
-        .publish(
-            topic(name),
-            payload.to_vec(),
-            Default::default(),
-            OWNER,
-            tag,
-        )
-        .expect("publish accepted");
-    inbox.published(tag)
+    support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
 fn message_parts(event: Event) -> (Topic, Vec<u8>, Vec<u8>) {
@@ -376,78 +361,15 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
 
 #[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    const PUBLISHERS: u64 = 4;
-    const RECIPIENTS: u64 = 20;
-    const MESSAGES: u64 = 100;
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
-    for to in 1..=RECIPIENTS {
-        client.subscribe(topic("load"), to).expect("subscribe");
-    }
-    for to in 1..=RECIPIENTS {
-        inbox.connected(to);
-    }
-
-    std::thread::scope(|s| {
-        for p in 0..PUBLISHERS {
-            let client = &client;
-            s.spawn(move || {
-                for n in 0..MESSAGES {
-                    let payload = format!("{p}:{n}").into_bytes();
-                    client
-                        .publish(
-                            topic("load"),
-                            payload,
-                            Default::default(),
-                            1000 + p,
-                            p * MESSAGES + n,
-                        )
-                        .expect("publish accepted");
-                }
-            });
-        }
-    });
-
-    let mut replies = 0;
-    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    let expected_messages = PUBLISHERS * MESSAGES * RECIPIENTS;
-    let mut messages = 0;
-    while replies < PUBLISHERS * MESSAGES || messages < expected_messages {
-        let d = inbox.wait("a publish reply or message", |_| true);
-        match d.event {
-            Event::Published { result, .. } => {
-                assert_eq!(result, Ok(()));
-                replies += 1;
-            }
-            Event::Message { payload, .. } => {
-                let text = String::from_utf8(payload).expect("utf-8");
-                let (p, n) = text.split_once(':').expect("p:n");
-                seen.entry(d.to)
-                    .or_default()
-                    .push((p.parse().expect("p"), n.parse().expect("n")));
-                messages += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    for to in 1..=RECIPIENTS {
-        let got = &seen[&to];
-        for p in 0..PUBLISHERS {
-            let ns: Vec<u64> = got
-                .iter()
-                .filter(|(q, _)| *q == p)
-                .map(|(_, n)| *n)
-                .collect();
-            assert_eq!(
-                ns,
-                (0..MESSAGES).collect::<Vec<_>>(),
-                "recipient {to}, publisher {p}"
-            );
-        }
-    }
+    support::concurrent_publishers_reach_every_recipient_once_in_order(
+        &client,
+        &mut inbox,
+        topic("load"),
+    );
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! and an inbox over a client's event channel.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use yggdrasil_brokers::{Delivery, Event};
+use yggdrasil_brokers::{Client, Delivery, Event, Topic};
 
 /// How long a test waits for something that should happen. Generous: the
 /// machine is shared and loaded; a passing run never waits this long.
@@ -341,4 +342,96 @@ pub fn csv_fields(line: &str) -> Vec<String> {
     }
     fields.push(current);
     fields
+}
+
+/// 4 publisher threads × 100 messages to 20 recipients of one topic: every
+/// recipient gets every message exactly once, in each publisher's order,
+/// and every publish exactly one `Ok` reply.
+pub fn concurrent_publishers_reach_every_recipient_once_in_order(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    topic: Topic,
+) {
+    const PUBLISHERS: u64 = 4;
+    const RECIPIENTS: u64 = 20;
+    const MESSAGES: u64 = 100;
+    for to in 1..=RECIPIENTS {
+        client.subscribe(topic.clone(), to).expect("subscribe");
+    }
+    for to in 1..=RECIPIENTS {
+        inbox.connected(to);
+    }
+
+    std::thread::scope(|s| {
+        for p in 0..PUBLISHERS {
+            let topic = &topic;
+            s.spawn(move || {
+                for n in 0..MESSAGES {
+                    let payload = format!("{p}:{n}").into_bytes();
+                    let (reply_to, tag) = (1000 + p, p * MESSAGES + n);
+                    client
+                        .publish(topic.clone(), payload, Default::default(), reply_to, tag)
+                        .expect("publish accepted");
+                }
+            });
+        }
+    });
+
+    let mut replies = 0;
+    let mut messages = 0;
+    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    while replies < PUBLISHERS * MESSAGES || messages < PUBLISHERS * MESSAGES * RECIPIENTS {
+        let d = inbox.wait("a publish reply or message", |_| true);
+        match d.event {
+            Event::Published { result, .. } => {
+                assert_eq!(result, Ok(()));
+                replies += 1;
+            }
+            Event::Message { payload, .. } => {
+                let text = String::from_utf8(payload).expect("utf-8");
+                let (p, n) = text.split_once(':').expect("p:n");
+                seen.entry(d.to)
+                    .or_default()
+                    .push((p.parse().expect("p"), n.parse().expect("n")));
+                messages += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for to in 1..=RECIPIENTS {
+        for p in 0..PUBLISHERS {
+            let ns: Vec<u64> = seen[&to]
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(
+                ns,
+                (0..MESSAGES).collect::<Vec<_>>(),
+                "recipient {to}, publisher {p}"
+            );
+        }
+    }
+    // Exactly once: nothing more arrives.
+    inbox.assert_none_within(Duration::from_millis(300), |_| true);
+}
+
+/// A publish tag no other publish of this test binary uses.
+pub fn next_tag() -> u64 {
+    static TAG: AtomicU64 = AtomicU64::new(1);
+    TAG.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Publishes through the client (replies to recipient 0) and waits for the reply.
+pub fn publish_and_wait(
+    client: &Client<u64>,
+    inbox: &mut Inbox,
+    topic: Topic,
+    payload: &[u8],
+) -> Result<(), String> {
+    let tag = next_tag();
+    client
+        .publish(topic, payload.to_vec(), Default::default(), 0, tag)
+        .expect("publish accepted");
+    inbox.published(tag)
 }
