@@ -508,66 +508,11 @@ fn unreachable(node: &mut Node) {
 }
 
 fn fan_out(node: &mut Node) {
-    const PUBLISHERS: usize = 4;
-    const RECIPIENTS: u64 = 20;
-    const EACH: usize = 50;
     let (client, events) = node.client(|_| {});
     let topic = Topic::rabbitmq("amq.topic", "fan.out").expect("topic");
-    for to in 1..=RECIPIENTS {
-        client.subscribe(topic.clone(), to).expect("subscribe");
-    }
-    for _ in 1..=RECIPIENTS {
-        match events.recv_timeout(WAIT).expect("Connected").event {
-            Event::Connected { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let mut inbox = Inbox::new(events);
+    support::concurrent_publishers_reach_every_recipient_once_in_order(&client, &mut inbox, topic);
     assert_eq!(client.stats().topics, 1, "one broker-level subscription");
-    std::thread::scope(|s| {
-        for p in 0..PUBLISHERS {
-            let (client, topic) = (&client, &topic);
-            s.spawn(move || {
-                for i in 0..EACH {
-                    let payload = format!("{p}:{i}").into_bytes();
-                    let reply_to = 1000 + p as u64;
-                    client
-                        .publish(
-                            topic.clone(),
-                            payload,
-                            Properties::default(),
-                            reply_to,
-                            i as u64,
-                        )
-                        .expect("publish");
-                }
-            });
-        }
-    });
-    let expected = PUBLISHERS * EACH * (RECIPIENTS as usize + 1);
-    let mut next: HashMap<(u64, usize), usize> = HashMap::new();
-    let mut acks = 0;
-    for delivery in collect(&events, expected) {
-        match delivery.event {
-            Event::Message { payload, .. } => {
-                let text = String::from_utf8(payload).expect("utf-8");
-                let (p, i) = text.split_once(':').expect("p:i");
-                let (p, i): (usize, usize) = (p.parse().expect("p"), i.parse().expect("i"));
-                let seen = next.entry((delivery.to, p)).or_insert(0);
-                assert_eq!(
-                    i, *seen,
-                    "recipient {} publisher {p}: in order, once",
-                    delivery.to
-                );
-                *seen += 1;
-            }
-            Event::Published { result: Ok(()), .. } => acks += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(acks, PUBLISHERS * EACH);
-    assert_eq!(next.len(), PUBLISHERS * RECIPIENTS as usize);
-    assert!(next.values().all(|&n| n == EACH));
-    assert_quiet(&events);
     // Every delivery was acknowledged once handed on.
     let unacked = node.rabbitmqctl(&[
         "list_queues",
