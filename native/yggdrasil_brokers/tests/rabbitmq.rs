@@ -521,12 +521,15 @@ fn fan_out(node: &mut Node) {
         "name",
         "messages_unacknowledged",
     ]);
-    for line in unacked.lines().filter(|l| l.starts_with("yggdrasil.")) {
-        assert!(
-            line.trim_end().ends_with("\t0"),
-            "unacknowledged left: {line}"
-        );
-    }
+    let ours: Vec<&str> = unacked
+        .lines()
+        .filter(|l| l.starts_with("yggdrasil."))
+        .collect();
+    assert_eq!(ours.len(), 1, "the topic's one queue: {unacked:?}");
+    assert!(
+        ours[0].trim_end().ends_with("\t0"),
+        "unacknowledged left: {ours:?}"
+    );
 }
 
 fn virtual_host(node: &mut Node) {
