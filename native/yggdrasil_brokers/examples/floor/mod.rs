@@ -219,13 +219,18 @@ fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, Strin
             });
         }
         let mut latencies_us = Vec::with_capacity(total);
-        while latencies_us.len() < total {
+        // Replies this thread routes; it waits for the last ones too, since a
+        // reply can come after its own message (rabbit: the confirm after the
+        // delivery) and its publisher waits for it.
+        let (mut routed, routing) = (0, args.via == Via::Client);
+        while latencies_us.len() < total || (routing && routed < total) {
             let delivery = events
                 .recv_timeout(PATIENCE)
                 .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
             match delivery.event {
                 Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
                 Event::Published { result, .. } => {
+                    routed += 1;
                     if let Some((tx, _)) = (delivery.to as usize)
                         .checked_sub(1)
                         .and_then(|p| replies.get(p))
