@@ -8,6 +8,9 @@ export ERL_AFLAGS ?= +pc unicode
 # otherwise builds under _build/<env>/native), so building the NIF reuses what
 # `cargo test` compiled and MIX_ENVs share it. test/path_dep/run.sh unsets it.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# The cargo profile of the test targets (see Cargo.toml); `make build`,
+# `demo` and `bench` build the shipped `release` library.
+TEST_PROFILE := quick-release
 
 .PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
 
@@ -39,15 +42,15 @@ test: setup lint test-rust test-elixir test-path-dep
 
 lint: setup
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy --workspace --all-targets --profile $(TEST_PROFILE) -- -D warnings
 	mix format --check-formatted
 
 test-rust: setup setup-brokers
-	cargo test --workspace --release
+	cargo test --workspace --profile $(TEST_PROFILE)
 
 test-elixir: setup setup-brokers
-	MIX_ENV=test mix compile --warnings-as-errors
-	MIX_ENV=test mix test
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix compile --warnings-as-errors
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix test
 
 # Uses this checkout as a `path:` dependency of a throwaway project.
 test-path-dep: setup
@@ -62,12 +65,12 @@ bench-quick: build
 # Full-size churn soak, 100k-subscriber crowd and measured limits (a few
 # minutes, ~2 GB of RAM); `make test` runs them at reduced size.
 soak: setup
-	MIX_ENV=test YGG_SOAK=full mix test test/soak_test.exs
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_SOAK=full mix test test/soak_test.exs
 
 # Many more random calls into every NIF and public function than `make test`
 # runs; YGG_FUZZ_SEED=<n> reproduces a run.
 fuzz: setup
-	MIX_ENV=test YGG_FUZZ=full mix test test/fuzz_test.exs
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_FUZZ=full mix test test/fuzz_test.exs
 
 clean:
 	rm -rf _build target priv/native/libyggdrasil_nif.*
