@@ -22,7 +22,7 @@ use std::future::ready;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use floor::{collect_latencies, stamped, Args, Report};
+use floor::{collect_latencies, finish, stamped, Args, Report};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -139,16 +139,9 @@ async fn run(args: &Args) -> Result<Report, String> {
             Ok::<(), String>(())
         }));
     }
-    for publisher in publishers {
-        publisher.await.map_err(|e| e.to_string())??;
-    }
-    let (mut latencies_us, end) = receiver.await.map_err(|e| e.to_string())??;
-    latencies_us.sort_unstable();
+    let report = finish(start, publishers, receiver).await;
     let _ = connection.close(200, "done".into()).await;
-    Ok(Report {
-        seconds: (end - start).as_secs_f64(),
-        latencies_us,
-    })
+    report
 }
 
 fn main() -> ExitCode {
