@@ -5,7 +5,7 @@ export LANG ?= C.UTF-8
 export LC_ALL ?= C.UTF-8
 export ERL_AFLAGS ?= +pc unicode
 
-.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
+.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-brokers soak fuzz clean
 
 all: test
 
@@ -54,6 +54,11 @@ bench: build
 
 bench-quick: build
 	MIX_ENV=prod mix run bench/run.exs --quick
+
+# The brokers scenario alone, against private Redis/PostgreSQL/RabbitMQ servers
+# (a broker whose server is not installed is skipped with a note).
+bench-brokers: build
+	MIX_ENV=prod mix run bench/run.exs --only brokers
 
 # Full-size churn soak, 100k-subscriber crowd and measured limits (a few
 # minutes, ~2 GB of RAM); `make test` runs them at reduced size.
