@@ -23,18 +23,20 @@ defmodule YggBench.Brokers do
     {"latency p99", :ns, :lower, []},
     {"delivered", :count, :higher, []}
   ]
+  # Issues 12-14: {header, subscribers, publishers, metric, reference, bound}.
+  @targets [
+    {"8 publishers ÷ floor (≥ 0.7)", 1, 8, "deliveries/s", :floor, {:at_least, 0.7}},
+    {"p50 ÷ floor's (≤ 1.5)", 1, 1, "latency p50", :floor, {:at_most, 1.5}},
+    {"1k subscribers, 1 publisher ÷ :elixir (≥ 0.8)", @crowd, 1, "deliveries/s", :elixir,
+     {:at_least, 0.8}},
+    {"1k subscribers, 8 publishers ÷ :elixir (≥ 0.8)", @crowd, 8, "deliveries/s", :elixir,
+     {:at_least, 0.8}}
+  ]
 
   def run(cfg) do
     outcomes = for kind <- [:redis, :postgres, :rabbitmq], do: {kind, broker(kind, cfg)}
 
-    header = [
-      "broker",
-      "8 publishers ÷ floor (≥ 0.7)",
-      "p50 ÷ floor's (≤ 1.5)",
-      "#{@crowd} subscribers ÷ :elixir, 1 / 8 publishers (≥ 0.8)",
-      "no message lost"
-    ]
-
+    header = ["broker" | Enum.map(@targets, &elem(&1, 0))] ++ ["deliveries: no message lost"]
     rows = for {_, {:ok, _, row}} <- outcomes, do: row
     left_out = for {kind, {what, why}} <- outcomes, do: "#{kind} #{what}: #{why}"
 
@@ -44,17 +46,14 @@ defmodule YggBench.Brokers do
       ratio_refs: [:floor, :elixir],
       notes:
         [
-          "Per broker, one private server (test/brokers/ctl.sh), comparators interleaved over " <>
-            "#{cfg.broker_reps} repetitions (medians): **yggdrasil** `Yggdrasil.publish/2` → " <>
-            "broker → subscriber processes, each publisher waiting for `:ok` before its next " <>
-            "message; **floor** the same loop in pure Rust with the same client crate " <>
-            "(`<broker>_floor`); **client** that loop through `yggdrasil_brokers::Client` " <>
-            "(`--via client`: our runtime without the BEAM); **redis_benchmark** " <>
-            "`redis-benchmark … PUBLISH` (PUBLISH replies/s, no subscriber); **elixir** the " <>
-            "`:elixir` adapter fanning out to as many subscribers. #{cfg.broker_msgs} messages " <>
-            "per run to 1 subscriber, #{cfg.broker_fan_msgs} to #{@crowd}; latency is " <>
-            "publish → event (send time in the payload). `delivered` counts events received; a " <>
-            "round missing one fails the run with the count.",
+          "One private server per broker; #{cfg.broker_reps} interleaved repetitions. " <>
+            "**yggdrasil**: `Yggdrasil.publish/2` → broker → subscriber processes, each " <>
+            "publisher waiting for `:ok`; **floor**: that loop in pure Rust, same client crate " <>
+            "(`examples/<broker>_floor.rs`); **client**: it through `yggdrasil_brokers::Client` " <>
+            "(our runtime, no BEAM); **redis_benchmark**: `PUBLISH` alone; **elixir**: the " <>
+            ":elixir adapter's fan-out. #{cfg.broker_msgs} messages per run to 1 subscriber, " <>
+            "#{cfg.broker_fan_msgs} to #{@crowd}; latency: publish → event (send time in the " <>
+            "payload); `delivered`: events counted (one missing fails the run with the count).",
           IO.iodata_to_binary(Harness.table(header, rows))
         ] ++ left_out
     }
@@ -106,48 +105,29 @@ defmodule YggBench.Brokers do
   end
 
   defp target_row(kind, records, extras) do
-    get = fn n, p, c, metric ->
+    median = fn n, p, c, metric ->
       Enum.find_value(records, fn r ->
         r.case == label(kind, n, p) and r.comparator == c and r.metric == metric and r.median
       end)
     end
 
-    ratio = fn ours, ref, ok? ->
-      if ours && ref, do: "#{Harness.fmt_ratio(ours / ref)} (#{ok?.(ours / ref)})", else: "—"
-    end
-
-    met = fn ok? -> if ok?, do: "met", else: "missed" end
-
-    fan = fn p ->
-      ratio.(
-        get.(@crowd, p, :yggdrasil, "deliveries/s"),
-        get.(@crowd, p, :elixir, "deliveries/s"),
-        &met.(&1 >= 0.8)
-      )
-    end
+    cells =
+      for {_, n, p, metric, ref, {test, bound}} <- @targets do
+        with ours when ours != nil <- median.(n, p, :yggdrasil, metric),
+             theirs when theirs not in [nil, 0] <- median.(n, p, ref, metric) do
+          ratio = ours / theirs
+          met? = if test == :at_least, do: ratio >= bound, else: ratio <= bound
+          "#{Harness.fmt_ratio(ratio)} (#{if met?, do: "met", else: "missed"})"
+        else
+          _ -> "—"
+        end
+      end
 
     delivered =
-      for r <- records,
-          r.comparator == :yggdrasil,
-          r.metric == "delivered",
-          do: Enum.sum(r.values)
+      for r <- records, r.comparator == :yggdrasil, r.metric == "delivered", v <- r.values, do: v
 
-    [
-      "#{kind}",
-      ratio.(
-        get.(1, 8, :yggdrasil, "deliveries/s"),
-        get.(1, 8, :floor, "deliveries/s"),
-        &met.(&1 >= 0.7)
-      ),
-      ratio.(
-        get.(1, 1, :yggdrasil, "latency p50"),
-        get.(1, 1, :floor, "latency p50"),
-        &met.(&1 <= 1.5)
-      ),
-      fan.(1) <> " / " <> fan.(8),
-      "#{Enum.sum(delivered)} deliveries counted, none missing" <>
-        if(extras > 0, do: ", #{extras} duplicates", else: "")
-    ]
+    duplicates = if extras > 0, do: ", #{extras} duplicates", else: ""
+    ["#{kind}" | cells] ++ ["#{Enum.sum(delivered)} counted, none missing" <> duplicates]
   end
 
   defp label(kind, n, p), do: "#{kind}: #{count(n, "subscriber")}, #{count(p, "publisher")}"
@@ -250,18 +230,12 @@ defmodule YggBench.Brokers do
   end
 
   defp build_floor(kind) do
-    name = "#{kind}_floor"
+    args = ~w(build --release --quiet -p yggdrasil_brokers --example #{kind}_floor)
     target = System.get_env("CARGO_TARGET_DIR") || Path.join(@root, "target")
 
-    if File.exists?(Path.join(@root, "native/yggdrasil_brokers/examples/#{name}.rs")) do
-      args = ~w(build --release --quiet -p yggdrasil_brokers --example #{name})
-
-      case System.cmd("cargo", args, cd: @root, stderr_to_stdout: true) do
-        {_, 0} -> {:ok, Path.join([target, "release", "examples", name])}
-        {out, _} -> {:skipped, "`cargo #{Enum.join(args, " ")}` failed:\n\n```\n#{out}```"}
-      end
-    else
-      {:skipped, "no native/yggdrasil_brokers/examples/#{name}.rs"}
+    case System.cmd("cargo", args, cd: @root, stderr_to_stdout: true) do
+      {_, 0} -> {:ok, Path.join([target, "release", "examples", "#{kind}_floor"])}
+      {out, _} -> {:skipped, "`cargo #{Enum.join(args, " ")}`: #{last_line(out)}"}
     end
   end
 
