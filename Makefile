@@ -4,6 +4,10 @@ SHELL := /bin/bash
 export LANG ?= C.UTF-8
 export LC_ALL ?= C.UTF-8
 export ERL_AFLAGS ?= +pc unicode
+# One cargo target directory for cargo's own commands and `mix compile` (which
+# otherwise builds under _build/<env>/native), so building the NIF reuses what
+# `cargo test` compiled and MIX_ENVs share it. test/path_dep/run.sh unsets it.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
 .PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-brokers soak fuzz clean
 
@@ -71,4 +75,4 @@ fuzz: setup
 	MIX_ENV=test YGG_FUZZ=full mix test test/fuzz_test.exs
 
 clean:
-	rm -rf _build target priv/native/*.so
+	rm -rf _build target priv/native/libyggdrasil_nif.*

@@ -1,77 +1,6 @@
-defmodule Mix.Tasks.Compile.YggdrasilNative do
-  @moduledoc false
-  # Builds the Rust NIF with cargo and copies it into priv/native/.
-  #
-  # Defined here, not in lib/, because it must exist before the project's own
-  # code is compiled, also when this package is a path or git dependency of
-  # another project. No hex package (rustler's mix helper, elixir_make) is
-  # needed or available.
-  use Mix.Task.Compiler
-
-  @crate "yggdrasil_nif"
-  @sources ["Cargo.toml", "Cargo.lock", "native/*/Cargo.toml", "native/*/src/**/*.rs"]
-
-  @impl true
-  def run(_args) do
-    root = Path.dirname(__ENV__.file)
-    target = Path.join(root, "priv/native/lib#{@crate}.so")
-
-    if stale?(root, target) do
-      build(root, target)
-    else
-      {:noop, []}
-    end
-  end
-
-  defp stale?(root, target) do
-    case File.stat(target, time: :posix) do
-      {:ok, %{mtime: built}} ->
-        @sources
-        |> Enum.flat_map(&Path.wildcard(Path.join(root, &1)))
-        |> Enum.any?(fn source -> File.stat!(source, time: :posix).mtime > built end)
-
-      {:error, _} ->
-        true
-    end
-  end
-
-  defp build(root, target) do
-    cargo = System.find_executable("cargo")
-
-    unless cargo do
-      Mix.raise("""
-      yggdrasil: `cargo` was not found on PATH, so the native engine cannot be built.
-      Install Rust (https://rustup.rs), make sure `cargo` is on PATH, then run `mix compile` again.
-      """)
-    end
-
-    Mix.shell().info("Compiling NIF crate #{@crate} (cargo build --release)")
-
-    {_, status} =
-      System.cmd(cargo, ["build", "--release", "--quiet", "-p", @crate],
-        cd: root,
-        into: IO.stream(:stdio, :line),
-        stderr_to_stdout: true
-      )
-
-    if status != 0 do
-      Mix.raise("yggdrasil: `cargo build --release -p #{@crate}` failed with status #{status}")
-    end
-
-    built = Path.join([target_dir(root), "release", "lib#{@crate}.so"])
-    File.mkdir_p!(Path.dirname(target))
-    # Copy to a temporary name and rename, so a running VM that mapped the
-    # old file keeps a valid mapping.
-    tmp = target <> ".tmp"
-    File.cp!(built, tmp)
-    File.rename!(tmp, target)
-    {:ok, []}
-  end
-
-  defp target_dir(root) do
-    System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
-  end
-end
+# The mix compiler that builds the NIF; outside lib/ because it must exist
+# before this project's code compiles (also as a path or git dependency).
+Code.require_file("mix/tasks/compile.yggdrasil_native.exs", __DIR__)
 
 defmodule Yggdrasil.MixProject do
   use Mix.Project
@@ -87,7 +16,20 @@ defmodule Yggdrasil.MixProject do
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       description: "Yggdrasil 6 pub/sub API with a native (Rust NIF) distribution engine",
+      package: package(),
       deps: []
+    ]
+  end
+
+  # What a package of this project must carry: the Elixir sources, and the
+  # Rust workspace the NIF is built from when it is compiled as a dependency
+  # (never a built `.so`, which is platform-specific).
+  defp package do
+    [
+      licenses: ["Apache-2.0"],
+      links: %{},
+      files: ~w(lib mix native Cargo.toml Cargo.lock priv/native/.gitkeep
+                mix.exs .formatter.exs README.md LICENSE docs)
     ]
   end
 

@@ -135,14 +135,42 @@ defmodule Yggdrasil do
   def gen_channel(data) when is_list(data) do
     if Keyword.keyword?(data) do
       # Like Yggdrasil 6 (`struct/2`), keys that are not channel fields are
-      # ignored, so code that passes extra keys keeps working.
-      data |> Keyword.delete(:__struct__) |> then(&struct(Channel, &1)) |> gen_channel()
+      # ignored, so code that passes extra keys keeps working; a typo
+      # (`nam:`) is logged, once per key.
+      data = Keyword.delete(data, :__struct__)
+      warn_unknown_keys(data)
+      data |> then(&struct(Channel, &1)) |> gen_channel()
     else
       {:error, "a channel must be a keyword list, got: #{inspect(data)}"}
     end
   end
 
   def gen_channel(other), do: Channel.not_a_channel(other)
+
+  @channel_fields Channel.__struct__() |> Map.keys() |> List.delete(:__struct__)
+
+  defp warn_unknown_keys([]), do: :ok
+
+  defp warn_unknown_keys([{key, _} | rest]) when key in @channel_fields,
+    do: warn_unknown_keys(rest)
+
+  defp warn_unknown_keys([{key, _} | rest]) do
+    # A persistent term per distinct key: read on every later call, written
+    # once (keys are atoms, so their number is bounded).
+    warned = {__MODULE__, :unknown_channel_key, key}
+
+    unless :persistent_term.get(warned, false) do
+      :persistent_term.put(warned, true)
+
+      Logger.warning(
+        "Yggdrasil: channel key #{inspect(key)} is not a channel field and is ignored " <>
+          "(fields: #{Enum.map_join(@channel_fields, ", ", &inspect/1)}); " <>
+          "logged once per key"
+      )
+    end
+
+    warn_unknown_keys(rest)
+  end
 
   @doc """
   Engine introspection: `channels`, `subscribers` (monitored processes),
@@ -273,11 +301,16 @@ defmodule Yggdrasil do
   ####################
   # GenServer wrapper
 
+  # The wrapper's state, as in Yggdrasil 6: applications' tests read
+  # `:sys.get_state(pid).state`.
+  @doc false
+  defstruct [:module, :state]
+
   @impl GenServer
   def init({module, args}) do
     case module.init(args) do
       {:subscribe, channels, state} ->
-        {:ok, {module, state}, {:continue, {:subscribe, channels}}}
+        {:ok, %Yggdrasil{module: module, state: state}, {:continue, {:subscribe, channels}}}
 
       {:stop, reason} ->
         {:stop, reason}
@@ -285,7 +318,7 @@ defmodule Yggdrasil do
   end
 
   @impl GenServer
-  def handle_continue({action, channels}, {module, _} = state) do
+  def handle_continue({action, channels}, %Yggdrasil{module: module} = state) do
     for channel <- channels do
       case apply(__MODULE__, action, [channel]) do
         :ok ->
@@ -302,24 +335,29 @@ defmodule Yggdrasil do
   end
 
   @impl GenServer
-  def handle_info({:Y_CONNECTED, channel}, {module, state}),
-    do: run(module, module.handle_connect(channel, state))
+  def handle_info({:Y_CONNECTED, channel}, %Yggdrasil{module: module, state: state} = wrapper),
+    do: run(wrapper, module.handle_connect(channel, state))
 
-  def handle_info({:Y_DISCONNECTED, channel}, {module, state}),
-    do: run(module, module.handle_disconnect(channel, state))
+  def handle_info({:Y_DISCONNECTED, channel}, %Yggdrasil{module: module, state: state} = wrapper),
+    do: run(wrapper, module.handle_disconnect(channel, state))
 
-  def handle_info({:Y_EVENT, channel, message}, {module, state}),
-    do: run(module, module.handle_event(channel, message, state))
+  def handle_info(
+        {:Y_EVENT, channel, message},
+        %Yggdrasil{module: module, state: state} = wrapper
+      ),
+      do: run(wrapper, module.handle_event(channel, message, state))
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info(_other, wrapper), do: {:noreply, wrapper}
 
   @impl GenServer
-  def terminate(reason, {module, state}), do: module.terminate(reason, state)
+  def terminate(reason, %Yggdrasil{module: module, state: state}),
+    do: module.terminate(reason, state)
 
-  defp run(module, {:ok, state}), do: {:noreply, {module, state}}
+  defp run(wrapper, {:ok, state}), do: {:noreply, %Yggdrasil{wrapper | state: state}}
 
-  defp run(module, {action, channels, state}) when action in [:subscribe, :unsubscribe],
-    do: {:noreply, {module, state}, {:continue, {action, channels}}}
+  defp run(wrapper, {action, channels, state}) when action in [:subscribe, :unsubscribe],
+    do: {:noreply, %Yggdrasil{wrapper | state: state}, {:continue, {action, channels}}}
 
-  defp run(module, {:stop, reason, state}), do: {:stop, reason, {module, state}}
+  defp run(wrapper, {:stop, reason, state}),
+    do: {:stop, reason, %Yggdrasil{wrapper | state: state}}
 end

@@ -3,6 +3,8 @@ defmodule Yggdrasil.Test.BrokerServerTest do
   # each broker's own CLI client. Alone: `mix test --only broker_server`.
   use ExUnit.Case, async: true
 
+  import Yggdrasil.Test.Helpers
+
   alias Yggdrasil.Test.BrokerServer
 
   @moduletag :brokers
@@ -119,7 +121,13 @@ defmodule Yggdrasil.Test.BrokerServerTest do
 
     assert_receive {:server, server}, @wait
     assert_receive {:DOWN, ^ref, :process, ^pid, _}, @wait
-    assert eventually(fn -> not os_alive?(server.os_pid) and not File.exists?(server.dir) end)
+
+    assert eventually(
+             fn -> not os_alive?(server.os_pid) and not File.exists?(server.dir) end,
+             "the server to stop",
+             @wait
+           )
+
     refute listening?(server.port)
   end
 
@@ -235,14 +243,6 @@ defmodule Yggdrasil.Test.BrokerServerTest do
 
       {:error, _} ->
         false
-    end
-  end
-
-  defp eventually(check, deadline \\ System.monotonic_time(:millisecond) + @wait) do
-    cond do
-      check.() -> true
-      System.monotonic_time(:millisecond) > deadline -> false
-      true -> Process.sleep(50) && eventually(check, deadline)
     end
   end
 end

@@ -34,6 +34,7 @@ defmodule Yggdrasil.FuzzTest do
     {:set_janitor, 1},
     {:subscribers_page, 1},
     {:subscribers_more, 1},
+    {:watched_page, 1},
     {:subscriber_count, 1},
     {:is_subscribed, 2},
     {:is_connected, 1},

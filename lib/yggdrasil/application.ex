@@ -4,6 +4,17 @@ defmodule Yggdrasil.Application do
 
   @impl Application
   def start(_type, _args) do
+    case Yggdrasil.Engine.load_error() do
+      nil ->
+        :ok = Yggdrasil.Subscriber.Generator.new_table()
+        start_tree()
+
+      message ->
+        {:error, message}
+    end
+  end
+
+  defp start_tree do
     children = [
       Yggdrasil.Registry,
       {DynamicSupervisor, name: Yggdrasil.Subscriber.Adapters, strategy: :one_for_one},
@@ -23,6 +34,12 @@ defmodule Yggdrasil.Application do
       {:ok, supervisor}
     end
   end
+
+  # The engine's table outlives the application, its adapters do not: their
+  # channels' subscribers learn it, and the next start gives them new
+  # adapters (see Yggdrasil.Subscriber.Generator).
+  @impl Application
+  def stop(_state), do: Yggdrasil.Subscriber.Generator.disconnect_all()
 
   # Improved over Yggdrasil 6: the built-ins are registered before start/2
   # returns, so subscribers started at boot by dependent applications find

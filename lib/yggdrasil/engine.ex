@@ -17,15 +17,15 @@ defmodule Yggdrasil.Engine do
   @dirty_json_bytes 64 * 1024
 
   @doc false
+  # Why the NIF library did not load, or nil when it did.
+  @spec load_error() :: binary() | nil
+  def load_error, do: Native.load_error()
+
+  @doc false
   # Subscribes the caller (monitored from now on). When the channel is
   # connected, the caller also gets its own `{:Y_CONNECTED, key}`.
   @spec subscribe(key()) :: :ok | {:error, :process_dead | :too_many_channels | :internal}
-  def subscribe(key) do
-    case Native.subscribe(key) do
-      {:ok, _subscribed} -> :ok
-      {:error, _} = error -> error
-    end
-  end
+  def subscribe(key), do: Native.subscribe(key)
 
   @doc false
   # Unsubscribes the caller; `:emptied` when it was the last subscriber of
@@ -80,6 +80,19 @@ defmodule Yggdrasil.Engine do
   end
 
   @doc false
+  # The keys of every watched channel (one with an adapter process), read a
+  # bounded page of the table per NIF call.
+  @spec watched_channels() :: [key()]
+  def watched_channels, do: watched_from(0, [])
+
+  defp watched_from(nil, pages), do: pages |> :lists.reverse() |> :lists.append()
+
+  defp watched_from(from, pages) do
+    {keys, next} = Native.watched_page(from)
+    watched_from(next, [keys | pages])
+  end
+
+  @doc false
   @spec subscriber_count(key()) :: non_neg_integer()
   def subscriber_count(key), do: Native.subscriber_count(key)
 
@@ -112,9 +125,16 @@ defmodule Yggdrasil.Engine do
   end
 
   @doc false
+  # Both JSON NIFs answer `:too_big` when the work would not fit in a
+  # scheduler slice; the dirty ones have no limit.
   @spec json_decode(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode(text) when byte_size(text) > @dirty_json_bytes,
     do: Native.json_decode_dirty(text)
 
-  def json_decode(text), do: Native.json_decode(text)
+  def json_decode(text) do
+    case Native.json_decode(text) do
+      :too_big -> Native.json_decode_dirty(text)
+      result -> result
+    end
+  end
 end

@@ -12,7 +12,13 @@ defmodule Yggdrasil.Native do
 
   @doc false
   def load do
-    path = :code.priv_dir(:yggdrasil) |> to_string() |> Path.join("native/libyggdrasil_nif")
+    priv =
+      case :code.priv_dir(:yggdrasil) do
+        {:error, _} -> "priv"
+        dir -> to_string(dir)
+      end
+
+    path = Path.join(priv, "native/libyggdrasil_nif")
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->
@@ -22,15 +28,22 @@ defmodule Yggdrasil.Native do
         :ok
 
       {:error, reason} ->
-        :logger.error(
-          ~c"yggdrasil: could not load the native engine from ~s.so: ~p~n" ++
-            ~c"Build it with `mix compile` (needs cargo), or `make build` in the yggdrasil checkout.",
-          [path, reason]
-        )
+        # The module still loads, with stubs that raise a clear error, and
+        # `Yggdrasil.Application` refuses to start with this message (one
+        # clear error, not a failed on_load and then UndefinedFunctionErrors).
+        message =
+          "yggdrasil: could not load the native engine from #{path}.so: #{inspect(reason)}. " <>
+            "Build it with `mix compile` (needs cargo), or `make build` in the yggdrasil checkout."
 
-        {:error, reason}
+        :persistent_term.put({__MODULE__, :load_error}, message)
+        :ok
     end
   end
+
+  @doc false
+  # Why the NIF library did not load, or nil when it did.
+  @spec load_error() :: binary() | nil
+  def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
 
   defp not_loaded do
     :erlang.nif_error(
@@ -42,7 +55,7 @@ defmodule Yggdrasil.Native do
   # `key` is a channel key, `cursor` a resource from an earlier call.
 
   @doc false
-  @spec subscribe(term()) :: {:ok, %{added: boolean(), connected: boolean()}} | {:error, atom()}
+  @spec subscribe(term()) :: :ok | {:error, atom()}
   def subscribe(_key), do: not_loaded()
 
   @doc false
@@ -76,6 +89,10 @@ defmodule Yggdrasil.Native do
   @doc false
   @spec subscribers_more(reference()) :: {[pid()], reference() | nil}
   def subscribers_more(_cursor), do: not_loaded()
+
+  @doc false
+  @spec watched_page(non_neg_integer()) :: {[term()], non_neg_integer() | nil}
+  def watched_page(_from), do: not_loaded()
 
   @doc false
   @spec subscriber_count(term()) :: non_neg_integer()

@@ -217,8 +217,20 @@ defmodule Yggdrasil.Registry do
 
   defp get_module(type, name) do
     case lookup(type, name) do
-      nil -> {:error, "Yggdrasil #{type}: #{inspect_name(name)} not loaded"}
+      nil -> {:error, "Yggdrasil #{type}: #{inspect_name(name)} not loaded" <> not_started()}
       module -> {:ok, module}
+    end
+  end
+
+  # Only on the error path: most "not loaded" errors before the application
+  # runs mean it was never started (`mix run --no-start`, a test helper).
+  defp not_started do
+    if Process.whereis(Yggdrasil.Supervisor) do
+      ""
+    else
+      " (the :yggdrasil application is not started: call " <>
+        "Application.ensure_all_started(:yggdrasil), or add :yggdrasil to your " <>
+        "application's dependencies)"
     end
   end
 

@@ -3,8 +3,9 @@ defmodule Yggdrasil.Relay do
   # Multi-node delivery of `:elixir` channels.
   #
   # Every node running `:yggdrasil` has one relay, registered locally as
-  # `Yggdrasil.Relay` and joined to the `:pg` group `Yggdrasil.Relay` of the
-  # scope `Yggdrasil.Registry` (OTP's own membership: no home-made protocol).
+  # `Yggdrasil.Relay` and represented in the `:pg` group `Yggdrasil.Relay`
+  # of the scope `Yggdrasil.Registry` by a linked stand-in process (see
+  # `init/1`; OTP's own membership: no home-made protocol).
   #
   # Publishing side (`forward/1`, called by `Yggdrasil.Backend.Base.publish/3`
   # after the local delivery): ONE distribution message per remote node that
@@ -78,12 +79,20 @@ defmodule Yggdrasil.Relay do
     Process.flag(:trap_exit, true)
     :ok = :net_kernel.monitor_nodes(true)
     ref = monitor_scope()
-    :ok = :pg.join(@scope, @group, self())
-    state = %{monitor: ref, relayed: 0}
+    member = spawn_link(fn -> Process.sleep(:infinity) end)
+    :ok = :pg.join(@scope, @group, member)
+    state = %{monitor: ref, member: member, relayed: 0}
     refresh()
     {:ok, state}
   end
 
+  # The group member is a linked stand-in, not the relay itself: on OTP
+  # 25.1-25.2 a process that both monitors a scope and is a member of it
+  # crashes the scope when it exits (a `CaseClauseError` in `pg`), which
+  # would drop every adapter this node announced there, at every shutdown.
+  # The stand-in dies with the relay (link), so membership still means "this
+  # node runs a relay".
+  #
   # `:pg.monitor_scope/1` exists from OTP 25.1; on 25.0 the list is
   # refreshed periodically (and on nodeup/nodedown) instead.
   defp monitor_scope do
@@ -118,14 +127,19 @@ defmodule Yggdrasil.Relay do
     {:noreply, state}
   end
 
+  def handle_info({:EXIT, member, reason}, %{member: member} = state),
+    do: {:stop, {:group_member_exited, reason}, state}
+
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl GenServer
   def handle_call(:stats, _from, state), do: {:reply, %{relayed: state.relayed}, state}
 
   @impl GenServer
-  def terminate(_reason, _state) do
+  def terminate(_reason, state) do
     put_nodes([])
+    # Also on a :normal exit, which the link does not pass on.
+    Process.exit(state.member, :kill)
   end
 
   # Remote relays, only on nodes connected right now: `:pg` may still list a

@@ -1,4 +1,34 @@
 defmodule Yggdrasil.Adapter.RabbitMQ do
-  @moduledoc false
+  @moduledoc """
+  The `:rabbitmq` adapter: AMQP 0-9-1 through the Rust client inside the NIF.
+
+  A channel's `name` is `{exchange, routing_key}` (two binaries). The
+  exchange must exist; subscribing binds an exclusive, auto-delete queue to
+  it with `routing_key` (a topic pattern on topic exchanges: `"orders.*"`,
+  `"orders.#"`). Publishing is `basic.publish` to `exchange` with
+  `routing_key`, and `:ok` means the broker confirmed it; `publish/3`
+  options other than `metadata:` are AMQP properties (`content_type`,
+  `content_encoding`, `headers` — a map or keyword list of string/atom keys
+  to binary, integer, float or boolean values —, `message_id`,
+  `correlation_id`, `reply_to`, `expiration`, `priority`, `timestamp`,
+  `type`, `user_id`, `app_id`, `persistent`). Delivered events carry
+  `metadata: %{routing_key: binary, message_id: binary | nil, headers: map | nil}`.
+  Settings (`hostname`, `port`, `username`, `password`, `virtual_host`,
+  `heartbeat`, `publish_timeout`, `backoff_max`) are read with
+  `Yggdrasil.Config.broker_config/2`:
+
+      config :yggdrasil, rabbitmq: [hostname: "mq.local", virtual_host: "app"]
+
+      :ok = Yggdrasil.subscribe(name: {"amq.topic", "orders.*"}, adapter: :rabbitmq)
+
+  A subscription to an exchange that does not exist returns `:ok`, logs a
+  warning with the broker's reason and is retried with backoff; the
+  connection and the other channels keep working. Consumed messages are
+  acknowledged once handed on for delivery. Queues are exclusive: messages
+  in flight when a connection breaks, or published while it is down, are
+  not delivered (at-most-once for subscribers); a publish whose connection
+  broke before its confirm came back is sent again within `publish_timeout`,
+  so that message can arrive twice.
+  """
   use Yggdrasil.Adapter, name: :rabbitmq, publish: :caller
 end

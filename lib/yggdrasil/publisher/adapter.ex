@@ -50,7 +50,9 @@ defmodule Yggdrasil.Publisher.Adapter do
   returns what `Yggdrasil.publish/3` returns: `:ok` once the message is
   handed over, or `{:error, reason}`. It may block the caller (for example
   in a `receive` with a timeout, waiting for a broker's acknowledgement) but
-  must not leave messages behind in the caller's mailbox.
+  must not leave messages behind in the caller's mailbox. Unlike the pooled
+  path, nothing stands between it and the caller: what it raises reaches
+  the caller.
   """
   @callback publish_in_caller(
               channel :: Channel.t(),

@@ -22,6 +22,15 @@ defmodule Yggdrasil.Subscriber.Generator do
   # which reports the connection again. No adapter ever serves two
   # incarnations, and two adapters never run for one channel.
   #
+  # The engine's table outlives this process and the whole application, the
+  # adapter processes do not. So when this process starts and finds watched
+  # channels that still have subscribers (it crashed, the adapters'
+  # supervisor crashed, or the application was restarted), it stops any
+  # adapter left over and starts a fresh one for each such channel. Their
+  # subscribers stay subscribed: they get `{:Y_DISCONNECTED, channel}` (if
+  # the channel was connected) and `{:Y_CONNECTED, channel}` once the new
+  # adapter connects, as after an adapter crash.
+  #
   # Per channel key, an entry is in one of three states:
   #   :starting  a helper runs DynamicSupervisor.start_child; `waiters`
   #              (subscribe calls) get the result;
@@ -38,6 +47,10 @@ defmodule Yggdrasil.Subscriber.Generator do
   alias Yggdrasil.Engine
 
   @adapters Yggdrasil.Subscriber.Adapters
+  # Every adapter process started and not yet seen exiting, `{pid}`. Owned
+  # by the application (see new_table/0), so a new Generator finds also the
+  # adapters of a crashed adapters' supervisor, which exit on their own time.
+  @running Yggdrasil.Subscriber.Generator.Running
   # An adapter that exits on its own while it has subscribers is restarted,
   # at most this often per window.
   @max_restarts 3
@@ -56,7 +69,7 @@ defmodule Yggdrasil.Subscriber.Generator do
 
     with :ok <- check_channel(channel),
          :ok <- Backend.subscribe(channel) do
-      case GenServer.call(__MODULE__, {:ensure, key}, :infinity) do
+      case call({:ensure, key}) do
         :ok ->
           :ok
 
@@ -79,6 +92,14 @@ defmodule Yggdrasil.Subscriber.Generator do
     end
   end
 
+  # A Generator that dies during the call gives an error, not an exit: the
+  # caller must not be left subscribed without an adapter.
+  defp call(request) do
+    GenServer.call(__MODULE__, request, :infinity)
+  catch
+    :exit, reason -> {:error, {:generator_unavailable, reason}}
+  end
+
   @doc false
   def unsubscribe(%Channel{} = channel) do
     with :ok <- leave(channel, Channel.key(channel)) do
@@ -92,7 +113,8 @@ defmodule Yggdrasil.Subscriber.Generator do
   defp leave(channel, key) do
     emptied? = Engine.unsubscribe(key) == :emptied
     result = Backend.unsubscribe(channel)
-    if emptied?, do: GenServer.call(__MODULE__, {:emptied, key}, :infinity)
+    # If the Generator is down, the next one stops the adapter (an orphan).
+    if emptied?, do: call({:emptied, key})
     result
   end
 
@@ -111,14 +133,56 @@ defmodule Yggdrasil.Subscriber.Generator do
   def status(%Channel{} = channel),
     do: GenServer.call(__MODULE__, {:status, Channel.key(channel)})
 
+  @doc false
+  # Creates the table of running adapters; called by the application's
+  # start/2, whose process lives as long as the application.
+  def new_table do
+    if :ets.whereis(@running) == :undefined,
+      do: :ets.new(@running, [:named_table, :public, :set])
+
+    :ok
+  end
+
+  @doc false
+  # Marks every watched channel disconnected: for the application's stop,
+  # once the adapters are gone (their channels keep their subscribers).
+  def disconnect_all do
+    Enum.each(Engine.watched_channels(), &disconnect/1)
+  end
+
+  defp disconnect(key), do: Engine.set_connected(key, false, {:Y_DISCONNECTED, key})
+
   ###########
   # Callbacks
 
   @impl GenServer
   def init(_) do
+    # The janitor first: a channel emptied from now on is reported here,
+    # so none of those listed below is missed or started for nobody.
     Engine.set_janitor(self())
+    # Run outside the application (no table yet): this process owns it.
+    new_table()
     stop_orphans()
-    {:ok, %{entries: %{}, refs: %{}}}
+    {:ok, restart_watched(%{entries: %{}, refs: %{}})}
+  end
+
+  # Fresh adapters for the channels whose subscribers outlived the previous
+  # Generator or application (see the module comment).
+  defp restart_watched(state) do
+    case Engine.watched_channels() do
+      [] ->
+        state
+
+      keys ->
+        Logger.warning(
+          "Yggdrasil: restarting the adapters of #{length(keys)} subscribed channel(s)"
+        )
+
+        Enum.reduce(keys, state, fn key, state ->
+          disconnect(key)
+          start(key, [], [], state)
+        end)
+    end
   end
 
   @impl GenServer
@@ -162,6 +226,7 @@ defmodule Yggdrasil.Subscriber.Generator do
       {key, refs} ->
         state = %{state | refs: refs}
         entry = Map.fetch!(state.entries, key)
+        if entry.status != :starting, do: :ets.delete(@running, entry.pid)
 
         case entry.status do
           :starting -> {:noreply, started(key, entry, reason, state)}
@@ -217,6 +282,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   end
 
   defp started(key, entry, {:"$started", {:ok, pid}}, state) when is_pid(pid) do
+    :ets.insert(@running, {pid})
     ref = Process.monitor(pid)
     entry = %{entry | pid: pid, ref: ref}
     state = put_ref(state, ref, key)
@@ -306,13 +372,36 @@ defmodule Yggdrasil.Subscriber.Generator do
   end
 
   # Adapters left by a previous incarnation of this process have nobody to
-  # stop them.
+  # stop them: those of the adapters' supervisor, and those of a crashed
+  # one, which may still be running terminate/2. Waits until they are all
+  # gone (at most @stop_timeout, they stop in parallel), so that no channel
+  # ever has two adapters and no old adapter reports a state after a new one.
   defp stop_orphans do
-    for {_, pid, _, _} <- DynamicSupervisor.which_children(@adapters), is_pid(pid) do
-      spawn(fn -> stop_adapter(pid) end)
+    supervised =
+      try do
+        for {_, pid, _, _} <- DynamicSupervisor.which_children(@adapters), is_pid(pid), do: pid
+      catch
+        :exit, _ -> []
+      end
+
+    refs =
+      for {pid} <- :ets.tab2list(@running), reduce: supervised do
+        pids -> [pid | pids]
+      end
+      |> Enum.uniq()
+      |> Enum.map(fn pid ->
+        ref = Process.monitor(pid)
+        spawn(fn -> stop_adapter(pid) end)
+        ref
+      end)
+
+    for ref <- refs do
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :ok
+      end
     end
-  catch
-    :exit, _ -> :ok
+
+    :ets.delete_all_objects(@running)
   end
 
   defp reply(waiters, result), do: Enum.each(waiters, &GenServer.reply(&1, result))

@@ -10,15 +10,17 @@ defmodule Yggdrasil.Transformer.Json do
       iex> {:error, _reason} = Yggdrasil.Transformer.Json.decode(%Yggdrasil.Channel{}, "{oops")
 
   Encoding follows Jason's mapping: atom keys and values become strings,
-  `nil` becomes `null`. Tuples, pids, structs, non-UTF-8 binaries and
-  integers beyond 64 bits give `{:error, reason}`. Integers in decoded JSON
-  beyond 64 bits come back as floats.
+  `nil` becomes `null`. Tuples, pids, structs and non-UTF-8 binaries give
+  `{:error, reason}`. As with Jason, any nesting depth works both ways, and
+  integers of any size stay exact both ways; `-0` decodes to the integer
+  `0`, `-0.0` to a float.
   """
   use Yggdrasil.Transformer, name: :json
 
   alias Yggdrasil.Channel
   alias Yggdrasil.Engine
 
+  # Large or deep terms go to a dirty scheduler (see Yggdrasil.Engine).
   @impl Yggdrasil.Transformer
   def decode(%Channel{}, message) when is_binary(message), do: Engine.json_decode(message)
 

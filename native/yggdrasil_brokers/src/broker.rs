@@ -33,6 +33,8 @@
 //!    task reconnects and replays every topic with `listen` again.
 //! 4. [`Broker::unlisten`] when a topic's last recipient leaves; errors are
 //!    treated as in `listen`, except that a topic error is just dropped.
+//! 5. [`Broker::ping`] after `KEEPALIVE` (5 s) without a message; no answer
+//!    within `KEEPALIVE` or a connection error ends the session as in 3.
 //!
 //! Because `listen` is awaited while `next_message` is not being polled,
 //! **`Messages` must buffer on its own** (redis: the crate's pubsub stream is
@@ -155,6 +157,18 @@ pub(crate) trait Broker: Send + Sync + 'static {
         &self,
         messages: &mut Self::Messages,
     ) -> impl Future<Output = Option<Incoming<Self::Ack>>> + Send;
+
+    /// Checks that a quiet session is still alive (redis: `PING`); called
+    /// after `KEEPALIVE` without a message and bounded by the same time, so
+    /// a broker that stopped answering (host gone, process stopped, no RST)
+    /// ends the session like a closed one. `Err(ListenError::Topic)` is
+    /// ignored. Brokers with their own heartbeat (AMQP) keep the default.
+    fn ping(
+        &self,
+        _control: &mut Self::Control,
+    ) -> impl Future<Output = Result<(), ListenError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Acknowledges a message whose events were handed to the recipients.
     fn ack(&self, _ack: Self::Ack) -> impl Future<Output = ()> + Send {

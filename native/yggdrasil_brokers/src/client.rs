@@ -36,6 +36,11 @@ use crate::{
 /// answers must not stall the listener forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A subscribing session quiet for this long is pinged, and lost if the
+/// ping is not answered within the same time: a broker that vanished
+/// without closing the socket is noticed within ~2 × KEEPALIVE.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// One broker + namespace: a fixed small set of connections (redis: one
 /// subscribing + one publishing) shared by all its topics and publishers.
 pub struct Client<R: Recipient> {
@@ -49,9 +54,10 @@ impl<R: Recipient> Client<R> {
     /// jitter, replay every subscription after each reconnect, and close
     /// once unused for `idle_timeout` (reopening on next use).
     ///
-    /// `events` receives every event of this client; it should be unbounded
-    /// (a full bounded channel would stall the runtime thread).
-    pub fn open(config: Config, owner: R, events: Sender<Delivery<R>>) -> Result<Self, Error> {
+    /// `events` receives every event of this client: usually an unbounded
+    /// `crossbeam_channel::Sender` (a full bounded one would stall the
+    /// runtime thread), or any [`EventSink`].
+    pub fn open(config: Config, owner: R, events: impl EventSink<R>) -> Result<Self, Error> {
         runtime::ensure()?;
         let common = config.common().clone();
         let driver: Arc<dyn Driver<R>> = match config {
@@ -64,7 +70,7 @@ impl<R: Recipient> Client<R> {
         };
         let shared = Arc::new(Shared {
             owner,
-            events,
+            events: Arc::new(events),
             publish_timeout: common.publish_timeout,
             listener: Slot::default(),
             publisher: Slot::default(),
@@ -140,30 +146,33 @@ impl<R: Recipient> Client<R> {
     }
 
     fn send_listener(&self, cmd: ListenCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .listener
-            .send(cmd, |rx| driver.spawn_listener(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_listener(shared.clone(), rx)
+            })
+            .map_err(|not_sent| self.refusal(not_sent.reason))
     }
 
     fn send_publisher(&self, cmd: PublishCmd<R>) -> Result<(), Error> {
-        self.check_open()?;
         let (driver, shared) = (&self.driver, &self.shared);
         shared
             .publisher
-            .send(cmd, |rx| driver.spawn_publisher(shared.clone(), rx))
+            .send(&shared.closed, cmd, |rx| {
+                driver.spawn_publisher(shared.clone(), rx)
+            })
+            .map_err(|not_sent| {
+                // The caller gets this error instead of a `Published` event.
+                if let PublishCmd::Publish(mut request) = not_sent.cmd {
+                    request.reply.disarm();
+                }
+                self.refusal(not_sent.reason)
+            })
     }
 
-    fn check_open(&self) -> Result<(), Error> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            Err(Error::new(format!(
-                "the {} client is closed",
-                self.driver.name()
-            )))
-        } else {
-            Ok(())
-        }
+    fn refusal(&self, reason: Option<Error>) -> Error {
+        reason.unwrap_or_else(|| Error::new(format!("the {} client is closed", self.driver.name())))
     }
 }
 
@@ -173,10 +182,29 @@ impl<R: Recipient> Drop for Client<R> {
     }
 }
 
+/// Where a client's events go. Called on the broker runtime's thread, in
+/// the order of the events: it must not block, since every client's I/O
+/// waits while it runs.
+///
+/// A `crossbeam_channel::Sender` is one: the design's delivery thread reads
+/// the other end. A sink that hands events on directly (e.g. `enif_send`
+/// from an owned environment, which any non-scheduler thread may do) saves
+/// that thread's wake-up per event.
+pub trait EventSink<R>: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery<R>);
+}
+
+impl<R: Send + 'static> EventSink<R> for Sender<Delivery<R>> {
+    fn deliver(&self, delivery: Delivery<R>) {
+        // A dropped receiver means nobody listens any more: nothing to do.
+        let _ = self.send(delivery);
+    }
+}
+
 /// What the tasks and the client share.
 struct Shared<R: Recipient> {
     owner: R,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     publish_timeout: Duration,
     listener: Slot<ListenCmd<R>>,
     publisher: Slot<PublishCmd<R>>,
@@ -186,8 +214,7 @@ struct Shared<R: Recipient> {
 
 impl<R: Recipient> Shared<R> {
     fn send(&self, to: &R, event: Event) {
-        // A dropped receiver means nobody listens any more: nothing to do.
-        let _ = self.events.send(Delivery {
+        self.events.deliver(Delivery {
             to: to.clone(),
             event,
         });
@@ -218,12 +245,20 @@ impl<C> Slot<C> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Queues `cmd` for the task, starting the task if none runs; gives the
+    /// command back if it could not be queued.
     fn send(
         &self,
+        closed: &AtomicBool,
         cmd: C,
         start: impl FnOnce(UnboundedReceiver<C>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), NotSent<C>> {
         let mut slot = self.lock();
+        // Checked under the lock: once `close` took the sender, no call
+        // racing with it can start a new task.
+        if closed.load(Ordering::SeqCst) {
+            return Err(NotSent { cmd, reason: None });
+        }
         let cmd = match slot.as_ref() {
             Some(tx) => match tx.send(cmd) {
                 Ok(()) => return Ok(()),
@@ -233,11 +268,22 @@ impl<C> Slot<C> {
             None => cmd,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        start(rx)?;
-        tx.send(cmd)
-            .map_err(|_| Error::new("the broker task ended at once"))?;
-        *slot = Some(tx);
-        Ok(())
+        if let Err(e) = start(rx) {
+            return Err(NotSent {
+                cmd,
+                reason: Some(e),
+            });
+        }
+        match tx.send(cmd) {
+            Ok(()) => {
+                *slot = Some(tx);
+                Ok(())
+            }
+            Err(mpsc::error::SendError(cmd)) => Err(NotSent {
+                cmd,
+                reason: Some(Error::new("the broker task ended at once")),
+            }),
+        }
     }
 
     /// Called by an idle task: true if it may end (nothing queued for it).
@@ -254,6 +300,12 @@ impl<C> Slot<C> {
     fn take(&self) {
         self.lock().take();
     }
+}
+
+/// A command that could not be queued; `reason` None: the client is closed.
+struct NotSent<C> {
+    cmd: C,
+    reason: Option<Error>,
 }
 
 #[derive(Default)]
@@ -529,6 +581,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
         reconnect_at: None,
         review: true,
         retry_at: None,
+        ping_at: Instant::now() + KEEPALIVE,
     };
     loop {
         if topics.map.is_empty() {
@@ -578,6 +631,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                     });
                     l.reconnect_at = None;
                     l.review = true;
+                    l.ping_at = Instant::now() + KEEPALIVE;
                 }
                 failed => {
                     let reason = match failed {
@@ -636,6 +690,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
             },
             incoming = broker.next_message(&mut open.messages) => match incoming {
                 Some(incoming) => {
+                    l.ping_at = Instant::now() + KEEPALIVE;
                     if let Some(state) = topics.map.get(&incoming.topic) {
                         fan_out(shared, &state.recipients, incoming.topic, incoming.payload, incoming.metadata);
                     }
@@ -646,6 +701,14 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 None => l.lose(topics, backoff, "connection closed".to_string()),
             },
             _ = sleep_until_some(l.retry_at) => l.review = true,
+            _ = sleep_until(l.ping_at) => {
+                l.ping_at = Instant::now() + KEEPALIVE;
+                match timeout(KEEPALIVE, broker.ping(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
+                    Ok(Err(ListenError::Connection(reason))) => l.lose(topics, backoff, reason),
+                    Err(_) => l.lose(topics, backoff, format!("no answer to a ping within {KEEPALIVE:?}")),
+                }
+            },
         }
     }
 }
@@ -660,6 +723,8 @@ struct Listener<'a, B: Broker, R: Recipient> {
     /// when a refused topic's retry time comes (`retry_at`).
     review: bool,
     retry_at: Option<Instant>,
+    /// When to check that the session is alive, if no message came by then.
+    ping_at: Instant,
 }
 
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
@@ -776,7 +841,7 @@ struct PublishRequest<R: Recipient> {
 struct Reply<R: Recipient> {
     to: R,
     tag: u64,
-    events: Sender<Delivery<R>>,
+    events: Arc<dyn EventSink<R>>,
     sent: bool,
 }
 
@@ -785,10 +850,15 @@ impl<R: Recipient> Reply<R> {
         self.deliver(result);
     }
 
+    /// The caller learns the outcome otherwise (an error from `publish`).
+    fn disarm(&mut self) {
+        self.sent = true;
+    }
+
     fn deliver(&mut self, result: Result<(), String>) {
         if !self.sent {
             self.sent = true;
-            let _ = self.events.send(Delivery {
+            self.events.deliver(Delivery {
                 to: self.to.clone(),
                 event: Event::Published {
                     tag: self.tag,
@@ -982,10 +1052,17 @@ async fn publish_loop<B: Broker, R: Recipient>(
                 match outcome {
                     Outcome::Done(Ok(())) => pending.finish(request, Ok(())),
                     Outcome::Done(Err(PublishError::Refused(reason))) => pending.finish(request, Err(reason)),
-                    Outcome::TimedOut => pending.finish(request, Err(format!(
-                        "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
-                        broker.name()
-                    ))),
+                    Outcome::TimedOut => {
+                        // No answer at all: the connection may be dead without
+                        // having been closed. Later publishes use a new one.
+                        if used == generation && publisher.take().is_some() {
+                            shared.warn(format!("dropped the {} publishing connection: no answer within publish_timeout", broker.name()));
+                        }
+                        pending.finish(request, Err(format!(
+                            "{} did not accept the message within publish_timeout ({timeout_ms} ms)",
+                            broker.name()
+                        )))
+                    }
                     Outcome::Done(Err(PublishError::Connection(reason))) => {
                         if used == generation && publisher.take().is_some() {
                             shared.warn(format!("lost the {} publishing connection: {reason}", broker.name()));

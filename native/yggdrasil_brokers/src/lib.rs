@@ -15,6 +15,14 @@
 //! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
 //! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// Built with no broker at all (an application that uses none): the shared
+// machinery is there but nothing drives it, and `Client::open` has nothing
+// to open.
+#![cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")),
+    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+)]
 
 mod backoff;
 mod broker;
@@ -29,6 +37,19 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-pub use client::Client;
+pub use client::{Client, EventSink};
 pub use runtime::{runtime_stats, RuntimeStats};
 pub use types::*;
+
+/// The brokers compiled in (cargo features), e.g. `["redis", "postgres"]`:
+/// an adapter left out answers "built without :redis" instead of failing.
+pub fn features() -> &'static [&'static str] {
+    &[
+        #[cfg(feature = "redis")]
+        "redis",
+        #[cfg(feature = "postgres")]
+        "postgres",
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq",
+    ]
+}

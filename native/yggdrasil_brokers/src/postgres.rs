@@ -9,7 +9,6 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_postgres::tls::NoTlsStream;
@@ -22,12 +21,6 @@ use crate::{Common, Error, Metadata, Properties, Topic};
 /// `pg_notify` refuses a payload of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH with the
 /// default 8 kB block size).
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 7999;
-
-/// Keepalive probing on both connections, so a peer that vanished without closing the socket is
-/// noticed in well under a minute (the kernel default waits two hours).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Connection settings of section 10, with the defaults of `yggdrasil_postgres`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,11 +113,7 @@ fn connection_config(config: &Config, application_name: &str) -> tokio_postgres:
         .user(&config.username)
         .dbname(&config.database)
         // Lets an operator (and the leak tests) tell our backends apart in pg_stat_activity.
-        .application_name(application_name)
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
+        .application_name(application_name);
     if let Some(password) = &config.password {
         pg.password(password);
     }
@@ -193,6 +182,14 @@ impl Broker for Postgres {
         topic: &Topic,
     ) -> Result<(), ListenError> {
         run_on_channel(control, "UNLISTEN", topic).await
+    }
+
+    async fn ping(&self, control: &mut Self::Control) -> Result<(), ListenError> {
+        // An empty query: the server answers EmptyQueryResponse, the cheapest round trip.
+        control
+            .batch_execute("")
+            .await
+            .map_err(|e| ListenError::Connection(describe(&e)))
     }
 
     async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming<()>> {
@@ -290,7 +287,7 @@ async fn forward_notifications(
                     return;
                 }
             }
-            // Notices (e.g. "already listening") carry nothing a subscriber needs.
+            // Notices (warnings from the server) carry nothing a subscriber needs.
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return,
         }
@@ -298,7 +295,7 @@ async fn forward_notifications(
 }
 
 fn not_postgres(topic: &Topic) -> String {
-    format!("not a postgres channel: {topic:?}")
+    format!("{topic} is not a postgres channel")
 }
 
 /// True when the session cannot go on: closed socket, I/O failure, or a FATAL/PANIC error from

@@ -17,19 +17,28 @@
 //!   exchange, and that must not fail publishes in flight to other
 //!   exchanges. `Ok` means the broker confirmed (basic.ack) the message.
 //! - **Acknowledgements**: consumed messages are acked once the shared code
-//!   handed their events on (`Broker::ack`), so at most `PREFETCH` messages
-//!   per topic wait in memory on our side. A message acknowledged late is
-//!   never seen twice on a healthy connection. When the connection breaks,
-//!   the broker deletes the exclusive queue with whatever it still held
-//!   (unacked messages included): those, and messages published while the
-//!   connection is down, are not delivered. No message is delivered twice
-//!   to one subscription; after a reconnect a subscriber gets only messages
-//!   published after its `Connected`.
+//!   handed their events on (`Broker::ack`; batched into one
+//!   `basic.ack(multiple)` per channel), so at most `PREFETCH` messages per
+//!   topic wait on our side and a slow delivery side leaves the backlog in
+//!   the broker. When the connection breaks, the broker deletes the
+//!   exclusive queue with whatever it still held, unacked messages included:
+//!   those, and messages published while the connection is down, are not
+//!   delivered (the queue that would get them back is gone), so a
+//!   subscription never sees a broker redelivery; after a reconnect it gets
+//!   what is published after its new `Connected`.
+//! - **What can arrive twice**: a publish whose connection breaks after the
+//!   broker took the message but before its confirm came back is sent again
+//!   by the shared retry (within `publish_timeout`), so subscribers can
+//!   receive that message twice.
+//!
+//! Header values that are tables, arrays or void (other AMQP clients may
+//! send them) have no `HeaderValue` kind and are left out of the metadata.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_compat::CompatExt;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -38,9 +47,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus,
-    ErrorKind,
+    AsyncTcpStream, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    ConnectionStatus, ErrorKind,
 };
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::AbortHandle;
 
@@ -52,9 +62,9 @@ use crate::{Common, Error, HeaderValue, Metadata, Properties, Topic};
 /// slow delivery side holds the backlog in the broker, not in our memory.
 const PREFETCH: u16 = 1000;
 
-/// How long the TCP connect may take before lapin gives up (the shared code
-/// times out the whole handshake too; this ends lapin's I/O thread early).
-const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long the TCP connect may take (the shared code also times out the
+/// whole handshake).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a session looks whether its connection is still up, besides
 /// waking on each of lapin's connection events.
@@ -104,11 +114,13 @@ pub(crate) struct RabbitMq {
 impl RabbitMq {
     pub(crate) fn new(config: Config) -> Result<Self, Error> {
         if config.hostname.is_empty() {
-            return Err(Error::new("rabbitmq: hostname must not be empty"));
+            return Err(Error::new(
+                "bad rabbitmq configuration: hostname must not be empty",
+            ));
         }
         if config.virtual_host.len() > AMQP_MAX_SHORTSTR {
             return Err(Error::new(format!(
-                "rabbitmq: virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
+                "bad rabbitmq configuration: virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
             )));
         }
         // The URI is built as a struct, not parsed from text: no escaping of
@@ -126,7 +138,6 @@ impl RabbitMq {
             vhost: config.virtual_host.clone(),
             query: AMQPQueryString {
                 heartbeat: Some(config.heartbeat),
-                connection_timeout: Some(CONNECT_TIMEOUT_MS),
                 ..AMQPQueryString::default()
             },
         };
@@ -145,20 +156,48 @@ impl RabbitMq {
                 return Ok(connection);
             }
         }
+        let describe_failure = |reason: String| {
+            format!(
+                "{}:{} (virtual host {:?}): {reason}",
+                self.config.hostname, self.config.port, self.config.virtual_host
+            )
+        };
+        // The TCP connection is made here and handed to lapin: when lapin
+        // connects by itself and that fails, it leaves its internal tasks
+        // behind on our runtime (a few per attempt, forever, while a broker
+        // is unreachable). Past this point its failures clean up after them.
+        let address = (self.config.hostname.as_str(), self.config.port);
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(describe_failure(e.to_string())),
+            Err(_) => {
+                return Err(describe_failure(format!(
+                    "no TCP connection within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = std::sync::Mutex::new(Some(stream));
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| describe_failure(describe(&e)))?;
         // No `enable_auto_recover()`: the shared loop reconnects.
         let properties = ConnectionProperties::default().with_connection_name("yggdrasil".into());
-        let connection = Connection::connect_uri(self.uri.clone(), properties)
-            .await
-            .map(Arc::new)
-            .map_err(|e| {
-                format!(
-                    "rabbitmq: cannot connect to {}:{} (virtual host {:?}): {}",
-                    self.config.hostname,
-                    self.config.port,
-                    self.config.virtual_host,
-                    describe(&e)
-                )
-            })?;
+        let connection = Connection::connector(
+            self.uri.clone(),
+            runtime,
+            async move |_uri, _runtime| {
+                // Called once: lapin retries nothing without auto-recovery.
+                let taken = stream.lock().map(|mut s| s.take()).unwrap_or(None);
+                taken
+                    .map(|s| AsyncTcpStream::Plain(s.compat()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
+            },
+            properties,
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| describe_failure(describe(&e)))?;
         *current = Arc::downgrade(&connection);
         Ok(connection)
     }
@@ -348,6 +387,9 @@ impl Broker for RabbitMq {
         // lost connection; closing the channel cancels the consumer and the
         // broker deletes the auto-delete queue.
         drop(subscription.forward);
+        if !subscription.channel.status().connected() {
+            return Ok(()); // already closed by the broker: nothing to undo
+        }
         let status = control.connection.status().clone();
         subscription
             .channel
@@ -418,10 +460,10 @@ impl Broker for RabbitMq {
         match outcome {
             Ok(Confirmation::Ack(_)) => Ok(()),
             Ok(Confirmation::Nack(_)) => Err(PublishError::Refused(
-                "rabbitmq: the broker refused the message (basic.nack)".into(),
+                "the broker refused the message (basic.nack)".into(),
             )),
             Ok(Confirmation::NotRequested) => Err(PublishError::Connection(
-                "rabbitmq: the publishing channel is not in confirm mode".into(),
+                "the publishing channel is not in confirm mode".into(),
             )),
             Err(e) => {
                 let error = publish_error(&status, &e);
@@ -578,17 +620,17 @@ fn next_queue_name() -> ShortString {
 /// topic only; anything else ends the session.
 fn listen_error(status: &ConnectionStatus, error: &lapin::Error) -> ListenError {
     if error.is_amqp_soft_error() && status.connected() {
-        ListenError::Topic(format!("rabbitmq: {}", describe(error)))
+        ListenError::Topic(describe(error))
     } else {
-        ListenError::Connection(format!("rabbitmq: {}", describe(error)))
+        ListenError::Connection(describe(error))
     }
 }
 
 fn publish_error(status: &ConnectionStatus, error: &lapin::Error) -> PublishError {
     if error.is_amqp_soft_error() && status.connected() {
-        PublishError::Refused(format!("rabbitmq: {}", describe(error)))
+        PublishError::Refused(describe(error))
     } else {
-        PublishError::Connection(format!("rabbitmq: {}", describe(error)))
+        PublishError::Connection(describe(error))
     }
 }
 
@@ -603,8 +645,10 @@ fn describe(error: &lapin::Error) -> String {
 
 fn short(value: &str) -> Result<ShortString, String> {
     ShortString::try_new(value).map_err(|_| {
+        let start: String = value.chars().take(20).collect();
         format!(
-            "rabbitmq: {value:.40?}... is longer than {AMQP_MAX_SHORTSTR} bytes, the AMQP limit"
+            "{start:?}... is {} bytes, longer than an AMQP short string ({AMQP_MAX_SHORTSTR})",
+            value.len()
         )
     })
 }

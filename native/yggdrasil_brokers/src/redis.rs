@@ -133,6 +133,14 @@ impl Broker for Redis {
             .map_err(listen_error)
     }
 
+    async fn ping(&self, sink: &mut PubSubSink) -> Result<(), ListenError> {
+        // Any answer will do: in subscribed mode it is ["pong", ""].
+        sink.ping::<redis::Value>()
+            .await
+            .map(|_| ())
+            .map_err(listen_error)
+    }
+
     async fn next_message(&self, stream: &mut PubSubStream) -> Option<Incoming<()>> {
         loop {
             let msg = stream.next().await?;

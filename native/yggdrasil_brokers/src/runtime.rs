@@ -15,6 +15,9 @@ use crate::Error;
 static RUNTIME: LazyLock<Result<Runtime, String>> = LazyLock::new(|| {
     Builder::new_multi_thread()
         .worker_threads(1)
+        // Only host name lookups block (tokio runs getaddrinfo on this
+        // pool); a few threads keep the VM's thread count bounded.
+        .max_blocking_threads(4)
         .thread_name("yggdrasil-broker")
         .enable_io()
         .enable_time()

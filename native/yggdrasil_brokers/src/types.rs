@@ -4,9 +4,9 @@ use std::hash::Hash;
 use std::time::Duration;
 
 /// Anything that identifies where an event goes (the NIF uses rustler's
-/// `LocalPid`; tests use `u64`).
-pub trait Recipient: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static {}
-impl<T: Clone + Send + Sync + Eq + Hash + fmt::Debug + 'static> Recipient for T {}
+/// `LocalPid`; tests use `u64`). No `Debug` needed: `LocalPid` has none.
+pub trait Recipient: Clone + Send + Sync + Eq + Hash + 'static {}
+impl<T: Clone + Send + Sync + Eq + Hash + 'static> Recipient for T {}
 
 /// Why a call was refused. Its text is meant for `{:error, reason}` as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,9 @@ impl Config {
             Config::Postgres(c) => &c.common,
             #[cfg(feature = "rabbitmq")]
             Config::RabbitMq(c) => &c.common,
+            // Built without any broker: no Config value can exist.
+            #[cfg(not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")))]
+            _ => match *self {},
         }
     }
 }
@@ -256,4 +259,29 @@ pub struct ClientStats {
     pub topics: usize,
     /// (topic, recipient) pairs.
     pub subscriptions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_the_broker_would_refuse_are_errors() {
+        assert!(Topic::redis("").is_err());
+        assert_eq!(Topic::redis("a.*"), Ok(Topic::Redis(b"a.*".to_vec())));
+        assert!(Topic::postgres("").is_err());
+        assert!(Topic::postgres("x".repeat(64)).is_err());
+        assert!(Topic::postgres("nul\0").is_err());
+        assert!(Topic::postgres("x".repeat(63)).is_ok());
+        assert!(Topic::rabbitmq("", "key").is_err());
+        assert!(Topic::rabbitmq("ex", "k".repeat(256)).is_err());
+        assert!(Topic::rabbitmq("e".repeat(256), "key").is_err());
+        assert!(Topic::rabbitmq("ex", "").is_ok());
+    }
+
+    #[test]
+    fn topics_print_as_written() {
+        let t = Topic::redis("orders.*").expect("valid");
+        assert_eq!(t.to_string(), "redis channel \"orders.*\"");
+    }
 }

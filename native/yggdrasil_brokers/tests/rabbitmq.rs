@@ -21,9 +21,10 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use support::{free_port, skip, Server, WAIT};
+use support::{free_port, skip, Inbox, Server, WAIT};
 use yggdrasil_brokers::{
-    rabbitmq, Client, Config, Delivery, Event, HeaderValue, Metadata, Properties, Topic,
+    rabbitmq, runtime_stats, Client, Config, Delivery, Event, HeaderValue, Metadata, Properties,
+    Topic,
 };
 
 /// How long "nothing arrives" is watched for.
@@ -51,6 +52,10 @@ fn main() {
             fan_out,
         ),
         ("virtual_host_per_client", virtual_host),
+        (
+            "connection_closed_by_the_broker_reconnects",
+            connection_closed_by_the_broker,
+        ),
         ("idle_client_closes_its_connection", idle_close),
         (
             "broker_restart_disconnected_then_connected_again",
@@ -651,6 +656,87 @@ fn idle_close(node: &mut Node) {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(client.stats().tasks, 0, "{:?}", client.stats());
+    assert_nothing_left();
+}
+
+/// Nothing of lapin's is left: its tasks on the shared runtime and the I/O
+/// thread it runs per connection (every client of this binary is closed by
+/// then, and so are the test's own connections).
+fn assert_nothing_left() {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (tasks, threads) = (runtime_stats().runtime_tasks, lapin_threads());
+        if tasks == 0 && threads == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left: {tasks} tasks, {threads} lapin threads"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn connection_closed_by_the_broker(node: &mut Node) {
+    let (client, events) = node.client(|c| c.common.backoff_max = Duration::from_millis(500));
+    let topic = Topic::rabbitmq("amq.topic", "forced").expect("topic");
+    client.subscribe(topic.clone(), 1).expect("subscribe");
+    expect_connected(&events, 1, &topic);
+    client
+        .publish(
+            topic.clone(),
+            b"before".to_vec(),
+            Properties::default(),
+            9,
+            1,
+        )
+        .expect("publish");
+    assert_has_message(&collect(&events, 2), 1, b"before");
+    // An operator closes our one connection (listener and publisher alike).
+    let pids = node.rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid"]);
+    let pids: Vec<&str> = pids
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(pids.len(), 1, "one AMQP connection per client: {pids:?}");
+    node.rabbitmqctl(&["close_connection", pids[0], "closed by the test"]);
+    let deadline = Instant::now() + WAIT;
+    let (mut disconnected, mut connected) = (false, false);
+    while !connected {
+        let delivery = recv_until(&events, deadline).expect("Disconnected, then Connected");
+        match delivery.event {
+            Event::Disconnected { topic: t } if t == topic => disconnected = true,
+            Event::Connected { topic: t } if t == topic => {
+                assert!(disconnected, "Disconnected first");
+                connected = true;
+            }
+            Event::Warning { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    client
+        .publish(topic, b"after".to_vec(), Properties::default(), 9, 2)
+        .expect("publish");
+    // The publisher learns of the loss when it publishes: a warning comes too.
+    let mut inbox = Inbox::new(events);
+    assert_eq!(inbox.published(2), Ok(()));
+    match inbox.message(1) {
+        Event::Message { payload, .. } => assert_eq!(payload, b"after"),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// Threads of this process that lapin started for its connections.
+fn lapin_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|name| name.trim() == "lapin-io-loop")
+        .count()
 }
 
 fn broker_restart(node: &mut Node) {
@@ -696,6 +782,9 @@ fn broker_restart(node: &mut Node) {
     let got = collect(&events, 2);
     assert_has_message(&got, 2, b"ours after");
     assert_has_published_ok(&got, 1);
+    // Failed reconnect attempts while the node was down left nothing behind.
+    drop(client);
+    assert_nothing_left();
 }
 
 // -------------------------------------------------------------- helpers ----

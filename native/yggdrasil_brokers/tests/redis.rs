@@ -2,16 +2,23 @@
 //! `redis-cli` as the independent client.
 mod support;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::{csv_fields, eventually, free_port, skip, unquote_redis, Inbox, Server, WAIT};
+use support::{
+    check_concurrent_publishers, csv_fields, eventually, free_port, skip, unquote_redis, Inbox,
+    Server, WAIT,
+};
 use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
 
 const OWNER: u64 = 0;
+
+/// A private redis-server, or None when broker tests are skipped.
+fn start_redis() -> Option<Server> {
+    (!skip("redis-server")).then(|| Server::start("redis"))
+}
 
 fn common() -> Common {
     Common {
@@ -91,10 +98,9 @@ fn awkward_payloads() -> Vec<Vec<u8>> {
 
 #[test]
 fn connected_then_events_with_channel_metadata() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("news"), 1).expect("subscribe");
     let connected = inbox.connected(1);
@@ -115,10 +121,9 @@ fn connected_then_events_with_channel_metadata() {
 
 #[test]
 fn payloads_from_redis_cli_arrive_byte_for_byte() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("bytes"), 1).expect("subscribe");
     inbox.connected(1);
@@ -149,10 +154,9 @@ fn payloads_from_redis_cli_arrive_byte_for_byte() {
 
 #[test]
 fn payloads_to_redis_cli_leave_byte_for_byte() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
 
     let mut cli = Command::new("redis-cli")
@@ -191,10 +195,9 @@ fn payloads_to_redis_cli_leave_byte_for_byte() {
 
 #[test]
 fn a_pattern_receives_every_matching_channel_with_its_name() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("orders.*"), 1).expect("subscribe");
     inbox.connected(1);
@@ -217,10 +220,9 @@ fn a_pattern_receives_every_matching_channel_with_its_name() {
 
 #[test]
 fn recipients_of_one_topic_share_one_subscription() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("shared"), 1).expect("subscribe");
     client.subscribe(topic("shared"), 2).expect("subscribe");
@@ -248,21 +250,16 @@ fn recipients_of_one_topic_share_one_subscription() {
         assert_eq!(message_parts(inbox.message(to)).1, b"m1");
         assert_eq!(message_parts(inbox.message(to)).1, b"m2");
     }
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Message { .. } | Event::Connected { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. } | Event::Connected { .. })
+    });
 }
 
 #[test]
 fn unsubscribe_stops_delivery_and_the_last_one_drops_the_pattern() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("leave"), 1).expect("subscribe");
     client.subscribe(topic("leave"), 2).expect("subscribe");
@@ -279,22 +276,17 @@ fn unsubscribe_stops_delivery_and_the_last_one_drops_the_pattern() {
         || server.redis_cli_text(&["PUBSUB", "NUMPAT"]) == "0"
     ));
     assert_eq!(publish(&client, &mut inbox, "leave", b"m2"), Ok(()));
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Message { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
     assert_eq!(client.stats().topics, 0);
 }
 
 #[test]
 fn a_killed_server_disconnects_everyone_and_its_restart_reconnects_them() {
-    if skip("redis-server") {
+    let Some(mut server) = start_redis() else {
         return;
-    }
-    let mut server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("a"), 1).expect("subscribe");
     client.subscribe(topic("a"), 2).expect("subscribe");
@@ -370,13 +362,9 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
-    let rest = inbox.drain_for(Duration::from_millis(500));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Connected { .. })),
-        "{rest:?}"
-    );
+    inbox.assert_none_within(Duration::from_millis(500), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
 
     // A publish still waiting when the client closes gets its reply at once.
     let tag = next_tag();
@@ -393,83 +381,16 @@ fn concurrent_publishers_reach_every_recipient_once_in_order() {
     if skip("redis-server") {
         return;
     }
-    const PUBLISHERS: u64 = 4;
-    const RECIPIENTS: u64 = 20;
-    const MESSAGES: u64 = 100;
     let server = Server::start("redis");
     let (client, mut inbox) = open(server.port, common());
-    for to in 1..=RECIPIENTS {
-        client.subscribe(topic("load"), to).expect("subscribe");
-    }
-    for to in 1..=RECIPIENTS {
-        inbox.connected(to);
-    }
-
-    std::thread::scope(|s| {
-        for p in 0..PUBLISHERS {
-            let client = &client;
-            s.spawn(move || {
-                for n in 0..MESSAGES {
-                    let payload = format!("{p}:{n}").into_bytes();
-                    client
-                        .publish(
-                            topic("load"),
-                            payload,
-                            Default::default(),
-                            1000 + p,
-                            p * MESSAGES + n,
-                        )
-                        .expect("publish accepted");
-                }
-            });
-        }
-    });
-
-    let mut replies = 0;
-    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    let expected_messages = PUBLISHERS * MESSAGES * RECIPIENTS;
-    let mut messages = 0;
-    while replies < PUBLISHERS * MESSAGES || messages < expected_messages {
-        let d = inbox.wait("a publish reply or message", |_| true);
-        match d.event {
-            Event::Published { result, .. } => {
-                assert_eq!(result, Ok(()));
-                replies += 1;
-            }
-            Event::Message { payload, .. } => {
-                let text = String::from_utf8(payload).expect("utf-8");
-                let (p, n) = text.split_once(':').expect("p:n");
-                seen.entry(d.to)
-                    .or_default()
-                    .push((p.parse().expect("p"), n.parse().expect("n")));
-                messages += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    for to in 1..=RECIPIENTS {
-        let got = &seen[&to];
-        for p in 0..PUBLISHERS {
-            let ns: Vec<u64> = got
-                .iter()
-                .filter(|(q, _)| *q == p)
-                .map(|(_, n)| *n)
-                .collect();
-            assert_eq!(
-                ns,
-                (0..MESSAGES).collect::<Vec<_>>(),
-                "recipient {to}, publisher {p}"
-            );
-        }
-    }
+    check_concurrent_publishers(&client, &mut inbox, &topic("load"));
 }
 
 #[test]
 fn an_idle_client_closes_its_connections_and_tasks_and_reopens_on_use() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(
         server.port,
         Common {
@@ -503,10 +424,9 @@ fn an_idle_client_closes_its_connections_and_tasks_and_reopens_on_use() {
 
 #[test]
 fn a_panic_in_the_tasks_is_survived() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("sturdy"), 1).expect("subscribe");
     client.subscribe(topic("sturdy"), 2).expect("subscribe");
@@ -540,10 +460,9 @@ fn a_panic_in_the_tasks_is_survived() {
 
 #[test]
 fn close_ends_tasks_and_connections() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let (client, mut inbox) = open(server.port, common());
     client.subscribe(topic("bye"), 1).expect("subscribe");
     inbox.connected(1);
@@ -559,8 +478,12 @@ fn close_ends_tasks_and_connections() {
         == 1));
     assert!(client.subscribe(topic("bye"), 1).is_err());
     assert!(client
-        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, 1)
+        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, u64::MAX)
         .is_err());
+    // Refused by an error from publish: no Published event besides.
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Published { tag: u64::MAX, .. })
+    });
 }
 
 #[test]
@@ -600,10 +523,9 @@ fn open_as(port: u16, username: &str, password: &str) -> (Client<u64>, Inbox) {
 
 #[test]
 fn a_refused_pattern_is_retried_while_the_others_flow() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     // ACL channel rules match a PSUBSCRIBE pattern literally: ok.1 only.
     let acl = [
         "ACL",
@@ -648,10 +570,9 @@ fn a_refused_pattern_is_retried_while_the_others_flow() {
 
 #[test]
 fn a_wrong_password_is_a_warning_per_attempt() {
-    if skip("redis-server") {
+    let Some(server) = start_redis() else {
         return;
-    }
-    let server = Server::start("redis");
+    };
     let acl = [
         "ACL",
         "SETUSER",
@@ -669,11 +590,76 @@ fn a_wrong_password_is_a_warning_per_attempt() {
             matches!(&d.event, Event::Warning { message } if message.contains("cannot connect"))
         });
     }
-    let rest = inbox.drain_for(Duration::from_millis(300));
-    assert!(
-        !rest
-            .iter()
-            .any(|d| matches!(d.event, Event::Connected { .. })),
-        "{rest:?}"
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Connected { .. })
+    });
+}
+
+#[test]
+fn a_server_that_stops_answering_is_a_lost_connection() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(
+        server.port,
+        Common {
+            publish_timeout: Duration::from_secs(2),
+            ..common()
+        },
     );
+    client.subscribe(topic("hang"), 1).expect("subscribe");
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"before"), Ok(()));
+    assert_eq!(message_parts(inbox.message(1)).1, b"before");
+
+    // The socket stays open; only the keepalive ping can tell.
+    server.pause();
+    inbox.disconnected(1);
+    assert!(publish(&client, &mut inbox, "hang", b"lost").is_err());
+
+    server.resume();
+    inbox.connected(1);
+    assert_eq!(publish(&client, &mut inbox, "hang", b"after"), Ok(()));
+    // "lost" may or may not have been delivered late: the server got it.
+    loop {
+        if message_parts(inbox.message(1)).1 == b"after" {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_url_overrides_the_other_keys_and_clients_keep_to_their_server() {
+    let (Some(one), Some(two)) = (start_redis(), start_redis()) else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let by_url = Config::Redis(redis::Config {
+        // Would not resolve: the url must win.
+        hostname: "nowhere.invalid".to_string(),
+        port: 1,
+        url: Some(format!("redis://127.0.0.1:{}/0", two.port)),
+        common: common(),
+        ..redis::Config::default()
+    });
+    let (client_two, mut inbox_two) = (
+        Client::open(by_url, OWNER, tx).expect("open"),
+        Inbox::new(rx),
+    );
+    let (client_one, mut inbox_one) = open(one.port, common());
+    client_one.subscribe(topic("where"), 1).expect("subscribe");
+    client_two.subscribe(topic("where"), 2).expect("subscribe");
+    inbox_one.connected(1);
+    inbox_two.connected(2);
+
+    one.redis_cli_text(&["PUBLISH", "where", "one"]);
+    two.redis_cli_text(&["PUBLISH", "where", "two"]);
+    assert_eq!(message_parts(inbox_one.message(1)).1, b"one");
+    assert_eq!(message_parts(inbox_two.message(2)).1, b"two");
+    inbox_one.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
+    inbox_two.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. })
+    });
 }

@@ -497,6 +497,21 @@ where
         }
     }
 
+    /// The watched channels among the table slots `from..from + max`, and
+    /// the slot to go on from (`None` past the last one). A channel keeps
+    /// its slot while it exists, so walking every page lists each channel
+    /// that existed throughout the walk exactly once, while one call looks
+    /// at no more than `max` slots.
+    pub fn watched_page(&self, from: usize, max: usize) -> (Vec<C>, Option<usize>) {
+        let end = from.saturating_add(max).min(self.channels.len);
+        let keys = (from..end)
+            .filter_map(|id| self.channel(ChannelId::try_from(id).ok()?))
+            .filter(|channel| channel.watched)
+            .map(|channel| channel.key.clone())
+            .collect();
+        (keys, (end < self.channels.len).then_some(end))
+    }
+
     pub fn is_connected<Q>(&self, key: &Q) -> bool
     where
         C: Borrow<Q>,

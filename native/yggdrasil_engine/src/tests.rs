@@ -599,3 +599,30 @@ fn large_tables_split_and_come_back() {
     }
     assert_eq!(engine.counts(), Counts::default());
 }
+
+#[test]
+fn watched_pages_list_each_watched_channel_once() {
+    let mut engine = TestEngine::new();
+    for n in 0..10 {
+        subscribe(&mut engine, &format!("c{n}"), 1);
+    }
+    for n in [1, 4, 5, 9] {
+        assert!(engine.set_watched(format!("c{n}").as_str(), true));
+    }
+    // c4 empties and is dropped; its slot is reused by a new channel.
+    engine.unsubscribe("c4", 1);
+    subscribe(&mut engine, "new", 2);
+
+    let mut listed = Vec::new();
+    let mut from = Some(0);
+    while let Some(start) = from {
+        let (keys, next) = engine.watched_page(start, 3);
+        assert!(keys.len() <= 3);
+        listed.extend(keys);
+        from = next;
+    }
+    listed.sort();
+    assert_eq!(listed, ["c1", "c5", "c9"]);
+    assert_eq!(engine.watched_page(1_000, 3), (Vec::new(), None));
+    assert_eq!(TestEngine::new().watched_page(0, 3), (Vec::new(), None));
+}

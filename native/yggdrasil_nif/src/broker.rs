@@ -101,11 +101,7 @@ impl Kind {
     }
 
     fn compiled(self) -> bool {
-        match self {
-            Kind::Redis => cfg!(feature = "redis"),
-            Kind::Postgres => cfg!(feature = "postgres"),
-            Kind::RabbitMq => cfg!(feature = "rabbitmq"),
-        }
+        yggdrasil_brokers::features().contains(&self.name())
     }
 
     fn atom(self) -> Atom {

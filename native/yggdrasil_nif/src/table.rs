@@ -5,7 +5,7 @@ use crate::fanout;
 use crate::key::{ChannelKey, TermKey};
 use crate::monitor;
 use crate::pid::Pid;
-use rustler::{Encoder, Env, LocalPid, Monitor, NifMap, NifUnitEnum, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, NifTaggedEnum, NifUnitEnum, Term};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use yggdrasil_engine::{Engine, SubscribeError};
 
@@ -39,11 +39,13 @@ mod atoms {
     }
 }
 
-#[derive(NifMap)]
-struct Subscribed {
-    /// `false` when the caller already was a subscriber.
-    added: bool,
-    connected: bool,
+/// `:ok` (also when the caller already was a subscriber) or
+/// `{:error, reason}`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum Subscribed {
+    Ok,
+    Error(SubscribeFailure),
 }
 
 #[derive(NifUnitEnum)]
@@ -61,12 +63,12 @@ enum UnsubscribeOutcome {
     Emptied,
 }
 
-/// Subscribes the calling process: `{:ok, %{added: _, connected: _}}` or
-/// `{:error, reason}`. When the channel is connected (an adapter reported
-/// it), the caller also gets its own `{:Y_CONNECTED, channel}`, sent under
-/// the table lock so that no later state change can overtake it.
+/// Subscribes the calling process. When the channel is connected (an
+/// adapter reported it), the caller also gets its own `{:Y_CONNECTED,
+/// channel}`, sent under the table lock so that no later state change can
+/// overtake it.
 #[rustler::nif]
-fn subscribe<'a>(env: Env<'a>, channel: Term<'a>) -> Result<Subscribed, SubscribeFailure> {
+fn subscribe<'a>(env: Env<'a>, channel: Term<'a>) -> Subscribed {
     let watcher = monitor::watcher();
     let caller = env.pid();
     let pid = Pid::of(&caller);
@@ -84,14 +86,13 @@ fn subscribe<'a>(env: Env<'a>, channel: Term<'a>) -> Result<Subscribed, Subscrib
                 fanout::send(env, pid, (atoms::y_connected(), channel).encode(env));
             }
             drop(table);
-            Ok(Subscribed {
-                added: done.added,
-                connected: done.connected,
-            })
+            Subscribed::Ok
         }
-        Err(SubscribeError::Register(())) => Err(SubscribeFailure::ProcessDead),
-        Err(SubscribeError::TooManyChannels) => Err(SubscribeFailure::TooManyChannels),
-        Err(SubscribeError::Internal) => Err(SubscribeFailure::Internal),
+        Err(SubscribeError::Register(())) => Subscribed::Error(SubscribeFailure::ProcessDead),
+        Err(SubscribeError::TooManyChannels) => {
+            Subscribed::Error(SubscribeFailure::TooManyChannels)
+        }
+        Err(SubscribeError::Internal) => Subscribed::Error(SubscribeFailure::Internal),
     }
 }
 
@@ -126,6 +127,21 @@ fn unsubscribe<'a>(env: Env<'a>, channel: Term<'a>) -> UnsubscribeOutcome {
 #[rustler::nif]
 fn set_watched(channel: Term<'_>, watched: bool) -> bool {
     table().set_watched(&TermKey::new(channel), watched)
+}
+
+/// Table slots per call of `watched_page/1`: copying out that many channel
+/// keys stays well under 1 ms.
+const WATCHED_PAGE: usize = 1024;
+
+/// The watched channels (those served by an adapter process), a bounded
+/// page of the table per call: `{keys, next}` with `next` the argument of
+/// the following call, `nil` at the end. For the Generator, which restarts
+/// their adapters when it starts (see `Yggdrasil.Subscriber.Generator`).
+#[rustler::nif]
+fn watched_page(env: Env<'_>, from: usize) -> Term<'_> {
+    let (keys, next) = table().watched_page(from, WATCHED_PAGE);
+    let keys: Vec<Term<'_>> = keys.iter().map(|key| key.to_term(env)).collect();
+    (keys, next).encode(env)
 }
 
 #[rustler::nif]

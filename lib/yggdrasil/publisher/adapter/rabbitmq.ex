@@ -1,4 +1,8 @@
 defmodule Yggdrasil.Publisher.Adapter.RabbitMQ do
-  @moduledoc false
+  @moduledoc """
+  Publisher adapter of `:rabbitmq` channels: `basic.publish` from the
+  publishing process on the namespace's shared connection; `:ok` once the
+  broker confirmed the message.
+  """
   use Yggdrasil.Broker.Publisher, broker: :rabbitmq
 end

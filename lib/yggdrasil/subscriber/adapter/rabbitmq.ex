@@ -1,4 +1,7 @@
 defmodule Yggdrasil.Subscriber.Adapter.RabbitMQ do
-  @moduledoc false
+  @moduledoc """
+  Subscriber adapter of `:rabbitmq` channels: one process per channel whose
+  queue is bound on the namespace's shared connection.
+  """
   use Yggdrasil.Broker.Subscriber, broker: :rabbitmq
 end

@@ -2,13 +2,14 @@
 //! and an inbox over a client's event channel.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use yggdrasil_brokers::{Delivery, Event};
+use yggdrasil_brokers::{Client, Delivery, Event, Topic};
 
 /// How long a test waits for something that should happen. Generous: the
 /// machine is shared and loaded; a passing run never waits this long.
@@ -111,6 +112,23 @@ impl Server {
         self.stop();
     }
 
+    /// A hang without a closed socket: SIGSTOP (undone by `resume`).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {} failed", self.pid);
+    }
+
     pub fn stop(&mut self) {
         ctl(&["stop", self.dir.to_str().expect("utf-8 dir")]);
     }
@@ -156,6 +174,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         // Never leave a broker running, even when the test failed.
         if let Some(dir) = self.dir.to_str() {
+            // A paused server would not act on the stop signal.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
             let _ = Command::new(CTL).args(["stop", dir]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -215,6 +238,12 @@ impl Inbox {
             all.push(d);
         }
         all
+    }
+
+    /// Fails if an event matching `pred` is kept or arrives within `span`.
+    pub fn assert_none_within(&mut self, span: Duration, pred: impl Fn(&Delivery<u64>) -> bool) {
+        let all = self.drain_for(span);
+        assert!(!all.iter().any(pred), "unexpected event among {all:?}");
     }
 
     pub fn connected(&mut self, to: u64) -> Delivery<u64> {
@@ -313,4 +342,78 @@ pub fn csv_fields(line: &str) -> Vec<String> {
     }
     fields.push(current);
     fields
+}
+
+/// 4 publishers × 20 recipients of one topic, 100 messages each, published from 4 threads
+/// without waiting (the client keeps each caller's order): every publish is answered `Ok` and
+/// every recipient gets every message exactly once, in each publisher's order.
+pub fn check_concurrent_publishers(client: &Client<u64>, inbox: &mut Inbox, topic: &Topic) {
+    const PUBLISHERS: u64 = 4;
+    const RECIPIENTS: u64 = 20;
+    const MESSAGES: u64 = 100;
+    for to in 1..=RECIPIENTS {
+        client.subscribe(topic.clone(), to).expect("subscribe");
+    }
+    for to in 1..=RECIPIENTS {
+        inbox.connected(to);
+    }
+
+    std::thread::scope(|s| {
+        for p in 0..PUBLISHERS {
+            s.spawn(move || {
+                for n in 0..MESSAGES {
+                    let payload = format!("{p}:{n}").into_bytes();
+                    client
+                        .publish(
+                            topic.clone(),
+                            payload,
+                            Default::default(),
+                            1000 + p,
+                            p * MESSAGES + n,
+                        )
+                        .expect("publish accepted");
+                }
+            });
+        }
+    });
+
+    let mut replies = 0;
+    let mut seen: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    let expected_messages = PUBLISHERS * MESSAGES * RECIPIENTS;
+    let mut messages = 0;
+    while replies < PUBLISHERS * MESSAGES || messages < expected_messages {
+        let d = inbox.wait("a publish reply or message", |_| true);
+        match d.event {
+            Event::Published { result, .. } => {
+                assert_eq!(result, Ok(()));
+                replies += 1;
+            }
+            Event::Message { payload, .. } => {
+                let text = String::from_utf8(payload).expect("utf-8");
+                let (p, n) = text.split_once(':').expect("p:n");
+                seen.entry(d.to)
+                    .or_default()
+                    .push((p.parse().expect("p"), n.parse().expect("n")));
+                messages += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for to in 1..=RECIPIENTS {
+        let got = &seen[&to];
+        for p in 0..PUBLISHERS {
+            let ns: Vec<u64> = got
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(
+                ns,
+                (0..MESSAGES).collect::<Vec<_>>(),
+                "recipient {to}, publisher {p}"
+            );
+        }
+    }
+    // Exactly once: nothing more arrives.
+    inbox.assert_none_within(Duration::from_millis(300), |_| true);
 }

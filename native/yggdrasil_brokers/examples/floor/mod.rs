@@ -1,0 +1,304 @@
+//! What the broker floor examples share: their flags, timestamped payloads, the same loop run
+//! through this crate's `Client` (`--via client`, or `--via client-sink` with an `EventSink`
+//! that hands replies to their publishers itself), and the one output line the bench parses.
+//!
+//! Each floor publishes `--messages` payloads from `--publishers` publishers, every publisher
+//! waiting for its reply before the next message (as `Yggdrasil.publish` does), to one
+//! subscriber, and reports deliveries/s and publish→delivery latency.
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use tokio::task::JoinHandle;
+use yggdrasil_brokers::{Client, Config, Delivery, Event, EventSink, Topic};
+
+/// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
+/// (text, so that every broker takes it).
+const STAMP_BYTES: usize = 16;
+/// Far above a healthy run's gaps: only a broken run waits this long.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Args {
+    pub host: String,
+    pub port: u16,
+    pub publishers: usize,
+    pub messages: usize,
+    pub payload_bytes: usize,
+    pub via: Via,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Via {
+    /// The broker crate alone: the floor.
+    Broker,
+    /// `Client`, every event through a crossbeam channel to a delivery thread that hands
+    /// replies on (the NIF design's delivery thread).
+    Client,
+    /// `Client` with a sink that hands each reply to its publisher itself, as a NIF doing
+    /// `enif_send` on the runtime thread would: one wake-up less per round trip.
+    ClientSink,
+}
+
+pub struct Report {
+    pub seconds: f64,
+    pub latencies_us: Vec<u64>,
+}
+
+/// `--via` is `direct` (the broker crate alone), `client` or `client-sink` (through `Client`).
+fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
+    let mut args = Args {
+        host: "127.0.0.1".to_string(),
+        port: default_port,
+        publishers: 1,
+        messages: 10_000,
+        payload_bytes: STAMP_BYTES,
+        via: Via::Broker,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--host" => args.host = value.clone(),
+            "--port" => args.port = value.parse().map_err(|e| format!("--port {value}: {e}"))?,
+            "--publishers" => args.publishers = number()?.max(1),
+            "--messages" => args.messages = number()?.max(1),
+            "--payload-bytes" => args.payload_bytes = number()?,
+            "--via" => match value.as_str() {
+                v if v == direct => args.via = Via::Broker,
+                "client" => args.via = Via::Client,
+                "client-sink" => args.via = Via::ClientSink,
+                _ => return Err(format!("--via {value}: {direct}, client or client-sink")),
+            },
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    args.payload_bytes = args.payload_bytes.max(STAMP_BYTES);
+    Ok(args)
+}
+
+impl Args {
+    /// How many of the messages publisher `p` sends.
+    pub fn share(&self, p: usize) -> usize {
+        self.messages / self.publishers + usize::from(p < self.messages % self.publishers)
+    }
+}
+
+/// A payload of `bytes` bytes stamped with the time since `base`.
+pub fn stamped(base: Instant, bytes: usize) -> Vec<u8> {
+    let mut payload = format!("{:016x}", base.elapsed().as_nanos() as u64).into_bytes();
+    payload.resize(bytes.max(STAMP_BYTES), b'x');
+    payload
+}
+
+/// Microseconds from a stamped payload's send time until now.
+pub fn latency_us(base: Instant, payload: &[u8]) -> Result<u64, String> {
+    let stamp = payload.get(..STAMP_BYTES).ok_or("short payload")?;
+    let sent = std::str::from_utf8(stamp)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or("payload without a time stamp")?;
+    let now = base.elapsed().as_nanos() as u64;
+    Ok(now.saturating_sub(sent) / 1000)
+}
+
+/// Collects `total` latencies from the subscriber's payloads, and when the last one came.
+pub async fn collect_latencies(
+    base: Instant,
+    total: usize,
+    mut payloads: impl Stream<Item = Vec<u8>> + Unpin,
+) -> Result<(Vec<u64>, Instant), String> {
+    let mut latencies_us = Vec::with_capacity(total);
+    while latencies_us.len() < total {
+        match tokio::time::timeout(PATIENCE, payloads.next()).await {
+            Ok(Some(payload)) => latencies_us.push(latency_us(base, &payload)?),
+            _ => {
+                return Err(format!(
+                    "only {} of {total} messages arrived",
+                    latencies_us.len()
+                ))
+            }
+        }
+    }
+    Ok((latencies_us, Instant::now()))
+}
+
+/// Waits for the publisher tasks and the subscriber's latencies: the run's report, timed from
+/// `start` to the last delivery.
+pub async fn finish(
+    start: Instant,
+    publishers: Vec<JoinHandle<Result<(), String>>>,
+    receiver: JoinHandle<Result<(Vec<u64>, Instant), String>>,
+) -> Result<Report, String> {
+    for publisher in publishers {
+        publisher.await.map_err(|e| e.to_string())??;
+    }
+    let (mut latencies_us, end) = receiver.await.map_err(|e| e.to_string())??;
+    latencies_us.sort_unstable();
+    Ok(Report {
+        seconds: (end - start).as_secs_f64(),
+        latencies_us,
+    })
+}
+
+/// Hands replies straight to the waiting publisher thread, everything else to the delivery
+/// thread.
+struct ReplySink {
+    others: crossbeam_channel::Sender<Delivery<u64>>,
+    replies: Vec<crossbeam_channel::Sender<Result<(), String>>>,
+}
+
+impl EventSink<u64> for ReplySink {
+    fn deliver(&self, delivery: Delivery<u64>) {
+        if let Event::Published { result, .. } = &delivery.event {
+            if let Some(reply) = (delivery.to as usize)
+                .checked_sub(1)
+                .and_then(|p| self.replies.get(p))
+            {
+                let _ = reply.send(result.clone());
+                return;
+            }
+        }
+        let _ = self.others.send(delivery);
+    }
+}
+
+/// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
+/// crossbeam channel (replies routed by the delivery thread, or by the sink itself).
+fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, String> {
+    const SUBSCRIBER: u64 = 0;
+    // Replies go to the publisher (recipient p + 1) that is waiting for them.
+    let replies: Vec<_> = (0..args.publishers)
+        .map(|_| crossbeam_channel::unbounded())
+        .collect();
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let client = if args.via == Via::ClientSink {
+        let sink = ReplySink {
+            others: events_tx,
+            replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
+        };
+        Client::open(config, SUBSCRIBER, sink)
+    } else {
+        Client::open(config, SUBSCRIBER, events_tx)
+    }
+    .map_err(|e| e.to_string())?;
+    client
+        .subscribe(topic.clone(), SUBSCRIBER)
+        .map_err(|e| e.to_string())?;
+    match events.recv_timeout(PATIENCE) {
+        Ok(d) if matches!(d.event, Event::Connected { .. }) => {}
+        other => return Err(format!("no Connected: {other:?}")),
+    }
+
+    let base = Instant::now();
+    let total = args.messages;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (p, (_, reply)) in replies.iter().enumerate() {
+            let (client, topic, count) = (&client, topic.clone(), args.share(p));
+            s.spawn(move || {
+                for tag in 0..count as u64 {
+                    let payload = stamped(base, args.payload_bytes);
+                    let sent = client.publish(
+                        topic.clone(),
+                        payload,
+                        Default::default(),
+                        p as u64 + 1,
+                        tag,
+                    );
+                    // Bounded wait: after an error nobody routes replies any more.
+                    let answer = reply.recv_timeout(PATIENCE);
+                    if sent.is_err() || !matches!(answer, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut latencies_us = Vec::with_capacity(total);
+        while latencies_us.len() < total {
+            let delivery = events
+                .recv_timeout(PATIENCE)
+                .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
+            match delivery.event {
+                Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
+                Event::Published { result, .. } => {
+                    if let Some((tx, _)) = (delivery.to as usize)
+                        .checked_sub(1)
+                        .and_then(|p| replies.get(p))
+                    {
+                        let _ = tx.send(result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        latencies_us.sort_unstable();
+        Ok(Report {
+            seconds,
+            latencies_us,
+        })
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(rank).copied().unwrap_or(0)
+}
+
+/// Parses the flags, runs the floor (`direct` on a one-worker runtime, as the broker runtime
+/// has, or through `Client`) and prints
+/// `NAME via=V publishers=N messages=M payload_bytes=B seconds=S deliveries_per_s=D p50_us=P p99_us=Q`.
+pub fn main(
+    name: &str,
+    direct: &str,
+    default_port: u16,
+    run_direct: impl FnOnce(&tokio::runtime::Runtime, &Args) -> Result<Report, String>,
+    client_setup: impl FnOnce(&Args) -> Result<(Config, Topic), String>,
+) -> ExitCode {
+    let args = match parse_args(default_port, direct) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-sink]");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if args.via != Via::Broker {
+        client_setup(&args).and_then(|(config, topic)| run_client(&args, config, topic))
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| run_direct(&rt, &args))
+    };
+    match result {
+        Ok(report) => {
+            println!(
+                "{name} via={} publishers={} messages={} payload_bytes={} seconds={:.3} deliveries_per_s={:.0} p50_us={} p99_us={}",
+                match args.via {
+                    Via::Broker => direct,
+                    Via::Client => "client",
+                    Via::ClientSink => "client-sink",
+                },
+                args.publishers,
+                args.messages,
+                args.payload_bytes,
+                report.seconds,
+                args.messages as f64 / report.seconds,
+                percentile(&report.latencies_us, 0.50),
+                percentile(&report.latencies_us, 0.99),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
