@@ -41,6 +41,27 @@ defmodule Yggdrasil.RedisTest do
       assert_receive {:Y_EVENT, ^expected, ^payload}, @wait
     end
 
+    test "the clients' registry restarting: subscribers come back on fresh clients", %{
+      server: server
+    } do
+      namespace = configure(RedisCli, server)
+      channel = subscribe!(channel(RedisCli, namespace, RedisCli.name(server, "registry")))
+      %{client: old} = Yggdrasil.Broker.client(:redis, namespace) |> elem(1)
+
+      # Its owners die with it, which closes their clients.
+      Yggdrasil.Test.Helpers.kill(Process.whereis(Yggdrasil.Broker))
+      assert_receive {:Y_DISCONNECTED, ^channel}, @wait
+      assert_receive {:Y_CONNECTED, ^channel}, @wait
+      assert {:ok, %{client: new}} = Yggdrasil.Broker.client(:redis, namespace)
+      assert new != old
+
+      RedisCli.publish!(server, channel.name, "after")
+      expected = event_channel(RedisCli, channel)
+      assert_receive {:Y_EVENT, ^expected, "after"}, @wait
+      assert :ok = Yggdrasil.publish(channel, "ours")
+      assert_receive {:Y_EVENT, ^expected, "ours"}, @wait
+    end
+
     test "PUNSUBSCRIBE once the last subscriber of a pattern left" do
       # Its own server: PUBSUB NUMPAT counts every client's patterns.
       server = Yggdrasil.Test.BrokerServer.start!(:redis)

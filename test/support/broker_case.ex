@@ -47,6 +47,21 @@ defmodule Yggdrasil.Test.BrokerCase do
   @doc false
   def wait, do: @wait
 
+  @doc "Payloads of text (UTF-8, no NUL): spaces, newlines, quotes, non-ASCII, empty."
+  def text_payloads do
+    [
+      "with some spaces",
+      "two\nlines\r\nand a trailing newline\n",
+      "UTF-8: héllo wörld ✓ 🌳 日本",
+      ~S(quotes ' " and \ backslashes),
+      ""
+    ]
+  end
+
+  @doc "`text_payloads/0` plus NUL bytes and bytes that are not UTF-8."
+  def byte_payloads,
+    do: text_payloads() ++ [<<0>>, <<"nul", 0, "inside", 0>>, <<255, 254, 0, 128>>]
+
   defmacro __using__(peer: peer) do
     quote location: :keep do
       use ExUnit.Case, async: false

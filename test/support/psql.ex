@@ -23,15 +23,7 @@ defmodule Yggdrasil.Test.Psql do
   def metadata(name), do: %{channel: name}
 
   @impl true
-  def payloads do
-    [
-      "with some spaces",
-      "two\nlines\r\nand a trailing newline\n",
-      "UTF-8: héllo wörld ✓ 🌳 日本",
-      ~S(quotes ' " and \ backslashes),
-      ""
-    ]
-  end
+  def payloads, do: Yggdrasil.Test.BrokerCase.text_payloads()
 
   @impl true
   def bad_names do

@@ -23,18 +23,7 @@ defmodule Yggdrasil.Test.RedisCli do
   def metadata(name), do: %{channel: name}
 
   @impl true
-  def payloads do
-    [
-      "with some spaces",
-      "two\nlines\r\nand a trailing newline\n",
-      <<0>>,
-      <<"nul", 0, "inside", 0>>,
-      "UTF-8: héllo wörld ✓ 🌳 日本",
-      ~S(quotes " and \ backslashes),
-      <<255, 254, 0, 128>>,
-      ""
-    ]
-  end
+  def payloads, do: Yggdrasil.Test.BrokerCase.byte_payloads()
 
   @impl true
   def bad_names, do: [42, :orders, {"a", "b"}, "", ~c"chars", %{}, nil]
