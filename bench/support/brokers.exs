@@ -133,7 +133,8 @@ defmodule YggBench.Brokers do
   defp label(kind, n, p), do: "#{kind}: #{count(n, "subscriber")}, #{count(p, "publisher")}"
 
   defp count(1, what), do: "1 #{what}"
-  defp count(n, what), do: "#{YggBench.Scenarios.label(n)} #{what}s"
+  defp count(n, what) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k #{what}s"
+  defp count(n, what), do: "#{n} #{what}s"
 
   defp channel(:redis, id), do: [name: "ygg-bench-#{id}", adapter: :redis]
   defp channel(:postgres, id), do: [name: "ygg_bench_#{id}", adapter: :postgres]
@@ -224,10 +225,7 @@ defmodule YggBench.Brokers do
 
   defp last_line(text), do: text |> String.split("\n", trim: true) |> List.last() || ""
 
-  defp number(text) do
-    {value, _} = Float.parse(text)
-    value
-  end
+  defp number(text), do: text |> Float.parse() |> elem(0)
 
   defp build_floor(kind) do
     args = ~w(build --release --quiet -p yggdrasil_brokers --example #{kind}_floor)

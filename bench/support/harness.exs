@@ -388,23 +388,21 @@ defmodule YggBench.Group do
 
   defp unstamp(<<hex::binary-16, _::binary>>), do: String.to_integer(hex, 16) - @stamp_offset
 
-  @doc "The latencies (ns) a :timed group's members kept since the last call, all members."
-  def latencies(%__MODULE__{tag: tag} = group) do
+  @doc "`fun.(count)` run in every member (count: its events so far); the results."
+  def gather(%__MODULE__{tag: tag} = group, fun) do
     coordinator = self()
-    run_each(group, fn -> send(coordinator, {tag, :latencies, Process.put(@latencies, [])}) end)
-    Enum.flat_map(group.pids, fn _ -> receive(do: ({^tag, :latencies, l} -> l || [])) end)
+    run_each(group, fn count -> send(coordinator, {tag, :gathered, fun.(count)}) end)
+    Enum.map(group.pids, fn _ -> receive(do: ({^tag, :gathered, value} -> value)) end)
   end
 
+  @doc "The latencies (ns) a :timed group's members kept since the last call."
+  def latencies(group),
+    do: group |> gather(fn _ -> Process.put(@latencies, []) || [] end) |> Enum.concat()
+
   @doc "Events the members are still waiting for in this round (after a timeout)."
-  def missing(%__MODULE__{counter: counter, tag: tag} = group) do
-    coordinator = self()
-
-    run_each(group, fn count ->
-      send(coordinator, {tag, :received, min(count, :atomics.get(counter, 2))})
-    end)
-
-    received = Enum.map(group.pids, fn _ -> receive(do: ({^tag, :received, n} -> n)) end)
-    group.size * :atomics.get(counter, 2) - Enum.sum(received)
+  def missing(%__MODULE__{counter: counter} = group) do
+    expected = :atomics.get(counter, 2)
+    group.size * expected - Enum.sum(gather(group, &min(&1, expected)))
   end
 
   @doc """
