@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # `demo` and `bench` build the shipped `release` library.
 TEST_PROFILE := quick-release
 
-.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick soak fuzz clean
+.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-brokers soak fuzz clean
 
 all: test
 
@@ -61,6 +61,11 @@ bench: build
 
 bench-quick: build
 	MIX_ENV=prod mix run bench/run.exs --quick
+
+# The brokers scenario alone, against private Redis/PostgreSQL/RabbitMQ servers
+# (a broker whose server is not installed is skipped with a note).
+bench-brokers: build
+	MIX_ENV=prod mix run bench/run.exs --only brokers
 
 # Full-size churn soak, 100k-subscriber crowd and measured limits (a few
 # minutes, ~2 GB of RAM); `make test` runs them at reduced size.

@@ -284,9 +284,11 @@ defmodule YggBench.Group do
   #            coordinator, so a round ends when every subscriber has every
   #            message;
   #   :ack   - answers every event with the group's tag (round trips);
+  #   :timed - counts like :count, and keeps the latency of every event
+  #            whose payload is a `stamp/0` (read with `latencies/1`);
   #   :idle  - ignores events.
-  # All of them run `{tag, :run, fun}` requests and exit when the
-  # coordinator does.
+  # All of them run `{tag, :run, fun}` requests (`fun.(count)` for an arity-1
+  # fun: the events received so far) and exit when the coordinator does.
   #
   # Atomics slots: 1 remaining in this round, 2 cumulative threshold,
   # 3 ready countdown, 4 unexpected extra events.
@@ -295,9 +297,13 @@ defmodule YggBench.Group do
 
   @timeout 120_000
 
+  # Monotonic time can be negative: stamps are offset to stay 16 hex digits.
+  @stamp_offset Bitwise.bsl(1, 62)
+  @latencies :ygg_bench_latencies
+
   def now, do: :erlang.monotonic_time(:nanosecond)
 
-  def start(args, mode, setup) when is_list(args) and mode in [:count, :ack, :idle] do
+  def start(args, mode, setup) when is_list(args) and mode in [:count, :timed, :ack, :idle] do
     coordinator = self()
     tag = make_ref()
     size = length(args)
@@ -336,11 +342,12 @@ defmodule YggBench.Group do
 
   defp loop(mode, counter, coordinator, tag, count) do
     receive do
-      {:Y_EVENT, _, _} ->
-        loop(mode, counter, coordinator, tag, event(mode, counter, coordinator, tag, count))
+      {:Y_EVENT, _, payload} ->
+        count = event(mode, counter, coordinator, tag, count, payload)
+        loop(mode, counter, coordinator, tag, count)
 
       {^tag, :run, fun} ->
-        fun.()
+        if is_function(fun, 1), do: fun.(count), else: fun.()
         loop(mode, counter, coordinator, tag, count)
 
       {:DOWN, _, :process, ^coordinator, _} ->
@@ -351,7 +358,12 @@ defmodule YggBench.Group do
     end
   end
 
-  defp event(:count, counter, coordinator, tag, count) do
+  defp event(:timed, counter, coordinator, tag, count, payload) do
+    Process.put(@latencies, [now() - unstamp(payload) | Process.get(@latencies, [])])
+    event(:count, counter, coordinator, tag, count, payload)
+  end
+
+  defp event(:count, counter, coordinator, tag, count, _payload) do
     count = count + 1
     threshold = :atomics.get(counter, 2)
 
@@ -364,25 +376,47 @@ defmodule YggBench.Group do
     count
   end
 
-  defp event(:ack, _counter, coordinator, tag, count) do
+  defp event(:ack, _counter, coordinator, tag, count, _payload) do
     send(coordinator, tag)
     count + 1
   end
 
-  defp event(:idle, _counter, _coordinator, _tag, count), do: count + 1
+  defp event(:idle, _counter, _coordinator, _tag, count, _payload), do: count + 1
+
+  @doc "A payload carrying its send time as text (every broker carries text)."
+  def stamp, do: (now() + @stamp_offset) |> Integer.to_string(16) |> String.pad_leading(16, "0")
+
+  defp unstamp(<<hex::binary-16, _::binary>>), do: String.to_integer(hex, 16) - @stamp_offset
+
+  @doc "`fun.(count)` run in every member (count: its events so far); the results."
+  def gather(%__MODULE__{tag: tag} = group, fun) do
+    coordinator = self()
+    run_each(group, fn count -> send(coordinator, {tag, :gathered, fun.(count)}) end)
+    Enum.map(group.pids, fn _ -> receive(do: ({^tag, :gathered, value} -> value)) end)
+  end
+
+  @doc "The latencies (ns) a :timed group's members kept since the last call."
+  def latencies(group),
+    do: group |> gather(fn _ -> Process.put(@latencies, []) || [] end) |> Enum.concat()
+
+  @doc "Events the members are still waiting for in this round (after a timeout)."
+  def missing(%__MODULE__{counter: counter} = group) do
+    expected = :atomics.get(counter, 2)
+    group.size * expected - Enum.sum(gather(group, &min(&1, expected)))
+  end
 
   @doc """
   Runs `publish` (which must send `per_subscriber` events to every member)
   and waits until every member has them all. Returns
   `{ns_until_all_received, ns_in_publish, publish_result}`.
   """
-  def round(%__MODULE__{} = group, per_subscriber, publish) do
+  def round(%__MODULE__{} = group, per_subscriber, publish, timeout \\ @timeout) do
     :atomics.put(group.counter, 1, group.size)
     :atomics.add(group.counter, 2, per_subscriber)
     t0 = now()
     result = publish.()
     t1 = now()
-    await(group.tag, :done, "every subscriber to receive #{per_subscriber} messages")
+    await(group.tag, :done, "every subscriber to receive #{per_subscriber} messages", timeout)
     t2 = now()
     {t2 - t0, t1 - t0, result}
   end
@@ -510,7 +544,10 @@ defmodule YggBench.Harness do
       mem_procs: 1_000,
       sched_subs: 10_000,
       sched_msgs: 2,
-      sched_reps: 1
+      sched_reps: 1,
+      broker_msgs: 400,
+      broker_fan_msgs: 20,
+      broker_reps: 1
     }
     |> Map.merge(common())
   end
@@ -532,7 +569,10 @@ defmodule YggBench.Harness do
       mem_procs: 10_000,
       sched_subs: 100_000,
       sched_msgs: 5,
-      sched_reps: 3
+      sched_reps: 3,
+      broker_msgs: 4_000,
+      broker_fan_msgs: 400,
+      broker_reps: 3
     }
     |> Map.merge(common())
   end
@@ -581,13 +621,7 @@ defmodule YggBench.Harness do
 
     dir = opts[:out] || if(full?, do: @results_dir, else: System.tmp_dir!())
 
-    base =
-      cond do:
-             (
-               full? -> "latest"
-               quick? -> "ygg-bench-quick"
-               true -> "ygg-bench"
-             )
+    base = if full?, do: "latest", else: if(quick?, do: "ygg-bench-quick", else: "ygg-bench")
 
     File.mkdir_p!(dir)
     markdown = render(machine, results, cfg)
@@ -853,7 +887,7 @@ defmodule YggBench.Harness do
     metrics = records |> Enum.map(& &1.metric) |> Enum.uniq()
     primary = r[:primary] || hd(metrics)
     comps = records |> Enum.map(& &1.comparator) |> Enum.uniq()
-    refs = Enum.filter(@ratio_refs, &(&1 in comps))
+    refs = Enum.filter(r[:ratio_refs] || @ratio_refs, &(&1 in comps))
 
     rows =
       for kase <- records |> Enum.map(& &1.case) |> Enum.uniq(),
@@ -899,7 +933,7 @@ defmodule YggBench.Harness do
   defp ratio_cell(_ours, nil), do: "—"
   defp ratio_cell(ours, theirs), do: fmt_ratio(speed(ours.median, theirs.median, ours.better))
 
-  defp table(header, rows) do
+  def table(header, rows) do
     line = fn cells -> "| " <> Enum.join(cells, " | ") <> " |\n" end
 
     [
@@ -976,4 +1010,5 @@ defmodule YggBench.Harness do
   end
 end
 
+Code.require_file("brokers.exs", __DIR__)
 Code.require_file("scenarios.exs", __DIR__)

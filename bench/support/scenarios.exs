@@ -18,7 +18,8 @@ defmodule YggBench.Scenarios do
       {:subscribe, 3, "Subscribe + unsubscribe cycle", &subscribe/1},
       {:unsubscribe, 4, "Mass unsubscribe from one channel", &unsubscribe/1},
       {:memory, 5, "Memory per subscription", &memory/1},
-      {:scheduler, 6, "Scheduler hold during the largest fan-out", &scheduler/1}
+      {:scheduler, 6, "Scheduler hold during the largest fan-out", &scheduler/1},
+      {:brokers, 7, "Brokers: end to end through real servers", &YggBench.Brokers.run/1}
     ]
   end
 

@@ -1,0 +1,252 @@
+# The `brokers` scenario: `Yggdrasil.publish` → a real Redis, PostgreSQL or
+# RabbitMQ → subscribers, against each broker's pure-Rust floor
+# (native/yggdrasil_brokers/examples/<broker>_floor.rs) on the same private
+# server. Servers come from the tests' own Yggdrasil.Test.BrokerServer
+# (test/brokers/ctl.sh underneath), loaded here because test/support is
+# compiled only in MIX_ENV=test. Loaded by support/harness.exs.
+
+Code.require_file("../../test/support/broker_server.ex", __DIR__)
+
+defmodule YggBench.Brokers do
+  @moduledoc false
+
+  alias Yggdrasil.Test.BrokerServer
+  alias YggBench.{Comparators, Group, Harness, Stats}
+
+  @root Path.expand("../..", __DIR__)
+  @crowd 1_000
+  # A healthy round takes seconds: a round this late has lost messages.
+  @patience 30_000
+  @specs [
+    {"deliveries/s", :per_s, :higher, []},
+    {"latency p50", :ns, :lower, []},
+    {"latency p99", :ns, :lower, []},
+    {"delivered", :count, :higher, []}
+  ]
+  # Issues 12-14: {header, subscribers, publishers, metric, reference, bound}.
+  @targets [
+    {"8 publishers ÷ floor (≥ 0.7)", 1, 8, "deliveries/s", :floor, {:at_least, 0.7}},
+    {"p50 ÷ floor's (≤ 1.5)", 1, 1, "latency p50", :floor, {:at_most, 1.5}},
+    {"1k subscribers, 1 publisher ÷ :elixir (≥ 0.8)", @crowd, 1, "deliveries/s", :elixir,
+     {:at_least, 0.8}},
+    {"1k subscribers, 8 publishers ÷ :elixir (≥ 0.8)", @crowd, 8, "deliveries/s", :elixir,
+     {:at_least, 0.8}}
+  ]
+
+  def run(cfg) do
+    outcomes = for kind <- [:redis, :postgres, :rabbitmq], do: {kind, broker(kind, cfg)}
+
+    header = ["broker" | Enum.map(@targets, &elem(&1, 0))] ++ ["deliveries: no message lost"]
+    rows = for {_, {:ok, _, row}} <- outcomes, do: row
+    left_out = for {kind, {what, why}} <- outcomes, do: "#{kind} #{what}: #{why}"
+
+    %{
+      records: List.flatten(for {_, {:ok, records, _}} <- outcomes, do: records),
+      primary: "deliveries/s",
+      ratio_refs: [:floor, :elixir],
+      notes:
+        [
+          "One private server per broker; #{cfg.broker_reps} interleaved repetitions. " <>
+            "**yggdrasil**: `Yggdrasil.publish/2` → broker → subscriber processes, each " <>
+            "publisher waiting for `:ok`; **floor**: that loop in pure Rust, same client crate " <>
+            "(`examples/<broker>_floor.rs`); **client**: it through `yggdrasil_brokers::Client` " <>
+            "(our runtime, no BEAM); **redis_benchmark**: `PUBLISH` alone; **elixir**: the " <>
+            ":elixir adapter's fan-out. #{cfg.broker_msgs} messages per run to 1 subscriber, " <>
+            "#{cfg.broker_fan_msgs} to #{@crowd}; latency: publish → event (send time in the " <>
+            "payload); `delivered`: events counted (one missing fails the run with the count).",
+          IO.iodata_to_binary(Harness.table(header, rows))
+        ] ++ left_out
+    }
+  end
+
+  defp broker(kind, cfg) do
+    with {:ok, floor} <- build_floor(kind),
+         {:ok, server} <- start_server(kind) do
+      try do
+        Application.put_env(:yggdrasil, kind, BrokerServer.config(server))
+        measure(kind, server, floor, cfg)
+      rescue
+        error -> {:failed, Exception.message(error)}
+      after
+        close_client(kind)
+        BrokerServer.cleanup(server)
+      end
+    end
+  end
+
+  defp measure(kind, server, floor, cfg) do
+    single = subscribers(channel(kind, "single"), 1, :timed)
+    crowd = subscribers(channel(kind, "crowd"), @crowd, :count)
+    elixir = subscribers(Comparators.target({:brokers, kind}, 0).channel, @crowd, :count)
+    for subscribers <- [single, crowd, elixir], do: ours(subscribers, 10, 1)
+    floors = [:floor, :client] ++ if(kind == :redis, do: [:redis_benchmark], else: [])
+
+    records =
+      for {n, subscribers, k, comps} <- [
+            {1, single, cfg.broker_msgs, [:yggdrasil | floors]},
+            {@crowd, crowd, cfg.broker_fan_msgs, [:yggdrasil, :elixir]}
+          ],
+          publishers <- [1, 8] do
+        per =
+          Harness.interleave(cfg.broker_reps, comps, fn
+            :yggdrasil, _ -> ours(subscribers, k, publishers)
+            :elixir, _ -> ours(elixir, k, publishers)
+            c, _ -> floor(c, floor, server.port, k, publishers)
+          end)
+
+        Harness.records(:brokers, label(kind, n, publishers), per, @specs)
+      end
+      |> List.flatten()
+
+    extras = Enum.map([single, crowd, elixir], fn {group, _} -> Group.extras(group) end)
+    # In reverse: each waits for the engine to be back to its count at start.
+    Enum.each([elixir, crowd, single], fn {group, _} -> Group.stop(group) end)
+    {:ok, records, target_row(kind, records, Enum.sum(extras))}
+  end
+
+  defp target_row(kind, records, extras) do
+    median = fn n, p, c, metric ->
+      Enum.find_value(records, fn r ->
+        r.case == label(kind, n, p) and r.comparator == c and r.metric == metric and r.median
+      end)
+    end
+
+    cells =
+      for {_, n, p, metric, ref, {test, bound}} <- @targets do
+        with ours when ours != nil <- median.(n, p, :yggdrasil, metric),
+             theirs when theirs not in [nil, 0] <- median.(n, p, ref, metric) do
+          ratio = ours / theirs
+          met? = if test == :at_least, do: ratio >= bound, else: ratio <= bound
+          "#{Harness.fmt_ratio(ratio)} (#{if met?, do: "met", else: "missed"})"
+        else
+          _ -> "—"
+        end
+      end
+
+    delivered =
+      for r <- records, r.comparator == :yggdrasil, r.metric == "delivered", v <- r.values, do: v
+
+    duplicates = if extras > 0, do: ", #{extras} duplicates", else: ""
+    ["#{kind}" | cells] ++ ["#{Enum.sum(delivered)} counted, none missing" <> duplicates]
+  end
+
+  defp label(kind, n, p), do: "#{kind}: #{count(n, "subscriber")}, #{count(p, "publisher")}"
+
+  defp count(1, what), do: "1 #{what}"
+  defp count(n, what) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k #{what}s"
+  defp count(n, what), do: "#{n} #{what}s"
+
+  defp channel(:redis, id), do: [name: "ygg-bench-#{id}", adapter: :redis]
+  defp channel(:postgres, id), do: [name: "ygg_bench_#{id}", adapter: :postgres]
+  defp channel(:rabbitmq, id), do: [name: {"amq.topic", "ygg.bench.#{id}"}, adapter: :rabbitmq]
+
+  defp subscribers(channel, n, mode) do
+    {:ok, channel} = Yggdrasil.gen_channel(channel)
+    {Group.start(List.duplicate(channel, n), mode, &connect/1), channel}
+  end
+
+  defp connect(channel) do
+    :ok = Yggdrasil.subscribe(channel)
+
+    receive do
+      {:Y_CONNECTED, _} -> :ok
+    after
+      @patience -> raise "no :Y_CONNECTED for #{inspect(channel.name)}"
+    end
+  end
+
+  # `publishers` processes share `k` publishes, each waiting for its reply.
+  defp ours({group, channel}, k, publishers) do
+    publish = fn ->
+      for i <- 0..(publishers - 1) do
+        n = div(k, publishers) + if(i < rem(k, publishers), do: 1, else: 0)
+
+        Task.async(fn ->
+          for _ <- 1..n//1, (r = Yggdrasil.publish(channel, Group.stamp())) != :ok, do: r
+        end)
+      end
+      |> Task.await_many(:infinity)
+      |> List.flatten()
+    end
+
+    {total, _, errors} =
+      try do
+        Group.round(group, k, publish, @patience)
+      rescue
+        error in RuntimeError ->
+          reraise "#{Group.missing(group)} deliveries missing: #{Exception.message(error)}",
+                  __STACKTRACE__
+      end
+
+    if errors != [], do: raise("#{length(errors)} publishes failed: #{inspect(hd(errors))}")
+    p = Stats.percentiles(Group.latencies(group), [50, 99])
+
+    %{
+      "deliveries/s" => group.size * k * 1.0e9 / total,
+      "latency p50" => p[50],
+      "latency p99" => p[99],
+      "delivered" => group.size * k
+    }
+  end
+
+  defp floor(:redis_benchmark, _floor, port, k, publishers) do
+    # Redis 7.0's `-t` has no publish test: the command itself, 16-byte payload.
+    args =
+      ~w(-h 127.0.0.1 -p #{port} -n #{k} -c #{publishers} --csv PUBLISH ygg-rb 0123456789abcdef)
+
+    [_test, rps | _] = cmd!("redis-benchmark", args) |> last_line() |> String.split(",")
+    %{"deliveries/s" => number(String.trim(rps, "\""))}
+  end
+
+  # The floor prints one line of key=value pairs (see its doc comment).
+  defp floor(via, floor, port, k, publishers) do
+    args = ~w(--port #{port} --publishers #{publishers} --messages #{k})
+    args = if via == :client, do: args ++ ~w(--via client), else: args
+
+    out = cmd!(floor, args)
+    fields = Regex.scan(~r/(\w+)=(\S+)/, last_line(out), capture: :all_but_first)
+    fields = Map.new(fields, &List.to_tuple/1)
+    if fields["deliveries_per_s"] == nil, do: raise("#{floor} printed no result line:\n#{out}")
+
+    %{
+      "deliveries/s" => number(fields["deliveries_per_s"]),
+      "latency p50" => number(fields["p50_us"]) * 1_000,
+      "latency p99" => number(fields["p99_us"]) * 1_000,
+      "delivered" => String.to_integer(fields["messages"])
+    }
+  end
+
+  defp cmd!(program, args) do
+    case System.cmd(program, args, stderr_to_stdout: true) do
+      {out, 0} -> out
+      {out, status} -> raise "#{program} #{Enum.join(args, " ")} exited with #{status}:\n#{out}"
+    end
+  end
+
+  defp last_line(text), do: text |> String.split("\n", trim: true) |> List.last() || ""
+
+  defp number(text), do: text |> Float.parse() |> elem(0)
+
+  defp build_floor(kind) do
+    args = ~w(build --release --quiet -p yggdrasil_brokers --example #{kind}_floor)
+    target = System.get_env("CARGO_TARGET_DIR") || Path.join(@root, "target")
+
+    case System.cmd("cargo", args, cd: @root, stderr_to_stdout: true) do
+      {_, 0} -> {:ok, Path.join([target, "release", "examples", "#{kind}_floor"])}
+      {out, _} -> {:skipped, "`cargo #{Enum.join(args, " ")}`: #{last_line(out)}"}
+    end
+  end
+
+  defp start_server(kind) do
+    {:ok, BrokerServer.start!(kind)}
+  rescue
+    error -> {:skipped, "no server: " <> last_line(Exception.message(error))}
+  end
+
+  # Closed before its server stops, so that it does not retry (and warn)
+  # until its idle timeout.
+  defp close_client(kind) do
+    with {:ok, %{owner: owner}} <- Yggdrasil.Broker.client(kind, nil),
+         do: Yggdrasil.Broker.Owner.stop(owner)
+  end
+end
