@@ -43,6 +43,7 @@ test: setup lint test-rust test-elixir test-path-dep
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --profile $(TEST_PROFILE) -- -D warnings
+	cargo clippy -p yggdrasil_nif --no-default-features --profile $(TEST_PROFILE) -- -D warnings
 	mix format --check-formatted
 
 test-rust: setup setup-brokers

@@ -582,6 +582,11 @@ mod config {
             return Err(not_built(kind));
         }
         let settings = Settings { map, kind };
+        // Unused only in a build without any broker.
+        #[cfg_attr(
+            not(any(feature = "redis", feature = "postgres", feature = "rabbitmq")),
+            allow(unused_variables)
+        )]
         let common = yggdrasil_brokers::Common {
             publish_timeout: settings.millis("publish_timeout")?,
             backoff_max: settings.millis("backoff_max")?,
