@@ -3,6 +3,8 @@ defmodule Yggdrasil.BackendTest do
   # backends.
   use ExUnit.Case, async: true
 
+  import Yggdrasil.Test.Helpers, only: [forward_all: 1]
+
   # assert_receive waits this long (ms) for other processes on a busy machine.
   @timeout 2_000
 
@@ -53,19 +55,11 @@ defmodule Yggdrasil.BackendTest do
       spawn_link(fn ->
         :ok = subscribe.(channel)
         send(parent, {:subscribed, self()})
-        forward(parent)
+        forward_all(parent)
       end)
 
     assert_receive {:subscribed, ^pid}, @timeout
     pid
-  end
-
-  defp forward(parent) do
-    receive do
-      message ->
-        send(parent, {:forwarded, self(), message})
-        forward(parent)
-    end
   end
 
   describe "Yggdrasil.Backend.Default" do

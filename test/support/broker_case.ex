@@ -14,7 +14,7 @@ defmodule Yggdrasil.Test.BrokerCase do
   # (Yggdrasil.Test.BrokerServer's on_exit and guard).
 
   import ExUnit.Assertions
-  import Yggdrasil.Test.Helpers, only: [eventually: 3]
+  import Yggdrasil.Test.Helpers, only: [eventually: 3, forward_all: 1]
 
   alias Yggdrasil.Test.BrokerServer
 
@@ -206,19 +206,11 @@ defmodule Yggdrasil.Test.BrokerCase do
     pid =
       spawn_link(fn ->
         :ok = Yggdrasil.subscribe(channel)
-        forward(parent)
+        forward_all(parent)
       end)
 
     assert_receive {:forwarded, ^pid, {:Y_CONNECTED, ^channel}}, @wait
     pid
-  end
-
-  defp forward(parent) do
-    receive do
-      message ->
-        send(parent, {:forwarded, self(), message})
-        forward(parent)
-    end
   end
 
   ## Scenarios

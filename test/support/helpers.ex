@@ -55,6 +55,18 @@ defmodule Yggdrasil.Test.Helpers do
     end
   end
 
+  @doc """
+  A process body that forwards every message it gets to `parent` as
+  `{:forwarded, self(), message}`, for subscribers living in other processes.
+  """
+  def forward_all(parent) do
+    receive do
+      message ->
+        send(parent, {:forwarded, self(), message})
+        forward_all(parent)
+    end
+  end
+
   @doc "A process body that drops every message until `:stop`."
   def sink do
     receive do
