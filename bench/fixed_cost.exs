@@ -33,6 +33,20 @@ defmodule FixedCost do
     raw(n - 1, pid, event)
   end
 
+  def floor_call(0, _pid, _event), do: :ok
+
+  def floor_call(n, pid, event) do
+    :ok = Yggdrasil.Native.floor_call(pid, event)
+    floor_call(n - 1, pid, event)
+  end
+
+  def floor_send(0, _pid, _event), do: :ok
+
+  def floor_send(n, pid, event) do
+    :ok = Yggdrasil.Native.floor_send(pid, event)
+    floor_send(n - 1, pid, event)
+  end
+
   def nif(0, _channel, _event), do: :ok
 
   def nif(n, channel, event) do
@@ -117,6 +131,8 @@ end
 
 modes = [
   raw: fn n -> FixedCost.raw(n, subscriber, event) end,
+  floor_call: fn n -> FixedCost.floor_call(n, subscriber, event) end,
+  floor_send: fn n -> FixedCost.floor_send(n, subscriber, event) end,
   nif: fn n -> FixedCost.nif(n, channel, event) end,
   native: fn n -> FixedCost.native(n, channel, message) end,
   yggdrasil: fn n -> FixedCost.yggdrasil(n, channel, message) end,

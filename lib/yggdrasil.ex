@@ -95,8 +95,8 @@ defmodule Yggdrasil do
       case Registry.resolve(channel) do
         # Adapters that publish in the caller (`:elixir` among them): no
         # process in between.
-        {:ok, channel, %Route{publish: :caller, publisher_module: publisher} = route} ->
-          publisher.publish_in_caller(channel, route, message, options)
+        {:ok, channel, %Route{publish: :caller, publish_in_caller: publish} = route} ->
+          publish.(channel, route, message, options)
 
         # Other adapters (and :bridge channels for adapters on other nodes)
         # publish through their pooled publisher processes.

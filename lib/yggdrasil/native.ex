@@ -201,4 +201,15 @@ defmodule Yggdrasil.Native do
   # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
   @spec debug_panic(atom()) :: no_return()
   def debug_panic(_mode), do: not_loaded()
+
+  @doc false
+  # BENCH HOOKS, never called by the library: a NIF call that does nothing,
+  # and one that only sends `message` to `pid`, as a publish does: the floor
+  # `bench/fixed_cost.exs` sets beside `publish/2`.
+  @spec floor_call(term(), term()) :: :ok
+  def floor_call(_target, _message), do: not_loaded()
+
+  @doc false
+  @spec floor_send(pid(), term()) :: :ok
+  def floor_send(_pid, _message), do: not_loaded()
 end

@@ -30,7 +30,9 @@ defmodule Yggdrasil.Relay do
 
   @scope Yggdrasil.Registry
   @group __MODULE__
-  @nodes {__MODULE__, :nodes}
+  # An atom key: `:persistent_term.get/2` hashes its key on every publish
+  # (11 ns for an atom, 25 ns for a two-tuple).
+  @nodes :"Yggdrasil.Relay.nodes"
   @tag :"$yggdrasil_relay"
   @poll_ms 500
 

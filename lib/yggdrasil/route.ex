@@ -16,6 +16,10 @@ defmodule Yggdrasil.Route do
     (`Yggdrasil.Backend.Default`): publishing then skips both transformer
     calls and goes straight to the engine, with the same result.
 
+  - `publish_in_caller`: for a `:caller` adapter, its publisher module's
+    `publish_in_caller/4` captured as a function (calling a module held in
+    a variable looks the function up on every call).
+
   Routes are built once per adapter, transformer and backend and cached
   (`Yggdrasil.Registry`), so the publish path reads them instead of looking
   each module up. A `:caller` publisher gets the route of the channel it
@@ -30,6 +34,7 @@ defmodule Yggdrasil.Route do
     :backend_module,
     :subscriber_module,
     :publisher_module,
+    :publish_in_caller,
     delivery: :process,
     publish: :pool,
     direct: false
@@ -49,20 +54,28 @@ defmodule Yggdrasil.Route do
           backend_module: module(),
           subscriber_module: module() | nil,
           publisher_module: module() | nil,
+          publish_in_caller: (Yggdrasil.Channel.t(), t(), term(), keyword() -> term()) | nil,
           delivery: delivery(),
           publish: publish(),
           direct: boolean()
         }
 
   @doc false
+  # Completes a route built from its modules and capabilities: the fields
+  # that follow from the others, decided once.
+  @spec complete(t()) :: t()
+  def complete(%__MODULE__{publish: publish, publisher_module: publisher} = route) do
+    caller = if publish == :caller, do: Function.capture(publisher, :publish_in_caller, 4)
+    %__MODULE__{route | direct: direct?(route), publish_in_caller: caller}
+  end
+
   # Whether `route` may be `direct` (see the moduledoc); decided once, when
   # the route is built.
-  @spec direct?(t()) :: boolean()
-  def direct?(%__MODULE__{
-        transformer_module: Yggdrasil.Transformer.Default,
-        backend_module: Yggdrasil.Backend.Default
-      }),
-      do: true
+  defp direct?(%__MODULE__{
+         transformer_module: Yggdrasil.Transformer.Default,
+         backend_module: Yggdrasil.Backend.Default
+       }),
+       do: true
 
-  def direct?(%__MODULE__{}), do: false
+  defp direct?(%__MODULE__{}), do: false
 end

@@ -35,10 +35,21 @@ defmodule Yggdrasil.Backend.Base do
 
   def notify(_tag, other, _pid), do: Channel.not_a_channel(other)
 
+  # Most events carry no metadata on a channel that has none: the channel
+  # is then its own key and the event's channel, with no map copied.
+  def publish(%Channel{metadata: nil} = channel, message, nil),
+    do: broadcast(channel, {:Y_EVENT, channel, message})
+
+  def publish(%Channel{} = channel, message, metadata),
+    do:
+      broadcast(Channel.key(channel), {:Y_EVENT, %Channel{channel | metadata: metadata}, message})
+
+  def publish(other, _message, _metadata), do: Channel.not_a_channel(other)
+
   # The multi-node hook of adapters with `delivery: :engine` (`:elixir`)
   # lives here: every publish on such a channel (`Yggdrasil.publish/3`, the
   # publisher adapter, `Subscriber.Publisher.notify/3` or a backend's
-  # `super`) ends in this function once, on the publishing node, after the
+  # `super`) ends in this function (through `publish/3`) once, on the publishing node, after the
   # transformer decoded the message. The event tuple built for the local
   # engine is sent as is to each other node's relay (`Relay.forward/1`),
   # which hands it to its own engine: remote nodes get the decoded message
@@ -47,20 +58,12 @@ defmodule Yggdrasil.Backend.Base do
   # process runs on every node that has subscribers, so forwarding would
   # duplicate their events. With no other node, the adapter is not even
   # looked up.
-  def publish(%Channel{adapter: adapter} = channel, message, metadata) do
-    event = {:Y_EVENT, with_metadata(channel, metadata), message}
-
-    with :ok <- Engine.broadcast(Channel.key(channel), event) do
+  defp broadcast(key, {:Y_EVENT, %Channel{adapter: adapter}, _} = event) do
+    with :ok <- Engine.broadcast(key, event) do
       case Relay.remote_nodes() do
         [] -> :ok
         _ -> if Registry.get_delivery(adapter) == :engine, do: Relay.forward(event), else: :ok
       end
     end
   end
-
-  def publish(other, _message, _metadata), do: Channel.not_a_channel(other)
-
-  # Most events carry no metadata on a channel that has none: no map copy.
-  defp with_metadata(%Channel{metadata: metadata} = channel, metadata), do: channel
-  defp with_metadata(channel, metadata), do: %Channel{channel | metadata: metadata}
 end

@@ -28,6 +28,7 @@
 mod alloc;
 mod broker;
 mod fanout;
+mod floor;
 mod json;
 mod key;
 mod listing;
