@@ -43,7 +43,9 @@ defmodule Yggdrasil.FuzzTest do
     {:json_encode, 1},
     {:json_encode_dirty, 1},
     {:json_decode, 1},
-    {:json_decode_dirty, 1}
+    {:json_decode_dirty, 1},
+    {:floor_call, 2},
+    {:floor_send, 2}
   ]
 
   # Public functions (module, function, arity); missing ones are skipped.
@@ -108,6 +110,23 @@ defmodule Yggdrasil.FuzzTest do
 
     IO.puts("\nfuzz: #{@iterations} iterations, YGG_FUZZ_SEED=#{seed}")
     {:ok, seed: seed}
+  end
+
+  test "the bench hooks: floor_send sends like send/2, floor_cpu_stalls times pure computation" do
+    assert Native.floor_call(:anything, {:goes}) == :ok
+    assert Native.floor_send(self(), {:floor, 1}) == :ok
+    assert_receive {:floor, 1}
+    assert_raise ArgumentError, fn -> Native.floor_send(:not_a_pid, :x) end
+
+    # 50 ms of 1 ms pieces, 1 ms apart: about 25 pieces, each at least
+    # 1 ms of CPU time when undisturbed (the calibration aims at 1 ms).
+    stalls = Native.floor_cpu_stalls(50, 1_000, 1_000)
+    assert stalls.units in 5..50
+    assert stalls.longest_us >= 500
+
+    for bad <- [{601_000, 500, 0}, {10, 0, 0}, {10, 500, 2_000_000}, {-1, 500, 0}] do
+      assert_raise ArgumentError, fn -> apply(Native, :floor_cpu_stalls, Tuple.to_list(bad)) end
+    end
   end
 
   test "a panic inside a NIF comes back as an Elixir error, and the engine keeps working" do

@@ -175,6 +175,10 @@ defmodule Yggdrasil.SoakTest do
       end)
     ]
 
+    # The control: what the machine does, in the same window, to pure
+    # computation as long as a yielding fan-out call (500 µs), timed the
+    # same way (a tenth of a core at most: 500 µs every 2.5 ms).
+    control = Task.async(fn -> Yggdrasil.Native.floor_cpu_stalls(seconds * 1_000, 500, 2_000) end)
     Process.sleep(seconds * 1_000)
     :atomics.put(stop, 1, 1)
 
@@ -186,11 +190,13 @@ defmodule Yggdrasil.SoakTest do
       end
 
     :erlang.system_monitor(previous || :undefined)
+    stalls = Task.await(control, :infinity)
 
     %{
       fanout_calls: calls,
       fanout_max_wall_us: max_wall,
       fanout_max_cpu_us: max_cpu,
+      fanout_max_batch_us: max_batch,
       fanout_over_1ms_wall: over_wall,
       fanout_over_1ms_cpu: over_cpu
     } = Engine.info()
@@ -217,7 +223,10 @@ defmodule Yggdrasil.SoakTest do
       publishes: #{publishes_a + publishes_b}, state flips: #{flips}, full listings: #{listings}
       unsubscribe/subscribe cycles racing fan-outs: #{cycles}, events after unsubscribe returned: #{late}
       fan-out NIF calls longer than one batch: #{calls}; longest #{max_cpu} µs of CPU, #{max_wall} µs of wall time;
-        calls at 1 ms or more: #{over_cpu} by CPU time, #{over_wall} by wall time (wall time includes the OS running others)
+        calls at 1 ms or more: #{over_cpu} by CPU time, #{over_wall} by wall time (wall time includes the OS running others);
+        longest single batch of 32 sends: #{max_batch} µs of wall time
+      control, same window: #{stalls.units} pieces of pure computation of 500 µs, timed by CPU time:
+        #{stalls.over_1ms} at 1 ms or more, longest #{stalls.longest_us} µs
       long_schedule (>= 1 ms) events in the whole VM: #{length(events)}, worst #{worst} ms,
         in a Yggdrasil.Native call: #{length(native)} #{inspect(Enum.take(native, 3))}
         where (in, out): #{inspect(by_place)}

@@ -204,12 +204,22 @@ defmodule Yggdrasil.Native do
 
   @doc false
   # BENCH HOOKS, never called by the library: a NIF call that does nothing,
-  # and one that only sends `message` to `pid`, as a publish does: the floor
-  # `bench/fixed_cost.exs` sets beside `publish/2`.
+  # one that only sends `message` to `pid` as a publish does (the floors
+  # `bench/fixed_cost.exs` sets beside `publish/2`), and pure computation
+  # timed by CPU time as fan-outs time themselves (what the machine does to
+  # any code, which the crowd soak sets beside its fan-outs).
   @spec floor_call(term(), term()) :: :ok
   def floor_call(_target, _message), do: not_loaded()
 
   @doc false
   @spec floor_send(pid(), term()) :: :ok
   def floor_send(_pid, _message), do: not_loaded()
+
+  @doc false
+  @spec floor_cpu_stalls(non_neg_integer(), pos_integer(), non_neg_integer()) :: %{
+          units: non_neg_integer(),
+          over_1ms: non_neg_integer(),
+          longest_us: non_neg_integer()
+        }
+  def floor_cpu_stalls(_duration_ms, _unit_us, _pause_us), do: not_loaded()
 end

@@ -9,7 +9,7 @@ use crate::alloc;
 use crate::table::table;
 use rustler::NifMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A counter updated from any scheduler without a lock.
 pub struct Counter(AtomicU64);
@@ -89,6 +89,9 @@ counters! {
     fanout_max_wall_us,
     /// The longest of those calls, CPU time of the calling thread.
     fanout_max_cpu_us,
+    /// The longest single batch of sends in those calls, wall time: where
+    /// a long call spent its time (a batch normally takes a few µs).
+    fanout_max_batch_us,
     /// Calls of 1 ms or more, by wall time and by CPU time.
     fanout_over_1ms_wall,
     fanout_over_1ms_cpu,
@@ -98,6 +101,7 @@ counters! {
 pub struct CallTimer {
     started: Instant,
     cpu_started: u64,
+    longest_batch: Duration,
 }
 
 impl CallTimer {
@@ -105,7 +109,13 @@ impl CallTimer {
         CallTimer {
             started: Instant::now(),
             cpu_started: thread_cpu_us(),
+            longest_batch: Duration::ZERO,
         }
+    }
+
+    /// Notes how long one batch of sends took.
+    pub fn batch(&mut self, took: Duration) {
+        self.longest_batch = self.longest_batch.max(took);
     }
 
     pub fn stop(self) {
@@ -114,6 +124,9 @@ impl CallTimer {
         COUNTERS.fanout_calls.add(1);
         COUNTERS.fanout_max_wall_us.max(wall);
         COUNTERS.fanout_max_cpu_us.max(cpu);
+        COUNTERS
+            .fanout_max_batch_us
+            .max(u64::try_from(self.longest_batch.as_micros()).unwrap_or(u64::MAX));
         if wall >= 1_000 {
             COUNTERS.fanout_over_1ms_wall.add(1);
         }
@@ -124,7 +137,7 @@ impl CallTimer {
 }
 
 /// CPU time of the calling thread, in µs (0 if the clock is unavailable).
-fn thread_cpu_us() -> u64 {
+pub fn thread_cpu_us() -> u64 {
     let mut time = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
