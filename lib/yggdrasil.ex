@@ -177,7 +177,8 @@ defmodule Yggdrasil do
   `subscriptions`, `memory_bytes` (the engine's own tables), `deliveries`
   (messages sent), and how long fan-outs to many subscribers held their
   scheduler: `fanout_calls` (calls that took more than one batch of
-  sends), `fanout_max_wall_us`, `fanout_max_cpu_us`, `fanout_over_1ms_wall`,
+  sends), `fanout_max_wall_us`, `fanout_max_cpu_us`, `fanout_max_batch_us`
+  (the longest single batch of sends inside them), `fanout_over_1ms_wall`,
   `fanout_over_1ms_cpu`. Counters count since the library loaded.
   """
   @spec info() :: %{atom() => non_neg_integer()}
