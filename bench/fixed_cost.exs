@@ -11,7 +11,14 @@
 # machine; p25 is shown next to it. The `*_rr` rows publish round-robin on
 # `--channels` channels, all subscribed to by the same process (what a lookup
 # among many channels costs: the cache misses of bucket, key and members);
-# raw_rr sends the same events to that process.
+# raw_rr sends the same events to that process. floor_call is a NIF call
+# that does nothing, floor_send one that only `enif_send`s the event: what
+# no NIF-based publish can go below.
+#
+# A second table runs the one-channel rows against a subscriber that counts
+# its messages while they arrive (as `make bench` does), timing each batch
+# until the last message was received: the publishing and receiving
+# processes then share the machine's two cores, and every row costs more.
 
 {options, _, _} =
   OptionParser.parse(System.argv(),
@@ -96,6 +103,32 @@ defmodule FixedCost do
     serve()
   end
 
+  # Subscribes, then counts the events it is told to expect.
+  def counter(channel, parent) do
+    :ok = Yggdrasil.subscribe(channel)
+    send(parent, :subscribed)
+    count_loop()
+  end
+
+  defp count_loop do
+    receive do
+      {:count, n, from} ->
+        count(n)
+        send(from, :counted)
+        count_loop()
+    after
+      60_000 -> exit(:idle)
+    end
+  end
+
+  defp count(0), do: :ok
+
+  defp count(n) do
+    receive do
+      {:Y_EVENT, _, _} -> count(n - 1)
+    end
+  end
+
   defp drain do
     receive do
       _ -> drain()
@@ -177,5 +210,55 @@ for {name, _} <- modes do
     min,
     p25,
     raw / min
+  ])
+end
+
+# The same one-channel rows, the subscriber counting as messages arrive.
+{:ok, counted} = Yggdrasil.gen_channel(name: {:fixed_cost, :counted, make_ref()})
+counter = spawn_link(fn -> FixedCost.counter(counted, parent) end)
+receive do: (:subscribed -> :ok)
+counted_event = {:Y_EVENT, counted, message}
+running_batch = 10_000
+running_rounds = max(div(rounds, 3), 5)
+
+running = [
+  raw: fn n -> FixedCost.raw(n, counter, counted_event) end,
+  floor_send: fn n -> FixedCost.floor_send(n, counter, counted_event) end,
+  nif: fn n -> FixedCost.nif(n, counted, counted_event) end,
+  native: fn n -> FixedCost.native(n, counted, message) end,
+  yggdrasil: fn n -> FixedCost.yggdrasil(n, counted, message) end
+]
+
+running_samples =
+  Enum.reduce(1..running_rounds, %{}, fn round, samples ->
+    shift = rem(round, length(running))
+
+    Enum.reduce(Enum.drop(running, shift) ++ Enum.take(running, shift), samples, fn {name, run},
+                                                                                    samples ->
+      send(counter, {:count, running_batch, self()})
+      started = :erlang.monotonic_time(:nanosecond)
+      run.(running_batch)
+      receive do: (:counted -> :ok)
+      ns = (:erlang.monotonic_time(:nanosecond) - started) / running_batch
+      Map.update(samples, name, [ns], &[ns | &1])
+    end)
+  end)
+
+IO.puts(
+  "\nsubscriber counting while messages arrive, #{running_rounds} rounds of " <>
+    "#{running_batch} publishes, ns per message until the last was received"
+)
+
+raw_median = Enum.at(Enum.sort(running_samples[:raw]), div(running_rounds, 2))
+
+for {name, _} <- running do
+  sorted = Enum.sort(running_samples[name])
+  median = Enum.at(sorted, div(running_rounds, 2))
+
+  :io.format("~-12s min ~6.1f ns   median ~6.1f ns   raw/this ~4.2f (medians)~n", [
+    Atom.to_string(name),
+    hd(sorted),
+    median,
+    raw_median / median
   ])
 end
