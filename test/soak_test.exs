@@ -234,12 +234,17 @@ defmodule Yggdrasil.SoakTest do
 
     assert late == 0
     assert cycles > 0
-    # At full size, the NIF's own CPU time (which does not depend on how
-    # busy the machine is) stays under 1 ms for all but a rare call (a
-    # single enif_send can be slow when the VM's allocator grows; measured
-    # 3 in 24,662 calls); wall time and long_schedule are reported above,
-    # not asserted.
-    if full?(), do: assert(over_cpu * 1_000 <= calls)
+    # At full size: a fan-out call yields after 500 µs of its own work, so
+    # one that reaches 1 ms of CPU time was stretched by the machine (the VM
+    # charges interrupts and host stalls to the running thread). The control
+    # shows how often that happens to pure computation in the same window:
+    # calls may not reach 1 ms more often than its pieces do (1 in 10,000
+    # calls is allowed even when no piece did).
+    if full?() do
+      control_rate = stalls.over_1ms / max(stalls.units, 1)
+      assert over_cpu / max(calls, 1) <= max(control_rate, 1.0e-4)
+    end
+
     assert after_crowd.subscriptions == baseline.subscriptions
   end
 
