@@ -133,7 +133,8 @@ defmodule Yggdrasil.Native do
   # Broker clients (`native/yggdrasil_nif/src/broker.rs`), called only by
   # `Yggdrasil.Broker.Client`. `client` is the resource of one broker and
   # namespace; every call returns at once (no I/O on a scheduler). What the
-  # client sends to processes, from its delivery thread:
+  # client sends to processes, from its delivery thread (`:published`
+  # replies from the runtime thread that got the broker's answer):
   #
   #   {:"$yggdrasil_broker", :connected}          to a subscriber: the broker
   #                                               confirmed its topic (again

@@ -17,7 +17,7 @@ defmodule Yggdrasil.Broker.Publisher do
   alias Yggdrasil.Channel
 
   # The Rust side answers within publish_timeout; this margin only covers
-  # the delivery thread on a loaded machine. A reply later than that would
+  # the reply's send on a loaded machine. A reply later than that would
   # be left in the caller's mailbox, which the Rust deadline rules out.
   @reply_margin_ms 1_000
 

@@ -6,8 +6,9 @@
 //! publisher (one publishing connection, the requests waiting for it and
 //! those in flight). Commands reach them through tokio mpsc channels (the
 //! async side awaits them in a `select!`); events leave through the
-//! caller's `crossbeam_channel::Sender` because the receiving side is a
-//! plain thread (the NIF's delivery thread), not a task.
+//! caller's [`EventSink`], usually a `crossbeam_channel::Sender` because
+//! the receiving side is a plain thread (the NIF's delivery thread), not a
+//! task.
 //!
 //! Each task body runs under `catch_unwind`: a panic in a broker module or
 //! here ends the session (its confirmed topics' recipients get

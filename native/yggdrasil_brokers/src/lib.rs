@@ -2,8 +2,9 @@
 //! PostgreSQL and RabbitMQ) driven by one shared tokio runtime.
 //!
 //! Pure Rust, no rustler types: the NIF wraps a [`Client`] per broker and
-//! namespace and drains the `crossbeam_channel` it handed to [`Client::open`]
-//! on its own delivery thread.
+//! namespace, and the [`EventSink`] it hands to [`Client::open`] feeds a
+//! `crossbeam_channel` that its own delivery thread drains (publish replies
+//! it sends at once).
 //!
 //! Layout:
 //! - `runtime`: the process-wide tokio runtime (`LazyLock`, one worker).

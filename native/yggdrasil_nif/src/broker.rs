@@ -7,6 +7,7 @@
 //! a plain `std::thread`), which builds each message in an `OwnedEnv` and
 //! `enif_send`s it: no scheduler ever waits on a broker or sends its
 //! traffic, and the events for one pid keep the order the client produced.
+//! Publish replies skip the thread (see [`Outbox`]).
 //!
 //! Messages sent to BEAM processes (`Yggdrasil.Native` documents them too):
 //! - `{:"$yggdrasil_broker", :connected}` / `{:"$yggdrasil_broker", :disconnected}`
@@ -20,12 +21,14 @@
 //! Subscribers are monitored by the client resource: a dead subscriber's
 //! topics are unsubscribed in the `down` callback. The owner is monitored
 //! too: when it dies the client closes (its connections with it).
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustler::thread::is_scheduler_thread;
 use rustler::types::binary::NewBinary;
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::get_tuple;
@@ -33,7 +36,7 @@ use rustler::{
     Atom, Binary, Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term,
 };
 use yggdrasil_brokers::{
-    runtime_stats, Client, Delivery, Event, HeaderValue, Metadata, Properties, Topic,
+    runtime_stats, Client, Delivery, Event, EventSink, HeaderValue, Metadata, Properties, Topic,
 };
 
 use crate::pid::Pid;
@@ -167,36 +170,71 @@ fn not_built(kind: Kind) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Delivery thread
+// Delivery
 
-/// The sending end every client gets; the thread owns the receiving end.
-/// Created with the first client, so a VM that never opens a broker has no
-/// such thread.
-static OUTBOX: LazyLock<Result<Sender<Events>, String>> = LazyLock::new(|| {
+/// Where every client's events go. A publish reply is sent to its caller
+/// at once, from the runtime thread that produced it: one `enif_send` from
+/// an owned environment, which any thread outside the VM may do, instead of
+/// a hand-off that wakes the delivery thread on the path a publisher waits
+/// on. The caller is the only process that event goes to, so no order
+/// between it and the thread's events can matter. Everything else
+/// (subscriber events, connection states, warnings) goes through the
+/// delivery thread, in the order the client produced it.
+#[derive(Clone)]
+struct Outbox(Sender<Events>);
+
+impl EventSink<Pid> for Outbox {
+    fn deliver(&self, delivery: Events) {
+        // A reply dropped on a VM thread (a client closed from a NIF) takes
+        // the thread: owned environments cannot send from there.
+        if matches!(delivery.event, Event::Published { .. }) && !is_scheduler_thread() {
+            REPLY_ENV.with(|env| send_from(&mut env.borrow_mut(), delivery));
+        } else {
+            // A dropped receiver means nobody listens any more.
+            let _ = self.0.send(delivery);
+        }
+    }
+}
+
+thread_local! {
+    /// The environment publish replies are built in, one per runtime thread.
+    static REPLY_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
+}
+
+/// Builds the event's message in `env` and sends it. A panic while building
+/// it loses that message only (the environment is replaced), never the
+/// thread.
+fn send_from(env: &mut OwnedEnv, delivery: Events) {
+    let sent = catch_unwind(AssertUnwindSafe(|| {
+        // A dead recipient is not an error: its events just go nowhere.
+        let _ = env.send_and_clear(&delivery.to.local(), |env| message(env, delivery.event));
+    }));
+    if sent.is_err() {
+        *env = OwnedEnv::new();
+    }
+}
+
+/// The sending end every client gets; the delivery thread owns the
+/// receiving end. Created with the first client, so a VM that never opens a
+/// broker has no such thread.
+static OUTBOX: LazyLock<Result<Outbox, String>> = LazyLock::new(|| {
     let (sender, receiver) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("yggdrasil-delivery".into())
         .spawn(move || deliver_forever(receiver))
-        .map(|_| sender)
+        .map(|_| Outbox(sender))
         .map_err(|e| format!("cannot start the broker delivery thread: {e}"))
 });
 
-fn outbox() -> Result<Sender<Events>, String> {
+fn outbox() -> Result<Outbox, String> {
     OUTBOX.as_ref().cloned().map_err(Clone::clone)
 }
 
-/// Runs for the life of the VM (the static sender never drops). A panic
-/// while building one message loses that message only, never the thread.
+/// Runs for the life of the VM (the static sender never drops).
 fn deliver_forever(receiver: Receiver<Events>) {
     let mut env = OwnedEnv::new();
     for delivery in receiver.iter() {
-        let sent = catch_unwind(AssertUnwindSafe(|| {
-            // A dead recipient is not an error: its events just go nowhere.
-            let _ = env.send_and_clear(&delivery.to.local(), |env| message(env, delivery.event));
-        }));
-        if sent.is_err() {
-            env = OwnedEnv::new();
-        }
+        send_from(&mut env, delivery);
     }
 }
 
@@ -548,7 +586,7 @@ fn broker_stats(env: Env<'_>, client: ResourceArc<BrokerClient>) -> Term<'_> {
 fn broker_runtime_stats(env: Env<'_>) -> Term<'_> {
     let stats = runtime_stats();
     let pending = match LazyLock::get(&OUTBOX) {
-        Some(Ok(sender)) => sender.len(),
+        Some(Ok(Outbox(sender))) => sender.len(),
         _ => 0,
     };
     let map = count_map(
