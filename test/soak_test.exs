@@ -177,7 +177,7 @@ defmodule Yggdrasil.SoakTest do
 
     # The control: what the machine does, in the same window, to pure
     # computation as long as a yielding fan-out call (500 µs), timed the
-    # same way (a tenth of a core at most: 500 µs every 2.5 ms).
+    # same way (a fifth of a core at most: 500 µs every 2.5 ms).
     control = Task.async(fn -> Yggdrasil.Native.floor_cpu_stalls(seconds * 1_000, 500, 2_000) end)
     Process.sleep(seconds * 1_000)
     :atomics.put(stop, 1, 1)

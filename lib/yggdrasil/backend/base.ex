@@ -49,15 +49,15 @@ defmodule Yggdrasil.Backend.Base do
   # The multi-node hook of adapters with `delivery: :engine` (`:elixir`)
   # lives here: every publish on such a channel (`Yggdrasil.publish/3`, the
   # publisher adapter, `Subscriber.Publisher.notify/3` or a backend's
-  # `super`) ends in this function (through `publish/3`) once, on the publishing node, after the
-  # transformer decoded the message. The event tuple built for the local
-  # engine is sent as is to each other node's relay (`Relay.forward/1`),
-  # which hands it to its own engine: remote nodes get the decoded message
-  # exactly once and run neither the transformer nor the backend again.
-  # Adapters with `delivery: :process` are not forwarded: their subscriber
-  # process runs on every node that has subscribers, so forwarding would
-  # duplicate their events. With no other node, the adapter is not even
-  # looked up.
+  # `super`) ends here once, through `publish/3`, on the publishing node,
+  # after the transformer decoded the message. The event tuple built for
+  # the local engine is sent as is to each other node's relay
+  # (`Relay.forward/1`), which hands it to its own engine: remote nodes get
+  # the decoded message exactly once and run neither the transformer nor
+  # the backend again. Adapters with `delivery: :process` are not
+  # forwarded: their subscriber process runs on every node that has
+  # subscribers, so forwarding would duplicate their events. With no other
+  # node, the adapter is not even looked up.
   defp broadcast(key, {:Y_EVENT, %Channel{adapter: adapter}, _} = event) do
     with :ok <- Engine.broadcast(key, event) do
       case Relay.remote_nodes() do
