@@ -186,14 +186,32 @@ struct Outbox(Sender<Events>);
 impl EventSink<Pid> for Outbox {
     fn deliver(&self, delivery: Events) {
         // A reply dropped on a VM thread (a client closed from a NIF) takes
-        // the thread: owned environments cannot send from there.
-        if matches!(delivery.event, Event::Published { .. }) && !is_scheduler_thread() {
-            REPLY_ENV.with(|env| send_from(&mut env.borrow_mut(), delivery));
+        // the delivery thread: owned environments cannot send from there.
+        let direct = matches!(delivery.event, Event::Published { .. }) && !is_scheduler_thread();
+        let left = if direct {
+            send_here(delivery)
         } else {
+            Some(delivery)
+        };
+        if let Some(delivery) = left {
             // A dropped receiver means nobody listens any more.
             let _ = self.0.send(delivery);
         }
     }
+}
+
+/// Sends `delivery` from this thread's own environment; gives it back when
+/// the thread cannot (its locals are being destroyed as it exits).
+fn send_here(delivery: Events) -> Option<Events> {
+    let mut delivery = Some(delivery);
+    let _ = REPLY_ENV.try_with(|env| {
+        if let Ok(mut env) = env.try_borrow_mut() {
+            if let Some(delivery) = delivery.take() {
+                send_from(&mut env, delivery);
+            }
+        }
+    });
+    delivery
 }
 
 thread_local! {
