@@ -29,6 +29,7 @@ mod backoff;
 mod broker;
 mod client;
 mod runtime;
+mod secret;
 mod types;
 
 #[cfg(feature = "postgres")]
@@ -40,6 +41,7 @@ pub mod redis;
 
 pub use client::{Client, EventSink};
 pub use runtime::{runtime_stats, RuntimeStats};
+pub use secret::Secret;
 pub use types::*;
 
 /// The brokers compiled in (cargo features), e.g. `["redis", "postgres"]`:
