@@ -69,13 +69,16 @@
 //! counts open listener sessions plus open publishers.
 //!
 //! # Adding a broker
-//! A module `src/<broker>.rs` behind its cargo feature with a `Config`
-//! (its section-10 keys plus `common: Common`) and a type implementing
-//! `Broker`; then one variant in `Config` (types.rs), one arm in
-//! `Config::common` and one in `Client::open` (client.rs).
+//! See `docs/writing-a-broker.md`: a module `src/<broker>.rs` behind its
+//! cargo feature with a type implementing `Broker`, and one line in the
+//! list of `lib.rs`.
 use std::future::Future;
 
-use crate::{Common, Metadata, Properties, Topic};
+use std::fmt::Display;
+use std::hash::Hash;
+
+use crate::settings::{Schema, Settings};
+use crate::{Common, Data, Error, Name};
 
 /// Why a `listen`/`unlisten` failed.
 #[derive(Debug)]
@@ -96,17 +99,27 @@ pub(crate) enum PublishError {
 }
 
 /// One message from a subscribing session.
-pub(crate) struct Incoming<A> {
+pub(crate) struct Incoming<T, A> {
     /// The subscribed topic it matched, exactly as passed to `listen`
     /// (redis: the pattern, not the channel it was published on).
-    pub topic: Topic,
+    pub topic: T,
     pub payload: Vec<u8>,
-    pub metadata: Metadata,
+    /// What the subscriber sees in its channel's `metadata`.
+    pub metadata: Data,
     /// Handed to `Broker::ack` after the events left for the recipients.
     pub ack: Option<A>,
 }
 
-pub(crate) trait Broker: Send + Sync + 'static {
+pub(crate) trait Broker: Send + Sync + Sized + 'static {
+    /// The broker's name: its adapter's, its cargo feature's, and the one
+    /// in warnings and errors ("redis").
+    const NAME: &'static str;
+
+    /// Its keys and URL form (section 10); the common keys are added.
+    const SCHEMA: Schema;
+
+    /// Where a subscription listens and a publish goes, checked.
+    type Topic: Clone + Eq + Hash + Display + Send + Sync + 'static;
     /// Control half of a subscribing session: issues LISTEN/PSUBSCRIBE/bind+consume.
     type Control: Send;
     /// Message half of the same session, polled in the listener task's loop.
@@ -116,16 +129,19 @@ pub(crate) trait Broker: Send + Sync + 'static {
     type Publisher: Clone + Send + Sync;
     /// What `ack` needs to acknowledge one message (`()` when nothing is acked).
     type Ack: Send;
+    /// What `publish` takes besides the payload (`()` for none).
+    type Properties: Send + Sync + 'static;
 
-    /// The broker's name in warnings and errors ("redis").
-    fn name(&self) -> &'static str;
+    /// Checks the settings (files included) and prepares; connects nothing.
+    fn new(settings: &Settings, common: Common) -> Result<Self, Error>;
 
     /// The settings shared by every broker (timeouts, backoff, idle close).
     fn common(&self) -> &Common;
 
-    /// Whether a topic is for this broker and acceptable to it. Called in the
-    /// caller's thread before anything is queued: must not block.
-    fn check_topic(&self, topic: &Topic) -> Result<(), String>;
+    /// A channel name as this broker's topic, or why the broker would
+    /// refuse it. Called in the caller's thread before anything is queued:
+    /// must not block.
+    fn topic(&self, name: &Name) -> Result<Self::Topic, String>;
 
     /// Whether a payload is acceptable (postgres: UTF-8, < 8000 bytes).
     /// Called in the caller's thread before anything is queued: must not block.
@@ -142,21 +158,21 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn listen(
         &self,
         control: &mut Self::Control,
-        topic: &Topic,
+        topic: &Self::Topic,
     ) -> impl Future<Output = Result<(), ListenError>> + Send;
 
     /// Drops the broker-level subscription of `topic`.
     fn unlisten(
         &self,
         control: &mut Self::Control,
-        topic: &Topic,
+        topic: &Self::Topic,
     ) -> impl Future<Output = Result<(), ListenError>> + Send;
 
     /// The next message of any topic of this session; `None` = session lost.
     fn next_message(
         &self,
         messages: &mut Self::Messages,
-    ) -> impl Future<Output = Option<Incoming<Self::Ack>>> + Send;
+    ) -> impl Future<Output = Option<Incoming<Self::Topic, Self::Ack>>> + Send;
 
     /// Checks that a quiet session is still alive (redis: `PING`); called
     /// after `KEEPALIVE` without a message and bounded by the same time, so
@@ -175,6 +191,10 @@ pub(crate) trait Broker: Send + Sync + 'static {
         async {}
     }
 
+    /// `publish/3` options, checked before anything is queued (rabbitmq:
+    /// AMQP properties; the others take none and ignore them).
+    fn properties(&self, options: &[(String, Data)]) -> Result<Self::Properties, String>;
+
     /// Opens a publisher.
     fn connect_publisher(&self) -> impl Future<Output = Result<Self::Publisher, String>> + Send;
 
@@ -182,8 +202,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn publish(
         &self,
         publisher: &Self::Publisher,
-        topic: &Topic,
+        topic: &Self::Topic,
         payload: &[u8],
-        props: &Properties,
+        properties: &Self::Properties,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }

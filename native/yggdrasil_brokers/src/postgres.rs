@@ -7,44 +7,75 @@
 //! `SELECT pg_notify($1, $2)`, prepared once per connection: the channel name and the payload
 //! travel as parameters, never spliced into SQL, and concurrent publishes pipeline on one socket.
 
+use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Connection, NoTls, Socket, Statement};
+use tokio_postgres::{AsyncMessage, Connection, NoTls, Statement};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
-use crate::{Common, Error, Metadata, Properties, Topic};
+use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
+use crate::tls::{self, Tls, Verify};
+use crate::url::BrokerUrl;
+use crate::{Common, Data, Error, Name};
 
 /// `pg_notify` refuses a payload of 8000 bytes or more (NOTIFY_PAYLOAD_MAX_LENGTH with the
 /// default 8 kB block size).
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 7999;
 
-/// Connection settings of section 10, with the defaults of `yggdrasil_postgres`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// A host name or IP address; a path starting with `/` is a Unix socket directory.
-    pub hostname: String,
-    pub port: u16,
-    pub username: String,
-    pub password: Option<String>,
-    pub database: String,
-    pub common: Common,
-}
+/// PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes: refuse instead.
+const MAX_NAME: usize = 63;
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            hostname: "localhost".to_owned(),
-            port: 5432,
-            username: "postgres".to_owned(),
-            password: Some("postgres".to_owned()),
-            database: "postgres".to_owned(),
-            common: Common::default(),
+const DEFAULT_PORT: i64 = 5432;
+
+/// libpq's `sslmode`s, each with libpq's meaning.
+const SSLMODES: &[&str] = &["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+/// Section 10 `:postgres` keys, with the defaults of `yggdrasil_postgres`; `sslmode` (set by
+/// a URL's `?sslmode=`, or directly) overrides `tls`/`tls_verify` when set.
+const KEYS: &[Key] = &[
+    Key::new("hostname", Kind::Host, Preset::Text("localhost")),
+    Key::new("port", PORT, Preset::Int(DEFAULT_PORT)),
+    Key::new("username", Kind::Text, Preset::Text("postgres")),
+    Key::new("password", Kind::Secret, Preset::Text("postgres")),
+    Key::new("database", Kind::Text, Preset::Text("postgres")),
+    Key::new("sslmode", Kind::Choice(SSLMODES), Preset::Nil),
+];
+
+/// `postgres://` or `postgresql://[user[:password]@]host[:port][/database][?params]`, as libpq
+/// reads it; params `sslmode` and `sslrootcert` (= `tls_cacertfile`), nothing else.
+fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
+    let mut values = vec![
+        ("hostname", Value::Text(url.host)),
+        ("port", Value::Int(url.port.map_or(DEFAULT_PORT, i64::from))),
+        ("username", Value::Text(url.username.unwrap_or_else(|| "postgres".to_owned()))),
+        ("password", url.password.map_or(Value::Nil, Value::Secret)),
+        ("database", Value::Text(url.path.unwrap_or_else(|| "postgres".to_owned()))),
+    ];
+    for (param, value) in url.query {
+        match param.as_str() {
+            "sslmode" if SSLMODES.contains(&value.as_str()) => {
+                values.push(("sslmode", Value::Text(value)))
+            }
+            "sslmode" => {
+                return Err(Error::new(format!(
+                    "url: sslmode must be one of {}, got {value:?}",
+                    SSLMODES.join(", ")
+                )))
+            }
+            "sslrootcert" => values.push(("tls_cacertfile", Value::Text(value))),
+            other => {
+                return Err(Error::new(format!(
+                    "url: unknown parameter {other:?} (postgres URLs take sslmode and sslrootcert)"
+                )))
+            }
         }
     }
+    Ok(values)
 }
 
 /// Checks a payload before it is sent: NOTIFY carries text shorter than 8000 bytes.
@@ -82,47 +113,86 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     quoted
 }
 
+/// A `LISTEN` channel (quoted as an identifier when used).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Channel(String);
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "postgres channel {:?}", self.0)
+    }
+}
+
 /// The `:postgres` protocol, driven by the shared client machinery.
 pub(crate) struct Postgres {
     common: Common,
+    host: String,
+    port: u16,
+    /// `None`: plaintext; with `prefer`, TLS only if the server offers it.
+    tls: Option<Tls>,
     listener: tokio_postgres::Config,
     publisher: tokio_postgres::Config,
 }
 
 impl Postgres {
-    /// Checks the settings; does not connect.
-    pub(crate) fn new(config: Config) -> Result<Self, Error> {
-        if config.hostname.is_empty() {
-            return Err(Error::new("the postgres hostname cannot be empty"));
-        }
-        if config.port == 0 {
-            return Err(Error::new("the postgres port cannot be 0"));
-        }
-        Ok(Postgres {
-            listener: connection_config(&config, "yggdrasil listen"),
-            publisher: connection_config(&config, "yggdrasil publish"),
-            common: config.common,
-        })
+    async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            Connection<tls::Stream, tokio_postgres::tls::NoTlsStream>,
+        ),
+        String,
+    > {
+        let stream = tls::connect(&self.host, self.port, None).await?;
+        let _ = &self.tls;
+        config
+            .connect_raw(stream, NoTls)
+            .await
+            .map_err(|e| describe(&e))
     }
 }
 
-fn connection_config(config: &Config, application_name: &str) -> tokio_postgres::Config {
+fn connection_config(
+    settings: &Settings,
+    application_name: &str,
+    ssl_mode: SslMode,
+) -> Result<tokio_postgres::Config, Error> {
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&config.hostname)
-        .port(config.port)
-        .user(&config.username)
-        .dbname(&config.database)
+    pg.host(settings.text("hostname")?)
+        .port(settings.port("port")?)
+        .user(settings.text("username")?)
+        .dbname(settings.text("database")?)
+        .ssl_mode(ssl_mode)
         // Lets an operator (and the leak tests) tell our backends apart in pg_stat_activity.
         .application_name(application_name);
-    if let Some(password) = &config.password {
-        pg.password(password);
+    if let Some(password) = settings.secret("password")? {
+        pg.password(password.expose());
     }
-    pg
+    Ok(pg)
+}
+
+/// The TLS mode: `sslmode` when set, else `tls` and `tls_verify`.
+fn tls_mode(settings: &Settings) -> Result<(SslMode, Option<Verify>), Error> {
+    let mode = match settings.opt_text("sslmode")? {
+        Some(mode) => mode,
+        None if !settings.bool("tls")? => "disable".to_owned(),
+        None if settings.text("tls_verify")? == "verify_none" => "require".to_owned(),
+        None => "verify-full".to_owned(),
+    };
+    Ok(match mode.as_str() {
+        "disable" => (SslMode::Disable, None),
+        "prefer" => (SslMode::Prefer, Some(Verify::None)),
+        "require" => (SslMode::Require, Some(Verify::None)),
+        "verify-ca" => (SslMode::Require, Some(Verify::ChainOnly)),
+        _ => (SslMode::Require, Some(Verify::Peer)),
+    })
 }
 
 /// The message half of a listening session: notifications in the order the server sent them;
 /// closed when the connection ends.
-pub(crate) struct Notifications(mpsc::UnboundedReceiver<Incoming<()>>);
+pub(crate) struct Notifications(mpsc::UnboundedReceiver<Incoming<Channel, ()>>);
 
 /// A publishing connection, shared by concurrent publishes.
 #[derive(Clone)]
@@ -132,25 +202,62 @@ pub(crate) struct Publisher {
 }
 
 impl Broker for Postgres {
+    const NAME: &'static str = "postgres";
+    const SCHEMA: Schema = Schema {
+        keys: KEYS,
+        url_schemes: &["postgres", "postgresql"],
+        from_url,
+    };
+    type Topic = Channel;
     type Control = tokio_postgres::Client;
     type Messages = Notifications;
     type Publisher = Publisher;
     type Ack = ();
+    type Properties = ();
 
-    fn name(&self) -> &'static str {
-        "postgres"
+    fn new(settings: &Settings, common: Common) -> Result<Self, Error> {
+        let host = settings.text("hostname")?;
+        let (ssl_mode, verify) = tls_mode(settings)?;
+        let tls = match verify {
+            Some(verify) => Some(settings.tls_config(&host, verify)?),
+            None => None,
+        };
+        Ok(Postgres {
+            listener: connection_config(settings, "yggdrasil listen", ssl_mode)?,
+            publisher: connection_config(settings, "yggdrasil publish", ssl_mode)?,
+            port: settings.port("port")?,
+            host,
+            tls,
+            common,
+        })
     }
 
     fn common(&self) -> &Common {
         &self.common
     }
 
-    fn check_topic(&self, topic: &Topic) -> Result<(), String> {
-        match topic {
-            // The constructor holds the name rules; a variant built by hand is checked the same.
-            Topic::Postgres(name) => Topic::postgres(name.as_str()).map(drop).map_err(|e| e.0),
-            _ => Err(not_postgres(topic)),
+    fn topic(&self, name: &Name) -> Result<Channel, String> {
+        let channel = name
+            .text()
+            .ok_or("a :postgres channel name must be a UTF-8 binary (a LISTEN channel)")?;
+        if channel.is_empty() {
+            return Err("a postgres channel name must not be empty".to_owned());
         }
+        if channel.len() > MAX_NAME {
+            return Err(format!(
+                "a postgres channel name must be at most {MAX_NAME} bytes, got {}",
+                channel.len()
+            ));
+        }
+        if channel.contains('\0') {
+            return Err("a postgres channel name must not contain NUL".to_owned());
+        }
+        Ok(Channel(channel.to_owned()))
+    }
+
+    /// NOTIFY has no properties: `publish/3` options are ignored.
+    fn properties(&self, _options: &[(String, Data)]) -> Result<(), String> {
+        Ok(())
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), String> {
@@ -158,11 +265,7 @@ impl Broker for Postgres {
     }
 
     async fn connect_listener(&self) -> Result<(Self::Control, Self::Messages), String> {
-        let (client, connection) = self
-            .listener
-            .connect(NoTls)
-            .await
-            .map_err(|e| describe(&e))?;
+        let (client, connection) = self.connect(&self.listener).await?;
         // Unbounded on purpose: this task must keep polling the connection, which also carries
         // the replies to LISTEN the session may be awaiting; with a bounded queue a full queue
         // would stop those replies and the session would wait for itself. The consumer only
@@ -172,14 +275,14 @@ impl Broker for Postgres {
         Ok((client, Notifications(receiver)))
     }
 
-    async fn listen(&self, control: &mut Self::Control, topic: &Topic) -> Result<(), ListenError> {
+    async fn listen(&self, control: &mut Self::Control, topic: &Channel) -> Result<(), ListenError> {
         run_on_channel(control, "LISTEN", topic).await
     }
 
     async fn unlisten(
         &self,
         control: &mut Self::Control,
-        topic: &Topic,
+        topic: &Channel,
     ) -> Result<(), ListenError> {
         run_on_channel(control, "UNLISTEN", topic).await
     }
@@ -192,16 +295,12 @@ impl Broker for Postgres {
             .map_err(|e| ListenError::Connection(describe(&e)))
     }
 
-    async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming<()>> {
+    async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming<Channel, ()>> {
         messages.0.recv().await
     }
 
     async fn connect_publisher(&self) -> Result<Self::Publisher, String> {
-        let (client, connection) = self
-            .publisher
-            .connect(NoTls)
-            .await
-            .map_err(|e| describe(&e))?;
+        let (client, connection) = self.connect(&self.publisher).await?;
         // Runs until the last clone of the Publisher drops its Client or the socket fails.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -219,13 +318,11 @@ impl Broker for Postgres {
     async fn publish(
         &self,
         publisher: &Self::Publisher,
-        topic: &Topic,
+        topic: &Channel,
         payload: &[u8],
-        _properties: &Properties,
+        _properties: &(),
     ) -> Result<(), PublishError> {
-        let Topic::Postgres(channel) = topic else {
-            return Err(PublishError::Refused(not_postgres(topic)));
-        };
+        let channel = &topic.0;
         let payload = check_payload(payload).map_err(PublishError::Refused)?;
         publisher
             .client
@@ -246,13 +343,10 @@ impl Broker for Postgres {
 async fn run_on_channel(
     control: &mut tokio_postgres::Client,
     command: &str,
-    topic: &Topic,
+    topic: &Channel,
 ) -> Result<(), ListenError> {
-    let Topic::Postgres(channel) = topic else {
-        return Err(ListenError::Topic(not_postgres(topic)));
-    };
     control
-        .batch_execute(&format!("{command} {}", quote_identifier(channel)))
+        .batch_execute(&format!("{command} {}", quote_identifier(&topic.0)))
         .await
         .map_err(|e| {
             if is_connection_lost(control, &e) {
@@ -265,10 +359,13 @@ async fn run_on_channel(
 
 /// Polls the listening connection, forwarding notifications until the connection ends or the
 /// session drops its half (which closes the socket).
-async fn forward_notifications(
-    mut connection: Connection<Socket, NoTlsStream>,
-    sender: mpsc::UnboundedSender<Incoming<()>>,
-) {
+async fn forward_notifications<S, T>(
+    mut connection: Connection<S, T>,
+    sender: mpsc::UnboundedSender<Incoming<Channel, ()>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let message = tokio::select! {
             message = poll_fn(|cx| connection.poll_message(cx)) => message,
@@ -278,9 +375,9 @@ async fn forward_notifications(
             Some(Ok(AsyncMessage::Notification(notification))) => {
                 let channel = notification.channel().to_owned();
                 let incoming = Incoming {
-                    topic: Topic::Postgres(channel.clone()),
+                    metadata: Data::fields([("channel", Data::text(channel.clone()))]),
+                    topic: Channel(channel),
                     payload: notification.payload().as_bytes().to_vec(),
-                    metadata: Metadata::Postgres { channel },
                     ack: None,
                 };
                 if sender.send(incoming).is_err() {
@@ -292,10 +389,6 @@ async fn forward_notifications(
             Some(Err(_)) | None => return,
         }
     }
-}
-
-fn not_postgres(topic: &Topic) -> String {
-    format!("{topic} is not a postgres channel")
 }
 
 /// True when the session cannot go on: closed socket, I/O failure, or a FATAL/PANIC error from
@@ -334,12 +427,15 @@ mod tests {
         assert_eq!(quote_identifier("ümlaut;--"), "\"ümlaut;--\"");
     }
 
+    fn broker(given: &[crate::Given]) -> Result<Postgres, Error> {
+        let settings = crate::settings::resolve(&Postgres::SCHEMA, given)?;
+        Postgres::new(&settings, Common::from_settings(&settings)?)
+    }
+
     #[test]
     fn channel_names_are_bounded() {
-        let Ok(broker) = Postgres::new(Config::default()) else {
-            panic!("the defaults are valid");
-        };
-        let check = |name: &str| broker.check_topic(&Topic::Postgres(name.to_owned()));
+        let broker = broker(&[]).unwrap();
+        let check = |name: &str| broker.topic(&Name::from(name));
         assert!(check("x").is_ok());
         assert!(check(&"n".repeat(63)).is_ok());
         // 62 ASCII bytes + one two-byte character = 64 bytes.
@@ -347,21 +443,40 @@ mod tests {
         assert!(check(&"n".repeat(64)).is_err());
         assert!(check("").is_err());
         assert!(check("a\0b").is_err());
-        assert!(broker.check_topic(&Topic::Redis(b"x".to_vec())).is_err());
+        assert!(broker.topic(&Name::pair("a", "b")).is_err());
+        assert!(broker.topic(&Name::Bytes(vec![0xff])).is_err());
     }
 
     #[test]
     fn settings_are_checked_without_connecting() {
-        let empty_host = Config {
-            hostname: String::new(),
-            ..Config::default()
+        use crate::{Given, Raw};
+        assert!(broker(&[Given::new("hostname", Raw::Text(String::new()))]).is_err());
+        assert!(broker(&[Given::new("port", Raw::Int(0))]).is_err());
+        assert!(broker(&[Given::new("sslmode", Raw::Text("sometimes".into()))]).is_err());
+    }
+
+    #[test]
+    fn urls_as_libpq_reads_them() {
+        use crate::{Given, Raw};
+        let url = |text: &str| {
+            let given = [Given::new("url", Raw::Text(text.into()))];
+            crate::settings::resolve(&Postgres::SCHEMA, &given)
         };
-        assert!(Postgres::new(empty_host).is_err());
-        let port_zero = Config {
-            port: 0,
-            ..Config::default()
-        };
-        assert!(Postgres::new(port_zero).is_err());
+        let s = url("postgresql://u%40x:p%2Fw@db.example:6543/app?sslmode=verify-ca&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(s.text("hostname").unwrap(), "db.example");
+        assert_eq!(s.port("port").unwrap(), 6543);
+        assert_eq!(s.text("username").unwrap(), "u@x");
+        assert_eq!(s.secret("password").unwrap().unwrap().expose(), "p/w");
+        assert_eq!(s.text("database").unwrap(), "app");
+        assert_eq!(s.text("sslmode").unwrap(), "verify-ca");
+        assert_eq!(s.text("tls_cacertfile").unwrap(), "/ca.pem");
+        let plain = url("postgres://h").unwrap();
+        assert_eq!(plain.port("port").unwrap(), 5432);
+        assert_eq!(plain.text("database").unwrap(), "postgres");
+        for bad in ["postgres://h/?sslmode=sometimes", "postgres://h/?connect_timeout=3", "mysql://h"] {
+            let error = url(bad).unwrap_err();
+            assert!(error.message().starts_with("url: "), "{error}");
+        }
     }
 
     #[test]
@@ -384,11 +499,11 @@ mod tests {
 
     #[test]
     fn defaults_are_the_original_packages() {
-        let config = Config::default();
-        assert_eq!(config.hostname, "localhost");
-        assert_eq!(config.port, 5432);
-        assert_eq!(config.username, "postgres");
-        assert_eq!(config.password.as_deref(), Some("postgres"));
-        assert_eq!(config.database, "postgres");
+        let settings = crate::settings::resolve(&Postgres::SCHEMA, &[]).unwrap();
+        assert_eq!(settings.text("hostname").unwrap(), "localhost");
+        assert_eq!(settings.port("port").unwrap(), 5432);
+        assert_eq!(settings.text("username").unwrap(), "postgres");
+        assert_eq!(settings.secret("password").unwrap().unwrap().expose(), "postgres");
+        assert_eq!(settings.text("database").unwrap(), "postgres");
     }
 }

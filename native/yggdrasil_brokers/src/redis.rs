@@ -4,70 +4,82 @@
 //! Reconnection is the shared loop's job, not the crate's: redis's
 //! `ConnectionManager` with auto-resubscribe was measured to lose messages
 //! after `CLIENT KILL`, so this module only ever opens plain connections.
+use std::fmt;
+
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
-use crate::{Common, Error, Metadata, Properties, Topic};
+use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
+use crate::tls::{self, Tls};
+use crate::url::BrokerUrl;
+use crate::{Common, Data, Error, Name};
 
-/// Section 10 `:redis` keys. `url` (`redis://[user:password@]host:port/db`)
-/// overrides the others when set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub hostname: String,
-    pub port: u16,
-    pub password: Option<String>,
-    pub username: Option<String>,
-    pub database: i64,
-    pub url: Option<String>,
-    pub common: Common,
+/// Redis refuses bulk strings above `proto-max-bulk-len` (512 MiB by default).
+const MAX_NAME: usize = 512 * 1024 * 1024;
+
+const DEFAULT_PORT: i64 = 6379;
+
+/// Section 10 `:redis` keys (plus the common ones: `url`, TLS, timeouts).
+const KEYS: &[Key] = &[
+    Key::new("hostname", Kind::Host, Preset::Text("localhost")),
+    Key::new("port", PORT, Preset::Int(DEFAULT_PORT)),
+    Key::new("password", Kind::Secret, Preset::Nil),
+    Key::new(
+        "database",
+        Kind::Int {
+            min: 0,
+            max: i32::MAX as i64,
+        },
+        Preset::Int(0),
+    ),
+    Key::new("username", Kind::Text, Preset::Nil),
+];
+
+/// `redis://[[username]:password@]host[:port][/database]`; `rediss://` is
+/// the same with `tls: true`. What the URL leaves out takes its default.
+fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
+    let database = match url.path.as_deref() {
+        None => 0,
+        Some(db) => db
+            .parse::<u32>()
+            .ok()
+            .filter(|db| i32::try_from(*db).is_ok())
+            .ok_or_else(|| Error::new(format!("url: expected a database number as its path, got {db:?}")))?,
+    };
+    Ok(vec![
+        ("hostname", Value::Text(url.host)),
+        ("port", Value::Int(url.port.map_or(DEFAULT_PORT, i64::from))),
+        ("username", url.username.map_or(Value::Nil, Value::Text)),
+        ("password", url.password.map_or(Value::Nil, Value::Secret)),
+        ("database", Value::Int(i64::from(database))),
+        ("tls", Value::Bool(url.scheme == "rediss")),
+    ])
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            hostname: "localhost".to_string(),
-            port: 6379,
-            password: None,
-            username: None,
-            database: 0,
-            url: None,
-            common: Common::default(),
-        }
+/// A `PSUBSCRIBE` pattern (a name without glob characters is one channel);
+/// publishing sends `PUBLISH` to it as a channel name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Pattern(Vec<u8>);
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis channel {:?}", String::from_utf8_lossy(&self.0))
     }
 }
 
 pub(crate) struct Redis {
-    client: redis::Client,
+    host: String,
+    port: u16,
+    tls: Option<Tls>,
+    info: RedisConnectionInfo,
     common: Common,
 }
 
 impl Redis {
-    /// Checks the settings (a bad URL fails here); does not connect.
-    pub(crate) fn new(config: Config) -> Result<Self, Error> {
-        let info = match &config.url {
-            Some(url) => url.as_str().into_connection_info(),
-            None => {
-                let mut settings = RedisConnectionInfo::default().set_db(config.database);
-                if let Some(user) = &config.username {
-                    settings = settings.set_username(user);
-                }
-                if let Some(password) = &config.password {
-                    settings = settings.set_password(password);
-                }
-                ConnectionAddr::Tcp(config.hostname.clone(), config.port)
-                    .into_connection_info()
-                    .map(|info| info.set_redis_settings(settings))
-            }
-        }
-        .map_err(|e| Error::new(format!("bad redis configuration: {e}")))?;
-        let client = redis::Client::open(info)
-            .map_err(|e| Error::new(format!("bad redis configuration: {e}")))?;
-        Ok(Redis {
-            client,
-            common: config.common,
-        })
+    async fn connect(&self) -> Result<tls::Stream, String> {
+        tls::connect(&self.host, self.port, self.tls.as_ref()).await
     }
 }
 
@@ -75,14 +87,6 @@ impl Redis {
 /// else (I/O, a closed socket, a protocol error) means the connection is done.
 fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
-}
-
-fn pattern(topic: &Topic) -> &[u8] {
-    match topic {
-        Topic::Redis(pattern) => pattern,
-        // check_topic keeps other topics out; an empty pattern matches nothing.
-        _ => b"",
-    }
 }
 
 fn listen_error(e: redis::RedisError) -> ListenError {
@@ -94,41 +98,75 @@ fn listen_error(e: redis::RedisError) -> ListenError {
 }
 
 impl Broker for Redis {
+    const NAME: &'static str = "redis";
+    const SCHEMA: Schema = Schema {
+        keys: KEYS,
+        url_schemes: &["redis", "rediss"],
+        from_url,
+    };
+    type Topic = Pattern;
     type Control = PubSubSink;
     type Messages = PubSubStream;
     type Publisher = MultiplexedConnection;
     type Ack = ();
+    type Properties = ();
 
-    fn name(&self) -> &'static str {
-        "redis"
+    fn new(settings: &Settings, common: Common) -> Result<Self, Error> {
+        let host = settings.text("hostname")?;
+        let mut info = RedisConnectionInfo::default().set_db(settings.int("database")?);
+        if let Some(user) = settings.opt_text("username")? {
+            info = info.set_username(user);
+        }
+        if let Some(password) = settings.secret("password")? {
+            info = info.set_password(password.expose());
+        }
+        Ok(Redis {
+            tls: settings.tls(&host)?,
+            port: settings.port("port")?,
+            host,
+            info,
+            common,
+        })
     }
 
     fn common(&self) -> &Common {
         &self.common
     }
 
-    fn check_topic(&self, topic: &Topic) -> Result<(), String> {
-        match topic {
-            Topic::Redis(_) => Ok(()),
-            other => Err(format!("not a redis channel: {other}")),
+    fn topic(&self, name: &Name) -> Result<Pattern, String> {
+        let pattern = name
+            .bytes()
+            .ok_or("a :redis channel name must be a binary (a PSUBSCRIBE pattern)")?;
+        if pattern.is_empty() {
+            return Err("a redis channel name must not be empty".to_owned());
         }
+        if pattern.len() > MAX_NAME {
+            return Err(format!(
+                "a redis channel name must be at most {MAX_NAME} bytes, got {}",
+                pattern.len()
+            ));
+        }
+        Ok(Pattern(pattern.to_vec()))
+    }
+
+    /// Redis messages have no properties: `publish/3` options are ignored.
+    fn properties(&self, _options: &[(String, Data)]) -> Result<(), String> {
+        Ok(())
     }
 
     async fn connect_listener(&self) -> Result<(PubSubSink, PubSubStream), String> {
-        let pubsub = self
-            .client
-            .get_async_pubsub()
+        let pubsub = PubSub::new(&self.info, self.connect().await?)
             .await
             .map_err(|e| e.to_string())?;
         Ok(pubsub.split())
     }
 
-    async fn listen(&self, sink: &mut PubSubSink, topic: &Topic) -> Result<(), ListenError> {
-        sink.psubscribe(pattern(topic)).await.map_err(listen_error)
+    async fn listen(&self, sink: &mut PubSubSink, topic: &Pattern) -> Result<(), ListenError> {
+        sink.psubscribe(&topic.0).await.map_err(listen_error)
     }
 
-    async fn unlisten(&self, sink: &mut PubSubSink, topic: &Topic) -> Result<(), ListenError> {
-        sink.punsubscribe(pattern(topic))
+    async fn unlisten(&self, sink: &mut PubSubSink, topic: &Pattern) -> Result<(), ListenError> {
+        sink.punsubscribe(&topic.0)
             .await
             .map_err(listen_error)
     }
@@ -141,7 +179,7 @@ impl Broker for Redis {
             .map_err(listen_error)
     }
 
-    async fn next_message(&self, stream: &mut PubSubStream) -> Option<Incoming<()>> {
+    async fn next_message(&self, stream: &mut PubSubStream) -> Option<Incoming<Pattern, ()>> {
         loop {
             let msg = stream.next().await?;
             // Only pattern subscriptions are made, so every message has one.
@@ -150,9 +188,9 @@ impl Broker for Redis {
             };
             let channel = msg.get_channel::<Vec<u8>>().unwrap_or_default();
             return Some(Incoming {
-                topic: Topic::Redis(pattern),
+                topic: Pattern(pattern),
                 payload: msg.get_payload_bytes().to_vec(),
-                metadata: Metadata::Redis { channel },
+                metadata: Data::fields([("channel", Data::Bytes(channel))]),
                 ack: None,
             });
         }
@@ -164,22 +202,25 @@ impl Broker for Redis {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| e.to_string())
+        let (connection, driver) =
+            MultiplexedConnection::new_with_config(&self.info, self.connect().await?, config)
+                .await
+                .map_err(|e| e.to_string())?;
+        // Ends once every clone of the connection is dropped, or the socket fails.
+        tokio::spawn(driver);
+        Ok(connection)
     }
 
     async fn publish(
         &self,
         publisher: &MultiplexedConnection,
-        topic: &Topic,
+        topic: &Pattern,
         payload: &[u8],
-        _props: &Properties,
+        _properties: &(),
     ) -> Result<(), PublishError> {
         let mut connection = publisher.clone();
         redis::cmd("PUBLISH")
-            .arg(pattern(topic))
+            .arg(&topic.0)
             .arg(payload)
             .query_async::<i64>(&mut connection)
             .await

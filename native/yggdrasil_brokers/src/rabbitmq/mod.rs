@@ -32,7 +32,10 @@
 //!   receive that message twice.
 //!
 //! Header values that are tables, arrays or void (other AMQP clients may
-//! send them) have no `HeaderValue` kind and are left out of the metadata.
+//! send them) are left out of the metadata (`properties.rs`).
+mod properties;
+
+use std::fmt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -44,7 +47,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{
     AsyncTcpStream, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
@@ -55,7 +58,11 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::AbortHandle;
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
-use crate::{Common, Error, HeaderValue, Metadata, Properties, Topic};
+use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
+use crate::tls::Tls;
+use crate::url::BrokerUrl;
+use crate::{Common, Data, Error, Name};
+use properties::{short, AMQP_MAX_SHORTSTR};
 
 /// Unacknowledged messages the broker may send ahead, per subscribed topic:
 /// enough to keep a consumer busy while acks travel, small enough that a
@@ -70,41 +77,86 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// waking on each of lapin's connection events.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// AMQP short strings (names, property values, header keys).
-const AMQP_MAX_SHORTSTR: usize = 255;
+const DEFAULT_PORT: i64 = 5672;
+const DEFAULT_TLS_PORT: i64 = 5671;
 
-/// Connection settings (section 10, `:rabbitmq`), with the original's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub hostname: String,
-    pub port: u16,
-    pub username: String,
-    pub password: String,
-    pub virtual_host: String,
-    /// Seconds between heartbeats the client asks for (0: none).
-    pub heartbeat: u16,
-    pub common: Common,
+/// Section 10 `:rabbitmq` keys, with the original's defaults.
+const KEYS: &[Key] = &[
+    Key::new("hostname", Kind::Host, Preset::Text("localhost")),
+    Key::new("port", PORT, Preset::Int(DEFAULT_PORT)),
+    Key::new("username", Kind::Text, Preset::Text("guest")),
+    Key::new("password", Kind::Secret, Preset::Text("guest")),
+    Key::new("virtual_host", Kind::Text, Preset::Text("/")),
+    // Seconds between heartbeats the client asks for (0: none).
+    Key::new(
+        "heartbeat",
+        Kind::Int {
+            min: 0,
+            max: u16::MAX as i64,
+        },
+        Preset::Int(10),
+    ),
+];
+
+/// `amqp://[user[:password]@]host[:port][/vhost]` (the vhost percent-encoded,
+/// an empty path is "/"); `amqps://` is the same with `tls: true` and port
+/// 5671; param `heartbeat`.
+fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
+    let tls = url.scheme == "amqps";
+    let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
+    let mut values = vec![
+        ("hostname", Value::Text(url.host)),
+        ("port", Value::Int(url.port.map_or(default_port, i64::from))),
+        ("username", Value::Text(url.username.unwrap_or_else(|| "guest".to_owned()))),
+        ("password", url.password.map_or(Value::Secret(crate::Secret::new("guest")), Value::Secret)),
+        ("virtual_host", Value::Text(url.path.unwrap_or_else(|| "/".to_owned()))),
+        ("tls", Value::Bool(tls)),
+    ];
+    for (param, value) in url.query {
+        match param.as_str() {
+            "heartbeat" => match value.parse::<u16>() {
+                Ok(seconds) => values.push(("heartbeat", Value::Int(i64::from(seconds)))),
+                Err(_) => {
+                    return Err(Error::new(format!(
+                        "url: heartbeat must be 0..65535 seconds, got {value:?}"
+                    )))
+                }
+            },
+            other => {
+                return Err(Error::new(format!(
+                    "url: unknown parameter {other:?} (amqp URLs take heartbeat)"
+                )))
+            }
+        }
+    }
+    Ok(values)
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            hostname: "localhost".into(),
-            port: 5672,
-            username: "guest".into(),
-            password: "guest".into(),
-            virtual_host: "/".into(),
-            heartbeat: 10,
-            common: Common::default(),
-        }
+/// A binding of `routing_key` on `exchange` (publishing: that exchange and key).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Binding {
+    exchange: String,
+    routing_key: String,
+}
+
+impl fmt::Display for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rabbitmq exchange {:?} routing key {:?}",
+            self.exchange, self.routing_key
+        )
     }
 }
 
 /// The broker for one client: its settings and the one AMQP connection its
 /// listener session and publisher share.
 pub(crate) struct RabbitMq {
-    config: Config,
+    common: Common,
+    hostname: String,
+    port: u16,
     uri: AMQPUri,
+    tls: Option<Tls>,
     /// The current connection while a session or the publisher holds it. A
     /// tokio mutex: whoever finds it gone connects while holding it, so the
     /// listener and the publisher never open two.
@@ -112,42 +164,6 @@ pub(crate) struct RabbitMq {
 }
 
 impl RabbitMq {
-    pub(crate) fn new(config: Config) -> Result<Self, Error> {
-        if config.hostname.is_empty() {
-            return Err(Error::new(
-                "bad rabbitmq configuration: hostname must not be empty",
-            ));
-        }
-        if config.virtual_host.len() > AMQP_MAX_SHORTSTR {
-            return Err(Error::new(format!(
-                "bad rabbitmq configuration: virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
-            )));
-        }
-        // The URI is built as a struct, not parsed from text: no escaping of
-        // the password or the virtual host ("/" is a valid vhost) needed.
-        let uri = AMQPUri {
-            scheme: AMQPScheme::AMQP,
-            authority: AMQPAuthority {
-                userinfo: AMQPUserInfo {
-                    username: config.username.clone(),
-                    password: config.password.clone(),
-                },
-                host: config.hostname.clone(),
-                port: config.port,
-            },
-            vhost: config.virtual_host.clone(),
-            query: AMQPQueryString {
-                heartbeat: Some(config.heartbeat),
-                ..AMQPQueryString::default()
-            },
-        };
-        Ok(RabbitMq {
-            config,
-            uri,
-            connection: tokio::sync::Mutex::new(Weak::new()),
-        })
-    }
-
     /// The shared connection if it is up, else a new one.
     async fn connection(&self) -> Result<Arc<Connection>, String> {
         let mut current = self.connection.lock().await;
@@ -159,14 +175,14 @@ impl RabbitMq {
         let describe_failure = |reason: String| {
             format!(
                 "{}:{} (virtual host {:?}): {reason}",
-                self.config.hostname, self.config.port, self.config.virtual_host
+                self.hostname, self.port, self.uri.vhost
             )
         };
         // The TCP connection is made here and handed to lapin: when lapin
         // connects by itself and that fails, it leaves its internal tasks
         // behind on our runtime (a few per attempt, forever, while a broker
         // is unreachable). Past this point its failures clean up after them.
-        let address = (self.config.hostname.as_str(), self.config.port);
+        let address = (self.hostname.as_str(), self.port);
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
         {
             Ok(Ok(stream)) => stream,
@@ -206,7 +222,7 @@ impl RabbitMq {
 /// A subscribing session: the connection, one consuming channel per topic.
 pub(crate) struct Control {
     connection: Arc<Connection>,
-    topics: HashMap<Topic, Subscription>,
+    topics: HashMap<Binding, Subscription>,
     messages: UnboundedSender<Item>,
     acks: UnboundedSender<PendingAck>,
 }
@@ -221,7 +237,7 @@ struct Subscription {
 // Not boxed: a message is the common case and an mpsc slot holds it inline.
 #[allow(clippy::large_enum_variant)]
 enum Item {
-    Message(Incoming<Ack>),
+    Message(Incoming<Binding, Ack>),
     /// The connection (or a consumer the broker cancelled) is gone.
     Lost,
 }
@@ -254,30 +270,96 @@ struct PublisherState {
 }
 
 impl Broker for RabbitMq {
+    const NAME: &'static str = "rabbitmq";
+    const SCHEMA: Schema = Schema {
+        keys: KEYS,
+        url_schemes: &["amqp", "amqps"],
+        from_url,
+    };
+    type Topic = Binding;
     type Control = Control;
     type Messages = Messages;
     type Publisher = Publisher;
     type Ack = Ack;
+    type Properties = BasicProperties;
 
-    fn name(&self) -> &'static str {
-        "rabbitmq"
+    fn new(settings: &Settings, common: Common) -> Result<Self, Error> {
+        let hostname = settings.text("hostname")?;
+        let virtual_host = settings.text("virtual_host")?;
+        if virtual_host.len() > AMQP_MAX_SHORTSTR {
+            return Err(Error::new(format!(
+                "virtual_host must be at most {AMQP_MAX_SHORTSTR} bytes"
+            )));
+        }
+        let port = settings.port("port")?;
+        let heartbeat = u16::try_from(settings.int("heartbeat")?)
+            .map_err(|_| Error::new("heartbeat must be 0..65535 seconds"))?;
+        // The URI is built as a struct, not parsed from text: no escaping of
+        // the password or the virtual host ("/" is a valid vhost) needed.
+        let uri = AMQPUri {
+            scheme: AMQPScheme::AMQP,
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: settings.text("username")?,
+                    password: settings
+                        .secret("password")?
+                        .map(|p| p.expose().to_owned())
+                        .unwrap_or_default(),
+                },
+                host: hostname.clone(),
+                port,
+            },
+            vhost: virtual_host,
+            query: AMQPQueryString {
+                heartbeat: Some(heartbeat),
+                ..AMQPQueryString::default()
+            },
+        };
+        Ok(RabbitMq {
+            tls: settings.tls(&hostname)?,
+            common,
+            hostname,
+            port,
+            uri,
+            connection: tokio::sync::Mutex::new(Weak::new()),
+        })
     }
 
     fn common(&self) -> &Common {
-        &self.config.common
+        &self.common
     }
 
-    fn check_topic(&self, topic: &Topic) -> Result<(), String> {
-        match topic {
-            // The fields are public: check again what the constructor checks.
-            Topic::RabbitMq {
-                exchange,
-                routing_key,
-            } => Topic::rabbitmq(exchange.clone(), routing_key.clone())
-                .map(|_| ())
-                .map_err(|e| e.0),
-            other => Err(format!("not a rabbitmq topic: {other:?}")),
+    fn topic(&self, name: &Name) -> Result<Binding, String> {
+        let expected =
+            || "a :rabbitmq channel name must be {exchange, routing_key}, two UTF-8 binaries";
+        let Name::Tuple(parts) = name else {
+            return Err(expected().to_owned());
+        };
+        let [exchange, routing_key] = parts.as_slice() else {
+            return Err(expected().to_owned());
+        };
+        let (Some(exchange), Some(routing_key)) = (exchange.text(), routing_key.text()) else {
+            return Err(expected().to_owned());
+        };
+        if exchange.is_empty() {
+            return Err("a rabbitmq exchange name must not be empty".to_owned());
         }
+        for (what, value) in [("exchange name", exchange), ("routing key", routing_key)] {
+            if value.len() > AMQP_MAX_SHORTSTR {
+                return Err(format!(
+                    "a rabbitmq {what} must be at most {AMQP_MAX_SHORTSTR} bytes, got {}",
+                    value.len()
+                ));
+            }
+        }
+        Ok(Binding {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        })
+    }
+
+    fn properties(&self, options: &[(String, Data)]) -> Result<BasicProperties, String> {
+        properties::from_options(options)
     }
 
     async fn connect_listener(&self) -> Result<(Control, Messages), String> {
@@ -304,16 +386,11 @@ impl Broker for RabbitMq {
         Ok((control, messages))
     }
 
-    async fn listen(&self, control: &mut Control, topic: &Topic) -> Result<(), ListenError> {
-        let Topic::RabbitMq {
+    async fn listen(&self, control: &mut Control, topic: &Binding) -> Result<(), ListenError> {
+        let Binding {
             exchange,
             routing_key,
-        } = topic
-        else {
-            return Err(ListenError::Topic(format!(
-                "not a rabbitmq topic: {topic:?}"
-            )));
-        };
+        } = topic;
         if control.topics.contains_key(topic) {
             return Ok(());
         }
@@ -338,7 +415,7 @@ impl Broker for RabbitMq {
             .queue_declare(queue.clone(), declare, FieldTable::default())
             .await
             .map_err(listen_error)?;
-        // Both fit in a short string: `check_topic` ran before this topic was queued.
+        // Both fit in a short string: `topic` checked them before this topic was queued.
         let (exchange, routing_key) = (short(exchange), short(routing_key));
         if let Err(e) = channel
             .queue_bind(
@@ -379,7 +456,7 @@ impl Broker for RabbitMq {
         Ok(())
     }
 
-    async fn unlisten(&self, control: &mut Control, topic: &Topic) -> Result<(), ListenError> {
+    async fn unlisten(&self, control: &mut Control, topic: &Binding) -> Result<(), ListenError> {
         let Some(subscription) = control.topics.remove(topic) else {
             return Ok(());
         };
@@ -398,7 +475,7 @@ impl Broker for RabbitMq {
             .map_err(|e| listen_error(&status, &e))
     }
 
-    async fn next_message(&self, messages: &mut Messages) -> Option<Incoming<Ack>> {
+    async fn next_message(&self, messages: &mut Messages) -> Option<Incoming<Binding, Ack>> {
         match messages.items.recv().await {
             Some(Item::Message(incoming)) => Some(incoming),
             Some(Item::Lost) | None => None,
@@ -425,20 +502,14 @@ impl Broker for RabbitMq {
     async fn publish(
         &self,
         publisher: &Publisher,
-        topic: &Topic,
+        topic: &Binding,
         payload: &[u8],
-        props: &Properties,
+        properties: &BasicProperties,
     ) -> Result<(), PublishError> {
-        let Topic::RabbitMq {
+        let Binding {
             exchange,
             routing_key,
-        } = topic
-        else {
-            return Err(PublishError::Refused(format!(
-                "not a rabbitmq topic: {topic:?}"
-            )));
-        };
-        let properties = basic_properties(props).map_err(PublishError::Refused)?;
+        } = topic;
         let exchange_name = short(exchange).map_err(PublishError::Refused)?;
         let routing_key = short(routing_key).map_err(PublishError::Refused)?;
         let state = &publisher.0;
@@ -451,7 +522,7 @@ impl Broker for RabbitMq {
                     routing_key,
                     BasicPublishOptions::default(),
                     payload,
-                    properties,
+                    properties.clone(),
                 )
                 .await?
                 .await
@@ -515,18 +586,28 @@ impl PublisherState {
 /// shared loop makes everything anew rather than leave a topic deaf.
 async fn forward(
     mut consumer: lapin::Consumer,
-    topic: Topic,
+    topic: Binding,
     channel: Channel,
     messages: UnboundedSender<Item>,
     acks: UnboundedSender<PendingAck>,
 ) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let properties = &delivery.properties;
-        let metadata = Metadata::RabbitMq {
-            routing_key: delivery.routing_key.to_string(),
-            message_id: properties.message_id().as_ref().map(ToString::to_string),
-            headers: properties.headers().as_ref().map(from_field_table),
-        };
+        let optional = |text: Option<String>| text.map_or(Data::Nil, Data::text);
+        let metadata = Data::fields([
+            ("routing_key", Data::text(delivery.routing_key.to_string())),
+            (
+                "message_id",
+                optional(properties.message_id().as_ref().map(ToString::to_string)),
+            ),
+            (
+                "headers",
+                properties
+                    .headers()
+                    .as_ref()
+                    .map_or(Data::Nil, properties::headers_data),
+            ),
+        ]);
         let incoming = Incoming {
             topic: topic.clone(),
             payload: delivery.data,
@@ -641,118 +722,6 @@ fn describe(error: &lapin::Error) -> String {
         ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => error.to_string(),
     }
-}
-
-fn short(value: &str) -> Result<ShortString, String> {
-    ShortString::try_new(value).map_err(|_| {
-        let start: String = value.chars().take(20).collect();
-        format!(
-            "{start:?}... is {} bytes, longer than an AMQP short string ({AMQP_MAX_SHORTSTR})",
-            value.len()
-        )
-    })
-}
-
-fn short_opt(value: &Option<String>) -> Result<Option<ShortString>, String> {
-    value.as_deref().map(short).transpose()
-}
-
-/// AMQP properties of a publish (`publish/3` options).
-fn basic_properties(props: &Properties) -> Result<BasicProperties, String> {
-    let mut p = BasicProperties::default();
-    if let Some(v) = short_opt(&props.content_type)? {
-        p = p.with_content_type(v);
-    }
-    if let Some(v) = short_opt(&props.content_encoding)? {
-        p = p.with_content_encoding(v);
-    }
-    if !props.headers.is_empty() {
-        p = p.with_headers(to_field_table(&props.headers)?);
-    }
-    if props.persistent {
-        p = p.with_delivery_mode(2);
-    }
-    if let Some(v) = props.priority {
-        p = p.with_priority(v);
-    }
-    if let Some(v) = short_opt(&props.correlation_id)? {
-        p = p.with_correlation_id(v);
-    }
-    if let Some(v) = short_opt(&props.reply_to)? {
-        p = p.with_reply_to(v);
-    }
-    if let Some(v) = short_opt(&props.expiration)? {
-        p = p.with_expiration(v);
-    }
-    if let Some(v) = short_opt(&props.message_id)? {
-        p = p.with_message_id(v);
-    }
-    if let Some(v) = props.timestamp {
-        p = p.with_timestamp(v);
-    }
-    if let Some(v) = short_opt(&props.kind)? {
-        p = p.with_type(v);
-    }
-    if let Some(v) = short_opt(&props.user_id)? {
-        p = p.with_user_id(v);
-    }
-    if let Some(v) = short_opt(&props.app_id)? {
-        p = p.with_app_id(v);
-    }
-    Ok(p)
-}
-
-fn to_field_table(headers: &[(String, HeaderValue)]) -> Result<FieldTable, String> {
-    let mut table = FieldTable::default();
-    for (key, value) in headers {
-        table.insert(short(key)?, to_amqp_value(value)?);
-    }
-    Ok(table)
-}
-
-fn to_amqp_value(value: &HeaderValue) -> Result<AMQPValue, String> {
-    Ok(match value {
-        HeaderValue::Binary(bytes) => AMQPValue::LongString(LongString::from(bytes.clone())),
-        HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
-        HeaderValue::Float(f) => AMQPValue::Double(*f),
-        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-    })
-}
-
-fn from_field_table(table: &FieldTable) -> Vec<(String, HeaderValue)> {
-    table
-        .inner()
-        .iter()
-        .filter_map(|(key, value)| Some((key.to_string(), from_amqp_value(value)?)))
-        .collect()
-}
-
-/// Every scalar an AMQP header can hold, in the four kinds of section 10.
-/// Tables, arrays and void have no such kind and are left out.
-fn from_amqp_value(value: &AMQPValue) -> Option<HeaderValue> {
-    Some(match value {
-        AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-        AMQPValue::ShortShortInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::ShortShortUInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::ShortInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::ShortUInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::LongInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::LongUInt(i) => HeaderValue::Int((*i).into()),
-        AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
-        AMQPValue::Timestamp(t) => match i64::try_from(*t) {
-            Ok(i) => HeaderValue::Int(i),
-            Err(_) => HeaderValue::Float(*t as f64),
-        },
-        AMQPValue::Float(f) => HeaderValue::Float((*f).into()),
-        AMQPValue::Double(f) => HeaderValue::Float(*f),
-        AMQPValue::DecimalValue(d) => {
-            HeaderValue::Float(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(s) => HeaderValue::Binary(s.as_str().as_bytes().to_vec()),
-        AMQPValue::LongString(s) => HeaderValue::Binary(s.as_bytes().to_vec()),
-        AMQPValue::ByteArray(b) => HeaderValue::Binary(b.as_slice().to_vec()),
-        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) | AMQPValue::Void => return None,
-    })
 }
 
 /// A spawned task that ends when its handle is dropped.

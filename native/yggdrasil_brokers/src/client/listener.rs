@@ -1,0 +1,458 @@
+//! The listener task: one subscribing session and the bookkeeping of its
+//! topics (topic → recipients, confirmed or not), replayed after every
+//! reconnect.
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::slot::{Counted, Counters};
+use super::{panic_text, Shared, CALL_TIMEOUT, KEEPALIVE};
+use crate::backoff::Backoff;
+use crate::broker::{Broker, Incoming, ListenError};
+use crate::{Event, Name, Recipient};
+
+pub(super) enum ListenCmd<T, R> {
+    /// The topic, and the name it came from (what events carry).
+    Subscribe(T, Name, R),
+    Unsubscribe(T, R),
+    #[cfg(feature = "test-hooks")]
+    Panic,
+}
+
+struct TopicState<R> {
+    /// The channel name the topic was made from, as events carry it.
+    name: Name,
+    recipients: Vec<R>,
+    /// The broker confirmed it on the current session.
+    confirmed: bool,
+    /// After a topic-only refusal: when to try again, and how long after that.
+    retry_at: Option<Instant>,
+    backoff: Option<Backoff>,
+    /// Subscription order: topics are (re)subscribed, and so confirmed, in it.
+    order: u64,
+}
+
+/// Topic → recipients, kept across sessions (and across a panic) so that
+/// every reconnect replays them.
+struct Topics<T, R> {
+    map: HashMap<T, TopicState<R>>,
+    /// The next `TopicState::order`.
+    next_order: u64,
+}
+
+impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
+    fn publish_counts(&self, counters: &Counters) {
+        counters.topics.store(self.map.len(), Ordering::SeqCst);
+        let subs = self.map.values().map(|t| t.recipients.len()).sum();
+        counters.subscriptions.store(subs, Ordering::SeqCst);
+    }
+
+    /// The session is gone: every confirmed topic's recipients are told,
+    /// and every topic is due for replay on the next session.
+    fn disconnect_all<B: Broker<Topic = T>>(&mut self, shared: &Shared<B, R>) {
+        for state in self.map.values_mut() {
+            if state.confirmed {
+                for to in &state.recipients {
+                    shared.send(
+                        to,
+                        Event::Disconnected {
+                            name: state.name.clone(),
+                        },
+                    );
+                }
+            }
+            state.confirmed = false;
+            state.retry_at = None;
+            state.backoff = None;
+        }
+    }
+
+    /// Unconfirmed topics whose (re)try time has come, oldest subscription
+    /// first (a hash map's order would make replays vary from run to run).
+    fn due(&self, now: Instant) -> Vec<T> {
+        let mut due: Vec<(u64, T)> = self
+            .map
+            .iter()
+            .filter(|(_, s)| !s.confirmed && s.retry_at.is_none_or(|at| at <= now))
+            .map(|(t, s)| (s.order, t.clone()))
+            .collect();
+        due.sort_unstable_by_key(|(order, _)| *order);
+        due.into_iter().map(|(_, t)| t).collect()
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter(|s| !s.confirmed)
+            .filter_map(|s| s.retry_at)
+            .min()
+    }
+
+    /// Bookkeeping of a subscribe; the broker-level work happens in the loop.
+    fn subscribe<B: Broker<Topic = T>>(
+        &mut self,
+        shared: &Shared<B, R>,
+        topic: T,
+        name: Name,
+        to: R,
+    ) {
+        let order = self.next_order;
+        let state = self.map.entry(topic).or_insert_with(|| TopicState {
+            name,
+            recipients: Vec::new(),
+            confirmed: false,
+            retry_at: None,
+            backoff: None,
+            order,
+        });
+        if state.order == order {
+            self.next_order += 1;
+        }
+        if !state.recipients.contains(&to) {
+            if state.confirmed {
+                let name = state.name.clone();
+                shared.send(&to, Event::Connected { name });
+            }
+            state.recipients.push(to);
+        }
+    }
+
+    /// Removes a recipient; true if the topic went with it and the broker
+    /// holds a subscription to drop.
+    fn unsubscribe(&mut self, topic: &T, to: &R) -> bool {
+        let Some(state) = self.map.get_mut(topic) else {
+            return false;
+        };
+        state.recipients.retain(|r| r != to);
+        if state.recipients.is_empty() {
+            let confirmed = state.confirmed;
+            self.map.remove(topic);
+            confirmed
+        } else {
+            false
+        }
+    }
+
+    fn confirm<B: Broker<Topic = T>>(&mut self, shared: &Shared<B, R>, topic: &T) {
+        if let Some(state) = self.map.get_mut(topic) {
+            state.confirmed = true;
+            state.retry_at = None;
+            state.backoff = None;
+            for to in &state.recipients {
+                shared.send(
+                    to,
+                    Event::Connected {
+                        name: state.name.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn refused(&mut self, topic: &T, backoff_max: Duration) {
+        if let Some(state) = self.map.get_mut(topic) {
+            let backoff = state
+                .backoff
+                .get_or_insert_with(|| Backoff::new(backoff_max));
+            state.retry_at = Some(Instant::now() + backoff.next_delay());
+        }
+    }
+}
+
+struct Session<'a, B: Broker> {
+    control: B::Control,
+    messages: B::Messages,
+    _counted: Counted<'a>,
+}
+
+pub(super) async fn run<B: Broker, R: Recipient>(
+    broker: Arc<B>,
+    shared: Arc<Shared<B, R>>,
+    mut rx: UnboundedReceiver<ListenCmd<B::Topic, R>>,
+) {
+    let _task = Counted::new(&shared.counters.tasks);
+    let mut topics = Topics {
+        map: HashMap::new(),
+        next_order: 0,
+    };
+    let mut backoff = Backoff::new(broker.common().backoff_max);
+    loop {
+        let run = listen_loop(&*broker, &shared, &mut topics, &mut rx, &mut backoff);
+        match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(()) => break,
+            Err(panic) => {
+                topics.disconnect_all(&shared);
+                shared.warn(format!(
+                    "{} listener task panicked ({}); restarting it",
+                    B::NAME,
+                    panic_text(&*panic)
+                ));
+                // A panic that repeats must not spin the runtime thread.
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    topics.map.clear();
+    topics.publish_counts(&shared.counters);
+}
+
+/// Runs sessions until the client closes or the listener is idle long
+/// enough to end. Returns normally only to end the task.
+async fn listen_loop<B: Broker, R: Recipient>(
+    broker: &B,
+    shared: &Shared<B, R>,
+    topics: &mut Topics<B::Topic, R>,
+    rx: &mut UnboundedReceiver<ListenCmd<B::Topic, R>>,
+    backoff: &mut Backoff,
+) {
+    let idle_timeout = broker.common().idle_timeout;
+    let mut l = Listener {
+        broker,
+        shared,
+        session: None,
+        reconnect_at: None,
+        review: true,
+        retry_at: None,
+        ping_at: Instant::now() + KEEPALIVE,
+    };
+    loop {
+        if topics.map.is_empty() {
+            // Nothing to listen to: wait for work, or end after idle_timeout
+            // (which also closes the session, if one is open).
+            match timeout(idle_timeout, rx.recv()).await {
+                Ok(Some(cmd)) => l.apply(topics, backoff, cmd).await,
+                Ok(None) => return,
+                Err(_) if shared.listener.retire_if_idle(rx) => return,
+                Err(_) => {}
+            }
+            continue;
+        }
+
+        let Some(open) = l.session.as_mut() else {
+            if let Some(at) = l.reconnect_at.filter(|at| *at > Instant::now()) {
+                // Waiting to reconnect: keep the bookkeeping current.
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
+                        None => return,
+                    },
+                    _ = sleep_until(at) => {}
+                }
+                continue;
+            }
+            // Connecting may take long (an unroutable host): keep taking
+            // commands meanwhile, so a close is not held up by it.
+            let connect = timeout(CALL_TIMEOUT, broker.connect_listener());
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    biased;
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => l.apply(topics, backoff, cmd).await,
+                        None => return,
+                    },
+                    connected = &mut connect => break connected,
+                }
+            };
+            match connected {
+                Ok(Ok((control, messages))) => {
+                    l.session = Some(Session {
+                        control,
+                        messages,
+                        _counted: Counted::new(&shared.counters.connections),
+                    });
+                    l.reconnect_at = None;
+                    l.review = true;
+                    l.ping_at = Instant::now() + KEEPALIVE;
+                }
+                failed => {
+                    let reason = match failed {
+                        Ok(Err(reason)) => reason,
+                        _ => format!("no answer within {CALL_TIMEOUT:?}"),
+                    };
+                    shared.warn(format!("cannot connect to {}: {reason}", B::NAME));
+                    l.reconnect_at = Some(Instant::now() + backoff.next_delay());
+                }
+            }
+            continue;
+        };
+
+        if l.review {
+            // (Re)subscribe what is due, one topic at a time. Only after
+            // something changed: not once per message.
+            l.review = false;
+            let mut lost = None;
+            for topic in topics.due(Instant::now()) {
+                match timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic)).await {
+                    Ok(Ok(())) => topics.confirm(shared, &topic),
+                    Ok(Err(ListenError::Topic(reason))) => {
+                        shared.warn(format!(
+                            "{} refused the subscription to {topic}: {reason}",
+                            B::NAME
+                        ));
+                        topics.refused(&topic, broker.common().backoff_max);
+                    }
+                    Ok(Err(ListenError::Connection(reason))) => {
+                        lost = Some(reason);
+                        break;
+                    }
+                    Err(_) => {
+                        lost = Some(format!("no subscribe confirmation within {CALL_TIMEOUT:?}"));
+                        break;
+                    }
+                }
+            }
+            match lost {
+                Some(reason) => l.lose(topics, backoff, reason),
+                None => {
+                    backoff.reset();
+                    l.retry_at = topics.next_retry();
+                }
+            }
+            continue;
+        }
+
+        tokio::select! {
+            // Commands first: an unsubscribe sent before a publish is applied
+            // before that publish's message can be read.
+            biased;
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => l.apply(topics, backoff, cmd).await,
+                None => return,
+            },
+            incoming = broker.next_message(&mut open.messages) => match incoming {
+                Some(incoming) => {
+                    l.ping_at = Instant::now() + KEEPALIVE;
+                    fan_out(broker, shared, topics, incoming).await;
+                }
+                None => l.lose(topics, backoff, "connection closed".to_string()),
+            },
+            _ = sleep_until_some(l.retry_at) => l.review = true,
+            _ = sleep_until(l.ping_at) => {
+                l.ping_at = Instant::now() + KEEPALIVE;
+                match timeout(KEEPALIVE, broker.ping(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
+                    Ok(Err(ListenError::Connection(reason))) => l.lose(topics, backoff, reason),
+                    Err(_) => l.lose(topics, backoff, format!("no answer to a ping within {KEEPALIVE:?}")),
+                }
+            },
+        }
+    }
+}
+
+/// The listener's per-run state (what a panic may throw away).
+struct Listener<'a, B: Broker, R: Recipient> {
+    broker: &'a B,
+    shared: &'a Shared<B, R>,
+    session: Option<Session<'a, B>>,
+    reconnect_at: Option<Instant>,
+    /// Topics may need (re)subscribing: after a command, a new session, or
+    /// when a refused topic's retry time comes (`retry_at`).
+    review: bool,
+    retry_at: Option<Instant>,
+    /// When to check that the session is alive, if no message came by then.
+    ping_at: Instant,
+}
+
+impl<B: Broker, R: Recipient> Listener<'_, B, R> {
+    async fn apply(
+        &mut self,
+        topics: &mut Topics<B::Topic, R>,
+        backoff: &mut Backoff,
+        cmd: ListenCmd<B::Topic, R>,
+    ) {
+        let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+        topics.publish_counts(&self.shared.counters);
+        self.review = true;
+        if let Err(reason) = result {
+            self.lose(topics, backoff, reason);
+        }
+    }
+
+    /// The session broke: close it, tell everyone, reconnect after a pause.
+    fn lose(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
+        // Dropping the session closes its connection before anyone is told.
+        if self.session.take().is_some() {
+            self.shared
+                .warn(format!("lost the {} connection: {reason}", B::NAME));
+        }
+        topics.disconnect_all(self.shared);
+        self.reconnect_at = Some(Instant::now() + backoff.next_delay());
+    }
+}
+
+pub(super) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a command; `Err(reason)` if the session broke doing it.
+async fn apply<B: Broker, R: Recipient>(
+    broker: &B,
+    shared: &Shared<B, R>,
+    topics: &mut Topics<B::Topic, R>,
+    session: &mut Option<Session<'_, B>>,
+    cmd: ListenCmd<B::Topic, R>,
+) -> Result<(), String> {
+    match cmd {
+        ListenCmd::Subscribe(topic, name, to) => topics.subscribe(shared, topic, name, to),
+        ListenCmd::Unsubscribe(topic, to) => {
+            if topics.unsubscribe(&topic, &to) {
+                if let Some(open) = session.as_mut() {
+                    match timeout(CALL_TIMEOUT, broker.unlisten(&mut open.control, &topic)).await {
+                        Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
+                        Ok(Err(ListenError::Connection(reason))) => return Err(reason),
+                        Err(_) => {
+                            return Err(format!(
+                                "no unsubscribe confirmation within {CALL_TIMEOUT:?}"
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(feature = "test-hooks")]
+        ListenCmd::Panic => panic!("injected by debug_inject_panic"),
+    }
+    Ok(())
+}
+
+/// Hands a message to its topic's recipients (in order, one event each),
+/// then acknowledges it.
+async fn fan_out<B: Broker, R: Recipient>(
+    broker: &B,
+    shared: &Shared<B, R>,
+    topics: &Topics<B::Topic, R>,
+    incoming: Incoming<B::Topic, B::Ack>,
+) {
+    let Incoming {
+        topic,
+        payload,
+        metadata,
+        ack,
+    } = incoming;
+    if let Some(state) = topics.map.get(&topic) {
+        let message = |payload, metadata| Event::Message {
+            name: state.name.clone(),
+            payload,
+            metadata,
+        };
+        if let Some((last, rest)) = state.recipients.split_last() {
+            for to in rest {
+                shared.send(to, message(payload.clone(), metadata.clone()));
+            }
+            shared.send(last, message(payload, metadata));
+        }
+    }
+    if let Some(ack) = ack {
+        broker.ack(ack).await;
+    }
+}

@@ -1,0 +1,325 @@
+//! `Client`: the shared machinery every broker runs on.
+//!
+//! A client has up to two tasks on the shared runtime, each started on first
+//! use and ended after `idle_timeout` of not being needed: the listener
+//! (`listener.rs`: one subscribing session, its topics and their
+//! recipients) and the publisher (`publisher.rs`: one publishing
+//! connection, the requests waiting for it and those in flight). Commands
+//! reach them through tokio mpsc channels (`slot.rs`); events leave through
+//! the caller's [`EventSink`].
+//!
+//! Each task body runs under `catch_unwind`: a panic in a broker module or
+//! here ends the session (its confirmed topics' recipients get
+//! `Disconnected`, in-flight publishes get their error reply), and the loop
+//! starts again from the state kept outside the panicking frame.
+mod listener;
+mod publisher;
+mod slot;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::settings::{Given, Settings};
+use crate::{runtime, ClientStats, Common, Data, Delivery, Error, Event, Name, Recipient};
+use listener::ListenCmd;
+use publisher::{PublishCmd, PublishRequest, Reply};
+use slot::{Counters, Slot};
+
+/// A connect or a control call (listen/unlisten) taking longer than this
+/// is treated as a lost connection: a broker that accepts TCP but never
+/// answers must not stall the listener forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A subscribing session quiet for this long is pinged, and lost if the
+/// ping is not answered within the same time: a broker that vanished
+/// without closing the socket is noticed within ~2 × KEEPALIVE.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// One broker + namespace: a fixed small set of connections (redis: one
+/// subscribing + one publishing) shared by all its topics and publishers.
+pub struct Client<R: Recipient> {
+    driver: Arc<dyn Driver<R>>,
+}
+
+impl<R: Recipient> Client<R> {
+    /// Opens a client of the broker called `broker` ("redis") with the
+    /// settings `given` (checked against the broker's schema: an error names
+    /// the key). Never blocks, never connects: connections open on first
+    /// subscribe or publish, reconnect by themselves with bounded
+    /// exponential backoff and jitter, replay every subscription after each
+    /// reconnect, and close once unused for `idle_timeout` (reopening on
+    /// next use).
+    ///
+    /// `events` receives every event of this client: usually an unbounded
+    /// `crossbeam_channel::Sender` (a full bounded one would stall the
+    /// runtime thread), or any [`EventSink`].
+    pub fn open(
+        broker: &str,
+        given: &[Given],
+        owner: R,
+        events: impl EventSink<R>,
+    ) -> Result<Self, Error> {
+        let settings = crate::settings(broker, given)?;
+        crate::registry::open(broker, &settings, owner, Arc::new(events))
+    }
+
+    /// Returns at once; `Connected` goes to `to` when the broker confirmed.
+    /// The same (name, to) twice is one subscription. Many recipients share
+    /// one broker-level subscription per topic.
+    pub fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
+        self.driver.subscribe(name, to)
+    }
+
+    /// Returns at once; no event. The broker-level subscription goes with
+    /// the topic's last recipient.
+    pub fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
+        self.driver.unsubscribe(name, to)
+    }
+
+    /// `Ok` when `name` is a channel name this broker takes.
+    pub fn check_name(&self, name: &Name) -> Result<(), Error> {
+        self.driver.check_name(name)
+    }
+
+    /// Returns at once; exactly one `Published{tag, result}` goes to
+    /// `reply_to`: `Ok` once the broker accepted the message, `Err(reason)`
+    /// when it refused it or no connection was up within `publish_timeout`
+    /// (the request waits for a reconnect up to that deadline).
+    pub fn publish(
+        &self,
+        name: Name,
+        payload: Vec<u8>,
+        options: &[(String, Data)],
+        reply_to: R,
+        tag: u64,
+    ) -> Result<(), Error> {
+        self.driver.publish(name, payload, options, reply_to, tag)
+    }
+
+    /// Stops the tasks and closes the broker connections (also on drop).
+    /// Publishes not answered yet get `Err`; no other event follows.
+    pub fn close(&self) {
+        self.driver.close();
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.driver.stats()
+    }
+
+    /// The broker's settings this client was opened with.
+    pub fn common(&self) -> &Common {
+        self.driver.common()
+    }
+
+    /// Test hook: makes the listener and publisher tasks panic once, to
+    /// check that supervision restarts them.
+    #[cfg(feature = "test-hooks")]
+    pub fn debug_inject_panic(&self) -> Result<(), Error> {
+        self.driver.inject_panic()
+    }
+}
+
+impl<R: Recipient> Drop for Client<R> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Where a client's events go. Called on the broker runtime's thread, in
+/// the order of the events: it must not block, since every client's I/O
+/// waits while it runs.
+///
+/// A `crossbeam_channel::Sender` is one: the design's delivery thread reads
+/// the other end. A sink that hands events on directly (e.g. `enif_send`
+/// from an owned environment, which any non-scheduler thread may do) saves
+/// that thread's wake-up per event.
+pub trait EventSink<R>: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery<R>);
+}
+
+impl<R: Send + 'static> EventSink<R> for Sender<Delivery<R>> {
+    fn deliver(&self, delivery: Delivery<R>) {
+        // A dropped receiver means nobody listens any more: nothing to do.
+        let _ = self.send(delivery);
+    }
+}
+
+/// Opens a client of broker `B` (called by the registry, which knows `B`).
+pub(crate) fn open<B: Broker, R: Recipient>(
+    settings: &Settings,
+    owner: R,
+    events: Arc<dyn EventSink<R>>,
+) -> Result<Client<R>, Error> {
+    runtime::ensure()?;
+    let common = Common::from_settings(settings)?;
+    let broker = Arc::new(B::new(settings, common)?);
+    let shared = Arc::new(Shared {
+        owner,
+        events,
+        listener: Slot::default(),
+        publisher: Slot::default(),
+        counters: Counters::default(),
+        closed: AtomicBool::new(false),
+    });
+    Ok(Client {
+        driver: Arc::new(Erased { broker, shared }),
+    })
+}
+
+/// What the tasks and the client share.
+struct Shared<B: Broker, R: Recipient> {
+    owner: R,
+    events: Arc<dyn EventSink<R>>,
+    listener: Slot<ListenCmd<B::Topic, R>>,
+    publisher: Slot<PublishCmd<B, R>>,
+    counters: Counters,
+    closed: AtomicBool,
+}
+
+impl<B: Broker, R: Recipient> Shared<B, R> {
+    fn send(&self, to: &R, event: Event) {
+        self.events.deliver(Delivery {
+            to: to.clone(),
+            event,
+        });
+    }
+
+    fn warn(&self, message: String) {
+        self.send(&self.owner, Event::Warning { message });
+    }
+}
+
+/// The broker type erased, so that `Client<R>` is one type for every broker.
+trait Driver<R: Recipient>: Send + Sync {
+    fn check_name(&self, name: &Name) -> Result<(), Error>;
+    fn subscribe(&self, name: Name, to: R) -> Result<(), Error>;
+    fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error>;
+    fn publish(
+        &self,
+        name: Name,
+        payload: Vec<u8>,
+        options: &[(String, Data)],
+        reply_to: R,
+        tag: u64,
+    ) -> Result<(), Error>;
+    fn close(&self);
+    fn stats(&self) -> ClientStats;
+    fn common(&self) -> &Common;
+    #[cfg(feature = "test-hooks")]
+    fn inject_panic(&self) -> Result<(), Error>;
+}
+
+struct Erased<B: Broker, R: Recipient> {
+    broker: Arc<B>,
+    shared: Arc<Shared<B, R>>,
+}
+
+impl<B: Broker, R: Recipient> Erased<B, R> {
+    fn topic(&self, name: &Name) -> Result<B::Topic, Error> {
+        self.broker.topic(name).map_err(Error)
+    }
+
+    fn send_listener(&self, cmd: ListenCmd<B::Topic, R>) -> Result<(), Error> {
+        let (broker, shared) = (&self.broker, &self.shared);
+        shared
+            .listener
+            .send(&shared.closed, cmd, |rx| {
+                runtime::spawn(listener::run(broker.clone(), shared.clone(), rx))
+            })
+            .map_err(|not_sent| self.refusal(not_sent.reason))
+    }
+
+    fn send_publisher(&self, cmd: PublishCmd<B, R>) -> Result<(), Error> {
+        let (broker, shared) = (&self.broker, &self.shared);
+        shared
+            .publisher
+            .send(&shared.closed, cmd, |rx| {
+                runtime::spawn(publisher::run(broker.clone(), shared.clone(), rx))
+            })
+            .map_err(|not_sent| {
+                // The caller gets this error instead of a `Published` event.
+                #[allow(irrefutable_let_patterns)] // without the test hooks
+                if let PublishCmd::Publish(mut request) = not_sent.cmd {
+                    request.reply.disarm();
+                }
+                self.refusal(not_sent.reason)
+            })
+    }
+
+    fn refusal(&self, reason: Option<Error>) -> Error {
+        reason.unwrap_or_else(|| Error::new(format!("the {} client is closed", B::NAME)))
+    }
+}
+
+impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
+    fn check_name(&self, name: &Name) -> Result<(), Error> {
+        self.topic(name).map(drop)
+    }
+
+    fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
+        let topic = self.topic(&name)?;
+        self.send_listener(ListenCmd::Subscribe(topic, name, to))
+    }
+
+    fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
+        let topic = self.topic(&name)?;
+        self.send_listener(ListenCmd::Unsubscribe(topic, to))
+    }
+
+    fn publish(
+        &self,
+        name: Name,
+        payload: Vec<u8>,
+        options: &[(String, Data)],
+        reply_to: R,
+        tag: u64,
+    ) -> Result<(), Error> {
+        let topic = self.topic(&name)?;
+        self.broker.check_payload(&payload).map_err(Error)?;
+        let properties = self.broker.properties(options).map_err(Error)?;
+        let request = PublishRequest {
+            topic,
+            payload,
+            properties,
+            deadline: Instant::now() + self.broker.common().publish_timeout,
+            reply: Reply::new(reply_to, tag, self.shared.events.clone()),
+        };
+        self.send_publisher(PublishCmd::Publish(Box::new(request)))
+    }
+
+    fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        // Dropping the senders ends the tasks: their `recv()` returns None.
+        self.shared.listener.take();
+        self.shared.publisher.take();
+    }
+
+    fn stats(&self) -> ClientStats {
+        self.shared.counters.snapshot()
+    }
+
+    fn common(&self) -> &Common {
+        self.broker.common()
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn inject_panic(&self) -> Result<(), Error> {
+        self.send_listener(ListenCmd::Panic)?;
+        self.send_publisher(PublishCmd::Panic)
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string panic"
+    }
+}
