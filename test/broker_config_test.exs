@@ -23,7 +23,18 @@ defmodule Yggdrasil.BrokerConfigTest do
 
   describe "defaults" do
     test "every key of each broker, in the order of the contract" do
-      common = [publish_timeout: 5000, backoff_max: 5000, idle_timeout: 30_000]
+      common = [
+        publish_timeout: 5000,
+        backoff_max: 5000,
+        idle_timeout: 30_000,
+        url: nil,
+        tls: false,
+        tls_cacertfile: nil,
+        tls_certfile: nil,
+        tls_keyfile: nil,
+        tls_verify: "verify_peer",
+        tls_server_name: nil
+      ]
 
       assert Config.broker_config(:redis) ==
                [
@@ -31,8 +42,7 @@ defmodule Yggdrasil.BrokerConfigTest do
                  port: 6379,
                  password: nil,
                  database: 0,
-                 username: nil,
-                 url: nil
+                 username: nil
                ] ++ common
 
       assert Config.broker_config(:postgres) ==
@@ -41,7 +51,8 @@ defmodule Yggdrasil.BrokerConfigTest do
                  port: 5432,
                  username: "postgres",
                  password: "postgres",
-                 database: "postgres"
+                 database: "postgres",
+                 sslmode: nil
                ] ++ common
 
       assert Config.broker_config(:rabbitmq) ==
@@ -221,8 +232,14 @@ defmodule Yggdrasil.BrokerConfigTest do
                password: "s@cret",
                database: 2,
                username: "app",
-               url: "redis://app:s%40cret@cache.local:6390/2"
-             ] = Config.broker_config(:redis) |> Keyword.drop(common_keys())
+               url: "redis://app:s%40cret@cache.local:6390/2",
+               tls: false
+             ] =
+               Config.broker_config(:redis)
+               |> Keyword.take([:hostname, :port, :password, :database, :username, :url, :tls])
+
+      System.put_env("YGGDRASIL_REDIS_URL", "rediss://cache.local")
+      assert Config.broker_config(:redis)[:tls] == true
     end
 
     test "what it leaves out takes the defaults, not the other keys" do
@@ -248,18 +265,19 @@ defmodule Yggdrasil.BrokerConfigTest do
       assert Config.broker_config(:redis, @namespace)[:hostname] == "localhost"
     end
 
-    test "a url that is not redis://host... raises ArgumentError" do
-      for url <- ["rediss://host:6380", "host:6379", "redis://", "redis://host/x"] do
+    test "a url that is not redis(s)://host... raises ArgumentError naming the key, never the password" do
+      for url <- ["http://host:6380", "host:6379", "redis://", "redis://:pa55@host/x"] do
         System.put_env("YGGDRASIL_REDIS_URL", url)
         error = assert_raise ArgumentError, fn -> Config.broker_config(:redis) end
-        assert error.message =~ "Redis url"
-        assert error.message =~ ~s("#{url}") or error.message =~ "database number"
+        assert error.message =~ "url: expected"
+        assert error.message =~ ~s("#{url}") or error.message =~ "a database number"
+        refute error.message =~ "pa55"
       end
     end
   end
 
   test "an unknown broker or a namespace that is not an atom raises ArgumentError" do
-    assert_raise ArgumentError, ~r/expected a broker/, fn -> Config.broker_config(:kafka) end
+    assert_raise ArgumentError, ~r/unknown broker :kafka/, fn -> Config.broker_config(:kafka) end
 
     assert_raise ArgumentError, ~r/expected a broker/, fn ->
       Config.broker_config(:redis, "MyApp")

@@ -2,7 +2,8 @@ defmodule Yggdrasil.Broker do
   @moduledoc false
   # The broker clients: one per {broker, namespace} (`:redis`, `:postgres`,
   # `:rabbitmq`), opened on first use with the settings
-  # `Yggdrasil.Config.broker_config/2` reads at that moment, and shared by
+  # `Yggdrasil.Config.broker_sources/2` finds at that moment (checked by
+  # the broker's schema in Rust), and shared by
   # every channel and publisher of that namespace (the client keeps a fixed
   # small set of connections, whatever the number of channels).
   #
@@ -80,11 +81,13 @@ defmodule Yggdrasil.Broker do
   def handle_info(_other, state), do: {:noreply, state}
 
   defp open(broker, namespace) do
-    with {:ok, config} <- read_config(broker, namespace),
-         {:ok, owner} <- Owner.start_link(label(broker, namespace, config)) do
-      case Client.open(broker, Keyword.delete(config, :url), owner) do
+    with {:ok, given} <- sources(broker, namespace),
+         {:ok, owner} <- Owner.start_link() do
+      case Client.open(broker, given, owner) do
         {:ok, client} ->
-          entry = %{client: client, owner: owner, publish_timeout: config[:publish_timeout]}
+          %{publish_timeout: timeout, endpoint: endpoint} = Client.info(client)
+          Owner.label(owner, label(broker, namespace, endpoint))
+          entry = %{client: client, owner: owner, publish_timeout: timeout}
           :ets.insert(@table, {{broker, namespace}, entry})
           {:ok, entry}
 
@@ -95,15 +98,16 @@ defmodule Yggdrasil.Broker do
     end
   end
 
-  defp read_config(broker, namespace) do
-    {:ok, Yggdrasil.Config.broker_config(broker, namespace)}
+  defp sources(broker, namespace) do
+    Yggdrasil.Config.broker_sources(broker, namespace)
   rescue
     error in ArgumentError -> {:error, Exception.message(error)}
   end
 
   # Names the client in its warnings; never shows a password.
-  defp label(broker, namespace, config) do
-    where = "#{config[:hostname]}:#{config[:port]}"
-    if namespace, do: ":#{broker} #{where} (#{inspect(namespace)})", else: ":#{broker} #{where}"
+  defp label(broker, namespace, endpoint) do
+    if namespace,
+      do: ":#{broker} #{endpoint} (#{inspect(namespace)})",
+      else: ":#{broker} #{endpoint}"
   end
 end

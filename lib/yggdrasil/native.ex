@@ -130,42 +130,54 @@ defmodule Yggdrasil.Native do
   @spec json_decode_dirty(binary()) :: {:ok, term()} | {:error, term()}
   def json_decode_dirty(_binary), do: not_loaded()
 
-  # Broker clients (`native/yggdrasil_nif/src/broker.rs`), called only by
+  # Broker clients (`native/yggdrasil_nif/src/broker/`), called only by
   # `Yggdrasil.Broker.Client`. `client` is the resource of one broker and
   # namespace; every call returns at once (no I/O on a scheduler). What the
   # client sends to processes, from its delivery thread (`:published`
   # replies from the runtime thread that got the broker's answer):
   #
   #   {:"$yggdrasil_broker", :connected}          to a subscriber: the broker
-  #                                               confirmed its topic (again
+  #                                               confirmed its name (again
   #                                               after every reconnect)
   #   {:"$yggdrasil_broker", :disconnected}       to a subscriber: the
   #                                               connection carrying it was lost
   #   {:"$yggdrasil_broker", :event, payload, metadata}
   #                                               to a subscriber; metadata is
-  #                                               %{channel: binary} (redis,
-  #                                               postgres) or %{routing_key:,
-  #                                               message_id:, headers:} (rabbitmq)
+  #                                               the broker's map
   #   {:"$yggdrasil_broker", :published, tag, :ok | {:error, binary}}
   #                                               to the publishing process, one
   #                                               per accepted broker_publish/5,
   #                                               within publish_timeout
   #   {:"$yggdrasil_broker", :warning, binary}    to the owner: a failed connect,
   #                                               a refused subscription, ...
+  #
+  # Settings travel as `given`: `[{key, origin, value}]`, what
+  # `Yggdrasil.Config` found for each key and where; the broker's schema in
+  # Rust checks them (errors name the key and the origin).
 
   @doc false
-  @spec broker_features() :: [:redis | :postgres | :rabbitmq]
-  def broker_features, do: not_loaded()
+  # The broker's setting keys, or why it cannot be used (unknown, not built in).
+  @spec broker_keys(atom()) :: {:ok, [atom()]} | {:error, binary()}
+  def broker_keys(_broker), do: not_loaded()
 
   @doc false
-  # `config`: a map with every key of `Yggdrasil.Config.broker_config/2`.
+  @spec broker_settings(atom(), [{atom(), binary(), term()}]) ::
+          {:ok, keyword()} | {:error, binary()}
+  def broker_settings(_broker, _given), do: not_loaded()
+
+  @doc false
   # The owner's death closes the client.
-  @spec broker_open(atom(), map(), pid()) :: {:ok, reference()} | {:error, binary()}
-  def broker_open(_kind, _config, _owner), do: not_loaded()
+  @spec broker_open(atom(), [{atom(), binary(), term()}], pid()) ::
+          {:ok, reference()} | {:error, binary()}
+  def broker_open(_broker, _given, _owner), do: not_loaded()
 
   @doc false
-  @spec broker_check_topic(reference(), term()) :: :ok | {:error, binary()}
-  def broker_check_topic(_client, _name), do: not_loaded()
+  @spec broker_info(reference()) :: %{publish_timeout: pos_integer(), endpoint: binary()}
+  def broker_info(_client), do: not_loaded()
+
+  @doc false
+  @spec broker_check_name(reference(), term()) :: :ok | {:error, binary()}
+  def broker_check_name(_client, _name), do: not_loaded()
 
   @doc false
   # `pid` is monitored: its death unsubscribes it.
@@ -180,21 +192,17 @@ defmodule Yggdrasil.Native do
   # `:ok`: exactly one `:published` message with `tag` follows.
   @spec broker_publish(reference(), term(), binary(), map(), non_neg_integer()) ::
           :ok | {:error, binary()}
-  def broker_publish(_client, _name, _payload, _properties, _tag), do: not_loaded()
+  def broker_publish(_client, _name, _payload, _options, _tag), do: not_loaded()
 
   @doc false
   # broker_publish/5 on a dirty scheduler, for big payloads.
   @spec broker_publish_dirty(reference(), term(), binary(), map(), non_neg_integer()) ::
           :ok | {:error, binary()}
-  def broker_publish_dirty(_client, _name, _payload, _properties, _tag), do: not_loaded()
+  def broker_publish_dirty(_client, _name, _payload, _options, _tag), do: not_loaded()
 
   @doc false
   @spec broker_stats(reference()) :: %{atom() => non_neg_integer()}
   def broker_stats(_client), do: not_loaded()
-
-  @doc false
-  @spec broker_runtime_stats() :: %{atom() => non_neg_integer() | boolean()}
-  def broker_runtime_stats, do: not_loaded()
 
   @doc false
   # TEST HOOK, never called by the library: panics inside the NIF on purpose

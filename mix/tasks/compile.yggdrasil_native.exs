@@ -48,9 +48,9 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
   use Mix.Task.Compiler
 
   @crate "yggdrasil_nif"
-  # The cargo features of `native/yggdrasil_nif`, one per broker adapter, in
-  # the order of its Cargo.toml.
-  @brokers [:redis, :postgres, :rabbitmq]
+  # The broker adapters are the default cargo features of the NIF crate: its
+  # Cargo.toml is where the list of brokers is kept.
+  @nif_manifest "native/yggdrasil_nif/Cargo.toml"
   @root Path.expand("../..", __DIR__)
   # Everything cargo reads to build the crate; all of it goes into the fingerprint.
   @sources [
@@ -317,11 +317,27 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
 
   ## Broker selection
 
-  defp feature_args(brokers) when brokers == @brokers, do: []
   defp feature_args([]), do: ["--no-default-features"]
 
-  defp feature_args(brokers),
-    do: ["--no-default-features", "--features", Enum.join(brokers, ",")]
+  defp feature_args(brokers) do
+    if brokers == known_brokers(),
+      do: [],
+      else: ["--no-default-features", "--features", Enum.join(brokers, ",")]
+  end
+
+  # In the order of the NIF crate's `default` features.
+  defp known_brokers do
+    manifest = File.read!(Path.join(@root, @nif_manifest))
+
+    case Regex.run(~r/^default\s*=\s*\[([^\]]*)\]/m, manifest, capture: :all_but_first) do
+      [list] ->
+        for [name] <- Regex.scan(~r/"(\w+)"/, list, capture: :all_but_first),
+            do: String.to_atom(name)
+
+      nil ->
+        Mix.raise("yggdrasil: no `default` features in #{@nif_manifest}")
+    end
+  end
 
   defp broker_list([]), do: "none"
   defp broker_list(brokers), do: Enum.join(brokers, ",")
@@ -334,11 +350,11 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
     end
   end
 
-  defp brokers_from_env("all"), do: @brokers
+  defp brokers_from_env("all"), do: known_brokers()
   defp brokers_from_env("none"), do: []
 
   defp brokers_from_env(text) do
-    known = Map.new(@brokers, &{Atom.to_string(&1), &1})
+    known = Map.new(known_brokers(), &{Atom.to_string(&1), &1})
 
     text
     |> String.split(",", trim: true)
@@ -346,35 +362,35 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
       Map.get(known, String.trim(name)) ||
         Mix.raise(
           "yggdrasil: unknown broker #{inspect(name)} in YGGDRASIL_BROKERS " <>
-            "(known: #{broker_list(@brokers)}, or all, or none)"
+            "(known: #{broker_list(known_brokers())}, or all, or none)"
         )
     end)
     |> canonical()
   end
 
-  defp brokers_from_config(:all), do: @brokers
+  defp brokers_from_config(:all), do: known_brokers()
 
   defp brokers_from_config(brokers) when is_list(brokers) do
-    case Enum.reject(brokers, &(&1 in @brokers)) do
+    case Enum.reject(brokers, &(&1 in known_brokers())) do
       [] ->
         canonical(brokers)
 
       unknown ->
         Mix.raise(
           "yggdrasil: unknown brokers #{inspect(unknown)} in `config :yggdrasil, brokers: ...` " <>
-            "(known: #{inspect(@brokers)}, or :all)"
+            "(known: #{inspect(known_brokers())}, or :all)"
         )
     end
   end
 
   defp brokers_from_config(other) do
     Mix.raise(
-      "yggdrasil: `config :yggdrasil, brokers: #{inspect(other)}` must be :all or a list of #{inspect(@brokers)}"
+      "yggdrasil: `config :yggdrasil, brokers: #{inspect(other)}` must be :all or a list of #{inspect(known_brokers())}"
     )
   end
 
   # Same selection, same fingerprint: cargo's order, no duplicates.
-  defp canonical(brokers), do: Enum.filter(@brokers, &(&1 in brokers))
+  defp canonical(brokers), do: Enum.filter(known_brokers(), &(&1 in brokers))
 
   defp diagnostic(message) do
     %Mix.Task.Compiler.Diagnostic{

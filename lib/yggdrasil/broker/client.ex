@@ -21,17 +21,17 @@ defmodule Yggdrasil.Broker.Client do
   defmacro tag, do: :"$yggdrasil_broker"
 
   @doc false
-  # The brokers compiled into the NIF.
-  @spec features() :: [atom()]
-  def features, do: Native.broker_features()
+  # `given`: what `Yggdrasil.Config.broker_sources/2` found.
+  @spec open(atom(), list(), pid()) :: {:ok, t()} | {:error, binary()}
+  def open(broker, given, owner), do: Native.broker_open(broker, given, owner)
 
   @doc false
-  @spec open(atom(), keyword(), pid()) :: {:ok, t()} | {:error, binary()}
-  def open(broker, config, owner), do: Native.broker_open(broker, Map.new(config), owner)
+  @spec info(t()) :: %{publish_timeout: pos_integer(), endpoint: binary()}
+  def info(client), do: Native.broker_info(client)
 
   @doc false
-  @spec check_topic(t(), term()) :: :ok | {:error, binary()}
-  def check_topic(client, name), do: Native.broker_check_topic(client, name)
+  @spec check_name(t(), term()) :: :ok | {:error, binary()}
+  def check_name(client, name), do: Native.broker_check_name(client, name)
 
   @doc false
   @spec subscribe(t(), term(), pid()) :: :ok | {:error, binary()}
@@ -44,18 +44,14 @@ defmodule Yggdrasil.Broker.Client do
   @doc false
   # `:ok`: one `{tag, :published, tag, result}` reaches the caller.
   @spec publish(t(), term(), binary(), map(), pos_integer()) :: :ok | {:error, binary()}
-  def publish(client, name, payload, properties, tag)
+  def publish(client, name, payload, options, tag)
       when byte_size(payload) > @dirty_payload_bytes,
-      do: Native.broker_publish_dirty(client, name, payload, properties, tag)
+      do: Native.broker_publish_dirty(client, name, payload, options, tag)
 
-  def publish(client, name, payload, properties, tag),
-    do: Native.broker_publish(client, name, payload, properties, tag)
+  def publish(client, name, payload, options, tag),
+    do: Native.broker_publish(client, name, payload, options, tag)
 
   @doc false
   @spec stats(t()) :: %{atom() => non_neg_integer()}
   def stats(client), do: Native.broker_stats(client)
-
-  @doc false
-  @spec runtime_stats() :: %{atom() => non_neg_integer() | boolean()}
-  def runtime_stats, do: Native.broker_runtime_stats()
 end

@@ -55,7 +55,7 @@ defmodule Yggdrasil.Broker.Subscriber do
   @doc false
   def check_channel(broker, %Channel{name: name, namespace: namespace}) do
     with {:ok, %{client: client}} <- Broker.client(broker, namespace),
-         do: Client.check_topic(client, name)
+         do: Client.check_name(client, name)
   end
 
   @impl GenServer

@@ -138,6 +138,9 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// The settings shared by every broker (timeouts, backoff, idle close).
     fn common(&self) -> &Common;
 
+    /// Where it connects, for log lines: "host:port" (never a secret).
+    fn endpoint(&self) -> String;
+
     /// A channel name as this broker's topic, or why the broker would
     /// refuse it. Called in the caller's thread before anything is queued:
     /// must not block.

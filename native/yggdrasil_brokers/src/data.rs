@@ -10,6 +10,8 @@ use std::fmt;
 pub enum Name {
     Bytes(Vec<u8>),
     Tuple(Vec<Name>),
+    /// Any other term: no broker takes it, and each says what it expects.
+    Other,
 }
 
 impl Name {
@@ -22,7 +24,7 @@ impl Name {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Name::Bytes(bytes) => Some(bytes),
-            Name::Tuple(_) => None,
+            Name::Tuple(_) | Name::Other => None,
         }
     }
 
@@ -53,6 +55,7 @@ impl fmt::Debug for Name {
                 }
                 f.write_str("}")
             }
+            Name::Other => f.write_str("(not a binary or tuple)"),
         }
     }
 }

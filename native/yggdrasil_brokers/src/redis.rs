@@ -133,6 +133,10 @@ impl Broker for Redis {
         &self.common
     }
 
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     fn topic(&self, name: &Name) -> Result<Pattern, String> {
         let pattern = name
             .bytes()

@@ -85,7 +85,7 @@ pub const PORT: Kind = Kind::Int {
     min: 1,
     max: 65_535,
 };
-/// Milliseconds a timer can hold.
+/// Milliseconds a timer can hold (1..2³²-1).
 pub const MILLIS: Kind = Kind::Int {
     min: 1,
     max: u32::MAX as i64,
@@ -216,10 +216,14 @@ pub fn resolve(schema: &Schema, given: &[Given]) -> Result<Settings, Error> {
         .enumerate()
         .map(|(i, (name, _))| (*name, i))
         .collect();
+    let mut url_origin = None;
     for item in given {
         let Some(key) = schema.key(&item.key) else {
             continue;
         };
+        if key.name == "url" {
+            url_origin = Some(item.origin.as_str());
+        }
         let value = cast(key, &item.value).map_err(|expected| {
             let got = match key.kind {
                 Kind::Secret => String::new(),
@@ -235,8 +239,12 @@ pub fn resolve(schema: &Schema, given: &[Given]) -> Result<Settings, Error> {
     }
     let mut settings = Settings { values, by_name };
     if let Some(url) = settings.secret("url")? {
-        let parsed = crate::url::parse(url.expose(), schema.url_schemes)?;
-        for (name, value) in (schema.from_url)(parsed)? {
+        let in_origin = |e: Error| match url_origin {
+            Some(origin) => Error::new(format!("{origin}: {e}")),
+            None => e,
+        };
+        let parsed = crate::url::parse(url.expose(), schema.url_schemes).map_err(in_origin)?;
+        for (name, value) in (schema.from_url)(parsed).map_err(in_origin)? {
             settings.set(name, value)?;
         }
     }
@@ -260,6 +268,7 @@ fn cast(key: &Key, raw: &Raw) -> Result<Value, String> {
         (Kind::Int { min, max }, raw) => {
             let expected = || match (min, max) {
                 (1, 65_535) => "a port number (1..65535)".to_owned(),
+                (1, 4_294_967_295) => "a positive number of milliseconds".to_owned(),
                 (0, _) => "a non-negative integer".to_owned(),
                 (1, _) => "a positive integer".to_owned(),
                 _ => format!("an integer in {min}..{max}"),

@@ -116,6 +116,11 @@ impl<R: Recipient> Client<R> {
         self.driver.common()
     }
 
+    /// Where it connects: "host:port" (never a secret).
+    pub fn endpoint(&self) -> String {
+        self.driver.endpoint()
+    }
+
     /// Test hook: makes the listener and publisher tasks panic once, to
     /// check that supervision restarts them.
     #[cfg(feature = "test-hooks")]
@@ -210,6 +215,7 @@ trait Driver<R: Recipient>: Send + Sync {
     fn close(&self);
     fn stats(&self) -> ClientStats;
     fn common(&self) -> &Common;
+    fn endpoint(&self) -> String;
     #[cfg(feature = "test-hooks")]
     fn inject_panic(&self) -> Result<(), Error>;
 }
@@ -305,6 +311,10 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
 
     fn common(&self) -> &Common {
         self.broker.common()
+    }
+
+    fn endpoint(&self) -> String {
+        self.broker.endpoint()
     }
 
     #[cfg(feature = "test-hooks")]

@@ -329,6 +329,10 @@ impl Broker for RabbitMq {
         &self.common
     }
 
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.hostname, self.port)
+    }
+
     fn topic(&self, name: &Name) -> Result<Binding, String> {
         let expected =
             || "a :rabbitmq channel name must be {exchange, routing_key}, two UTF-8 binaries";
