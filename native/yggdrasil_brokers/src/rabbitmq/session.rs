@@ -1,0 +1,341 @@
+//! A subscribing session: one consuming AMQP channel per topic, each with
+//! a client-named, exclusive, auto-delete queue bound to its exchange, the
+//! consumers forwarded into one `Messages` queue, and acks batched.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionStatus};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::AbortHandle;
+
+use super::properties::{self, short};
+use super::{listen_error, Binding};
+use crate::broker::{Incoming, ListenError};
+use crate::Data;
+
+/// Unacknowledged messages the broker may send ahead, per subscribed topic:
+/// enough to keep a consumer busy while acks travel, small enough that a
+/// slow delivery side holds the backlog in the broker, not in our memory.
+const PREFETCH: u16 = 1000;
+
+/// How often a session looks whether its connection is still up, besides
+/// waking on each of lapin's connection events.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A subscribing session: the connection, one consuming channel per topic.
+pub(crate) struct Control {
+    connection: Arc<Connection>,
+    topics: HashMap<Binding, Subscription>,
+    messages: UnboundedSender<Item>,
+    acks: UnboundedSender<PendingAck>,
+}
+
+struct Subscription {
+    channel: Channel,
+    /// The task forwarding this topic's consumer into `Messages`.
+    forward: AbortOnDrop,
+}
+
+/// What consumer tasks and the connection watcher feed into `Messages`.
+// Not boxed: a message is the common case and an mpsc slot holds it inline.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Message(Incoming<Binding, Ack>),
+    /// The connection (or a consumer the broker cancelled) is gone.
+    Lost,
+}
+
+pub(crate) struct Messages {
+    items: UnboundedReceiver<Item>,
+    _watcher: AbortOnDrop,
+}
+
+/// Acknowledges one delivery of one consuming channel.
+pub(crate) struct Ack {
+    channel: Channel,
+    delivery_tag: u64,
+    acks: UnboundedSender<PendingAck>,
+}
+
+struct PendingAck {
+    channel: Channel,
+    delivery_tag: u64,
+}
+
+/// A session on `connection`, with nothing subscribed yet.
+pub(super) fn open(connection: Arc<Connection>) -> (Control, Messages) {
+    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    // Ends when the last sender (Control, or an Ack in flight) is gone.
+    tokio::spawn(acknowledge(acks_rx));
+    let watcher = AbortOnDrop::spawn(watch_connection(
+        connection.status().clone(),
+        connection.events_listener(),
+        messages_tx.clone(),
+    ));
+    let control = Control {
+        connection,
+        topics: HashMap::new(),
+        messages: messages_tx,
+        acks: acks_tx,
+    };
+    let messages = Messages {
+        items: messages_rx,
+        _watcher: watcher,
+    };
+    (control, messages)
+}
+
+
+impl Control {
+    pub(super) async fn listen(&mut self, topic: &Binding) -> Result<(), ListenError> {
+        let Binding {
+            exchange,
+            routing_key,
+        } = topic;
+        if self.topics.contains_key(topic) {
+            return Ok(());
+        }
+        let status = self.connection.status().clone();
+        let listen_error = |e: lapin::Error| listen_error(&status, &e);
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(listen_error)?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(listen_error)?;
+        let queue = next_queue_name();
+        let declare = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.clone(), declare, FieldTable::default())
+            .await
+            .map_err(listen_error)?;
+        // Both fit in a short string: `topic` checked them before this topic was queued.
+        let (exchange, routing_key) = (short(exchange), short(routing_key));
+        if let Err(e) = channel
+            .queue_bind(
+                queue.clone(),
+                exchange.map_err(ListenError::Topic)?,
+                routing_key.map_err(ListenError::Topic)?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            let error = listen_error(e);
+            if let ListenError::Topic(_) = error {
+                // The broker closed the channel; the queue it never consumed
+                // from would stay until the connection closes.
+                delete_queue(&self.connection, queue).await;
+            }
+            return Err(error);
+        }
+        let consume = BasicConsumeOptions {
+            exclusive: true,
+            ..BasicConsumeOptions::default()
+        };
+        let consumer = channel
+            .basic_consume(queue.clone(), queue, consume, FieldTable::default())
+            .await
+            .map_err(listen_error)?;
+        let forward = AbortOnDrop::spawn(forward(
+            consumer,
+            topic.clone(),
+            channel.clone(),
+            self.messages.clone(),
+            self.acks.clone(),
+        ));
+        self
+            .topics
+            .insert(topic.clone(), Subscription { channel, forward });
+        Ok(())
+    }
+    pub(super) async fn unlisten(&mut self, topic: &Binding) -> Result<(), ListenError> {
+        let Some(subscription) = self.topics.remove(topic) else {
+            return Ok(());
+        };
+        // Stop forwarding first, so the consumer's end is not taken for a
+        // lost connection; closing the channel cancels the consumer and the
+        // broker deletes the auto-delete queue.
+        drop(subscription.forward);
+        if !subscription.channel.status().connected() {
+            return Ok(()); // already closed by the broker: nothing to undo
+        }
+        let status = self.connection.status().clone();
+        subscription
+            .channel
+            .close(200, "unsubscribed".into())
+            .await
+            .map_err(|e| listen_error(&status, &e))
+    }
+}
+
+impl Messages {
+    pub(super) async fn next(&mut self) -> Option<Incoming<Binding, Ack>> {
+        match self.items.recv().await {
+            Some(Item::Message(incoming)) => Some(incoming),
+            Some(Item::Lost) | None => None,
+        }
+    }
+}
+
+impl Ack {
+    pub(super) fn hand_on(self) {
+        // Handed to the session's ack task, which batches: the listener
+        // loop does not wait for lapin's I/O thread once per message.
+        let _ = self.acks.send(PendingAck {
+            channel: self.channel,
+            delivery_tag: self.delivery_tag,
+        });
+    }
+}
+
+/// Forwards one topic's consumer into `Messages` until it ends; its end
+/// while the session is up (the broker cancelled the consumer, e.g. the
+/// queue was deleted by an operator) is reported as a lost session, so the
+/// shared loop makes everything anew rather than leave a topic deaf.
+async fn forward(
+    mut consumer: lapin::Consumer,
+    topic: Binding,
+    channel: Channel,
+    messages: UnboundedSender<Item>,
+    acks: UnboundedSender<PendingAck>,
+) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let properties = &delivery.properties;
+        let optional = |text: Option<String>| text.map_or(Data::Nil, Data::text);
+        let metadata = Data::fields([
+            ("routing_key", Data::text(delivery.routing_key.to_string())),
+            (
+                "message_id",
+                optional(properties.message_id().as_ref().map(ToString::to_string)),
+            ),
+            (
+                "headers",
+                properties
+                    .headers()
+                    .as_ref()
+                    .map_or(Data::Nil, properties::headers_data),
+            ),
+        ]);
+        let incoming = Incoming {
+            topic: topic.clone(),
+            payload: delivery.data,
+            metadata,
+            ack: Some(Ack {
+                channel: channel.clone(),
+                delivery_tag: delivery.delivery_tag,
+                acks: acks.clone(),
+            }),
+        };
+        if messages.send(Item::Message(incoming)).is_err() {
+            return; // the session is gone
+        }
+    }
+    let _ = messages.send(Item::Lost);
+}
+
+/// Reports the connection's loss into `Messages`: a session whose topics
+/// all failed has no consumer to notice it. lapin reports I/O errors as
+/// events, but not every way a connection closes, hence the periodic look.
+async fn watch_connection(
+    status: ConnectionStatus,
+    events: impl futures_util::Stream<Item = lapin::Event> + Send,
+    messages: UnboundedSender<Item>,
+) {
+    let mut events = std::pin::pin!(events);
+    while status.connected() {
+        // Any event (channel errors such as a missing exchange come here
+        // too) or a second passing: look at the connection again.
+        tokio::select! {
+            event = events.next() => if event.is_none() { break },
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+    }
+    let _ = messages.send(Item::Lost);
+}
+
+/// Sends the acks handed to `Broker::ack`: everything queued at once is one
+/// `basic.ack(multiple)` per channel (delivery tags of a channel arrive in
+/// order, and every earlier one was handed on before).
+async fn acknowledge(mut pending: UnboundedReceiver<PendingAck>) {
+    while let Some(first) = pending.recv().await {
+        let mut latest: Vec<PendingAck> = vec![first];
+        while let Ok(next) = pending.try_recv() {
+            match latest
+                .iter_mut()
+                .find(|p| p.channel.id() == next.channel.id())
+            {
+                Some(same) => same.delivery_tag = next.delivery_tag,
+                None => latest.push(next),
+            }
+        }
+        for ack in latest {
+            let multiple = BasicAckOptions { multiple: true };
+            // A channel closed meanwhile took its unacked messages with it.
+            let _ = ack.channel.basic_ack(ack.delivery_tag, multiple).await;
+        }
+    }
+}
+
+async fn delete_queue(connection: &Connection, queue: ShortString) {
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+    }
+}
+
+/// A queue name unique to this process and subscription. Client-named: the
+/// broker refuses server-named queues being declared again by name.
+fn next_queue_name() -> ShortString {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static STARTED: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The start time tells apart processes that reuse a pid (containers).
+    let name = format!(
+        "yggdrasil.{}.{:x}.{n}",
+        std::process::id(),
+        *STARTED & 0xffff_ffff
+    );
+    name.into()
+}
+
+/// A spawned task that ends when its handle is dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl AbortOnDrop {
+    fn spawn<F>(task: F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        AbortOnDrop(tokio::spawn(task).abort_handle())
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
