@@ -104,8 +104,8 @@ defmodule Yggdrasil.Adapter do
   Derives the `type` module of an `adapter`: the segment `Adapter` gets the
   type in front of it.
 
-      iex> Yggdrasil.Adapter.generate_module(Yggdrasil.Adapter.Redis, Subscriber)
-      {:ok, Yggdrasil.Subscriber.Adapter.Redis}
+      iex> Yggdrasil.Adapter.generate_module(Yggdrasil.Adapter.Elixir, Subscriber)
+      {:ok, Yggdrasil.Subscriber.Adapter.Elixir}
       iex> Yggdrasil.Adapter.generate_module(MyApp.Adapter.Queue, Publisher)
       {:ok, MyApp.Publisher.Adapter.Queue}
       iex> {:error, _} = Yggdrasil.Adapter.generate_module(MyApp.Queue, Publisher)

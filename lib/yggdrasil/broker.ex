@@ -1,7 +1,6 @@
 defmodule Yggdrasil.Broker do
   @moduledoc false
-  # The broker clients: one per {broker, namespace} (`:redis`, `:postgres`,
-  # `:rabbitmq`), opened on first use with the settings
+  # The broker clients: one per {broker, namespace}, opened on first use with the settings
   # `Yggdrasil.Config.broker_sources/2` finds at that moment (checked by
   # the broker's schema in Rust), and shared by
   # every channel and publisher of that namespace (the client keeps a fixed

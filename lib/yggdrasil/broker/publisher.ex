@@ -8,7 +8,7 @@ defmodule Yggdrasil.Broker.Publisher do
   # connection came up within `publish_timeout` (enforced in Rust).
   #
   # A broker's publisher module is `use Yggdrasil.Broker.Publisher,
-  # broker: :redis`.
+  # broker: <its name>`.
 
   require Yggdrasil.Broker.Client
 
@@ -74,6 +74,6 @@ defmodule Yggdrasil.Broker.Publisher do
   end
 
   # `publish/3` options other than `metadata:` are message properties
-  # (AMQP properties for :rabbitmq; :redis and :postgres have none).
+  # (the broker's message properties; its schema in Rust checks them).
   defp properties(options), do: options |> Keyword.delete(:metadata) |> Map.new()
 end

@@ -12,7 +12,7 @@ defmodule Yggdrasil.Broker.Subscriber do
   # (the broker sends one message per event, not per subscriber).
   #
   # A broker's subscriber module is `use Yggdrasil.Broker.Subscriber,
-  # broker: :redis`; the process itself runs this module.
+  # broker: <its name>`; the process itself runs this module.
   use GenServer
 
   require Logger

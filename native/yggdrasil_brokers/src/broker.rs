@@ -20,8 +20,8 @@
 //! 2. For every subscribed topic, [`Broker::listen`] (awaited one topic at a
 //!    time, in the task's loop) must return once the broker *confirmed* the
 //!    subscription; the task then sends `Connected` to its recipients.
-//!    - `Err(ListenError::Topic(reason))`: only this topic failed (rabbit: the
-//!      exchange does not exist and the broker closed that AMQP channel). The
+//!    - `Err(ListenError::Topic(reason))`: only this topic failed (e.g. what
+//!      it names does not exist on the broker, which refused it alone). The
 //!      owner gets one `Warning`, the topic is retried with its own backoff,
 //!      the session stays up. The broker module must leave the session usable.
 //!    - `Err(ListenError::Connection(reason))`: the session is broken; the task
@@ -37,9 +37,8 @@
 //!    within `KEEPALIVE` or a connection error ends the session as in 3.
 //!
 //! Because `listen` is awaited while `next_message` is not being polled,
-//! **`Messages` must buffer on its own** (redis: the crate's pubsub stream is
-//! an unbounded channel; postgres/rabbit: a background task feeding a tokio
-//! mpsc). A `Control` future must never need `Messages` polled to complete.
+//! **`Messages` must buffer on its own** (the client crate's own stream, or
+//! a background task feeding a tokio mpsc). A `Control` future must never need `Messages` polled to complete.
 //! Each call is wrapped in a timeout by the shared code (a hung broker ends
 //! the session like a lost one), so a broker module needs no timeouts.
 //!
@@ -47,8 +46,7 @@
 //! [`Broker::connect_publisher`] when a publish needs it (with the same
 //! `Warning`-per-failed-attempt and backoff). Many [`Broker::publish`] calls
 //! run concurrently on clones of it, each under its request's deadline.
-//! - `Ok(())`: the broker accepted it (redis: the PUBLISH reply; postgres:
-//!   `pg_notify` done; rabbit: the publisher confirm).
+//! - `Ok(())`: the broker accepted it (its reply, or its publisher confirm).
 //! - `Err(PublishError::Refused(reason))`: the broker said no; the caller gets
 //!   `Err(reason)` and the publisher stays.
 //! - `Err(PublishError::Connection(reason))`: the publisher is broken; the
@@ -56,16 +54,16 @@
 //!   deadline allows (so a message in flight when a connection dies may
 //!   reach the broker twice; brokers without confirms lose it instead).
 //!
-//! A broker that needs a background task (tokio-postgres' `Connection`,
-//! lapin's consumers) spawns it with `tokio::spawn` from inside these
+//! A broker that needs a background task (a client crate's connection
+//! driver, its consumers) spawns it with `tokio::spawn` from inside these
 //! methods (they run on the shared runtime), ties its life to the values it
 //! returns (dropping `Control`/`Messages`/`Publisher` must end it, e.g. by
 //! closing a channel it selects on), and feeds `Messages` through a tokio
 //! mpsc whose end makes `next_message` return `None`.
 //!
-//! A broker may use one socket for everything (rabbit: one AMQP connection,
-//! channels for control, consuming and publishing) or several (redis and
-//! postgres: one subscribing, one publishing). `ClientStats::connections`
+//! A broker may use one socket for everything (channels multiplexed on one
+//! connection for control, consuming and publishing) or several (one
+//! subscribing, one publishing). `ClientStats::connections`
 //! counts open listener sessions plus open publishers.
 //!
 //! # Adding a broker
@@ -101,7 +99,7 @@ pub(crate) enum PublishError {
 /// One message from a subscribing session.
 pub(crate) struct Incoming<T, A> {
     /// The subscribed topic it matched, exactly as passed to `listen`
-    /// (redis: the pattern, not the channel it was published on).
+    /// (a pattern, say, not the channel it was published on).
     pub topic: T,
     pub payload: Vec<u8>,
     /// What the subscriber sees in its channel's `metadata`.
@@ -112,7 +110,7 @@ pub(crate) struct Incoming<T, A> {
 
 pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// The broker's name: its adapter's, its cargo feature's, and the one
-    /// in warnings and errors ("redis").
+    /// in warnings and errors.
     const NAME: &'static str;
 
     /// Its keys and URL form (section 10); the common keys are added.
@@ -146,7 +144,8 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// must not block.
     fn topic(&self, name: &Name) -> Result<Self::Topic, String>;
 
-    /// Whether a payload is acceptable (postgres: UTF-8, < 8000 bytes).
+    /// Whether a payload is acceptable (some brokers carry text only, or
+    /// bounded sizes).
     /// Called in the caller's thread before anything is queued: must not block.
     fn check_payload(&self, _payload: &[u8]) -> Result<(), String> {
         Ok(())
@@ -177,11 +176,11 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
         messages: &mut Self::Messages,
     ) -> impl Future<Output = Option<Incoming<Self::Topic, Self::Ack>>> + Send;
 
-    /// Checks that a quiet session is still alive (redis: `PING`); called
+    /// Checks that a quiet session is still alive (a protocol ping); called
     /// after `KEEPALIVE` without a message and bounded by the same time, so
     /// a broker that stopped answering (host gone, process stopped, no RST)
     /// ends the session like a closed one. `Err(ListenError::Topic)` is
-    /// ignored. Brokers with their own heartbeat (AMQP) keep the default.
+    /// ignored. Brokers with their own heartbeat keep the default.
     fn ping(
         &self,
         _control: &mut Self::Control,
@@ -194,8 +193,8 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
         async {}
     }
 
-    /// `publish/3` options, checked before anything is queued (rabbitmq:
-    /// AMQP properties; the others take none and ignore them).
+    /// `publish/3` options, checked before anything is queued (message
+    /// properties, for brokers that have them; others ignore them).
     fn properties(&self, options: &[(String, Data)]) -> Result<Self::Properties, String>;
 
     /// Opens a publisher.

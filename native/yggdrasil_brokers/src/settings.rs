@@ -44,7 +44,7 @@ impl fmt::Debug for Raw {
 }
 
 /// One configured key: its name, where it was set (for errors: "environment
-/// variable YGGDRASIL_REDIS_PORT"), and its value.
+/// variable YGGDRASIL_<BROKER>_PORT"), and its value.
 #[derive(Clone, Debug)]
 pub struct Given {
     pub key: String,
@@ -178,7 +178,7 @@ pub const COMMON_KEYS: &[Key] = &[
 pub struct Schema {
     /// The broker's own keys, in the order its documentation lists them.
     pub keys: &'static [Key],
-    /// URL schemes it accepts (`["redis", "rediss"]`).
+    /// URL schemes it accepts (plaintext and TLS forms).
     pub url_schemes: &'static [&'static str],
     /// The values a parsed `url` sets (every key the URL form covers, with
     /// the key's default where the URL says nothing).
@@ -376,7 +376,8 @@ impl Settings {
         self.tls_config(host, verify).map(Some)
     }
 
-    /// The TLS configuration with `verify` decided by the broker (PostgreSQL's `sslmode`).
+    /// The TLS configuration with `verify` decided by the broker (its own TLS
+    /// mode setting, where it has one).
     pub(crate) fn tls_config(&self, host: &str, verify: Verify) -> Result<Tls, Error> {
         let path = |key| Ok::<_, Error>(self.opt_text(key)?.map(PathBuf::from));
         let settings = TlsSettings {

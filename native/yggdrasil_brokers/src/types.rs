@@ -86,7 +86,7 @@ pub enum Event {
 /// What a client holds right now; tests count leaks with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Broker connections currently open (redis: 0, 1 or 2).
+    /// Broker connections currently open.
     pub connections: usize,
     /// This client's tasks alive on the runtime.
     pub tasks: usize,

@@ -40,14 +40,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// without closing the socket is noticed within ~2 × KEEPALIVE.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// One broker + namespace: a fixed small set of connections (redis: one
+/// One broker + namespace: a fixed small set of connections (e.g. one
 /// subscribing + one publishing) shared by all its topics and publishers.
 pub struct Client<R: Recipient> {
     driver: Arc<dyn Driver<R>>,
 }
 
 impl<R: Recipient> Client<R> {
-    /// Opens a client of the broker called `broker` ("redis") with the
+    /// Opens a client of the broker called `broker` (its `Broker::NAME`) with the
     /// settings `given` (checked against the broker's schema: an error names
     /// the key). Never blocks, never connects: connections open on first
     /// subscribe or publish, reconnect by themselves with bounded

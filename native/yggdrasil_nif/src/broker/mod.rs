@@ -173,8 +173,8 @@ fn broker_unsubscribe<'a>(
     )
 }
 
-/// Publishes `payload` on `name` with `options` (a map: AMQP properties for
-/// rabbitmq; the others ignore them). `:ok` means exactly one
+/// Publishes `payload` on `name` with `options` (a map: the broker's message
+/// properties, checked by its schema). `:ok` means exactly one
 /// `{:"$yggdrasil_broker", :published, tag, result}` reaches the caller
 /// within the client's `publish_timeout`; `{:error, reason}` means the
 /// request was refused here and no message follows.
