@@ -14,10 +14,14 @@ defmodule Yggdrasil.Adapter.RabbitMQ do
   `type`, `user_id`, `app_id`, `persistent`). Delivered events carry
   `metadata: %{routing_key: binary, message_id: binary | nil, headers: map | nil}`.
   Settings (`hostname`, `port`, `username`, `password`, `virtual_host`,
-  `heartbeat`, `publish_timeout`, `backoff_max`) are read with
-  `Yggdrasil.Config.broker_config/2`:
+  `heartbeat`, `publish_timeout`, `backoff_max`, and the `url` and TLS keys
+  every broker takes) are read with `Yggdrasil.Config.broker_config/2`:
 
       config :yggdrasil, rabbitmq: [hostname: "mq.local", virtual_host: "app"]
+
+      # a hosted broker: `amqps://` is TLS, port 5671 by default; the vhost is
+      # the percent-encoded path (`%2F` is "/", an empty path is "/")
+      config :yggdrasil, rabbitmq: [url: "amqps://app:secret@mq.example.com/app"]
 
       :ok = Yggdrasil.subscribe(name: {"amq.topic", "orders.*"}, adapter: :rabbitmq)
 

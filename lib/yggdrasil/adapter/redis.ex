@@ -7,10 +7,14 @@ defmodule Yggdrasil.Adapter.Redis do
   characters is one channel); publishing does `PUBLISH name payload`.
   Delivered events carry `metadata: %{channel: redis_channel}`, the channel
   they were published on. Settings (`hostname`, `port`, `password`,
-  `database`, `username`, `url`, `publish_timeout`, `backoff_max`) are read
-  with `Yggdrasil.Config.broker_config/2`:
+  `database`, `username`, `publish_timeout`, `backoff_max`, and the `url`
+  and TLS keys every broker takes) are read with
+  `Yggdrasil.Config.broker_config/2`:
 
       config :yggdrasil, redis: [hostname: "redis.local", port: 6379]
+
+      # a hosted server over TLS (`rediss://` = `redis://` with `tls: true`)
+      config :yggdrasil, redis: [url: "rediss://default:secret@cache.example.com:6380/0"]
 
       channel = [name: "orders.*", adapter: :redis, transformer: :json]
       :ok = Yggdrasil.subscribe(channel)
