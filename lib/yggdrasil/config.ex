@@ -87,7 +87,7 @@ defmodule Yggdrasil.Config do
   @spec broker_config(broker(), module() | nil) :: keyword()
   def broker_config(broker, namespace \\ nil) do
     with {:ok, given} <- broker_sources(broker, namespace),
-         {:ok, settings} <- Yggdrasil.Native.broker_settings(broker, given) do
+         {:ok, settings} <- Yggdrasil.Broker.Client.settings(broker, given) do
       settings
     else
       {:error, reason} -> raise ArgumentError, reason
@@ -101,7 +101,7 @@ defmodule Yggdrasil.Config do
   @spec broker_sources(broker(), module() | nil) ::
           {:ok, [{atom(), String.t(), term()}]} | {:error, String.t()}
   def broker_sources(broker, namespace) when is_atom(broker) and is_atom(namespace) do
-    with {:ok, keys} <- Yggdrasil.Native.broker_keys(broker) do
+    with {:ok, keys} <- Yggdrasil.Broker.Client.keys(broker) do
       {:ok, for(key <- keys, found = lookup(broker, namespace, key), do: found)}
     end
   end

@@ -21,6 +21,16 @@ defmodule Yggdrasil.Broker.Client do
   defmacro tag, do: :"$yggdrasil_broker"
 
   @doc false
+  # The setting keys of `broker` (its schema in Rust), or why it cannot be used.
+  @spec keys(atom()) :: {:ok, [atom()]} | {:error, binary()}
+  def keys(broker), do: Native.broker_keys(broker)
+
+  @doc false
+  # `given` checked by the broker's schema: every key, typed, defaults filled in.
+  @spec settings(atom(), list()) :: {:ok, keyword()} | {:error, binary()}
+  def settings(broker, given), do: Native.broker_settings(broker, given)
+
+  @doc false
   # `given`: what `Yggdrasil.Config.broker_sources/2` found.
   @spec open(atom(), list(), pid()) :: {:ok, t()} | {:error, binary()}
   def open(broker, given, owner), do: Native.broker_open(broker, given, owner)

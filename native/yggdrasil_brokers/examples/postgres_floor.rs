@@ -23,6 +23,7 @@ use floor::{collect_latencies, finish, stamped, Args, Report};
 use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls};
+use yggdrasil_brokers::Name;
 
 fn connection_config(args: &Args) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
@@ -91,22 +92,15 @@ async fn run(args: &Args) -> Result<Report, String> {
 }
 
 fn main() -> ExitCode {
-    use yggdrasil_brokers::{postgres, Common, Config, Topic};
     floor::main(
         "postgres_floor",
         "postgres",
         5432,
         |rt, args| rt.block_on(run(args)),
-        |args| {
-            let config = Config::Postgres(postgres::Config {
-                hostname: args.host.clone(),
-                port: args.port,
-                common: Common::default(),
-                ..postgres::Config::default()
-            });
-            let topic = Topic::postgres(format!("ygg-floor-client-{}", std::process::id()))
-                .map_err(|e| e.to_string())?;
-            Ok((config, topic))
+        |args| floor::ClientSetup {
+            broker: "postgres",
+            settings: floor::host_and_port(args),
+            name: Name::from(format!("ygg-floor-client-{}", std::process::id()).as_str()),
         },
     )
 }

@@ -30,6 +30,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use yggdrasil_brokers::Name;
 
 /// The broker module's prefetch per subscribed topic.
 const PREFETCH: u16 = 1000;
@@ -145,21 +146,18 @@ async fn run(args: &Args) -> Result<Report, String> {
 }
 
 fn main() -> ExitCode {
-    use yggdrasil_brokers::{rabbitmq::Config, Config as Broker, Topic};
     floor::main(
         "rabbitmq_floor",
         "lapin",
         5672,
         |rt, args| rt.block_on(run(args)),
-        |args| {
-            let config = Broker::RabbitMq(Config {
-                hostname: args.host.clone(),
-                port: args.port,
-                ..Config::default()
-            });
-            let key = format!("ygg-floor-client-{}", std::process::id());
-            let topic = Topic::rabbitmq("amq.topic", key).map_err(|e| e.to_string())?;
-            Ok((config, topic))
+        |args| floor::ClientSetup {
+            broker: "rabbitmq",
+            settings: floor::host_and_port(args),
+            name: Name::pair(
+                "amq.topic",
+                format!("ygg-floor-client-{}", std::process::id()),
+            ),
         },
     )
 }

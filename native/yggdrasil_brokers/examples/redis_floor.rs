@@ -24,6 +24,7 @@ use std::time::Instant;
 use floor::{collect_latencies, finish, stamped, Args, Report};
 use futures_util::StreamExt;
 use redis::AsyncConnectionConfig;
+use yggdrasil_brokers::Name;
 
 async fn run(args: &Args) -> Result<Report, String> {
     let err = |e: redis::RedisError| e.to_string();
@@ -65,22 +66,15 @@ async fn run(args: &Args) -> Result<Report, String> {
 }
 
 fn main() -> ExitCode {
-    use yggdrasil_brokers::{redis::Config, Common, Config as Broker, Topic};
     floor::main(
         "redis_floor",
         "redis",
         6379,
         |rt, args| rt.block_on(run(args)),
-        |args| {
-            let config = Broker::Redis(Config {
-                hostname: args.host.clone(),
-                port: args.port,
-                common: Common::default(),
-                ..Config::default()
-            });
-            let topic = Topic::redis(format!("ygg-floor-client-{}", std::process::id()))
-                .map_err(|e| e.to_string())?;
-            Ok((config, topic))
+        |args| floor::ClientSetup {
+            broker: "redis",
+            settings: floor::host_and_port(args),
+            name: Name::from(format!("ygg-floor-client-{}", std::process::id()).as_str()),
         },
     )
 }

@@ -12,9 +12,11 @@ use std::future::poll_fn;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
+use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Statement};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
@@ -135,22 +137,50 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
+    /// A session: the client, and the connection that must be polled for it
+    /// to work. A host starting with `/` is a Unix socket directory, as in
+    /// libpq (no TLS there: the socket never leaves the machine).
     async fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            Connection<tls::Stream, tokio_postgres::tls::NoTlsStream>,
-        ),
-        String,
-    > {
+    ) -> Result<(tokio_postgres::Client, Driver), String> {
+        if self.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
+            let stream = UnixStream::connect(&path)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            let mut config = config.clone();
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config
+                .connect_raw(stream, NoTls)
+                .await
+                .map_err(|e| describe(&e))?;
+            return Ok((client, Driver::Unix(connection)));
+        }
         let stream = tls::connect(&self.host, self.port, None).await?;
         let _ = &self.tls;
-        config
+        let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
-            .map_err(|e| describe(&e))
+            .map_err(|e| describe(&e))?;
+        Ok((client, Driver::Tcp(connection)))
+    }
+}
+
+/// The connection half of a session, whatever its transport.
+enum Driver {
+    Tcp(Connection<tls::Stream, NoTlsStream>),
+    Unix(Connection<UnixStream, NoTlsStream>),
+}
+
+impl Driver {
+    /// Polls the connection until it ends, forwarding notifications to
+    /// `sender` (a listening session) or dropping them (a publisher's).
+    async fn run(self, sender: Option<mpsc::UnboundedSender<Incoming<Channel, ()>>>) {
+        match self {
+            Driver::Tcp(connection) => forward_notifications(connection, sender).await,
+            Driver::Unix(connection) => forward_notifications(connection, sender).await,
+        }
     }
 }
 
@@ -275,7 +305,7 @@ impl Broker for Postgres {
         // would stop those replies and the session would wait for itself. The consumer only
         // moves each notification on to the delivery channel.
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(forward_notifications(connection, sender));
+        tokio::spawn(connection.run(Some(sender)));
         Ok((client, Notifications(receiver)))
     }
 
@@ -306,9 +336,7 @@ impl Broker for Postgres {
     async fn connect_publisher(&self) -> Result<Self::Publisher, String> {
         let (client, connection) = self.connect(&self.publisher).await?;
         // Runs until the last clone of the Publisher drops its Client or the socket fails.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        tokio::spawn(connection.run(None));
         let notify = client
             .prepare_typed("SELECT pg_notify($1, $2)", &[Type::TEXT, Type::TEXT])
             .await
@@ -361,22 +389,29 @@ async fn run_on_channel(
         })
 }
 
-/// Polls the listening connection, forwarding notifications until the connection ends or the
-/// session drops its half (which closes the socket).
+/// Polls a connection until it ends, or until the listening session drops its half (which closes
+/// the socket), forwarding notifications to it.
 async fn forward_notifications<S, T>(
     mut connection: Connection<S, T>,
-    sender: mpsc::UnboundedSender<Incoming<Channel, ()>>,
+    sender: Option<mpsc::UnboundedSender<Incoming<Channel, ()>>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
+        let session_gone = async {
+            match &sender {
+                Some(sender) => sender.closed().await,
+                None => std::future::pending().await,
+            }
+        };
         let message = tokio::select! {
             message = poll_fn(|cx| connection.poll_message(cx)) => message,
-            () = sender.closed() => return,
+            () = session_gone => return,
         };
         match message {
             Some(Ok(AsyncMessage::Notification(notification))) => {
+                let Some(sender) = &sender else { continue };
                 let channel = notification.channel().to_owned();
                 let incoming = Incoming {
                     metadata: Data::fields([("channel", Data::text(channel.clone()))]),

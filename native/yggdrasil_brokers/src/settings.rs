@@ -174,6 +174,9 @@ pub const COMMON_KEYS: &[Key] = &[
     Key::new("tls_server_name", Kind::Text, Preset::Nil),
 ];
 
+/// What a URL sets: keys and their values.
+pub type UrlValues = Vec<(&'static str, Value)>;
+
 /// What a broker module tells the generic layer about its settings.
 pub struct Schema {
     /// The broker's own keys, in the order its documentation lists them.
@@ -182,7 +185,7 @@ pub struct Schema {
     pub url_schemes: &'static [&'static str],
     /// The values a parsed `url` sets (every key the URL form covers, with
     /// the key's default where the URL says nothing).
-    pub from_url: fn(BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error>,
+    pub from_url: fn(BrokerUrl) -> Result<UrlValues, Error>,
 }
 
 impl Schema {

@@ -9,8 +9,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use support::{eventually, free_port, next_tag, skip, Inbox, Server, WAIT};
-use yggdrasil_brokers::{postgres, Client, ClientStats, Common, Config, Event, Metadata, Topic};
+use support::{eventually, free_port, next_tag, open_at, skip, Inbox, Server, WAIT};
+use yggdrasil_brokers::{Client, ClientStats, Common, Data, Event, Given, Name};
 
 const OWNER: u64 = 0;
 
@@ -35,27 +35,16 @@ fn common() -> Common {
     }
 }
 
-fn settings(port: u16, common: Common) -> postgres::Config {
-    postgres::Config {
-        hostname: "127.0.0.1".to_string(),
-        port,
-        common,
-        ..postgres::Config::default()
-    }
-}
-
-fn open_with(config: postgres::Config) -> (Client<u64>, Inbox) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let client = Client::open(Config::Postgres(config), OWNER, tx).expect("open");
-    (client, Inbox::new(rx))
+fn open_with(hostname: &str, port: u16, common: Common, extra: &[Given]) -> (Client<u64>, Inbox) {
+    open_at("postgres", hostname, port, &common, extra, OWNER)
 }
 
 fn open(port: u16, common: Common) -> (Client<u64>, Inbox) {
-    open_with(settings(port, common))
+    open_with("127.0.0.1", port, common, &[])
 }
 
-fn topic(name: &str) -> Topic {
-    Topic::postgres(name).expect("valid channel name")
+fn topic(name: &str) -> Name {
+    Name::from(name)
 }
 
 /// Publishes through the client and waits for its reply.
@@ -68,16 +57,21 @@ fn publish(
     support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
-/// The next message to `to`: (topic, payload), its metadata checked against the topic.
-fn message(inbox: &mut Inbox, to: u64) -> (Topic, Vec<u8>) {
+/// The next message to `to`: (name, payload), its metadata checked against the name.
+fn message(inbox: &mut Inbox, to: u64) -> (Name, Vec<u8>) {
     match inbox.message(to) {
         Event::Message {
-            topic: Topic::Postgres(name),
+            name,
             payload,
-            metadata: Metadata::Postgres { channel },
+            metadata,
         } => {
-            assert_eq!(channel, name, "metadata.channel is the channel");
-            (Topic::Postgres(name), payload)
+            let channel = name.text().expect("a postgres name is UTF-8 text");
+            assert_eq!(
+                metadata,
+                Data::fields([("channel", Data::text(channel))]),
+                "metadata.channel is the channel"
+            );
+            (name, payload)
         }
         other => panic!("not a postgres message: {other:?}"),
     }
@@ -240,7 +234,7 @@ fn connected_then_notifications_from_psql_byte_for_byte() {
     assert_eq!(
         inbox.connected(1).event,
         Event::Connected {
-            topic: topic("orders")
+            name: topic("orders")
         }
     );
 
@@ -325,7 +319,7 @@ fn names_keep_their_case_spaces_and_quotes() {
     for (i, (name, _)) in names.iter().enumerate() {
         assert_eq!(
             inbox.connected(to(i)).event,
-            Event::Connected { topic: topic(name) }
+            Event::Connected { name: topic(name) }
         );
     }
     for (i, (_, quoted)) in names.iter().enumerate() {
@@ -356,20 +350,30 @@ fn bad_names_and_payloads_are_refused_before_anything_is_sent() {
     let server = Server::start("postgres");
     let (client, mut inbox) = open(server.port, common());
     let long = "n".repeat(64);
-    assert!(Topic::postgres(long.as_str()).is_err());
-    // 62 ASCII bytes and one two-byte character: 64 bytes.
-    assert!(Topic::postgres(format!("{}é", "n".repeat(62))).is_err());
-    assert!(Topic::postgres("").is_err());
-    assert!(Topic::postgres("a\0b").is_err());
-    // A variant built by hand is checked the same way.
-    let by_hand = Topic::Postgres(long);
-    assert!(client.subscribe(by_hand.clone(), 1).is_err());
-    assert!(client
-        .publish(by_hand, b"x".to_vec(), Default::default(), 1, 1)
-        .is_err());
+    assert_eq!(client.check_name(&topic(&"n".repeat(63))), Ok(()));
+    let refused_names = [
+        topic(&long),
+        // 62 ASCII bytes and one two-byte character: 64 bytes.
+        topic(&format!("{}é", "n".repeat(62))),
+        topic(""),
+        topic("a\0b"),
+        // Not UTF-8 text, and not a binary at all.
+        Name::Bytes(vec![b'a', 0xff]),
+        Name::pair("a", "b"),
+    ];
+    for name in refused_names {
+        assert!(client.check_name(&name).is_err(), "{name:?}");
+        assert!(client.subscribe(name.clone(), 1).is_err(), "{name:?}");
+        assert!(
+            client
+                .publish(name.clone(), b"x".to_vec(), &[], 1, 1)
+                .is_err(),
+            "{name:?}"
+        );
+    }
     let refused = |payload: Vec<u8>| {
         client
-            .publish(topic("fine"), payload, Default::default(), 1, next_tag())
+            .publish(topic("fine"), payload, &[], 1, next_tag())
             .expect_err("refused payload")
             .to_string()
     };
@@ -379,15 +383,6 @@ fn bad_names_and_payloads_are_refused_before_anything_is_sent() {
     assert!(not_utf8.contains("UTF-8"), "{not_utf8}");
     let nul = refused(b"a\0b".to_vec());
     assert!(nul.contains("NUL"), "{nul}");
-    assert!(client
-        .publish(
-            Topic::Redis(b"fine".to_vec()),
-            b"x".to_vec(),
-            Default::default(),
-            1,
-            2
-        )
-        .is_err());
     // Nothing was started for them and no reply is owed.
     assert_eq!(client.stats(), ClientStats::default());
     assert_eq!(our_backends(&server), 0);
@@ -451,7 +446,7 @@ fn a_stopped_server_disconnects_everyone_and_its_restart_relistens_by_itself() {
     for (to, name) in subscribers {
         assert_eq!(
             inbox.disconnected(to).event,
-            Event::Disconnected { topic: topic(name) }
+            Event::Disconnected { name: topic(name) }
         );
     }
     server.restart();
@@ -459,7 +454,7 @@ fn a_stopped_server_disconnects_everyone_and_its_restart_relistens_by_itself() {
     for (to, name) in subscribers {
         assert_eq!(
             inbox.connected(to).event,
-            Event::Connected { topic: topic(name) }
+            Event::Connected { name: topic(name) }
         );
     }
     psql(&server, "NOTIFY \"restart A\", 'from psql'");
@@ -521,7 +516,7 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
     }
     let tag = next_tag();
     client
-        .publish(topic("nowhere"), b"x".to_vec(), Default::default(), 7, tag)
+        .publish(topic("nowhere"), b"x".to_vec(), &[], 7, tag)
         .expect("publish accepted");
     let reply = inbox.wait(
         "the publish reply",
@@ -647,10 +642,7 @@ fn a_unix_socket_directory_works_as_hostname() {
     assert!(Path::new(&socket_dir)
         .join(format!(".s.PGSQL.{}", server.port))
         .exists());
-    let (client, mut inbox) = open_with(postgres::Config {
-        hostname: socket_dir.to_string_lossy().into_owned(),
-        ..settings(server.port, common())
-    });
+    let (client, mut inbox) = open_with(&socket_dir.to_string_lossy(), server.port, common(), &[]);
     client.subscribe(topic("local"), 1).expect("subscribe");
     inbox.connected(1);
     assert_eq!(

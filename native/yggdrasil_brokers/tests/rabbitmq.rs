@@ -21,11 +21,8 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use support::{free_port, skip, Inbox, Server, WAIT};
-use yggdrasil_brokers::{
-    rabbitmq, runtime_stats, Client, Config, Delivery, Event, HeaderValue, Metadata, Properties,
-    Topic,
-};
+use support::{free_port, int, millis, skip, text, Inbox, Server, WAIT};
+use yggdrasil_brokers::{runtime_stats, Client, Data, Delivery, Event, Given, Name};
 
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(700);
@@ -114,38 +111,79 @@ fn main() {
 // ------------------------------------------------------------ scenarios ----
 
 fn bad_names(node: &mut Node) {
-    assert!(Topic::rabbitmq("", "key").is_err(), "empty exchange");
+    let (client, events) = node.client(&[]);
+    let check = |name: Name| client.check_name(&name);
+    assert!(check(Name::pair("", "key")).is_err(), "empty exchange");
     assert!(
-        Topic::rabbitmq("x".repeat(256), "key").is_err(),
+        check(Name::pair("x".repeat(256), "key")).is_err(),
         "long exchange"
     );
     assert!(
-        Topic::rabbitmq("amq.topic", "k".repeat(256)).is_err(),
+        check(Name::pair("amq.topic", "k".repeat(256))).is_err(),
         "long key"
     );
-    assert!(Topic::rabbitmq("x".repeat(255), "k".repeat(255)).is_ok());
-    let (client, _events) = node.client(|_| {});
-    let not_ours = Topic::redis("orders").expect("a redis topic");
-    assert!(client.subscribe(not_ours.clone(), 1).is_err());
-    assert!(client
-        .publish(not_ours, b"x".to_vec(), Properties::default(), 1, 1)
-        .is_err());
-    // The public fields allow what the constructor refuses: still refused.
-    let forged = Topic::RabbitMq {
-        exchange: "x".repeat(300),
-        routing_key: "k".into(),
-    };
-    assert!(client.subscribe(forged, 1).is_err());
+    assert_eq!(check(Name::pair("x".repeat(255), "k".repeat(255))), Ok(()));
+    assert_eq!(
+        check(Name::pair("amq.topic", "")),
+        Ok(()),
+        "an empty routing key"
+    );
+    let refused = [
+        // A redis or postgres name: a binary.
+        Name::from("orders"),
+        Name::Tuple(vec![Name::from("amq.topic")]),
+        Name::Tuple(vec![
+            Name::from("amq.topic"),
+            Name::from("k"),
+            Name::from("k"),
+        ]),
+        Name::Tuple(vec![Name::pair("a", "b"), Name::from("k")]),
+        Name::Tuple(vec![Name::Bytes(vec![0xff]), Name::from("k")]),
+        Name::Tuple(vec![Name::from("amq.topic"), Name::Bytes(vec![b'k', 0xc3])]),
+        Name::pair("x".repeat(300), "k"),
+    ];
+    for name in refused {
+        assert!(client.check_name(&name).is_err(), "{name:?}");
+        assert!(client.subscribe(name.clone(), 1).is_err(), "{name:?}");
+        assert!(client.unsubscribe(name.clone(), 1).is_err(), "{name:?}");
+        assert!(
+            client
+                .publish(name.clone(), b"x".to_vec(), &[], 1, 1)
+                .is_err(),
+            "{name:?}"
+        );
+    }
+    // Options that are no AMQP property, or one out of its range, are
+    // refused by publish itself.
+    let topic = Name::pair("amq.topic", "k");
+    let refused_options: [(&str, Data); 6] = [
+        ("bogus", Data::text("x")),
+        ("priority", Data::Int(256)),
+        ("priority", Data::text("high")),
+        ("persistent", Data::text("yes")),
+        ("content_type", Data::Int(1)),
+        ("headers", Data::Int(1)),
+    ];
+    for (key, value) in refused_options {
+        let options = [(key.to_string(), value)];
+        let error = client
+            .publish(topic.clone(), b"x".to_vec(), &options, 1, 1)
+            .expect_err("a refused option");
+        assert!(error.message().contains(key), "{options:?}: {error}");
+    }
     assert_eq!(client.stats().connections, 0, "nothing started");
+    assert_eq!(client.stats().tasks, 0, "nothing started");
+    // Refused by an error from the call: no event owed.
+    assert_quiet(&events);
 }
 
 fn connected_then_events(node: &mut Node) {
-    let (client, events) = node.client(|_| {});
-    let topic = Topic::rabbitmq("amq.topic", "hello").expect("topic");
+    let (client, events) = node.client(&[]);
+    let topic = Name::pair("amq.topic", "hello");
     client.subscribe(topic.clone(), 1).expect("subscribe");
     expect_connected(&events, 1, &topic);
     client
-        .publish(topic.clone(), b"one".to_vec(), Properties::default(), 9, 1)
+        .publish(topic.clone(), b"one".to_vec(), &[], 9, 1)
         .expect("publish");
     let mut got = collect(&events, 2);
     got.sort_by_key(|d| d.to);
@@ -161,7 +199,7 @@ fn connected_then_events(node: &mut Node) {
     // Subscribing twice is one subscription: still one message each.
     client.subscribe(topic.clone(), 1).expect("subscribe again");
     client
-        .publish(topic, b"two".to_vec(), Properties::default(), 9, 2)
+        .publish(topic, b"two".to_vec(), &[], 9, 2)
         .expect("publish");
     let got = collect(&events, 2);
     assert_eq!(
@@ -184,8 +222,8 @@ fn payloads_both_ways(node: &mut Node) {
         (0u8..=255).collect(),
         Vec::new(),
     ];
-    let (client, events) = node.client(|_| {});
-    let topic = Topic::rabbitmq("amq.topic", "bytes.in").expect("topic");
+    let (client, events) = node.client(&[]);
+    let topic = Name::pair("amq.topic", "bytes.in");
     client.subscribe(topic.clone(), 1).expect("subscribe");
     expect_connected(&events, 1, &topic);
     // In: amqp-publish reads the body from stdin, byte for byte.
@@ -195,16 +233,10 @@ fn payloads_both_ways(node: &mut Node) {
     }
     // Out: into a queue bound by the test, read back with amqp-get/amqp-consume.
     let queue = node.bound_queue("amq.topic", "bytes.out");
-    let out = Topic::rabbitmq("amq.topic", "bytes.out").expect("topic");
+    let out = Name::pair("amq.topic", "bytes.out");
     for (i, payload) in payloads.iter().enumerate() {
         client
-            .publish(
-                out.clone(),
-                payload.clone(),
-                Properties::default(),
-                9,
-                i as u64,
-            )
+            .publish(out.clone(), payload.clone(), &[], 9, i as u64)
             .expect("publish");
         assert_eq!(expect_published(&events, 9), Ok(()));
         let read = if i % 2 == 0 {
@@ -217,9 +249,9 @@ fn payloads_both_ways(node: &mut Node) {
 }
 
 fn topic_patterns(node: &mut Node) {
-    let (client, events) = node.client(|_| {});
-    let star = Topic::rabbitmq("amq.topic", "orders.*").expect("topic");
-    let hash = Topic::rabbitmq("amq.topic", "orders.#").expect("topic");
+    let (client, events) = node.client(&[]);
+    let star = Name::pair("amq.topic", "orders.*");
+    let hash = Name::pair("amq.topic", "orders.#");
     client.subscribe(star.clone(), 1).expect("subscribe");
     client.subscribe(hash.clone(), 2).expect("subscribe");
     expect_all_connected(&events, &[(1, &star), (2, &hash)]);
@@ -229,11 +261,10 @@ fn topic_patterns(node: &mut Node) {
     let mut got: HashMap<u64, Vec<(Vec<u8>, String)>> = HashMap::new();
     for delivery in collect(&events, 4) {
         if let Event::Message {
-            payload,
-            metadata: Metadata::RabbitMq { routing_key, .. },
-            ..
+            payload, metadata, ..
         } = delivery.event
         {
+            let routing_key = rabbit_metadata(&metadata).routing_key;
             got.entry(delivery.to)
                 .or_default()
                 .push((payload, routing_key));
@@ -257,8 +288,8 @@ fn topic_patterns(node: &mut Node) {
 }
 
 fn properties_both_ways(node: &mut Node) {
-    let (client, events) = node.client(|_| {});
-    let topic = Topic::rabbitmq("amq.topic", "props.in").expect("topic");
+    let (client, events) = node.client(&[]);
+    let topic = Name::pair("amq.topic", "props.in");
     client.subscribe(topic.clone(), 1).expect("subscribe");
     expect_connected(&events, 1, &topic);
 
@@ -280,23 +311,18 @@ fn properties_both_ways(node: &mut Node) {
     );
     let (payload, metadata) = expect_message(&events, 1);
     assert_eq!(payload, b"p1");
-    let Metadata::RabbitMq {
+    let RabbitMetadata {
         routing_key,
         message_id,
         headers,
-    } = metadata
-    else {
-        panic!("not rabbitmq metadata: {metadata:?}")
-    };
+    } = rabbit_metadata(&metadata);
     assert_eq!(routing_key, "props.in");
     assert_eq!(message_id, None);
-    let mut headers = headers.expect("headers");
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        headers,
+        headers.expect("headers"),
         [
-            ("tenant".to_string(), HeaderValue::Binary(b"acme".to_vec())),
-            ("x-n".to_string(), HeaderValue::Binary(b"42".to_vec())),
+            ("tenant".to_string(), Data::Bytes(b"acme".to_vec())),
+            ("x-n".to_string(), Data::Bytes(b"42".to_vec())),
         ]
     );
     // amqp-tools cannot set a message id or typed headers: a plain lapin publish.
@@ -322,45 +348,44 @@ fn properties_both_ways(node: &mut Node) {
     });
     let (payload, metadata) = expect_message(&events, 1);
     assert_eq!(payload, b"p2");
-    let Metadata::RabbitMq {
+    let RabbitMetadata {
+        routing_key,
         message_id,
         headers,
-        ..
-    } = metadata
-    else {
-        panic!("not rabbitmq metadata: {metadata:?}")
-    };
+    } = rabbit_metadata(&metadata);
+    assert_eq!(routing_key, "props.in");
     assert_eq!(message_id.as_deref(), Some("id-1"));
-    let mut headers = headers.expect("headers");
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        headers,
+        headers.expect("headers"),
         [
-            ("n".to_string(), HeaderValue::Int(-7)),
-            ("ok".to_string(), HeaderValue::Bool(true)),
-            ("pi".to_string(), HeaderValue::Float(3.5)),
+            ("n".to_string(), Data::Int(-7)),
+            ("ok".to_string(), Data::Bool(true)),
+            ("pi".to_string(), Data::Float(3.5)),
         ]
     );
 
     // Out: what our publish put on the wire, read by a plain lapin basic.get.
     let queue = node.bound_queue("amq.topic", "props.out");
-    let props = Properties {
-        content_type: Some("application/json".into()),
-        message_id: Some("m-42".into()),
-        persistent: true,
-        headers: vec![
-            ("bin".into(), HeaderValue::Binary(b"v\0w".to_vec())),
-            ("int".into(), HeaderValue::Int(1 << 40)),
-            ("float".into(), HeaderValue::Float(-0.25)),
-            ("bool".into(), HeaderValue::Bool(false)),
-        ],
-        correlation_id: Some("c-1".into()),
-        priority: Some(3),
-        ..Properties::default()
-    };
-    let out = Topic::rabbitmq("amq.topic", "props.out").expect("topic");
+    let queue_again = queue.clone();
+    let props = [
+        option("content_type", Data::text("application/json")),
+        option("message_id", Data::text("m-42")),
+        option("persistent", Data::Bool(true)),
+        option(
+            "headers",
+            Data::Map(vec![
+                (Data::text("bin"), Data::Bytes(b"v\0w".to_vec())),
+                (Data::text("int"), Data::Int(1 << 40)),
+                (Data::text("float"), Data::Float(-0.25)),
+                (Data::text("bool"), Data::Bool(false)),
+            ]),
+        ),
+        option("correlation_id", Data::text("c-1")),
+        option("priority", Data::Int(3)),
+    ];
+    let out = Name::pair("amq.topic", "props.out");
     client
-        .publish(out.clone(), b"{}".to_vec(), props, 9, 1)
+        .publish(out.clone(), b"{}".to_vec(), &props, 9, 1)
         .expect("publish");
     assert_eq!(expect_published(&events, 9), Ok(()));
     let got = node.lapin(move |channel| async move {
@@ -392,21 +417,49 @@ fn properties_both_ways(node: &mut Node) {
     assert_eq!(h.get("float"), Some(&AMQPValue::Double(-0.25)));
     assert_eq!(h.get("bool"), Some(&AMQPValue::Boolean(false)));
 
-    // A property the AMQP wire cannot carry is refused, not truncated.
-    let long = Properties {
-        message_id: Some("m".repeat(256)),
-        ..Properties::default()
-    };
+    // A property the AMQP wire cannot carry is refused, not truncated:
+    // by publish itself, before anything is sent, and no reply is owed.
+    let long = [option("message_id", Data::text("m".repeat(256)))];
+    let error = client
+        .publish(out.clone(), b"x".to_vec(), &long, 9, 2)
+        .expect_err("a message id longer than an AMQP short string");
+    assert!(error.message().contains("short string"), "{error}");
+    assert_quiet(&events);
+
+    // Headers also come as a keyword list of atom keys.
+    let keyword = [option(
+        "headers",
+        Data::List(vec![Data::Tuple(vec![
+            Data::Atom("tenant".into()),
+            Data::text("acme"),
+        ])]),
+    )];
     client
-        .publish(out, b"x".to_vec(), long, 9, 2)
+        .publish(out, b"kw".to_vec(), &keyword, 9, 3)
         .expect("publish");
-    assert!(expect_published(&events, 9).is_err());
+    assert_eq!(expect_published(&events, 9), Ok(()));
+    let got = node.lapin(move |channel| async move {
+        let message = channel
+            .basic_get(
+                ShortString::from(queue_again.as_str()),
+                BasicGetOptions { no_ack: true },
+            )
+            .await?;
+        Ok(message.map(|m| (m.delivery.data.clone(), m.delivery.properties.clone())))
+    });
+    let (data, p) = got.expect("a message in the bound queue");
+    assert_eq!(data, b"kw");
+    let headers = p.headers().clone().expect("headers");
+    assert_eq!(
+        headers.inner().get("tenant"),
+        Some(&AMQPValue::LongString(b"acme".to_vec().into()))
+    );
 }
 
 fn missing_exchange(node: &mut Node) {
-    let (client, events) = node.client(|c| c.common.backoff_max = Duration::from_millis(500));
-    let late = Topic::rabbitmq("ygg.late", "k").expect("topic");
-    let fine = Topic::rabbitmq("amq.topic", "fine").expect("topic");
+    let (client, events) = node.client(&[millis("backoff_max", Duration::from_millis(500))]);
+    let late = Name::pair("ygg.late", "k");
+    let fine = Name::pair("amq.topic", "fine");
     client
         .subscribe(late.clone(), 1)
         .expect("subscribe to a missing exchange is accepted");
@@ -419,9 +472,7 @@ fn missing_exchange(node: &mut Node) {
             recv_until(&events, deadline).expect("a warning and Connected for the other topic");
         match delivery.event {
             Event::Warning { message } => warnings.push(message),
-            Event::Connected { topic } if topic == fine && delivery.to == 2 => {
-                fine_connected = true
-            }
+            Event::Connected { name } if name == fine && delivery.to == 2 => fine_connected = true,
             other => panic!("unexpected {other:?} to {:?}", delivery.to),
         }
     }
@@ -461,7 +512,7 @@ fn missing_exchange(node: &mut Node) {
     loop {
         let delivery = recv_until(&events, deadline).expect("Connected after the retry");
         match delivery.event {
-            Event::Connected { topic } if topic == late && delivery.to == 1 => break,
+            Event::Connected { name } if name == late && delivery.to == 1 => break,
             Event::Warning { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -477,17 +528,17 @@ fn missing_exchange(node: &mut Node) {
 
 fn unreachable(node: &mut Node) {
     let port = free_port();
-    let (client, events) = node.client(|c| {
-        c.port = port;
-        c.common.publish_timeout = Duration::from_millis(1500);
-    });
-    let topic = Topic::rabbitmq("amq.topic", "nowhere").expect("topic");
+    let (client, events) = node.client(&[
+        int("port", port.into()),
+        millis("publish_timeout", Duration::from_millis(1500)),
+    ]);
+    let topic = Name::pair("amq.topic", "nowhere");
     client
         .subscribe(topic.clone(), 1)
         .expect("subscribe returns ok");
     let started = Instant::now();
     client
-        .publish(topic, b"x".to_vec(), Properties::default(), 9, 1)
+        .publish(topic, b"x".to_vec(), &[], 9, 1)
         .expect("publish");
     let result = loop {
         let delivery = events.recv_timeout(WAIT).expect("a Published reply");
@@ -508,8 +559,8 @@ fn unreachable(node: &mut Node) {
 }
 
 fn fan_out(node: &mut Node) {
-    let (client, events) = node.client(|_| {});
-    let topic = Topic::rabbitmq("amq.topic", "fan.out").expect("topic");
+    let (client, events) = node.client(&[]);
+    let topic = Name::pair("amq.topic", "fan.out");
     let mut inbox = Inbox::new(events);
     support::concurrent_publishers_reach_every_recipient_once_in_order(&client, &mut inbox, topic);
     assert_eq!(client.stats().topics, 1, "one broker-level subscription");
@@ -535,9 +586,9 @@ fn fan_out(node: &mut Node) {
 fn virtual_host(node: &mut Node) {
     node.rabbitmqctl(&["add_vhost", "ygg-vh"]);
     node.rabbitmqctl(&["set_permissions", "-p", "ygg-vh", "guest", ".*", ".*", ".*"]);
-    let (vh_client, vh_events) = node.client(|c| c.virtual_host = "ygg-vh".into());
-    let (root_client, root_events) = node.client(|_| {});
-    let topic = Topic::rabbitmq("amq.topic", "vh").expect("topic");
+    let (vh_client, vh_events) = node.client(&[text("virtual_host", "ygg-vh")]);
+    let (root_client, root_events) = node.client(&[]);
+    let topic = Name::pair("amq.topic", "vh");
     vh_client.subscribe(topic.clone(), 1).expect("subscribe");
     root_client.subscribe(topic.clone(), 2).expect("subscribe");
     expect_connected(&vh_events, 1, &topic);
@@ -546,14 +597,14 @@ fn virtual_host(node: &mut Node) {
     node.amqp_on_vhost("ygg-vh", &publish, b"to ygg-vh");
     assert_eq!(expect_message(&vh_events, 1).0, b"to ygg-vh");
     root_client
-        .publish(topic.clone(), b"to /".to_vec(), Properties::default(), 9, 1)
+        .publish(topic.clone(), b"to /".to_vec(), &[], 9, 1)
         .expect("publish");
     let got = collect(&root_events, 2);
     assert_has_message(&got, 2, b"to /");
     assert_has_published_ok(&got, 1);
     assert_quiet(&vh_events);
     // A virtual host that does not exist: a warning per attempt, no Connected.
-    let (client, events) = node.client(|c| c.virtual_host = "no-such-vh".into());
+    let (client, events) = node.client(&[text("virtual_host", "no-such-vh")]);
     client.subscribe(topic, 1).expect("subscribe");
     match events.recv_timeout(WAIT).expect("a warning").event {
         Event::Warning { message } => assert!(message.contains("no-such-vh"), "{message}"),
@@ -565,12 +616,12 @@ fn virtual_host(node: &mut Node) {
 
 fn idle_close(node: &mut Node) {
     let idle = Duration::from_millis(800);
-    let (client, events) = node.client(|c| c.common.idle_timeout = idle);
-    let topic = Topic::rabbitmq("amq.topic", "idle").expect("topic");
+    let (client, events) = node.client(&[millis("idle_timeout", idle)]);
+    let topic = Name::pair("amq.topic", "idle");
     client.subscribe(topic.clone(), 1).expect("subscribe");
     expect_connected(&events, 1, &topic);
     client
-        .publish(topic.clone(), b"x".to_vec(), Properties::default(), 9, 1)
+        .publish(topic.clone(), b"x".to_vec(), &[], 9, 1)
         .expect("publish");
     assert_eq!(collect(&events, 2).len(), 2);
     client.unsubscribe(topic, 1).expect("unsubscribe");
@@ -625,18 +676,12 @@ fn assert_nothing_left() {
 }
 
 fn connection_closed_by_the_broker(node: &mut Node) {
-    let (client, events) = node.client(|c| c.common.backoff_max = Duration::from_millis(500));
-    let topic = Topic::rabbitmq("amq.topic", "forced").expect("topic");
+    let (client, events) = node.client(&[millis("backoff_max", Duration::from_millis(500))]);
+    let topic = Name::pair("amq.topic", "forced");
     client.subscribe(topic.clone(), 1).expect("subscribe");
     expect_connected(&events, 1, &topic);
     client
-        .publish(
-            topic.clone(),
-            b"before".to_vec(),
-            Properties::default(),
-            9,
-            1,
-        )
+        .publish(topic.clone(), b"before".to_vec(), &[], 9, 1)
         .expect("publish");
     assert_has_message(&collect(&events, 2), 1, b"before");
     // An operator closes our one connection (listener and publisher alike).
@@ -653,8 +698,8 @@ fn connection_closed_by_the_broker(node: &mut Node) {
     while !connected {
         let delivery = recv_until(&events, deadline).expect("Disconnected, then Connected");
         match delivery.event {
-            Event::Disconnected { topic: t } if t == topic => disconnected = true,
-            Event::Connected { topic: t } if t == topic => {
+            Event::Disconnected { name } if name == topic => disconnected = true,
+            Event::Connected { name } if name == topic => {
                 assert!(disconnected, "Disconnected first");
                 connected = true;
             }
@@ -663,7 +708,7 @@ fn connection_closed_by_the_broker(node: &mut Node) {
         }
     }
     client
-        .publish(topic, b"after".to_vec(), Properties::default(), 9, 2)
+        .publish(topic, b"after".to_vec(), &[], 9, 2)
         .expect("publish");
     // The publisher learns of the loss when it publishes: a warning comes too.
     let mut inbox = Inbox::new(events);
@@ -687,9 +732,9 @@ fn lapin_threads() -> usize {
 }
 
 fn broker_restart(node: &mut Node) {
-    let (client, events) = node.client(|c| c.common.backoff_max = Duration::from_millis(500));
-    let a = Topic::rabbitmq("amq.topic", "restart.a").expect("topic");
-    let b = Topic::rabbitmq("amq.topic", "restart.b").expect("topic");
+    let (client, events) = node.client(&[millis("backoff_max", Duration::from_millis(500))]);
+    let a = Name::pair("amq.topic", "restart.a");
+    let b = Name::pair("amq.topic", "restart.b");
     client.subscribe(a.clone(), 1).expect("subscribe");
     client.subscribe(b.clone(), 2).expect("subscribe");
     expect_all_connected(&events, &[(1, &a), (2, &b)]);
@@ -699,7 +744,7 @@ fn broker_restart(node: &mut Node) {
         while disconnected.len() < 2 {
             let delivery = recv_until(&events, deadline).expect("Disconnected");
             match delivery.event {
-                Event::Disconnected { topic } => disconnected.push((delivery.to, topic)),
+                Event::Disconnected { name } => disconnected.push((delivery.to, name)),
                 Event::Warning { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }
@@ -713,7 +758,7 @@ fn broker_restart(node: &mut Node) {
     while connected.len() < 2 {
         let delivery = recv_until(&events, deadline).expect("Connected again");
         match delivery.event {
-            Event::Connected { topic } => connected.push((delivery.to, topic)),
+            Event::Connected { name } => connected.push((delivery.to, name)),
             Event::Warning { .. } | Event::Disconnected { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -723,7 +768,7 @@ fn broker_restart(node: &mut Node) {
     node.amqp_publish(&["-e", "amq.topic", "-r", "restart.a"], b"after");
     assert_eq!(expect_message(&events, 1).0, b"after");
     client
-        .publish(b, b"ours after".to_vec(), Properties::default(), 9, 1)
+        .publish(b, b"ours after".to_vec(), &[], 9, 1)
         .expect("publish");
     let got = collect(&events, 2);
     assert_has_message(&got, 2, b"ours after");
@@ -754,35 +799,96 @@ fn collect(events: &Receiver<Delivery<u64>>, n: usize) -> Vec<Delivery<u64>> {
 
 /// Connected for each (recipient, topic), in any order: topics are
 /// confirmed one at a time, in no particular order.
-fn expect_all_connected(events: &Receiver<Delivery<u64>>, expected: &[(u64, &Topic)]) {
-    let mut got: Vec<(u64, Topic)> = collect(events, expected.len())
+fn expect_all_connected(events: &Receiver<Delivery<u64>>, expected: &[(u64, &Name)]) {
+    let mut got: Vec<(u64, Name)> = collect(events, expected.len())
         .into_iter()
         .map(|d| match d.event {
-            Event::Connected { topic } => (d.to, topic),
+            Event::Connected { name } => (d.to, name),
             other => panic!("not Connected: {other:?}"),
         })
         .collect();
     got.sort_by_key(|(to, _)| *to);
-    let mut expected: Vec<(u64, Topic)> =
+    let mut expected: Vec<(u64, Name)> =
         expected.iter().map(|(to, t)| (*to, (*t).clone())).collect();
     expected.sort_by_key(|(to, _)| *to);
     assert_eq!(got, expected);
 }
 
-fn expect_connected(events: &Receiver<Delivery<u64>>, to: u64, topic: &Topic) {
+fn expect_connected(events: &Receiver<Delivery<u64>>, to: u64, topic: &Name) {
     let delivery = events.recv_timeout(WAIT).expect("Connected");
     assert_eq!(
         delivery,
         Delivery {
             to,
             event: Event::Connected {
-                topic: topic.clone()
+                name: topic.clone()
             }
         }
     );
 }
 
-fn expect_message(events: &Receiver<Delivery<u64>>, to: u64) -> (Vec<u8>, Metadata) {
+/// A `publish/3` option.
+fn option(key: &str, value: Data) -> (String, Data) {
+    (key.to_string(), value)
+}
+
+/// A rabbitmq message's metadata, read as the subscriber's map.
+struct RabbitMetadata {
+    routing_key: String,
+    message_id: Option<String>,
+    /// Sorted by key; `None` when the message had no headers.
+    headers: Option<Vec<(String, Data)>>,
+}
+
+/// Reads `%{routing_key: binary, message_id: binary | nil, headers: map | nil}`,
+/// failing on any other shape or any other key.
+fn rabbit_metadata(metadata: &Data) -> RabbitMetadata {
+    let Data::Map(pairs) = metadata else {
+        panic!("rabbitmq metadata is not a map: {metadata:?}");
+    };
+    let mut keys: Vec<String> = pairs
+        .iter()
+        .map(|(key, _)| match key {
+            Data::Atom(atom) => atom.to_string(),
+            other => panic!("a metadata key that is not an atom: {other:?}"),
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["headers", "message_id", "routing_key"],
+        "{metadata:?}"
+    );
+    let utf8 = |data: &Data| match data {
+        Data::Bytes(bytes) => String::from_utf8(bytes.clone()).expect("UTF-8 text"),
+        other => panic!("not a binary: {other:?}"),
+    };
+    let field = |key: &str| metadata.field(key).expect("the key is there");
+    let routing_key = utf8(field("routing_key"));
+    let message_id = match field("message_id") {
+        Data::Nil => None,
+        id => Some(utf8(id)),
+    };
+    let headers = match field("headers") {
+        Data::Nil => None,
+        Data::Map(pairs) => {
+            let mut headers: Vec<(String, Data)> = pairs
+                .iter()
+                .map(|(key, value)| (utf8(key), value.clone()))
+                .collect();
+            headers.sort_by(|a, b| a.0.cmp(&b.0));
+            Some(headers)
+        }
+        other => panic!("headers neither a map nor nil: {other:?}"),
+    };
+    RabbitMetadata {
+        routing_key,
+        message_id,
+        headers,
+    }
+}
+
+fn expect_message(events: &Receiver<Delivery<u64>>, to: u64) -> (Vec<u8>, Data) {
     let delivery = events.recv_timeout(WAIT).expect("a message");
     assert_eq!(delivery.to, to, "{delivery:?}");
     match delivery.event {
@@ -854,22 +960,14 @@ impl Node {
         }
     }
 
-    fn config(&self) -> rabbitmq::Config {
-        rabbitmq::Config {
-            hostname: "127.0.0.1".into(),
-            port: self.port,
-            ..Default::default()
-        }
-    }
-
-    fn client(
-        &self,
-        adjust: impl FnOnce(&mut rabbitmq::Config),
-    ) -> (Client<u64>, Receiver<Delivery<u64>>) {
-        let mut config = self.config();
-        adjust(&mut config);
+    /// A client of this node with `extra` settings (they win over the
+    /// node's host and port).
+    fn client(&self, extra: &[Given]) -> (Client<u64>, Receiver<Delivery<u64>>) {
+        let mut given = vec![text("hostname", "127.0.0.1"), int("port", self.port.into())];
+        given.extend_from_slice(extra);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let client = Client::open(Config::RabbitMq(config), 0u64, tx).expect("open");
+        let client = Client::open("rabbitmq", &given, 0u64, tx)
+            .unwrap_or_else(|e| panic!("open with {given:?}: {e}"));
         (client, rx)
     }
 

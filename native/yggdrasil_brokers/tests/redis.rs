@@ -7,9 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{
-    csv_fields, eventually, free_port, next_tag, skip, unquote_redis, Inbox, Server, WAIT,
+    csv_fields, eventually, free_port, int, next_tag, open_at, open_client, skip, text,
+    unquote_redis, Inbox, Server, WAIT,
 };
-use yggdrasil_brokers::{redis, Client, ClientStats, Common, Config, Event, Metadata, Topic};
+use yggdrasil_brokers::{Client, ClientStats, Common, Data, Event, Given, Name, Raw};
 
 const OWNER: u64 = 0;
 
@@ -27,19 +28,11 @@ fn common() -> Common {
 }
 
 fn open(port: u16, common: Common) -> (Client<u64>, Inbox) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let config = Config::Redis(redis::Config {
-        hostname: "127.0.0.1".to_string(),
-        port,
-        common,
-        ..redis::Config::default()
-    });
-    let client = Client::open(config, OWNER, tx).expect("open");
-    (client, Inbox::new(rx))
+    open_at("redis", "127.0.0.1", port, &common, &[], OWNER)
 }
 
-fn topic(name: &str) -> Topic {
-    Topic::redis(name).expect("valid topic")
+fn topic(name: &str) -> Name {
+    Name::from(name)
 }
 
 /// Publishes through the client and waits for its reply.
@@ -52,13 +45,26 @@ fn publish(
     support::publish_and_wait(client, inbox, topic(name), payload)
 }
 
-fn message_parts(event: Event) -> (Topic, Vec<u8>, Vec<u8>) {
+/// (subscribed name, payload, `metadata.channel`); the metadata holds the
+/// channel and nothing else.
+fn message_parts(event: Event) -> (Name, Vec<u8>, Vec<u8>) {
     match event {
         Event::Message {
-            topic,
+            name,
             payload,
-            metadata: Metadata::Redis { channel },
-        } => (topic, payload, channel),
+            metadata,
+        } => {
+            let Some(Data::Bytes(channel)) = metadata.field("channel") else {
+                panic!("no binary metadata.channel: {metadata:?}");
+            };
+            let channel = channel.clone();
+            assert_eq!(
+                metadata,
+                Data::fields([("channel", Data::Bytes(channel.clone()))]),
+                "redis metadata is %{{channel: ...}}"
+            );
+            (name, payload, channel)
+        }
         other => panic!("not a redis message: {other:?}"),
     }
 }
@@ -90,7 +96,7 @@ fn connected_then_events_with_channel_metadata() {
     assert_eq!(
         connected.event,
         Event::Connected {
-            topic: topic("news")
+            name: topic("news")
         }
     );
 
@@ -284,7 +290,7 @@ fn a_killed_server_disconnects_everyone_and_its_restart_reconnects_them() {
     for (to, name) in [(1, "a"), (2, "a"), (3, "b")] {
         assert_eq!(
             inbox.disconnected(to).event,
-            Event::Disconnected { topic: topic(name) }
+            Event::Disconnected { name: topic(name) }
         );
     }
 
@@ -292,7 +298,7 @@ fn a_killed_server_disconnects_everyone_and_its_restart_reconnects_them() {
     for (to, name) in [(1, "a"), (2, "a"), (3, "b")] {
         assert_eq!(
             inbox.connected(to).event,
-            Event::Connected { topic: topic(name) }
+            Event::Connected { name: topic(name) }
         );
     }
     server.redis_cli_text(&["PUBLISH", "a", "after"]);
@@ -329,7 +335,7 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
 
     let tag = next_tag();
     client
-        .publish(topic("nowhere"), b"x".to_vec(), Default::default(), 7, tag)
+        .publish(topic("nowhere"), b"x".to_vec(), &[], 7, tag)
         .expect("publish accepted");
     let reply = inbox.wait(
         "the publish reply",
@@ -352,7 +358,7 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
     // A publish still waiting when the client closes gets its reply at once.
     let tag = next_tag();
     client
-        .publish(topic("nowhere"), b"x".to_vec(), Default::default(), 7, tag)
+        .publish(topic("nowhere"), b"x".to_vec(), &[], 7, tag)
         .expect("publish accepted");
     client.close();
     assert!(inbox.published(tag).is_err());
@@ -464,7 +470,7 @@ fn close_ends_tasks_and_connections() {
         == 1));
     assert!(client.subscribe(topic("bye"), 1).is_err());
     assert!(client
-        .publish(topic("bye"), b"x".to_vec(), Default::default(), 1, u64::MAX)
+        .publish(topic("bye"), b"x".to_vec(), &[], 1, u64::MAX)
         .is_err());
     // Refused by an error from publish: no Published event besides.
     inbox.assert_none_within(Duration::from_millis(300), |d| {
@@ -473,38 +479,47 @@ fn close_ends_tasks_and_connections() {
 }
 
 #[test]
-fn foreign_topics_and_bad_urls_are_refused() {
-    let (tx, _rx) = crossbeam_channel::unbounded();
-    let bad = Config::Redis(redis::Config {
-        url: Some("not a url".to_string()),
-        ..redis::Config::default()
-    });
-    assert!(Client::<u64>::open(bad, OWNER, tx).is_err());
+fn foreign_names_and_bad_urls_are_refused() {
+    let open_with = |given: &[Given]| {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        Client::<u64>::open("redis", given, OWNER, tx).map(drop)
+    };
+    let bad = open_with(&[text("url", "not a url")]).expect_err("a bad url");
+    assert!(bad.message().contains("url"), "{bad}");
+    let wrong_scheme = open_with(&[text("url", "postgres://u:hush@127.0.0.1/x")])
+        .expect_err("another broker's url");
+    assert!(!wrong_scheme.message().contains("hush"), "{wrong_scheme}");
+    let bad_port = open_with(&[int("port", 0)]).expect_err("port 0");
+    assert!(bad_port.message().contains("port"), "{bad_port}");
 
     // Refused before anything connects: no server needed.
-    let (client, _inbox) = open(free_port(), common());
-    let pg = Topic::postgres("x").expect("valid postgres topic");
-    assert!(client.subscribe(pg.clone(), 1).is_err());
-    assert!(client
-        .publish(pg, Vec::new(), Default::default(), 1, 1)
-        .is_err());
+    let (client, mut inbox) = open(free_port(), common());
+    assert_eq!(client.check_name(&topic("orders.*")), Ok(()));
+    let foreign = [
+        // A rabbitmq {exchange, routing_key}.
+        Name::pair("amq.topic", "x"),
+        Name::Tuple(vec![topic("x")]),
+        topic(""),
+    ];
+    for name in foreign {
+        assert!(client.check_name(&name).is_err(), "{name:?}");
+        assert!(client.subscribe(name.clone(), 1).is_err(), "{name:?}");
+        assert!(client.unsubscribe(name.clone(), 1).is_err(), "{name:?}");
+        assert!(
+            client.publish(name.clone(), Vec::new(), &[], 1, 1).is_err(),
+            "{name:?}"
+        );
+    }
+    // Any bytes are a channel name, not only UTF-8.
+    assert_eq!(client.check_name(&Name::Bytes(vec![0xff, 0])), Ok(()));
     assert_eq!(client.stats(), ClientStats::default());
+    // Refused by an error from publish: no Published event besides.
+    inbox.assert_none_within(Duration::from_millis(200), |_| true);
 }
 
 fn open_as(port: u16, username: &str, password: &str) -> (Client<u64>, Inbox) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let config = Config::Redis(redis::Config {
-        hostname: "127.0.0.1".to_string(),
-        port,
-        username: Some(username.to_string()),
-        password: Some(password.to_string()),
-        common: common(),
-        ..redis::Config::default()
-    });
-    (
-        Client::open(config, OWNER, tx).expect("open"),
-        Inbox::new(rx),
-    )
+    let login = [text("username", username), text("password", password)];
+    open_at("redis", "127.0.0.1", port, &common(), &login, OWNER)
 }
 
 #[test]
@@ -543,7 +558,7 @@ fn a_refused_pattern_is_retried_while_the_others_flow() {
     assert_eq!(
         inbox.connected(2).event,
         Event::Connected {
-            topic: topic("no.*")
+            name: topic("no.*")
         }
     );
     server.redis_cli_text(&["PUBLISH", "no.1", "now"]);
@@ -619,19 +634,15 @@ fn a_url_overrides_the_other_keys_and_clients_keep_to_their_server() {
     let (Some(one), Some(two)) = (start_redis(), start_redis()) else {
         return;
     };
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let by_url = Config::Redis(redis::Config {
-        // Would not resolve: the url must win.
-        hostname: "nowhere.invalid".to_string(),
-        port: 1,
-        url: Some(format!("redis://127.0.0.1:{}/0", two.port)),
-        common: common(),
-        ..redis::Config::default()
-    });
-    let (client_two, mut inbox_two) = (
-        Client::open(by_url, OWNER, tx).expect("open"),
-        Inbox::new(rx),
-    );
+    // Given before the keys it overrides: the url wins wherever it is.
+    let mut by_url = vec![Given::new(
+        "url",
+        Raw::Text(format!("redis://127.0.0.1:{}/0", two.port)),
+    )];
+    // Would not resolve: the url must win.
+    by_url.extend([text("hostname", "nowhere.invalid"), int("port", 1)]);
+    by_url.extend(support::common_settings(&common()));
+    let (client_two, mut inbox_two) = open_client("redis", &by_url, OWNER);
     let (client_one, mut inbox_one) = open(one.port, common());
     client_one.subscribe(topic("where"), 1).expect("subscribe");
     client_two.subscribe(topic("where"), 2).expect("subscribe");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use tokio::task::JoinHandle;
-use yggdrasil_brokers::{Client, Config, Delivery, Event, EventSink, Topic};
+use yggdrasil_brokers::{Client, Delivery, Event, EventSink, Given, Name, Raw};
 
 /// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
 /// (text, so that every broker takes it).
@@ -167,9 +167,29 @@ impl EventSink<u64> for ReplySink {
     }
 }
 
+/// How `--via client` opens its client: the broker, its settings and the channel name.
+pub struct ClientSetup {
+    pub broker: &'static str,
+    pub settings: Vec<Given>,
+    pub name: Name,
+}
+
+/// `--host` and `--port` as a client's settings (every other key at its default).
+pub fn host_and_port(args: &Args) -> Vec<Given> {
+    vec![
+        Given::new("hostname", Raw::Text(args.host.clone())),
+        Given::new("port", Raw::Int(args.port.into())),
+    ]
+}
+
 /// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
 /// crossbeam channel (replies routed by the delivery thread, or by the sink itself).
-fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, String> {
+fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
+    let ClientSetup {
+        broker,
+        settings,
+        name: topic,
+    } = setup;
     const SUBSCRIBER: u64 = 0;
     // Replies go to the publisher (recipient p + 1) that is waiting for them.
     let replies: Vec<_> = (0..args.publishers)
@@ -181,9 +201,9 @@ fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, Strin
             others: events_tx,
             replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
         };
-        Client::open(config, SUBSCRIBER, sink)
+        Client::open(broker, &settings, SUBSCRIBER, sink)
     } else {
-        Client::open(config, SUBSCRIBER, events_tx)
+        Client::open(broker, &settings, SUBSCRIBER, events_tx)
     }
     .map_err(|e| e.to_string())?;
     client
@@ -203,13 +223,7 @@ fn run_client(args: &Args, config: Config, topic: Topic) -> Result<Report, Strin
             s.spawn(move || {
                 for tag in 0..count as u64 {
                     let payload = stamped(base, args.payload_bytes);
-                    let sent = client.publish(
-                        topic.clone(),
-                        payload,
-                        Default::default(),
-                        p as u64 + 1,
-                        tag,
-                    );
+                    let sent = client.publish(topic.clone(), payload, &[], p as u64 + 1, tag);
                     // Bounded wait: after an error nobody routes replies any more.
                     let answer = reply.recv_timeout(PATIENCE);
                     if sent.is_err() || !matches!(answer, Ok(Ok(()))) {
@@ -263,7 +277,7 @@ pub fn main(
     direct: &str,
     default_port: u16,
     run_direct: impl FnOnce(&tokio::runtime::Runtime, &Args) -> Result<Report, String>,
-    client_setup: impl FnOnce(&Args) -> Result<(Config, Topic), String>,
+    client_setup: impl FnOnce(&Args) -> ClientSetup,
 ) -> ExitCode {
     let args = match parse_args(default_port, direct) {
         Ok(args) => args,
@@ -273,7 +287,7 @@ pub fn main(
         }
     };
     let result = if args.via != Via::Broker {
-        client_setup(&args).and_then(|(config, topic)| run_client(&args, config, topic))
+        run_client(&args, client_setup(&args))
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

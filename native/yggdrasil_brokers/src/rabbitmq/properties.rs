@@ -29,7 +29,7 @@ pub(super) fn from_options(options: &[(String, Data)]) -> Result<BasicProperties
         let text = || match value {
             Data::Bytes(bytes) => std::str::from_utf8(bytes)
                 .map_err(|_| bad("a UTF-8 binary"))
-                .and_then(short),
+                .and_then(|text| short(text).map_err(|why| format!("publish option :{key}: {why}"))),
             _ => Err(bad("a UTF-8 binary")),
         };
         p = match key.as_str() {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use yggdrasil_brokers::{Client, Delivery, Event, Topic};
+use yggdrasil_brokers::{Client, Common, Delivery, Event, Given, Name, Raw};
 
 /// How long a test waits for something that should happen. Generous: the
 /// machine is shared and loaded; a passing run never waits this long.
@@ -185,6 +185,58 @@ impl Drop for Server {
     }
 }
 
+/// A text setting, as code gives it.
+pub fn text(key: &str, value: &str) -> Given {
+    Given::new(key, Raw::Text(value.to_string()))
+}
+
+/// An integer setting.
+pub fn int(key: &str, value: i64) -> Given {
+    Given::new(key, Raw::Int(value))
+}
+
+/// A duration setting, in milliseconds as the schema takes it.
+pub fn millis(key: &str, value: Duration) -> Given {
+    let ms = i64::try_from(value.as_millis()).expect("a duration in range");
+    Given::new(key, Raw::Int(ms))
+}
+
+/// The common keys of `common`, as settings.
+pub fn common_settings(common: &Common) -> Vec<Given> {
+    vec![
+        millis("publish_timeout", common.publish_timeout),
+        millis("backoff_max", common.backoff_max),
+        millis("idle_timeout", common.idle_timeout),
+    ]
+}
+
+/// Opens a client of `broker` with `given`, its events into an [`Inbox`].
+pub fn open_client(broker: &str, given: &[Given], owner: u64) -> (Client<u64>, Inbox) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let client = Client::open(broker, given, owner, tx)
+        .unwrap_or_else(|e| panic!("open {broker} with {given:?}: {e}"));
+    (client, Inbox::new(rx))
+}
+
+/// Opens a client of `broker` at `hostname` and `port` with `common` and
+/// then `extra` (later settings win); checks that the common keys it was
+/// given are the ones it runs with.
+pub fn open_at(
+    broker: &str,
+    hostname: &str,
+    port: u16,
+    common: &Common,
+    extra: &[Given],
+    owner: u64,
+) -> (Client<u64>, Inbox) {
+    let mut given = vec![text("hostname", hostname), int("port", port.into())];
+    given.extend(common_settings(common));
+    given.extend_from_slice(extra);
+    let (client, inbox) = open_client(broker, &given, owner);
+    assert_eq!(client.common(), common, "the common settings given");
+    (client, inbox)
+}
+
 /// Polls `f` until it is true or WAIT passed; false if it never became true.
 pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + WAIT;
@@ -350,7 +402,7 @@ pub fn csv_fields(line: &str) -> Vec<String> {
 pub fn concurrent_publishers_reach_every_recipient_once_in_order(
     client: &Client<u64>,
     inbox: &mut Inbox,
-    topic: Topic,
+    topic: Name,
 ) {
     const PUBLISHERS: u64 = 4;
     const RECIPIENTS: u64 = 20;
@@ -370,7 +422,7 @@ pub fn concurrent_publishers_reach_every_recipient_once_in_order(
                     let payload = format!("{p}:{n}").into_bytes();
                     let (reply_to, tag) = (1000 + p, p * MESSAGES + n);
                     client
-                        .publish(topic.clone(), payload, Default::default(), reply_to, tag)
+                        .publish(topic.clone(), payload, &[], reply_to, tag)
                         .expect("publish accepted");
                 }
             });
@@ -426,12 +478,12 @@ pub fn next_tag() -> u64 {
 pub fn publish_and_wait(
     client: &Client<u64>,
     inbox: &mut Inbox,
-    topic: Topic,
+    topic: Name,
     payload: &[u8],
 ) -> Result<(), String> {
     let tag = next_tag();
     client
-        .publish(topic, payload.to_vec(), Default::default(), 0, tag)
+        .publish(topic, payload.to_vec(), &[], 0, tag)
         .expect("publish accepted");
     inbox.published(tag)
 }
