@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # `demo` and `bench` build the shipped `release` library.
 TEST_PROFILE := quick-release
 
-.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-brokers soak fuzz clean
+.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-fixed-cost bench-brokers soak fuzz clean
 
 all: test
 
@@ -44,6 +44,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --profile $(TEST_PROFILE) -- -D warnings
 	cargo clippy -p yggdrasil_nif --no-default-features --profile $(TEST_PROFILE) -- -D warnings
+	cargo clippy -p yggdrasil_nif --features test-hooks --profile $(TEST_PROFILE) -- -D warnings
 	mix format --check-formatted
 
 test-rust: setup setup-brokers
@@ -62,6 +63,11 @@ bench: build
 
 bench-quick: build
 	MIX_ENV=prod mix run bench/run.exs --quick
+
+# One publish's fixed cost beside its floors: needs the floor NIFs, which only
+# the test and bench builds have (MIX_ENV=bench builds the release profile).
+bench-fixed-cost: setup
+	MIX_ENV=bench mix run bench/fixed_cost.exs
 
 # The brokers scenario alone, against private Redis/PostgreSQL/RabbitMQ servers
 # (a broker whose server is not installed is skipped with a note).

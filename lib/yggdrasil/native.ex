@@ -196,31 +196,38 @@ defmodule Yggdrasil.Native do
   @spec broker_runtime_stats() :: %{atom() => non_neg_integer() | boolean()}
   def broker_runtime_stats, do: not_loaded()
 
-  @doc false
-  # TEST HOOK, never called by the library: panics inside the NIF on purpose
-  # (`:plain`, or `:table` while holding the subscription table's lock) to
-  # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
-  @spec debug_panic(atom()) :: no_return()
-  def debug_panic(_mode), do: not_loaded()
+  # The test and bench hooks (`native/yggdrasil_nif/src/hooks.rs`): only in
+  # the builds whose library has them (`MIX_ENV=test` and `bench` of this
+  # project; the mix compiler decides both). Everywhere else these functions
+  # do not exist, and the library has no such NIFs.
+  if Code.ensure_loaded?(Mix.Tasks.Compile.YggdrasilNative) and
+       Mix.Tasks.Compile.YggdrasilNative.test_hooks?() do
+    @doc false
+    # TEST HOOK, never called by the library: panics inside the NIF on purpose
+    # (`:plain`, or `:table` while holding the subscription table's lock) to
+    # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
+    @spec debug_panic(atom()) :: no_return()
+    def debug_panic(_mode), do: not_loaded()
 
-  @doc false
-  # BENCH HOOKS, never called by the library: a NIF call that does nothing,
-  # one that only sends `message` to `pid` as a publish does (the floors
-  # `bench/fixed_cost.exs` sets beside `publish/2`), and pure computation
-  # timed by CPU time as fan-outs time themselves (what the machine does to
-  # any code, which the crowd soak sets beside its fan-outs).
-  @spec floor_call(term(), term()) :: :ok
-  def floor_call(_target, _message), do: not_loaded()
+    @doc false
+    # BENCH HOOKS, never called by the library: a NIF call that does nothing,
+    # one that only sends `message` to `pid` as a publish does (the floors
+    # `bench/fixed_cost.exs` sets beside `publish/2`), and pure computation
+    # timed by CPU time as fan-outs time themselves (what the machine does to
+    # any code, which the crowd soak sets beside its fan-outs).
+    @spec floor_call(term(), term()) :: :ok
+    def floor_call(_target, _message), do: not_loaded()
 
-  @doc false
-  @spec floor_send(pid(), term()) :: :ok
-  def floor_send(_pid, _message), do: not_loaded()
+    @doc false
+    @spec floor_send(pid(), term()) :: :ok
+    def floor_send(_pid, _message), do: not_loaded()
 
-  @doc false
-  @spec floor_cpu_stalls(non_neg_integer(), pos_integer(), non_neg_integer()) :: %{
-          units: non_neg_integer(),
-          over_1ms: non_neg_integer(),
-          longest_us: non_neg_integer()
-        }
-  def floor_cpu_stalls(_duration_ms, _unit_us, _pause_us), do: not_loaded()
+    @doc false
+    @spec floor_cpu_stalls(non_neg_integer(), pos_integer(), non_neg_integer()) :: %{
+            units: non_neg_integer(),
+            over_1ms: non_neg_integer(),
+            longest_us: non_neg_integer()
+          }
+    def floor_cpu_stalls(_duration_ms, _unit_us, _pause_us), do: not_loaded()
+  end
 end

@@ -31,7 +31,7 @@ const REPORT_EVERY_US: u128 = 100;
 /// normally takes a few µs, but on a busy machine one `enif_send` now and
 /// then takes a few hundred µs of the thread's CPU time (measured by the
 /// crowd soak; pure computation on the same machine shows the same
-/// outliers, see `floor::floor_cpu_stalls`).
+/// outliers, see `hooks::floor_cpu_stalls`).
 const MAX_CALL_US: u128 = 500;
 
 /// What a cursor resumes: a cursor of one kind handed to the other's NIF

@@ -12,6 +12,7 @@
 //! - [`stats`]: the counters and `info/0`;
 //! - [`key`], [`pid`]: channel terms and pids as the engine stores them;
 //! - [`json`]: the `:json` transformer; [`alloc`]: the counting allocator;
+//! - `hooks`: test and bench hooks, only with the `test-hooks` feature;
 //! - [`broker`]: the broker clients (`yggdrasil_brokers`) and their
 //!   delivery thread.
 //!
@@ -28,7 +29,8 @@
 mod alloc;
 mod broker;
 mod fanout;
-mod floor;
+#[cfg(feature = "test-hooks")]
+mod hooks;
 mod json;
 mod key;
 mod listing;

@@ -35,7 +35,6 @@ pub fn table() -> MutexGuard<'static, Table> {
 
 mod atoms {
     rustler::atoms! {
-        table,
         y_connected = "Y_CONNECTED",
     }
 }
@@ -158,19 +157,4 @@ fn is_subscribed(channel: Term<'_>, pid: LocalPid) -> bool {
 #[rustler::nif]
 fn is_connected(channel: Term<'_>) -> bool {
     table().is_connected(&TermKey::new(channel))
-}
-
-/// TEST HOOK, never called by the library: panics on purpose so that the
-/// test suite can prove a Rust panic comes back to the caller as an Erlang
-/// error (rustler catches it and raises `:nif_panicked`) instead of taking
-/// the VM down. `:table` panics while holding the subscription table's lock,
-/// which poisons it; every later call must keep working (see `table()`).
-#[rustler::nif]
-#[allow(clippy::panic)]
-fn debug_panic(mode: rustler::Atom) -> rustler::Atom {
-    if mode == atoms::table() {
-        let _held = table();
-        panic!("yggdrasil: debug_panic(:table) test hook, panicking with the table locked");
-    }
-    panic!("yggdrasil: debug_panic test hook");
 }
