@@ -11,6 +11,9 @@ defmodule Yggdrasil.Native do
   @on_load :load
 
   @doc false
+  # Runs when this module is loaded: at boot, and again on every reload
+  # (`:code.load_file/1`, `l/1` in IEx, a release upgrade). Returns :ok when
+  # the module may become current.
   def load do
     priv =
       case :code.priv_dir(:yggdrasil) do
@@ -22,10 +25,24 @@ defmodule Yggdrasil.Native do
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->
+        # A library built after an earlier load failed: that error is over.
+        forget_load_error()
         :ok
 
       {:error, {:reload, _}} ->
+        # load/0 called again from code that already has the library.
         :ok
+
+      {:error, {:upgrade, _}} ->
+        # A reload while an earlier copy of this module has the library: the
+        # VM would need an upgrade callback, which rustler does not offer, and
+        # the engine's state (the subscription table, the monitors) lives in
+        # the loaded library, where a second copy could not take it over.
+        # Failing here makes the VM keep the loaded code current (the
+        # reload returns {:error, :on_load_failure}); the engine carries on.
+        {:error,
+         "yggdrasil: the native engine is loaded already and cannot be replaced while " <>
+           "the VM runs; the loaded Yggdrasil.Native stays current (restart the VM to load another)"}
 
       {:error, reason} ->
         # The module still loads, with stubs that raise a clear error, and
@@ -38,6 +55,11 @@ defmodule Yggdrasil.Native do
         :persistent_term.put({__MODULE__, :load_error}, message)
         :ok
     end
+  end
+
+  # Erasing a persistent term costs a scan of every process: only when set.
+  defp forget_load_error do
+    if load_error(), do: :persistent_term.erase({__MODULE__, :load_error})
   end
 
   @doc false
