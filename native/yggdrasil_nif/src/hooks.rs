@@ -11,10 +11,9 @@
 //!   [`floor_cpu_stalls`] beside its fan-outs, so that what the machine does
 //!   to any computation is measured beside what it does to them.
 
-use crate::fanout;
-use crate::pid::Pid;
+use crate::pid::{self, Pid};
+use crate::state::table;
 use crate::stats;
-use crate::table::table;
 use rustler::{Atom, Env, LocalPid, NifMap, NifResult, Term};
 use std::time::{Duration, Instant};
 use std::{hint, thread};
@@ -46,7 +45,7 @@ fn floor_call(_target: Term<'_>, _message: Term<'_>) -> Atom {
 /// one-subscriber publish.
 #[rustler::nif]
 fn floor_send<'a>(env: Env<'a>, pid: LocalPid, message: Term<'a>) -> Atom {
-    fanout::send(env, Pid::of(&pid), message);
+    pid::send(env, Pid::of(&pid), message);
     atoms::ok()
 }
 

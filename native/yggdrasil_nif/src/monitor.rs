@@ -4,7 +4,7 @@
 
 use crate::key::ChannelKey;
 use crate::pid::Pid;
-use crate::table::table;
+use crate::state::table;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};

@@ -1,37 +1,12 @@
-//! The one subscription table of this VM, and the NIFs that change or read
-//! membership.
+//! The NIFs that change or read membership of the subscription table
+//! (`state`).
 
-use crate::fanout;
 use crate::key::{ChannelKey, TermKey};
 use crate::monitor;
-use crate::pid::Pid;
-use rustler::{Encoder, Env, LocalPid, Monitor, NifTaggedEnum, NifUnitEnum, Term};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
-use yggdrasil_engine::{Engine, SubscribeError};
-
-pub type Table = Engine<ChannelKey, Pid, Monitor>;
-
-/// A plain mutex: every critical section is a few hash-map operations
-/// (bounded, see the engine: tables grow shard by shard, big removals
-/// happen in steps) and at most a few sends (a publish to a channel of up
-/// to `fanout::SEND_UNDER_LOCK` subscribers); bigger fan-outs send after
-/// the lock is released, from a snapshot.
-///
-/// Not sharded, on purpose: measured on this 2-core machine, publishers on
-/// their own channels scale from 2.58 M publishes/s (1 publisher) to 5.38 M/s
-/// (2 publishers, one per scheduler) and stay at 4.99 M/s with 8, so the lock
-/// is not the bottleneck; a publish holds it for one hash lookup and a
-/// reference-count increment. Sharding would split the per-process monitor
-/// and reverse index across shards and cost every subscribe more. Revisit if
-/// a many-core measurement shows contention.
-static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(Engine::new()));
-
-pub fn table() -> MutexGuard<'static, Table> {
-    // Engine operations do not panic on any input; if one ever did, its
-    // state is still structurally sound (no unsafe inside), so recovering
-    // the guard beats refusing service for the rest of the VM's life.
-    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::pid::{self, Pid};
+use crate::state::table;
+use rustler::{Encoder, Env, LocalPid, NifTaggedEnum, NifUnitEnum, Term};
+use yggdrasil_engine::SubscribeError;
 
 mod atoms {
     rustler::atoms! {
@@ -83,7 +58,7 @@ fn subscribe<'a>(env: Env<'a>, channel: Term<'a>) -> Subscribed {
     match result {
         Ok(done) => {
             if done.connected {
-                fanout::send(env, pid, (atoms::y_connected(), channel).encode(env));
+                pid::send(env, pid, (atoms::y_connected(), channel).encode(env));
             }
             drop(table);
             Subscribed::Ok
