@@ -31,7 +31,7 @@ defmodule Yggdrasil.FuzzTest do
     {:fanout_more, 2},
     {:set_connected, 3},
     {:set_watched, 2},
-    {:set_janitor, 1},
+    {:set_generator, 1},
     {:subscribers_page, 1},
     {:subscribers_more, 1},
     {:watched_page, 1},
@@ -200,7 +200,7 @@ defmodule Yggdrasil.FuzzTest do
   # to is cleaned up when they exit), then checks the engine's counts came
   # back to where they were.
   defp run_workers(seed, call) do
-    janitor = Process.whereis(Yggdrasil.Subscriber.Generator)
+    generator = Process.whereis(Yggdrasil.Subscriber.Generator)
     before = Native.info()
     batches = max(1, div(@iterations, 500))
     per_batch = div(@iterations + batches - 1, batches)
@@ -217,9 +217,9 @@ defmodule Yggdrasil.FuzzTest do
           acc ++ Task.await(task, :infinity)
       end
 
-    # set_janitor may have been handed a random pid: give the role back.
-    if janitor, do: Native.set_janitor(janitor)
-    assert Process.alive?(janitor)
+    # set_generator may have been handed a random pid: give the role back.
+    if generator, do: Native.set_generator(generator)
+    assert Process.alive?(generator)
     wait_counts(before)
     outcomes
   end
@@ -237,8 +237,8 @@ defmodule Yggdrasil.FuzzTest do
 
     outcome = attempt(fn -> apply(Native, name, args) end)
 
-    if name == :set_janitor do
-      Native.set_janitor(Process.whereis(Yggdrasil.Subscriber.Generator))
+    if name == :set_generator do
+      Native.set_generator(Process.whereis(Yggdrasil.Subscriber.Generator))
     end
 
     remember(outcome)

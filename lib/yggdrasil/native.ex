@@ -101,8 +101,8 @@ defmodule Yggdrasil.Native do
   def set_watched(_key, _watched), do: not_loaded()
 
   @doc false
-  @spec set_janitor(pid()) :: :ok
-  def set_janitor(_pid), do: not_loaded()
+  @spec set_generator(pid()) :: :ok
+  def set_generator(_pid), do: not_loaded()
 
   @doc false
   @spec subscribers_page(term()) :: {[pid()], reference() | nil}
