@@ -4,7 +4,13 @@ defmodule Yggdrasil.FuzzTest do
   # exception; a NIF may only raise ArgumentError (a bad argument), never
   # `:nif_panicked`. `make fuzz` runs many more iterations
   # (YGG_FUZZ=full, or YGG_FUZZ=<iterations>); YGG_FUZZ_SEED reproduces a run.
+  #
+  # Checks that the engine's global counts come back after the calls, so it
+  # runs in a `mix test` run of its own (tag :global_counts, see
+  # test_helper.exs), where no other test's processes come and go.
   use ExUnit.Case, async: false
+
+  @moduletag :global_counts
 
   import Yggdrasil.Test.Helpers
 
@@ -335,7 +341,11 @@ defmodule Yggdrasil.FuzzTest do
     try do
       fun.(key)
     after
+      # Gone before the test ends, so that no later test sees them leave.
+      refs = Enum.map(crowd, &Process.monitor/1)
       Enum.each(crowd, &send(&1, :stop))
+      for ref <- refs, do: assert_receive({:DOWN, ^ref, :process, _, _}, 10_000)
+      eventually(fn -> Native.subscriber_count(key) == 0 end, "the crowd to leave")
     end
   end
 
