@@ -15,9 +15,9 @@ use yggdrasil_engine::{Snapshot, Targets};
 
 /// Sends per batch of a fan-out: the unit the fence waits for and the unit
 /// between clock reads. 32 `enif_send`s of a small message usually take a
-/// few µs, but waking 32 sleeping receivers among 100k was measured at up to
-/// ~250 µs of CPU, which is why batches are small and the cap below leaves
-/// room for one.
+/// few µs, but waking 32 sleeping receivers can take a good part of the cap
+/// below (`docs/performance.md`), which is why batches are small and the cap
+/// leaves room for one.
 const BATCH: usize = 32;
 
 /// How often a long fan-out reports its time to the scheduler.
@@ -26,9 +26,9 @@ const REPORT_EVERY_US: u128 = 100;
 /// A fan-out call returns `{:more, _}` after this long at the latest. The
 /// other half of the 1 ms is room for the batch in progress: a batch
 /// normally takes a few µs, but on a busy machine one `enif_send` now and
-/// then takes a few hundred µs of the thread's CPU time (measured by the
-/// crowd soak; pure computation on the same machine shows the same
-/// outliers, see `hooks::floor_cpu_stalls`).
+/// then takes a few hundred µs of the thread's CPU time (the crowd soak
+/// shows it, and pure computation on the same machine shows the same
+/// outliers: `docs/guarantees.md`).
 const MAX_CALL_US: u128 = 500;
 
 /// `:ok` once every subscriber was sent the message, `{:more, cursor}`
