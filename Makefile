@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # `demo` and `bench` build the shipped `release` library.
 TEST_PROFILE := quick-release
 
-.PHONY: all setup setup-brokers build demo test test-rust test-elixir lint test-path-dep bench bench-quick bench-brokers soak fuzz clean
+.PHONY: all setup setup-brokers build demo test test-rust test-elixir test-repeat lint test-path-dep bench bench-quick bench-fixed-cost bench-brokers soak fuzz clean
 
 all: test
 
@@ -44,14 +44,35 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --profile $(TEST_PROFILE) -- -D warnings
 	cargo clippy -p yggdrasil_nif --no-default-features --profile $(TEST_PROFILE) -- -D warnings
+	cargo clippy -p yggdrasil_nif --features test-hooks --profile $(TEST_PROFILE) -- -D warnings
 	mix format --check-formatted
 
 test-rust: setup setup-brokers
 	cargo test --workspace --profile $(TEST_PROFILE)
 
+# Two runs: the tests that compare the engine's global counts with a baseline
+# (tag :global_counts: fuzz, soak) run alone in the second, where no other
+# test's processes come and go.
+MIX_TEST := YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix test
+
 test-elixir: setup setup-brokers
 	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix compile --warnings-as-errors
-	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix test
+	$(MIX_TEST) $(ARGS)
+	$(MIX_TEST) --only global_counts $(ARGS)
+
+# The Elixir suite (both runs) N times, each with a new random seed, stopping
+# at the first failure and saying its seed: `make test-repeat N=5`. ARGS go to
+# every `mix test` (e.g. ARGS="--exclude brokers" without broker servers).
+N ?= 5
+test-repeat: setup setup-brokers
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix compile --warnings-as-errors
+	@for run in $$(seq 1 $(N)); do \
+	  seed=$$(( (RANDOM << 15 | RANDOM) % 1000000 )); \
+	  echo "==> run $$run of $(N): seed $$seed"; \
+	  $(MIX_TEST) --seed $$seed $(ARGS) && \
+	  $(MIX_TEST) --only global_counts --seed $$seed $(ARGS) || \
+	  { echo "==> run $$run of $(N) FAILED with seed $$seed"; exit 1; }; \
+	done; echo "==> $(N) runs passed"
 
 # Uses this checkout as a `path:` dependency of a throwaway project.
 test-path-dep: setup
@@ -63,6 +84,11 @@ bench: build
 bench-quick: build
 	MIX_ENV=prod mix run bench/run.exs --quick
 
+# One publish's fixed cost beside its floors: needs the floor NIFs, which only
+# the test and bench builds have (MIX_ENV=bench builds the release profile).
+bench-fixed-cost: setup
+	MIX_ENV=bench mix run bench/fixed_cost.exs
+
 # The brokers scenario alone, against private Redis/PostgreSQL/RabbitMQ servers
 # (a broker whose server is not installed is skipped with a note).
 bench-brokers: build
@@ -71,12 +97,12 @@ bench-brokers: build
 # Full-size churn soak, 100k-subscriber crowd and measured limits (a few
 # minutes, ~2 GB of RAM); `make test` runs them at reduced size.
 soak: setup
-	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_SOAK=full mix test test/soak_test.exs
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_SOAK=full mix test --only global_counts test/soak_test.exs
 
 # Many more random calls into every NIF and public function than `make test`
 # runs; YGG_FUZZ_SEED=<n> reproduces a run.
 fuzz: setup
-	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_FUZZ=full mix test test/fuzz_test.exs
+	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test YGG_FUZZ=full mix test --only global_counts test/fuzz_test.exs
 
 clean:
 	rm -rf _build target priv/native/libyggdrasil_nif.*

@@ -1,19 +1,12 @@
 # Cross-node scenario: one publisher on this node, subscribers on a peer
-# node (OTP's :peer on loopback): deliveries per second, round trip, and
-# distribution messages per publish. Standalone (OTP/Elixir only):
+# node (OTP's :peer on loopback): deliveries per second and distribution
+# messages per publish. Standalone (OTP/Elixir only):
 #
 #   MIX_ENV=prod mix run bench/cluster.exs [--quick]
-#   PHOENIX_PUBSUB_PATH=/path/to/phoenix_pubsub MIX_ENV=prod mix run bench/cluster.exs
-#
-# With PHOENIX_PUBSUB_PATH, Phoenix.PubSub (PG2 adapter) runs the same
-# scenario, loaded by the harness's loader on both nodes.
 #
 # What is measured, per subscriber count N (1, 100, 10k):
 #   deliveries/s  the publisher publishes M messages as fast as it can; the
 #                 clock stops when all N subscribers on the peer got all M.
-#   round trip    publish on this node -> one subscriber on the peer replies
-#                 with a plain send; median and p99 of sequential pings,
-#                 while the other N-1 subscribers also receive each ping.
 #   dist msgs     per publish: messages the peer's Yggdrasil.Relay received
 #                 (exact), and packets written on this node's distribution
 #                 port (`:inet.getstat/2` send_cnt; includes the control
@@ -24,9 +17,9 @@ Code.require_file("support/harness.exs", __DIR__)
 defmodule ClusterBench do
   alias YggBench.Harness
 
-  # {subscribers, messages, pings}
-  @rounds_full [{1, 200_000, 2_000}, {100, 20_000, 1_000}, {10_000, 200, 100}]
-  @rounds_quick [{1, 20_000, 300}, {100, 2_000, 200}, {10_000, 20, 20}]
+  # {subscribers, messages}
+  @rounds_full [{1, 200_000}, {100, 20_000}, {10_000, 200}]
+  @rounds_quick [{1, 20_000}, {100, 2_000}, {10_000, 20}]
 
   def run(argv) do
     quick? = "--quick" in argv
@@ -34,44 +27,29 @@ defmodule ClusterBench do
     reps = if quick?, do: 1, else: 3
 
     distributed!()
-    phoenix = YggBench.Comparators.load_phoenix()
     {peer, node} = start_peer()
     load_remote_module(node)
-
-    comparators = [:yggdrasil] ++ if(match?({:ok, _}, phoenix), do: [:phoenix_pubsub], else: [])
-
-    if :phoenix_pubsub in comparators, do: start_phoenix([node(), node])
 
     IO.puts("""
     == cross-node: 1 publisher on #{node()}, subscribers on #{node}
        #{System.schedulers_online()} schedulers, OTP #{System.otp_release()}, Elixir #{System.version()}
-       Phoenix.PubSub: #{phoenix_note(phoenix)}
     """)
 
     IO.puts(
-      "| comparator | N subs | msgs | deliveries/s | publishes/s | RTT p50 µs | RTT p99 µs | dist msgs/publish (relay) | dist packets/publish (port) |"
+      "| N subs | msgs | deliveries/s | publishes/s | dist msgs/publish (relay) | dist packets/publish (port) |"
     )
 
-    IO.puts("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    IO.puts("|---:|---:|---:|---:|---:|---:|")
 
-    # Comparators interleaved, `reps` times; medians reported.
-    for {n, m, pings} <- rounds do
-      results =
-        for _rep <- 1..reps, comparator <- comparators, reduce: %{} do
-          acc ->
-            result = scenario(comparator, node, n, m, pings)
-            Map.update(acc, comparator, [result], &[result | &1])
-        end
+    # `reps` times each; medians of the rates, totals of the messages.
+    for {n, m} <- rounds do
+      r = summary(for _rep <- 1..reps, do: scenario(node, n, m))
 
-      for comparator <- comparators do
-        r = summary(results[comparator])
-
-        IO.puts(
-          "| #{comparator} | #{n} | #{m} | #{Harness.fmt(r.deliveries_per_s, :per_s)} | " <>
-            "#{Harness.fmt(r.publishes_per_s, :per_s)} | " <>
-            "#{r.rtt_p50} | #{r.rtt_p99} | #{r.relay_per_publish} | #{r.packets_per_publish} |"
-        )
-      end
+      IO.puts(
+        "| #{n} | #{m} | #{Harness.fmt(r.deliveries_per_s, :per_s)} | " <>
+          "#{Harness.fmt(r.publishes_per_s, :per_s)} | " <>
+          "#{r.relay_per_publish} | #{r.packets_per_publish} |"
+      )
     end
 
     :peer.stop(peer)
@@ -79,87 +57,45 @@ defmodule ClusterBench do
 
   # -- one scenario ---------------------------------------------------------
 
-  defp scenario(comparator, node, n, m, pings) do
-    id = System.unique_integer([:positive])
-    target = target(comparator, id)
-    me = self()
-
-    subs =
-      :erpc.call(node, ClusterBench.Remote, :start_subscribers, [comparator, target, n, m, me])
-
-    # Throughput.
+  defp scenario(node, n, m) do
+    {:ok, channel} = Yggdrasil.gen_channel(name: {:cluster_bench, System.unique_integer()})
+    subs = :erpc.call(node, ClusterBench.Remote, :start_subscribers, [channel, n, m, self()])
     relay_before = relayed(node)
     packets_before = dist_packets(node)
     t0 = System.monotonic_time(:microsecond)
-    for i <- 1..m, do: :ok = publish(comparator, target, i)
+    for i <- 1..m, do: :ok = Yggdrasil.publish(channel, i)
     t_pub = System.monotonic_time(:microsecond)
 
     receive do
       {:all_done, ^subs} -> :ok
     after
-      120_000 -> raise "#{comparator} N=#{n}: subscribers did not get all #{m} messages"
+      120_000 -> raise "N=#{n}: subscribers did not get all #{m} messages"
     end
 
     t1 = System.monotonic_time(:microsecond)
     packets = dist_packets(node) - packets_before
     relay = relayed(node) - relay_before
-
-    # Round trip: the first subscriber answers {:ping, from, i}.
-    samples =
-      for i <- 1..pings do
-        t = System.monotonic_time(:microsecond)
-        :ok = publish(comparator, target, {:ping, me, i})
-
-        receive do
-          {:pong, ^i} -> System.monotonic_time(:microsecond) - t
-        after
-          10_000 -> raise "no pong"
-        end
-      end
-
     :ok = :erpc.call(node, ClusterBench.Remote, :stop_subscribers, [subs])
 
     %{
-      comparator: comparator,
       published: m,
       deliveries_per_s: m * n / max(t1 - t0, 1) * 1_000_000,
       publishes_per_s: m / max(t_pub - t0, 1) * 1_000_000,
-      rtt: samples,
       relayed: relay,
       packets: packets
     }
   end
 
-  defp summary([%{comparator: comparator} | _] = results) do
-    sorted = results |> Enum.flat_map(& &1.rtt) |> Enum.sort() |> List.to_tuple()
+  defp summary(results) do
     published = results |> Enum.map(& &1.published) |> Enum.sum()
-    relayed = results |> Enum.map(& &1.relayed) |> Enum.sum()
-    packets = results |> Enum.map(& &1.packets) |> Enum.sum()
+    total = fn key -> results |> Enum.map(&Map.fetch!(&1, key)) |> Enum.sum() end
 
     %{
       deliveries_per_s: YggBench.Stats.median(Enum.map(results, & &1.deliveries_per_s)),
       publishes_per_s: YggBench.Stats.median(Enum.map(results, & &1.publishes_per_s)),
-      rtt_p50: elem(sorted, div(tuple_size(sorted), 2)),
-      rtt_p99: elem(sorted, min(tuple_size(sorted) - 1, div(tuple_size(sorted) * 99, 100))),
-      relay_per_publish:
-        if(comparator == :yggdrasil, do: Float.round(relayed / published, 3), else: "n/a"),
-      packets_per_publish: Float.round(packets / published, 3)
+      relay_per_publish: Float.round(total.(:relayed) / published, 3),
+      packets_per_publish: Float.round(total.(:packets) / published, 3)
     }
-  end
-
-  defp target(:yggdrasil, id) do
-    {:ok, channel} = Yggdrasil.gen_channel(name: {:cluster_bench, id})
-    channel
-  end
-
-  # Phoenix.PubSub delivers the same tuple Yggdrasil does, so both copy the
-  # same term into every subscriber.
-  defp target(:phoenix_pubsub, id), do: {"cluster_bench:#{id}", target(:yggdrasil, id)}
-
-  defp publish(:yggdrasil, channel, message), do: Yggdrasil.publish(channel, message)
-
-  defp publish(:phoenix_pubsub, {topic, channel}, message) do
-    apply(Phoenix.PubSub, :broadcast, [ClusterBench.PubSub, topic, {:Y_EVENT, channel, message}])
   end
 
   defp relayed(node), do: Yggdrasil.Relay.stats(node).relayed
@@ -191,8 +127,7 @@ defmodule ClusterBench do
     end
   end
 
-  # The peer gets this node's code path, Phoenix.PubSub's compiled directory
-  # included.
+  # The peer gets this node's code path.
   defp start_peer do
     args = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
     name = :"ygg_bench_peer_#{System.pid()}"
@@ -217,16 +152,16 @@ defmodule ClusterBench do
       defmodule ClusterBench.Remote do
         @moduledoc false
 
-        def start_subscribers(comparator, target, n, m, origin) do
+        def start_subscribers(channel, n, m, origin) do
           collector = spawn(fn -> collect(n, origin, nil) end)
           me = self()
 
           pids =
-            for i <- 1..n do
+            for _ <- 1..n do
               spawn(fn ->
-                subscribe(comparator, target)
+                :ok = Yggdrasil.subscribe(channel)
                 send(me, :ready)
-                loop(0, m, collector, i == 1)
+                loop(0, m, collector)
               end)
             end
 
@@ -235,39 +170,10 @@ defmodule ClusterBench do
           collector
         end
 
-        # Unlinked, so it outlives the :erpc call.
-        def start_phoenix do
-          me = self()
-
-          spawn(fn ->
-            case :pg.start(Phoenix.PubSub) do
-              {:ok, _} -> :ok
-              {:error, {:already_started, _}} -> :ok
-            end
-
-            {:ok, _} =
-              apply(Phoenix.PubSub.Supervisor, :start_link, [[name: ClusterBench.PubSub]])
-
-            send(me, :phoenix_started)
-            Process.sleep(:infinity)
-          end)
-
-          receive do
-            :phoenix_started -> :ok
-          after
-            10_000 -> {:error, :phoenix_not_started}
-          end
-        end
-
         def stop_subscribers(collector) do
           send(collector, :stop)
           :ok
         end
-
-        defp subscribe(:yggdrasil, channel), do: :ok = Yggdrasil.subscribe(channel)
-
-        defp subscribe(:phoenix_pubsub, {topic, _channel}),
-          do: :ok = apply(Phoenix.PubSub, :subscribe, [ClusterBench.PubSub, topic])
 
         defp collect(0, origin, pids) do
           send(origin, {:all_done, self()})
@@ -287,41 +193,18 @@ defmodule ClusterBench do
           end
         end
 
-        defp loop(count, m, collector, echo?) do
+        defp loop(count, m, collector) do
           receive do
-            message ->
-              case payload(message) do
-                {:ping, from, i} ->
-                  if echo?, do: send(from, {:pong, i})
-                  loop(count, m, collector, echo?)
+            {:Y_EVENT, _channel, i} when is_integer(i) ->
+              if count + 1 == m, do: send(collector, :done)
+              loop(count + 1, m, collector)
 
-                i when is_integer(i) ->
-                  if count + 1 == m, do: send(collector, :done)
-                  loop(count + 1, m, collector, echo?)
-
-                _ ->
-                  loop(count, m, collector, echo?)
-              end
+            _ ->
+              loop(count, m, collector)
           end
         end
-
-        defp payload({:Y_EVENT, _channel, payload}), do: payload
-        defp payload(other), do: other
       end
     end
-  end
-
-  # -- Phoenix.PubSub -------------------------------------------------------
-
-  defp phoenix_note({:ok, version}), do: "#{version} (PG2 adapter, pool_size 1)"
-  defp phoenix_note({:skipped, why}), do: "skipped: #{why}"
-
-  # What Phoenix.PubSub.Application and `{Phoenix.PubSub, name: ...}` start,
-  # on both nodes (ClusterBench.Remote is loaded on both).
-  defp start_phoenix(nodes) do
-    for node <- nodes, do: :ok = :erpc.call(node, ClusterBench.Remote, :start_phoenix, [])
-    group = Module.concat(ClusterBench.PubSub, "Adapter")
-    Harness.wait_until(fn -> length(:pg.get_members(Phoenix.PubSub, group)) == length(nodes) end)
   end
 end
 

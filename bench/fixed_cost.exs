@@ -1,6 +1,6 @@
 # The fixed cost of one publish to one subscriber, in ns per call:
 #
-#     MIX_ENV=prod mix run bench/fixed_cost.exs [--rounds 150] [--batch 2000] [--channels 100000]
+#     MIX_ENV=bench mix run bench/fixed_cost.exs [--rounds 150] [--batch 2000] [--channels 100000]
 #
 # raw `send/2`, the NIF alone (`Yggdrasil.Native.publish/2` with a prebuilt
 # event), native (`Yggdrasil.Backend.Default.publish/3`) and the whole

@@ -5,6 +5,6 @@
 #
 # Options: --quick, --only fanout,memory (names or numbers), --out DIR.
 # Set PHOENIX_PUBSUB_PATH to a phoenix_pubsub checkout to include it.
-# A full run writes bench/results/latest.md and latest.csv.
+# A full run writes bench/results/latest.md.
 Code.require_file("support/harness.exs", __DIR__)
 YggBench.Harness.main(System.argv())

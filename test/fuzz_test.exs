@@ -4,7 +4,13 @@ defmodule Yggdrasil.FuzzTest do
   # exception; a NIF may only raise ArgumentError (a bad argument), never
   # `:nif_panicked`. `make fuzz` runs many more iterations
   # (YGG_FUZZ=full, or YGG_FUZZ=<iterations>); YGG_FUZZ_SEED reproduces a run.
+  #
+  # Checks that the engine's global counts come back after the calls, so it
+  # runs in a `mix test` run of its own (tag :global_counts, see
+  # test_helper.exs), where no other test's processes come and go.
   use ExUnit.Case, async: false
+
+  @moduletag :global_counts
 
   import Yggdrasil.Test.Helpers
 
@@ -31,7 +37,7 @@ defmodule Yggdrasil.FuzzTest do
     {:fanout_more, 2},
     {:set_connected, 3},
     {:set_watched, 2},
-    {:set_janitor, 1},
+    {:set_generator, 1},
     {:subscribers_page, 1},
     {:subscribers_more, 1},
     {:watched_page, 1},
@@ -200,7 +206,7 @@ defmodule Yggdrasil.FuzzTest do
   # to is cleaned up when they exit), then checks the engine's counts came
   # back to where they were.
   defp run_workers(seed, call) do
-    janitor = Process.whereis(Yggdrasil.Subscriber.Generator)
+    generator = Process.whereis(Yggdrasil.Subscriber.Generator)
     before = Native.info()
     batches = max(1, div(@iterations, 500))
     per_batch = div(@iterations + batches - 1, batches)
@@ -217,9 +223,9 @@ defmodule Yggdrasil.FuzzTest do
           acc ++ Task.await(task, :infinity)
       end
 
-    # set_janitor may have been handed a random pid: give the role back.
-    if janitor, do: Native.set_janitor(janitor)
-    assert Process.alive?(janitor)
+    # set_generator may have been handed a random pid: give the role back.
+    if generator, do: Native.set_generator(generator)
+    assert Process.alive?(generator)
     wait_counts(before)
     outcomes
   end
@@ -237,8 +243,8 @@ defmodule Yggdrasil.FuzzTest do
 
     outcome = attempt(fn -> apply(Native, name, args) end)
 
-    if name == :set_janitor do
-      Native.set_janitor(Process.whereis(Yggdrasil.Subscriber.Generator))
+    if name == :set_generator do
+      Native.set_generator(Process.whereis(Yggdrasil.Subscriber.Generator))
     end
 
     remember(outcome)
@@ -335,7 +341,11 @@ defmodule Yggdrasil.FuzzTest do
     try do
       fun.(key)
     after
+      # Gone before the test ends, so that no later test sees them leave.
+      refs = Enum.map(crowd, &Process.monitor/1)
       Enum.each(crowd, &send(&1, :stop))
+      for ref <- refs, do: assert_receive({:DOWN, ^ref, :process, _, _}, 10_000)
+      eventually(fn -> Native.subscriber_count(key) == 0 end, "the crowd to leave")
     end
   end
 

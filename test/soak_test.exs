@@ -4,7 +4,13 @@ defmodule Yggdrasil.SoakTest do
   # Reduced size here (a few seconds); `make soak` runs the full size
   # (YGG_SOAK=full: 10k processes over 1k channels with 8 publishers, 100k
   # subscribers on one channel, 10M subscriptions, a 100 MB message).
+  #
+  # Compares the engine's global counts and memory with their baseline, so
+  # it runs in a `mix test` run of its own (tag :global_counts, see
+  # test_helper.exs), where no other test's processes come and go.
   use ExUnit.Case, async: false
+
+  @moduletag :global_counts
 
   import Yggdrasil.Test.Helpers
 

@@ -5,16 +5,9 @@ defmodule Yggdrasil.UserErrorsTest do
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
+  import Yggdrasil.Test.Helpers, only: [run_elixir: 1, run_elixir: 2, copy_app: 1]
 
   alias Yggdrasil.Channel
-
-  # Runs `code` in a fresh VM whose code path has this build's ebin (or
-  # `ebin`); returns everything it printed.
-  defp run_elixir(code, ebin \\ Path.join(:code.lib_dir(:yggdrasil), "ebin")) do
-    elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
-    {out, _status} = System.cmd(elixir, ["-pa", ebin, "-e", code], stderr_to_stdout: true)
-    out
-  end
 
   test "before the application is started, errors say so and how to start it" do
     out =
@@ -38,11 +31,7 @@ defmodule Yggdrasil.UserErrorsTest do
 
   test "without the NIF library the application refuses to start with one clear error" do
     # A copy of the compiled application whose priv/native has no library.
-    tmp_dir = Path.join(System.tmp_dir!(), "ygg_no_nif_#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm_rf!(tmp_dir) end)
-    app = Path.join(tmp_dir, "yggdrasil")
-    File.mkdir_p!(Path.join(app, "priv/native"))
-    File.cp_r!(Path.join(:code.lib_dir(:yggdrasil), "ebin"), Path.join(app, "ebin"))
+    app = copy_app(false)
 
     out =
       run_elixir(

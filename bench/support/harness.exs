@@ -1,5 +1,5 @@
 # Shared machinery of the benchmark suite: comparators, subscriber process
-# groups, timing loops, statistics, and the markdown/CSV report.
+# groups, timing loops, statistics, and the markdown report.
 # Loaded by bench/run.exs and bench/cluster.exs. OTP/Elixir only.
 
 defmodule YggBench.Stats do
@@ -464,18 +464,6 @@ defmodule YggBench.Loops do
     repeat(c, key, payload, n - 1)
   end
 
-  @doc "Like `repeat/4`, returning each call's duration (ns)."
-  def timed(c, key, payload, n), do: timed(c, key, payload, n, [])
-
-  defp timed(_c, _key, _payload, 0, acc), do: acc
-
-  defp timed(c, key, payload, n, acc) do
-    t0 = now()
-    C.publish(c, key, payload)
-    t1 = now()
-    timed(c, key, payload, n - 1, [t1 - t0 | acc])
-  end
-
   @doc "Publish, wait for the subscriber's ack; durations (ns)."
   def round_trips(c, key, payload, tag, n), do: round_trips(c, key, payload, tag, n, [])
 
@@ -534,17 +522,11 @@ defmodule YggBench.Harness do
       sizes: [1, 100, 10_000],
       budget: 30_000,
       max_k: 10_000,
-      lat_budget: 5_000,
       rt_iters: 2_000,
       cycle_iters: 2_000,
-      busy_cycles: 1_000,
-      busy_subs: 100,
-      mass: [10_000],
+      mass: 10_000,
       mass_reps: 1,
       mem_procs: 1_000,
-      sched_subs: 10_000,
-      sched_msgs: 2,
-      sched_reps: 1,
       broker_msgs: 400,
       broker_fan_msgs: 20,
       broker_reps: 1
@@ -559,17 +541,11 @@ defmodule YggBench.Harness do
       sizes: [1, 10, 100, 1_000, 10_000, 100_000],
       budget: 200_000,
       max_k: 50_000,
-      lat_budget: 20_000,
       rt_iters: 20_000,
       cycle_iters: 20_000,
-      busy_cycles: 5_000,
-      busy_subs: 1_000,
-      mass: [10_000, 100_000],
+      mass: 10_000,
       mass_reps: 3,
       mem_procs: 10_000,
-      sched_subs: 100_000,
-      sched_msgs: 5,
-      sched_reps: 3,
       broker_msgs: 4_000,
       broker_fan_msgs: 400,
       broker_reps: 3
@@ -580,9 +556,7 @@ defmodule YggBench.Harness do
   defp common do
     %{
       min_k: 4,
-      max_lat_k: 20_000,
       small: {:chat, 42, :hello},
-      mass_full_limit: 10_000,
       mem_channels_per_proc: 100
     }
   end
@@ -625,10 +599,9 @@ defmodule YggBench.Harness do
 
     File.mkdir_p!(dir)
     markdown = render(machine, results, cfg)
-    paths = for ext <- [".md", ".csv"], do: Path.join(dir, base <> ext)
-    File.write!(hd(paths), markdown)
-    File.write!(List.last(paths), render_csv(machine, results))
-    IO.puts("\n" <> markdown <> "Written: #{Enum.join(paths, ", ")}")
+    path = Path.join(dir, base <> ".md")
+    File.write!(path, markdown)
+    IO.puts("\n" <> markdown <> "Written: #{path}")
 
     case sanity(results) do
       [] ->
@@ -965,34 +938,6 @@ defmodule YggBench.Harness do
 
   def fmt_ratio(nil), do: "—"
   def fmt_ratio(r), do: num(r) <> "×"
-
-  def render_csv(machine, results) do
-    header =
-      "scenario,case,comparator,metric,unit,median,min,max,reps,x_raw,x_registry,x_phoenix_pubsub,date,schedulers,otp,elixir\n"
-
-    rows =
-      for r <- results, rec <- r.records do
-        ratios =
-          for ref <- @ratio_refs do
-            theirs = peer(r.records, rec, ref)
-            if theirs, do: csv_num(speed(rec.median, theirs.median, rec.better)), else: ""
-          end
-
-        cells =
-          ["#{r.number}-#{r.id}", rec.case, "#{rec.comparator}", rec.metric, "#{rec.unit}"] ++
-            Enum.map([rec.median, rec.min, rec.max], &csv_num/1) ++
-            ["#{length(rec.values)}"] ++
-            ratios ++ [machine.date, "#{machine.schedulers}", machine.otp, machine.elixir]
-
-        Enum.map_join(cells, ",", &if(&1 =~ ~r/[,"]/, do: inspect(&1), else: &1)) <> "\n"
-      end
-
-    IO.iodata_to_binary([header | rows])
-  end
-
-  defp csv_num(nil), do: ""
-  defp csv_num(v) when is_integer(v), do: Integer.to_string(v)
-  defp csv_num(v), do: :erlang.float_to_binary(v / 1, [:compact, decimals: 4])
 
   @doc "What --quick checks: no scenario failed, no number is zero unless it may be."
   def sanity(results) do

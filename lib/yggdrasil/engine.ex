@@ -50,16 +50,17 @@ defmodule Yggdrasil.Engine do
 
   @doc false
   # Marks a channel as served by an adapter process, so its emptying is
-  # reported (to the unsubscriber or to the janitor). `false` when the
+  # reported (to the unsubscriber or to the Generator). `false` when the
   # channel has no subscribers (the engine then does not know it).
   @spec watch(key()) :: boolean()
   def watch(key), do: Native.set_watched(key, true)
 
   @doc false
-  # The process told `{:"$yggdrasil_emptied", key}` when a subscriber's
-  # death empties a watched channel.
-  @spec set_janitor(pid()) :: :ok
-  def set_janitor(pid), do: Native.set_janitor(pid)
+  # Registers the Generator (`Yggdrasil.Subscriber.Generator`), the process
+  # told `{:"$yggdrasil_emptied", key}` when a subscriber's death empties a
+  # watched channel.
+  @spec set_generator(pid()) :: :ok
+  def set_generator(pid), do: Native.set_generator(pid)
 
   @doc false
   # The channel's subscribers as one list, fetched a bounded page per NIF

@@ -11,6 +11,9 @@ defmodule Yggdrasil.Native do
   @on_load :load
 
   @doc false
+  # Runs when this module is loaded: at boot, and again on every reload
+  # (`:code.load_file/1`, `l/1` in IEx, a release upgrade). Returns :ok when
+  # the module may become current.
   def load do
     priv =
       case :code.priv_dir(:yggdrasil) do
@@ -22,10 +25,24 @@ defmodule Yggdrasil.Native do
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->
+        # A library built after an earlier load failed: that error is over.
+        forget_load_error()
         :ok
 
       {:error, {:reload, _}} ->
+        # load/0 called again from code that already has the library.
         :ok
+
+      {:error, {:upgrade, _}} ->
+        # A reload while an earlier copy of this module has the library: the
+        # VM would need an upgrade callback, which rustler does not offer, and
+        # the engine's state (the subscription table, the monitors) lives in
+        # the loaded library, where a second copy could not take it over.
+        # Failing here makes the VM keep the loaded code current (the
+        # reload returns {:error, :on_load_failure}); the engine carries on.
+        {:error,
+         "yggdrasil: the native engine is loaded already and cannot be replaced while " <>
+           "the VM runs; the loaded Yggdrasil.Native stays current (restart the VM to load another)"}
 
       {:error, reason} ->
         # The module still loads, with stubs that raise a clear error, and
@@ -38,6 +55,11 @@ defmodule Yggdrasil.Native do
         :persistent_term.put({__MODULE__, :load_error}, message)
         :ok
     end
+  end
+
+  # Erasing a persistent term costs a scan of every process: only when set.
+  defp forget_load_error do
+    if load_error(), do: :persistent_term.erase({__MODULE__, :load_error})
   end
 
   @doc false
@@ -79,8 +101,8 @@ defmodule Yggdrasil.Native do
   def set_watched(_key, _watched), do: not_loaded()
 
   @doc false
-  @spec set_janitor(pid()) :: :ok
-  def set_janitor(_pid), do: not_loaded()
+  @spec set_generator(pid()) :: :ok
+  def set_generator(_pid), do: not_loaded()
 
   @doc false
   @spec subscribers_page(term()) :: {[pid()], reference() | nil}
@@ -204,31 +226,38 @@ defmodule Yggdrasil.Native do
   @spec broker_stats(reference()) :: %{atom() => non_neg_integer()}
   def broker_stats(_client), do: not_loaded()
 
-  @doc false
-  # TEST HOOK, never called by the library: panics inside the NIF on purpose
-  # (`:plain`, or `:table` while holding the subscription table's lock) to
-  # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
-  @spec debug_panic(atom()) :: no_return()
-  def debug_panic(_mode), do: not_loaded()
+  # The test and bench hooks (`native/yggdrasil_nif/src/hooks.rs`): only in
+  # the builds whose library has them (`MIX_ENV=test` and `bench` of this
+  # project; the mix compiler decides both). Everywhere else these functions
+  # do not exist, and the library has no such NIFs.
+  if Code.ensure_loaded?(Mix.Tasks.Compile.YggdrasilNative) and
+       Mix.Tasks.Compile.YggdrasilNative.test_hooks?() do
+    @doc false
+    # TEST HOOK, never called by the library: panics inside the NIF on purpose
+    # (`:plain`, or `:table` while holding the subscription table's lock) to
+    # prove a Rust panic surfaces as `ErlangError` `:nif_panicked`, not a crash.
+    @spec debug_panic(atom()) :: no_return()
+    def debug_panic(_mode), do: not_loaded()
 
-  @doc false
-  # BENCH HOOKS, never called by the library: a NIF call that does nothing,
-  # one that only sends `message` to `pid` as a publish does (the floors
-  # `bench/fixed_cost.exs` sets beside `publish/2`), and pure computation
-  # timed by CPU time as fan-outs time themselves (what the machine does to
-  # any code, which the crowd soak sets beside its fan-outs).
-  @spec floor_call(term(), term()) :: :ok
-  def floor_call(_target, _message), do: not_loaded()
+    @doc false
+    # BENCH HOOKS, never called by the library: a NIF call that does nothing,
+    # one that only sends `message` to `pid` as a publish does (the floors
+    # `bench/fixed_cost.exs` sets beside `publish/2`), and pure computation
+    # timed by CPU time as fan-outs time themselves (what the machine does to
+    # any code, which the crowd soak sets beside its fan-outs).
+    @spec floor_call(term(), term()) :: :ok
+    def floor_call(_target, _message), do: not_loaded()
 
-  @doc false
-  @spec floor_send(pid(), term()) :: :ok
-  def floor_send(_pid, _message), do: not_loaded()
+    @doc false
+    @spec floor_send(pid(), term()) :: :ok
+    def floor_send(_pid, _message), do: not_loaded()
 
-  @doc false
-  @spec floor_cpu_stalls(non_neg_integer(), pos_integer(), non_neg_integer()) :: %{
-          units: non_neg_integer(),
-          over_1ms: non_neg_integer(),
-          longest_us: non_neg_integer()
-        }
-  def floor_cpu_stalls(_duration_ms, _unit_us, _pause_us), do: not_loaded()
+    @doc false
+    @spec floor_cpu_stalls(non_neg_integer(), pos_integer(), non_neg_integer()) :: %{
+            units: non_neg_integer(),
+            over_1ms: non_neg_integer(),
+            longest_us: non_neg_integer()
+          }
+    def floor_cpu_stalls(_duration_ms, _unit_us, _pause_us), do: not_loaded()
+  end
 end

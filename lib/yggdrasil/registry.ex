@@ -21,10 +21,11 @@ defmodule Yggdrasil.Registry do
 
   # Every cached route, in one map keyed by the channel's `{adapter,
   # transformer, backend}`, under an atom: a `:persistent_term` read hashes
-  # its key, and the five-tuple key of one term per route took 70 ns of a
-  # 400 ns publish (this one: 13 ns, the map lookup included). Adding a
-  # route replaces the map, and replacing a `:persistent_term` makes every
-  # process check for references to the old one: fine once per route.
+  # its key on every publish, and an atom is the cheapest key to hash (a
+  # tuple key per route cost a sizeable part of a publish; figures in
+  # docs/performance.md). Adding a route replaces the map, and replacing a
+  # `:persistent_term` makes every process check for references to the old
+  # one: fine once per route.
   @routes :"Yggdrasil.Registry.routes"
 
   @typedoc "An alias or a module."

@@ -30,8 +30,8 @@ defmodule Yggdrasil.Relay do
 
   @scope Yggdrasil.Registry
   @group __MODULE__
-  # An atom key: `:persistent_term.get/2` hashes its key on every publish
-  # (11 ns for an atom, 25 ns for a two-tuple).
+  # An atom key: `:persistent_term.get/2` hashes its key on every publish,
+  # and an atom hashes fastest (docs/performance.md).
   @nodes :"Yggdrasil.Relay.nodes"
   @tag :"$yggdrasil_relay"
   @poll_ms 500

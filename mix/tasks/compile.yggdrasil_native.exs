@@ -39,6 +39,11 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
       is not needed, and the library's brokers are the ones it was built with.
     * `YGGDRASIL_CARGO_PROFILE=profiling` builds with another cargo profile
       (default `release`); `profiling` keeps debug info for `perf`.
+    * `MIX_ENV=test` and `MIX_ENV=bench` builds of this project also get the
+      test hooks (cargo feature `test-hooks`: a panic on purpose, the floors
+      under a publish), and `Yggdrasil.Native` their stubs (see
+      `test_hooks?/0`). Every other build, and any build as a dependency
+      (mix compiles dependencies with `MIX_ENV=prod`), ships without them.
 
   Mix runs this compiler on every `mix compile` of the project itself and of
   a project that has yggdrasil as a path dependency; as a git or hex
@@ -52,6 +57,8 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
   # Cargo.toml is where the list of brokers is kept.
   @nif_manifest "native/yggdrasil_nif/Cargo.toml"
   @root Path.expand("../..", __DIR__)
+  # The environments whose builds carry the test hooks.
+  @hook_envs [:test, :bench]
   # Everything cargo reads to build the crate; all of it goes into the fingerprint.
   @sources [
     "Cargo.toml",
@@ -76,6 +83,13 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
 
   @impl true
   def manifests, do: [manifest_path()]
+
+  @doc """
+  Whether this build carries the test hooks: the cargo feature `test-hooks`
+  here, and their stubs in `Yggdrasil.Native`, which asks this function when
+  it compiles, so that the two always agree.
+  """
+  def test_hooks?, do: Mix.env() in @hook_envs
 
   @impl true
   def clean do
@@ -229,7 +243,8 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
   defp settings do
     profile = cargo_profile()
     brokers = brokers()
-    cargo_args = ["build", "--profile", profile, "-p", @crate] ++ feature_args(brokers)
+    hooks? = test_hooks?()
+    cargo_args = ["build", "--profile", profile, "-p", @crate] ++ feature_args(brokers, hooks?)
 
     %{
       profile: profile,
@@ -243,6 +258,7 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
           source: "cargo #{Enum.join(cargo_args, " ")}",
           profile: profile,
           brokers: broker_list(brokers),
+          test_hooks: hooks?,
           system: :erlang.system_info(:system_architecture)
         ] ++ rustflags()
     }
@@ -317,12 +333,22 @@ defmodule Mix.Tasks.Compile.YggdrasilNative do
 
   ## Broker selection
 
-  defp feature_args([]), do: ["--no-default-features"]
+  defp feature_args([], false), do: ["--no-default-features"]
 
-  defp feature_args(brokers) do
-    if brokers == known_brokers(),
-      do: [],
-      else: ["--no-default-features", "--features", Enum.join(brokers, ",")]
+  defp feature_args(brokers, hooks?) do
+    cond do
+      brokers == known_brokers() and not hooks? ->
+        []
+
+      brokers == known_brokers() ->
+        ["--features", "test-hooks"]
+
+      true ->
+        features =
+          Enum.map(brokers, &Atom.to_string/1) ++ if(hooks?, do: ["test-hooks"], else: [])
+
+        ["--no-default-features", "--features", Enum.join(features, ",")]
+    end
   end
 
   # In the order of the NIF crate's `default` features.

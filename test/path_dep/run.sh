@@ -121,6 +121,15 @@ shipped="$(echo "$work"/relocated/lib/yggdrasil-*/priv/native/libyggdrasil_nif.s
 readelf -S --wide "$shipped" | grep -q '\.debug_' && fail "the release's library carries debug info"
 readelf -S --wide "$shipped" | grep -q '\.symtab' || fail "the release's library lost its symbols"
 echo "release library: $(stat -c %s "$shipped") bytes, symbols, no debug info"
+# Test hooks never ship: neither their NIFs in the library nor their stubs.
+hooks='floor_call|floor_send|floor_cpu_stalls|debug_panic'
+strings "$shipped" | grep -E "$hooks" >/dev/null && fail "the release's library has test hooks"
+"$work/relocated/bin/uses_yggdrasil" eval \
+  'Yggdrasil.Native.__info__(:functions) |> Keyword.keys() |> Enum.map_join(" ", &Atom.to_string/1) |> IO.puts()' \
+  >"$work/out" 2>&1 || { cat "$work/out"; fail "listing Yggdrasil.Native"; }
+grep -q 'publish' "$work/out" || { cat "$work/out"; fail "Yggdrasil.Native not listed"; }
+grep -qE "$hooks" "$work/out" && fail "the release's Yggdrasil.Native has test hook stubs"
+echo "release: no test hooks in the library or in Yggdrasil.Native"
 PATH="$no_cargo_path" "$work/relocated/bin/uses_yggdrasil" eval "Code.eval_file(\"$PWD/check.exs\")"
 
 # A second project, no cargo: a clear message, then the prebuilt library.

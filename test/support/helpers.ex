@@ -1,7 +1,7 @@
 defmodule Yggdrasil.Test.Helpers do
   @moduledoc false
   # What the test files share: polling for asynchronous work, collecting a
-  # channel's events, processes that only wait.
+  # channel's events, processes that only wait, a fresh VM for one script.
 
   import ExUnit.Assertions
 
@@ -86,4 +86,33 @@ defmodule Yggdrasil.Test.Helpers do
       5_000 -> flunk("#{inspect(pid)} did not die")
     end
   end
+
+  @doc """
+  Runs `code` in a fresh VM (`elixir -e`) whose code path has this build's
+  ebin, or `ebin`; returns everything it printed. For what must not happen
+  in the test VM itself: no application, no NIF library, a reload.
+  """
+  def run_elixir(code, ebin \\ Path.join(:code.lib_dir(:yggdrasil), "ebin")) do
+    elixir = System.find_executable("elixir") || flunk("elixir not on PATH")
+    {out, _status} = System.cmd(elixir, ["-pa", ebin, "-e", code], stderr_to_stdout: true)
+    out
+  end
+
+  @doc """
+  A copy of the compiled application (ebin, and `priv/native` with the NIF
+  library only when `nif?`) in a temporary directory removed when the test
+  exits; returns the copy's directory.
+  """
+  def copy_app(nif?) do
+    tmp_dir = Path.join(System.tmp_dir!(), "ygg_app_#{System.unique_integer([:positive])}")
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(tmp_dir) end)
+    app = Path.join(tmp_dir, "yggdrasil")
+    File.mkdir_p!(Path.join(app, "priv/native"))
+    File.cp_r!(Path.join(:code.lib_dir(:yggdrasil), "ebin"), Path.join(app, "ebin"))
+    if nif?, do: File.cp!(nif_library(), Path.join(app, "priv/native/libyggdrasil_nif.so"))
+    app
+  end
+
+  @doc "The NIF library this build loaded."
+  def nif_library, do: Path.join(:code.priv_dir(:yggdrasil), "native/libyggdrasil_nif.so")
 end

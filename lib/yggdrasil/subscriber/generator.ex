@@ -15,7 +15,7 @@ defmodule Yggdrasil.Subscriber.Generator do
   # state) and a later subscriber creates a new one. Each adapter process
   # belongs to one such incarnation. Channels with an adapter are "watched":
   # their emptying is reported here exactly once, by the engine (a death:
-  # `{:"$yggdrasil_emptied", key}` to this janitor) or by the unsubscriber
+  # `{:"$yggdrasil_emptied", key}` to this process) or by the unsubscriber
   # (`Engine.unsubscribe/1` answered `:emptied`). On that report the adapter
   # is stopped even if someone subscribed again meanwhile; that newcomer
   # created a fresh incarnation (not connected), so it gets a fresh adapter,
@@ -157,9 +157,9 @@ defmodule Yggdrasil.Subscriber.Generator do
 
   @impl GenServer
   def init(_) do
-    # The janitor first: a channel emptied from now on is reported here,
+    # Registered first: a channel emptied from now on is reported here,
     # so none of those listed below is missed or started for nobody.
-    Engine.set_janitor(self())
+    Engine.set_generator(self())
     # Run outside the application (no table yet): this process owns it.
     new_table()
     stop_orphans()

@@ -79,6 +79,8 @@ impl<S: Hash + Eq + Copy> Members<S> {
         &self.members
     }
 
+    /// For the tests' assertions; the library reads [`Members::as_slice`].
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<S> {
         self.members.to_vec()
     }

@@ -1,26 +1,23 @@
 //! Sending one message to every subscriber of a channel, from the
 //! publisher's own process, in calls that never hold a scheduler for 1 ms:
 //! a fan-out that runs out of time returns `{:more, cursor}` and
-//! `fanout_more/2` resumes it. The [`Cursor`] is also what resumes a
-//! listing (see `listing`).
+//! `fanout_more/2` resumes it.
 
+use crate::cursor::{Cursor, Purpose};
 use crate::key::TermKey;
-use crate::pid::Pid;
+use crate::pid::{send, Pid};
+use crate::state::table;
 use crate::stats;
-use crate::table::table;
 use rustler::schedule::consume_timeslice;
-use rustler::sys::enif_send;
-use rustler::{Env, NifResult, NifTaggedEnum, Resource, ResourceArc, Term};
-use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use rustler::{Env, NifResult, NifTaggedEnum, ResourceArc, Term};
 use std::time::Instant;
 use yggdrasil_engine::{Snapshot, Targets};
 
 /// Sends per batch of a fan-out: the unit the fence waits for and the unit
 /// between clock reads. 32 `enif_send`s of a small message usually take a
-/// few µs, but waking 32 sleeping receivers among 100k was measured at up to
-/// ~250 µs of CPU, which is why batches are small and the cap below leaves
-/// room for one.
+/// few µs, but waking 32 sleeping receivers can take a good part of the cap
+/// below (`docs/performance.md`), which is why batches are small and the cap
+/// leaves room for one.
 const BATCH: usize = 32;
 
 /// How often a long fan-out reports its time to the scheduler.
@@ -29,49 +26,10 @@ const REPORT_EVERY_US: u128 = 100;
 /// A fan-out call returns `{:more, _}` after this long at the latest. The
 /// other half of the 1 ms is room for the batch in progress: a batch
 /// normally takes a few µs, but on a busy machine one `enif_send` now and
-/// then takes a few hundred µs of the thread's CPU time (measured by the
-/// crowd soak; pure computation on the same machine shows the same
-/// outliers, see `floor::floor_cpu_stalls`).
+/// then takes a few hundred µs of the thread's CPU time (the crowd soak
+/// shows it, and pure computation on the same machine shows the same
+/// outliers: `docs/guarantees.md`).
 const MAX_CALL_US: u128 = 500;
-
-/// What a cursor resumes: a cursor of one kind handed to the other's NIF
-/// is an `ArgumentError`, not a listing that sends or a fan-out that lists.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    FanOut,
-    Listing,
-}
-
-/// The rest of a subscriber snapshot that a call left for the next one.
-/// Usable once: the first call to resume it takes it.
-pub struct Cursor {
-    purpose: Purpose,
-    members: Snapshot<Pid>,
-    next: AtomicUsize,
-}
-
-#[rustler::resource_impl]
-impl Resource for Cursor {}
-
-impl Cursor {
-    pub fn new(purpose: Purpose, members: Snapshot<Pid>, next: usize) -> ResourceArc<Cursor> {
-        ResourceArc::new(Cursor {
-            purpose,
-            members,
-            next: AtomicUsize::new(next),
-        })
-    }
-
-    /// The snapshot and where to go on from; `None` when an earlier call
-    /// already took it.
-    pub fn take(&self, purpose: Purpose) -> NifResult<Option<(Snapshot<Pid>, usize)>> {
-        if self.purpose != purpose {
-            return Err(rustler::Error::BadArg);
-        }
-        let next = self.next.swap(usize::MAX, Ordering::AcqRel);
-        Ok((next != usize::MAX).then(|| (self.members.clone(), next)))
-    }
-}
 
 /// `:ok` once every subscriber was sent the message, `{:more, cursor}`
 /// when the call's time ran out first.
@@ -135,19 +93,6 @@ fn fanout_more<'a>(
         Some((targets, next)) => deliver(env, targets, next, message),
         None => FanOut::Ok,
     })
-}
-
-/// `send/2` from inside a NIF call: `env` is the caller's (process-bound,
-/// on a scheduler thread), so the VM copies `message` into the target's
-/// heap. A dead target is not an error, as with `send/2`.
-#[inline]
-pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
-    let pid = pid.c_pid();
-    // SAFETY: `env` is the calling process's environment and `message`
-    // belongs to it; a null message env means "copy", which is what we want.
-    unsafe {
-        enif_send(env.as_c_arg(), &pid, ptr::null_mut(), message.as_c_arg());
-    }
 }
 
 /// Delivers `message` to `targets[next..]`, yielding the scheduler when its

@@ -45,9 +45,10 @@ mod atoms {
 /// The hash only picks a bucket, so it may look at part of the term. For a
 /// map (the `%Yggdrasil.Channel{}` every API call passes) it is the `:name`
 /// value alone, which is what tells channels apart in practice: hashing the
-/// whole seven-field struct was the top symbol of a one-subscriber publish
-/// (about 80 ns of it). Equality still compares the whole terms, so channels
-/// that differ only in another field share a bucket, never deliveries.
+/// whole seven-field struct was the top cost of a one-subscriber publish
+/// (`docs/performance.md`). Equality still compares the whole terms, so
+/// channels that differ only in another field share a bucket, never
+/// deliveries.
 fn bucket_hash(term: Term<'_>) -> u64 {
     if term.is_map() {
         if let Ok(name) = term.map_get(atoms::name()) {
@@ -75,9 +76,9 @@ impl PartialEq for TermKey<'_> {
 impl Eq for TermKey<'_> {}
 
 /// A process-independent environment shared by up to [`SLAB_KEYS`] stored
-/// channel terms. An environment carries about 2.6 KB of fixed VM overhead
-/// (measured: 2,685 bytes per channel with one environment per key), so keys
-/// share them; a slab is freed when its last key goes.
+/// channel terms. An environment carries a few KB of fixed VM overhead
+/// (`docs/performance.md`), so keys share them; a slab is freed when its
+/// last key goes.
 struct Slab {
     env: *mut ErlNifEnv,
     /// Live keys stored here.

@@ -3,10 +3,10 @@
 //! from one snapshot, so together they are the membership at the instant
 //! of the first call.
 
-use crate::fanout::{Cursor, Purpose};
+use crate::cursor::{Cursor, Purpose};
 use crate::key::TermKey;
 use crate::pid::Pid;
-use crate::table::table;
+use crate::state::table;
 use rustler::{Encoder, Env, NifResult, NifTuple, ResourceArc, Term};
 use yggdrasil_engine::Snapshot;
 

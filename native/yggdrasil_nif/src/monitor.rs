@@ -1,10 +1,11 @@
 //! Subscribers are monitored: when one dies, its memberships are removed
 //! (right away, or in steps by the reaper thread when it was on many
-//! channels), and the janitor hears of the watched channels that emptied.
+//! channels), and the Generator (`Yggdrasil.Subscriber.Generator`) hears of
+//! the watched channels that emptied.
 
 use crate::key::ChannelKey;
 use crate::pid::Pid;
-use crate::table::table;
+use crate::state::table;
 use rustler::{Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc, Term};
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -50,7 +51,7 @@ impl Resource for Watcher {
             let (_monitor, channels) = detached.into_channels();
             let emptied = table.remove_memberships(pid, &channels);
             drop(table);
-            tell_janitor(env, &emptied);
+            tell_generator(env, &emptied);
         } else {
             drop(table);
             reap_later(env, pid, detached);
@@ -95,7 +96,7 @@ fn reap_later(env: Env<'_>, pid: Pid, detached: Detached<Monitor>) {
         .name("yggdrasil-reaper".into())
         .spawn(reap);
     if started.is_err() {
-        drain_reaper(|emptied| tell_janitor(env, emptied));
+        drain_reaper(|emptied| tell_generator(env, emptied));
     }
 }
 
@@ -127,44 +128,45 @@ fn next_to_reap() -> Option<(Pid, Detached<Monitor>)> {
 fn reap() {
     let mut owned = OwnedEnv::new();
     drain_reaper(|emptied| {
-        each_janitor_notice(emptied, |janitor, key| {
-            let _ = owned.send_and_clear(&janitor, |env| notice(env, key));
+        each_generator_notice(emptied, |generator, key| {
+            let _ = owned.send_and_clear(&generator, |env| notice(env, key));
         })
     });
 }
 
-/// Process told about watched channels emptied by a subscriber's death.
-static JANITOR: Mutex<Option<LocalPid>> = Mutex::new(None);
+/// The Generator: the process told about watched channels emptied by a
+/// subscriber's death.
+static GENERATOR: Mutex<Option<LocalPid>> = Mutex::new(None);
 
 #[rustler::nif]
-fn set_janitor(pid: LocalPid) -> rustler::Atom {
-    *JANITOR.lock().unwrap_or_else(PoisonError::into_inner) = Some(pid);
+fn set_generator(pid: LocalPid) -> rustler::Atom {
+    *GENERATOR.lock().unwrap_or_else(PoisonError::into_inner) = Some(pid);
     atoms::ok()
 }
 
-/// `{:"$yggdrasil_emptied", key}`: what the janitor hears per channel.
+/// `{:"$yggdrasil_emptied", key}`: what the Generator hears per channel.
 fn notice<'a>(env: Env<'a>, key: &ChannelKey) -> Term<'a> {
     (atoms::emptied_channel(), key.to_term(env)).encode(env)
 }
 
-/// Calls `send` with the janitor for each emptied watched channel (none
-/// when no janitor is registered). The caller picks the environment: a
+/// Calls `send` with the Generator for each emptied watched channel (none
+/// when no Generator is registered). The caller picks the environment: a
 /// callback's own, or an owned one on the reaper thread.
-fn each_janitor_notice(emptied: &[ChannelKey], mut send: impl FnMut(LocalPid, &ChannelKey)) {
+fn each_generator_notice(emptied: &[ChannelKey], mut send: impl FnMut(LocalPid, &ChannelKey)) {
     if emptied.is_empty() {
         return;
     }
-    let janitor = *JANITOR.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(janitor) = janitor {
+    let generator = *GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(generator) = generator {
         for key in emptied {
-            send(janitor, key);
+            send(generator, key);
         }
     }
 }
 
-fn tell_janitor(env: Env<'_>, emptied: &[ChannelKey]) {
-    each_janitor_notice(emptied, |janitor, key| {
-        // A dead janitor is restarted and re-registers; nothing to do.
-        let _ = env.send(&janitor, notice(env, key));
+fn tell_generator(env: Env<'_>, emptied: &[ChannelKey]) {
+    each_generator_notice(emptied, |generator, key| {
+        // A dead Generator is restarted and re-registers; nothing to do.
+        let _ = env.send(&generator, notice(env, key));
     });
 }

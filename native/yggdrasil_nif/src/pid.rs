@@ -1,4 +1,4 @@
-//! Local pids as the engine stores them.
+//! Local pids as the engine stores them, and sending to one from a NIF.
 //!
 //! rustler's `LocalPid` hashes and compares through calls into the VM
 //! (`enif_hash`, `enif_compare`). A local pid is an immediate term: its bits
@@ -6,8 +6,9 @@
 //! makes every table operation (and every rehash) a few integer
 //! instructions.
 
-use rustler::sys::{ErlNifPid, ErlNifTerm};
+use rustler::sys::{enif_send, ErlNifPid, ErlNifTerm};
 use rustler::{Encoder, Env, LocalPid, Term};
+use std::ptr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pid(ErlNifTerm);
@@ -46,5 +47,18 @@ impl Pid {
 impl Encoder for Pid {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         self.local().encode(env)
+    }
+}
+
+/// `send/2` from inside a NIF call: `env` is the caller's (process-bound,
+/// on a scheduler thread), so the VM copies `message` into the target's
+/// heap. A dead target is not an error, as with `send/2`.
+#[inline]
+pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
+    let pid = pid.c_pid();
+    // SAFETY: `env` is the calling process's environment and `message`
+    // belongs to it; a null message env means "copy", which is what we want.
+    unsafe {
+        enif_send(env.as_c_arg(), &pid, ptr::null_mut(), message.as_c_arg());
     }
 }

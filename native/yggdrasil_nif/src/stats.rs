@@ -6,7 +6,7 @@
 //! `info/0` map and its place in `reset_counters/0`.
 
 use crate::alloc;
-use crate::table::table;
+use crate::state::table;
 use rustler::NifMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

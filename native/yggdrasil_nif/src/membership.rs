@@ -1,41 +1,15 @@
-//! The one subscription table of this VM, and the NIFs that change or read
-//! membership.
+//! The NIFs that change or read membership of the subscription table
+//! (`state`).
 
-use crate::fanout;
 use crate::key::{ChannelKey, TermKey};
 use crate::monitor;
-use crate::pid::Pid;
-use rustler::{Encoder, Env, LocalPid, Monitor, NifTaggedEnum, NifUnitEnum, Term};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
-use yggdrasil_engine::{Engine, SubscribeError};
-
-pub type Table = Engine<ChannelKey, Pid, Monitor>;
-
-/// A plain mutex: every critical section is a few hash-map operations
-/// (bounded, see the engine: tables grow shard by shard, big removals
-/// happen in steps) and at most a few sends (a publish to a channel of up
-/// to `fanout::SEND_UNDER_LOCK` subscribers); bigger fan-outs send after
-/// the lock is released, from a snapshot.
-///
-/// Not sharded, on purpose: measured on this 2-core machine, publishers on
-/// their own channels scale from 2.58 M publishes/s (1 publisher) to 5.38 M/s
-/// (2 publishers, one per scheduler) and stay at 4.99 M/s with 8, so the lock
-/// is not the bottleneck; a publish holds it for one hash lookup and a
-/// reference-count increment. Sharding would split the per-process monitor
-/// and reverse index across shards and cost every subscribe more. Revisit if
-/// a many-core measurement shows contention.
-static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(Engine::new()));
-
-pub fn table() -> MutexGuard<'static, Table> {
-    // Engine operations do not panic on any input; if one ever did, its
-    // state is still structurally sound (no unsafe inside), so recovering
-    // the guard beats refusing service for the rest of the VM's life.
-    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::pid::{self, Pid};
+use crate::state::table;
+use rustler::{Encoder, Env, LocalPid, NifTaggedEnum, NifUnitEnum, Term};
+use yggdrasil_engine::SubscribeError;
 
 mod atoms {
     rustler::atoms! {
-        table,
         y_connected = "Y_CONNECTED",
     }
 }
@@ -84,7 +58,7 @@ fn subscribe<'a>(env: Env<'a>, channel: Term<'a>) -> Subscribed {
     match result {
         Ok(done) => {
             if done.connected {
-                fanout::send(env, pid, (atoms::y_connected(), channel).encode(env));
+                pid::send(env, pid, (atoms::y_connected(), channel).encode(env));
             }
             drop(table);
             Subscribed::Ok
@@ -158,19 +132,4 @@ fn is_subscribed(channel: Term<'_>, pid: LocalPid) -> bool {
 #[rustler::nif]
 fn is_connected(channel: Term<'_>) -> bool {
     table().is_connected(&TermKey::new(channel))
-}
-
-/// TEST HOOK, never called by the library: panics on purpose so that the
-/// test suite can prove a Rust panic comes back to the caller as an Erlang
-/// error (rustler catches it and raises `:nif_panicked`) instead of taking
-/// the VM down. `:table` panics while holding the subscription table's lock,
-/// which poisons it; every later call must keep working (see `table()`).
-#[rustler::nif]
-#[allow(clippy::panic)]
-fn debug_panic(mode: rustler::Atom) -> rustler::Atom {
-    if mode == atoms::table() {
-        let _held = table();
-        panic!("yggdrasil: debug_panic(:table) test hook, panicking with the table locked");
-    }
-    panic!("yggdrasil: debug_panic test hook");
 }

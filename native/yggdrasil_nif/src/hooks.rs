@@ -1,19 +1,38 @@
-//! BENCH HOOKS, never called by the library: the floors under a publish.
-//! `bench/fixed_cost.exs` times the first two beside `publish/2`, so that
-//! what a publish costs beyond the NIF call and the `enif_send` itself (the
-//! table lookup) is measured, not assumed; the crowd soak runs the third
-//! beside its fan-outs, so that what the machine does to any computation is
-//! measured beside what it does to them.
+//! TEST AND BENCH HOOKS, never called by the library and compiled only with
+//! the `test-hooks` cargo feature, which the shipped library does not have
+//! (`mix compile` turns it on for `MIX_ENV=test` and `bench` only).
+//!
+//! - [`debug_panic`] proves that a Rust panic comes back to the caller as an
+//!   Erlang error instead of taking the VM down;
+//! - the floors under a publish: `bench/fixed_cost.exs` times
+//!   [`floor_call`] and [`floor_send`] beside `publish/2`, so that what a
+//!   publish costs beyond the NIF call and the `enif_send` itself (the table
+//!   lookup) is measured, not assumed; the crowd soak runs
+//!   [`floor_cpu_stalls`] beside its fan-outs, so that what the machine does
+//!   to any computation is measured beside what it does to them.
 
-use crate::fanout;
-use crate::pid::Pid;
+use crate::pid::{self, Pid};
+use crate::state::table;
 use crate::stats;
 use rustler::{Atom, Env, LocalPid, NifMap, NifResult, Term};
 use std::time::{Duration, Instant};
 use std::{hint, thread};
 
 mod atoms {
-    rustler::atoms! { ok }
+    rustler::atoms! { ok, table }
+}
+
+/// Panics on purpose (rustler catches it and raises `:nif_panicked`).
+/// `:table` panics while holding the subscription table's lock, which
+/// poisons it; every later call must keep working (see `table()`).
+#[rustler::nif]
+#[allow(clippy::panic)]
+fn debug_panic(mode: Atom) -> Atom {
+    if mode == atoms::table() {
+        let _held = table();
+        panic!("yggdrasil: debug_panic(:table) test hook, panicking with the table locked");
+    }
+    panic!("yggdrasil: debug_panic test hook");
 }
 
 /// A NIF call that does nothing: the cost of calling into the NIF at all.
@@ -26,7 +45,7 @@ fn floor_call(_target: Term<'_>, _message: Term<'_>) -> Atom {
 /// one-subscriber publish.
 #[rustler::nif]
 fn floor_send<'a>(env: Env<'a>, pid: LocalPid, message: Term<'a>) -> Atom {
-    fanout::send(env, Pid::of(&pid), message);
+    pid::send(env, Pid::of(&pid), message);
     atoms::ok()
 }
 
