@@ -15,6 +15,8 @@
 //! - `redis`: the `:redis` broker.
 //! - `postgres`: the `:postgres` broker (LISTEN/NOTIFY).
 //! - `rabbitmq`: the `:rabbitmq` broker (AMQP 0-9-1).
+//! - `url`: broker URLs taken apart (one parser for all schemes).
+//! - `tls`: the one TLS stack (rustls + ring) and each broker crate's glue.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 // Built with no broker at all (an application that uses none): the shared
@@ -30,7 +32,15 @@ mod broker;
 mod client;
 mod runtime;
 mod secret;
+// URL parsing and the TLS stack, shared by the brokers (section 10.1); not
+// wired into them yet, hence `dead_code` (until the brokers call them).
+#[cfg(feature = "net")]
+#[allow(dead_code)]
+pub(crate) mod tls;
 mod types;
+#[cfg(feature = "net")]
+#[allow(dead_code)]
+pub(crate) mod url;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
