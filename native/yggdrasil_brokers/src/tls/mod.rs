@@ -14,11 +14,8 @@
 //!   `MakeTlsConnect`/`TlsConnect`, [`postgres::SslMode`] maps libpq's five
 //!   `sslmode`s onto tokio-postgres' three plus our [`Verify`].
 //! - `rabbitmq`: [`amqp::amqp_stream`] opens the socket lapin's connector
-//!   closure returns, TLS done with our `ClientConfig`.
-//!
-//! What it costs (2026-12-06, 2 shared cores): see the crate's Cargo.toml
-//! comments and the branch's report; in short `libyggdrasil_nif.so` grows
-//! from 4.84 MB, and ring is the one crate with C/assembly (built by `cc`).
+//!   closure returns, and [`amqp::runtime`] is lapin's tokio runtime kit
+//!   with [`Stream`] as its socket type, so lapin needs no TLS feature.
 use std::fmt;
 use std::io;
 use std::path::Path;
@@ -192,20 +189,10 @@ impl Tls {
         self.server_name.to_str().into_owned()
     }
 
-    /// The rustls configuration, for crates that make their TLS stream
-    /// themselves (lapin).
-    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
-        self.config.clone()
-    }
-
     /// Bounds the handshake differently from [`HANDSHAKE_TIMEOUT`].
     pub(crate) fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
-    }
-
-    pub(crate) fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
     }
 
     /// The client side of a handshake over `io`, bounded by the handshake
@@ -229,7 +216,7 @@ impl Tls {
     }
 
     /// "TLS handshake with <name> failed: <reason>".
-    pub(crate) fn failure(&self, reason: &str) -> String {
+    fn failure(&self, reason: &str) -> String {
         format!(
             "TLS handshake with {} failed: {reason}",
             self.server_name.to_str()
@@ -240,7 +227,7 @@ impl Tls {
 /// What went wrong in a handshake, in words: rustls' own error when there
 /// is one ("invalid peer certificate: UnknownIssuer"), else the I/O error,
 /// with a hint where the usual cause is a plaintext port.
-pub(crate) fn handshake_reason(e: &io::Error) -> String {
+fn handshake_reason(e: &io::Error) -> String {
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -159,14 +159,16 @@ pub(crate) fn server_config(pem: &Pem, client_ca: Option<&Pem>) -> Arc<ServerCon
 
 /// What the server saw of one connection.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     sni: Option<String>,
     client_certificate: bool,
 }
 
 /// A one-connection TLS echo server on 127.0.0.1: after the handshake it
 /// reads 4 bytes and answers them reversed.
-async fn tls_server(config: Arc<ServerConfig>) -> (u16, JoinHandle<Result<Seen, String>>) {
+pub(crate) async fn tls_server(
+    config: Arc<ServerConfig>,
+) -> (u16, JoinHandle<Result<Seen, String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
@@ -590,4 +592,37 @@ fn debug_shows_no_key_material() {
         format!("{tls:?}"),
         "Tls { server_name: DnsName(\"localhost\"), verify: Peer, .. }"
     );
+}
+
+/// Whether a broker binary is there; when it is not, the test is skipped
+/// only with `YGG_SKIP_BROKERS=1` (as the broker test suites do).
+pub(crate) fn have(binary: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found && std::env::var("YGG_SKIP_BROKERS").as_deref() != Ok("1") {
+        panic!("{binary} not installed: install it or set YGG_SKIP_BROKERS=1");
+    }
+    found
+}
+
+/// A port nothing listens on (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (by its own pid) when dropped.
+pub(crate) struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
