@@ -225,4 +225,162 @@ mod tests {
         let e = amqp_stream("127.0.0.1", port, None).await.err().unwrap();
         assert!(e.starts_with(&format!("127.0.0.1:{port}: ")), "{e}");
     }
+
+    /// A private RabbitMQ started by the test suite's `ctl.sh` (plaintext),
+    /// stopped when dropped.
+    struct Rabbit {
+        dir: std::path::PathBuf,
+        port: u16,
+    }
+
+    const CTL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../test/brokers/ctl.sh");
+
+    impl Rabbit {
+        fn start() -> Rabbit {
+            let dir = std::env::temp_dir().join(format!("ygg-tls-rabbit-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = std::process::Command::new(CTL)
+                .args(["start", "rabbitmq", dir.to_str().unwrap()])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ctl.sh start rabbitmq failed");
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            let port = line.split_whitespace().next().unwrap().parse().unwrap();
+            Rabbit { dir, port }
+        }
+    }
+
+    impl Drop for Rabbit {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(CTL)
+                .args(["stop", self.dir.to_str().unwrap_or("")])
+                .status();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `amqps://` end to end: lapin on [`AmqpKit`] over our TLS session to
+    /// an in-process TLS terminator that forwards to a private RabbitMQ
+    /// (its TLS listener would need its own config in ctl.sh): the whole
+    /// AMQP handshake, a confirmed publish and its delivery, a clean close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn amqps_end_to_end_through_a_tls_terminator_to_rabbitmq() {
+        use futures_util::StreamExt;
+        use lapin::options::{
+            BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        };
+        use lapin::types::FieldTable;
+        use lapin::{BasicProperties, Confirmation};
+
+        if !crate::tls::tests::have("rabbitmq-server") {
+            return;
+        }
+        let rabbit = tokio::task::spawn_blocking(Rabbit::start).await.unwrap();
+        let pki = Pki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls_port = listener.local_addr().unwrap().port();
+        let config = server_config(&pki.server, None);
+        let upstream_port = rabbit.port;
+        let terminator = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = TlsAcceptor::from(config.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+
+        let tls = Tls::new(&pki.trusting(Verify::Peer), "localhost").unwrap();
+        let stream = amqp_stream("localhost", tls_port, Some(&tls))
+            .await
+            .unwrap();
+        let stream = Mutex::new(Some(stream));
+        let uri = lapin::uri::AMQPUri {
+            authority: lapin::uri::AMQPAuthority {
+                host: "localhost".into(),
+                port: tls_port,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let connection = tokio::time::timeout(
+            Duration::from_secs(20),
+            Connection::connector(
+                uri,
+                runtime().unwrap(),
+                async move |_uri, _runtime| {
+                    stream
+                        .lock()
+                        .map(|mut s| s.take())
+                        .unwrap_or(None)
+                        .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected).into())
+                },
+                ConnectionProperties::default(),
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let queue = channel
+            .queue_declare(
+                "ygg-tls-test".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "ygg-tls-consumer".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let confirmation = channel
+            .basic_publish(
+                "".into(),
+                queue.name().clone(),
+                BasicPublishOptions::default(),
+                b"over tls",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(matches!(confirmation, Confirmation::Ack(_)));
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.data, b"over tls");
+        connection.close(200, "done".into()).await.unwrap();
+        terminator.abort();
+        drop(rabbit);
+    }
 }
