@@ -139,6 +139,12 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// Where it connects, for log lines: "host:port" (never a secret).
     fn endpoint(&self) -> String;
 
+    /// True when its connections use TLS without authenticating the server
+    /// (`tls_verify: :verify_none`): the shared code warns once per connection.
+    fn tls_unverified(&self) -> bool {
+        false
+    }
+
     /// A channel name as this broker's topic, or why the broker would
     /// refuse it. Called in the caller's thread before anything is queued:
     /// must not block.

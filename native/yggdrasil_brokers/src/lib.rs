@@ -36,6 +36,7 @@ mod data;
 mod runtime;
 mod secret;
 pub mod settings;
+#[cfg(feature = "net")]
 mod tls;
 mod types;
 mod url;

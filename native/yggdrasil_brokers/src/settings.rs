@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "net")]
 use crate::tls::{Tls, TlsSettings, Verify};
 use crate::url::BrokerUrl;
 use crate::{Error, Secret};
@@ -180,12 +181,12 @@ pub type UrlValues = Vec<(&'static str, Value)>;
 /// What a broker module tells the generic layer about its settings.
 pub struct Schema {
     /// The broker's own keys, in the order its documentation lists them.
-    pub keys: &'static [Key],
+    pub(crate) keys: &'static [Key],
     /// URL schemes it accepts (plaintext and TLS forms).
-    pub url_schemes: &'static [&'static str],
+    pub(crate) url_schemes: &'static [&'static str],
     /// The values a parsed `url` sets (every key the URL form covers, with
     /// the key's default where the URL says nothing).
-    pub from_url: fn(BrokerUrl) -> Result<UrlValues, Error>,
+    pub(crate) from_url: fn(BrokerUrl) -> Result<UrlValues, Error>,
 }
 
 impl Schema {
@@ -368,6 +369,7 @@ impl Settings {
     /// The TLS keys of section 10.1 as a ready TLS configuration for `host`,
     /// or `None` when `tls` is off. Files are read now, so a bad one is an
     /// error naming its key.
+    #[cfg(feature = "net")]
     pub(crate) fn tls(&self, host: &str) -> Result<Option<Tls>, Error> {
         if !self.bool("tls")? {
             return Ok(None);
@@ -381,6 +383,7 @@ impl Settings {
 
     /// The TLS configuration with `verify` decided by the broker (its own TLS
     /// mode setting, where it has one).
+    #[cfg(feature = "net")]
     pub(crate) fn tls_config(&self, host: &str, verify: Verify) -> Result<Tls, Error> {
         let path = |key| Ok::<_, Error>(self.opt_text(key)?.map(PathBuf::from));
         let settings = TlsSettings {

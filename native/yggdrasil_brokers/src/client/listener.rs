@@ -262,6 +262,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
             };
             match connected {
                 Ok(Ok((control, messages))) => {
+                    warn_if_unverified(broker, shared);
                     l.session = Some(Session {
                         control,
                         messages,
@@ -384,6 +385,17 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         }
         topics.disconnect_all(self.shared);
         self.reconnect_at = Some(Instant::now() + backoff.next_delay());
+    }
+}
+
+/// Section 10.1: TLS without server authentication is said once per connection.
+pub(super) fn warn_if_unverified<B: Broker, R: Recipient>(broker: &B, shared: &Shared<B, R>) {
+    if broker.tls_unverified() {
+        shared.warn(format!(
+            "TLS to {} {} with tls_verify: :verify_none: encrypted, but the server is not authenticated",
+            B::NAME,
+            broker.endpoint()
+        ));
     }
 }
 

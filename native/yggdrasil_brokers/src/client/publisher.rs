@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::listener::sleep_until_some;
+use super::listener::{sleep_until_some, warn_if_unverified};
 use super::slot::Counted;
 use super::{panic_text, Shared, CALL_TIMEOUT};
 use crate::backoff::Backoff;
@@ -293,6 +293,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
                 connecting = None;
                 match result {
                     Ok(p) => {
+                        warn_if_unverified(&**broker, shared);
                         generation += 1;
                         publisher = Some((p, Counted::new(&shared.counters.connections)));
                         reconnect_at = None;

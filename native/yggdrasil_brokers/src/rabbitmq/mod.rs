@@ -36,16 +36,13 @@
 mod properties;
 mod publisher;
 mod session;
+mod transport;
 
 use std::fmt;
 use std::sync::{Arc, Weak};
 
-use async_compat::CompatExt;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use lapin::{
-    AsyncTcpStream, BasicProperties, Connection, ConnectionProperties, ConnectionStatus, ErrorKind,
-};
-use tokio::net::TcpStream;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ConnectionStatus, ErrorKind};
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
@@ -55,10 +52,6 @@ use crate::{Common, Data, Error, Name};
 use properties::AMQP_MAX_SHORTSTR;
 use publisher::Publisher;
 use session::{Ack, Control, Messages};
-
-/// How long the TCP connect may take (the shared code also times out the
-/// whole handshake).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const DEFAULT_PORT: i64 = 5672;
 const DEFAULT_TLS_PORT: i64 = 5671;
@@ -161,25 +154,16 @@ impl RabbitMq {
                 self.hostname, self.port, self.uri.vhost
             )
         };
-        // The TCP connection is made here and handed to lapin: when lapin
-        // connects by itself and that fails, it leaves its internal tasks
-        // behind on our runtime (a few per attempt, forever, while a broker
-        // is unreachable). Past this point its failures clean up after them.
-        let address = (self.hostname.as_str(), self.port);
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(describe_failure(e.to_string())),
-            Err(_) => {
-                return Err(describe_failure(format!(
-                    "no TCP connection within {CONNECT_TIMEOUT:?}"
-                )))
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        // The connection (TCP, then TLS when configured) is made here and
+        // handed to lapin: when lapin connects by itself and that fails, it
+        // leaves its internal tasks behind on our runtime (a few per
+        // attempt, forever, while a broker is unreachable). Past this point
+        // its failures clean up after them.
+        let stream = transport::amqp_stream(&self.hostname, self.port, self.tls.as_ref())
+            .await
+            .map_err(describe_failure)?;
         let stream = std::sync::Mutex::new(Some(stream));
-        let runtime =
-            lapin::runtime::default_runtime().map_err(|e| describe_failure(describe(&e)))?;
+        let runtime = transport::runtime().map_err(describe_failure)?;
         // No `enable_auto_recover()`: the shared loop reconnects.
         let properties = ConnectionProperties::default().with_connection_name("yggdrasil".into());
         let connection = Connection::connector(
@@ -188,9 +172,7 @@ impl RabbitMq {
             async move |_uri, _runtime| {
                 // Called once: lapin retries nothing without auto-recovery.
                 let taken = stream.lock().map(|mut s| s.take()).unwrap_or(None);
-                taken
-                    .map(|s| AsyncTcpStream::Plain(s.compat()))
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
+                taken.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
             },
             properties,
         )
@@ -260,6 +242,10 @@ impl Broker for RabbitMq {
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn tls_unverified(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| !tls.verifies_peer())
     }
 
     fn endpoint(&self) -> String {

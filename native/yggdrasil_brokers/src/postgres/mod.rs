@@ -12,16 +12,17 @@ use std::future::poll_fn;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Statement};
 
+mod tls;
+
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
-use crate::tls::{self, Tls, Verify};
+use tls::{PostgresTls, PostgresTlsStream, SslMode};
 use crate::url::BrokerUrl;
 use crate::{Common, Data, Error, Name};
 
@@ -130,8 +131,8 @@ pub(crate) struct Postgres {
     common: Common,
     host: String,
     port: u16,
-    /// `None`: plaintext; with `prefer`, TLS only if the server offers it.
-    tls: Option<Tls>,
+    /// What `sslmode` asks for, with the TLS configuration it needs.
+    tls: PostgresTls,
     listener: tokio_postgres::Config,
     publisher: tokio_postgres::Config,
 }
@@ -150,17 +151,18 @@ impl Postgres {
                 .await
                 .map_err(|e| format!("{path}: {e}"))?;
             let mut config = config.clone();
-            config.ssl_mode(SslMode::Disable);
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
             let (client, connection) = config
                 .connect_raw(stream, NoTls)
                 .await
                 .map_err(|e| describe(&e))?;
             return Ok((client, Driver::Unix(connection)));
         }
-        let stream = tls::connect(&self.host, self.port, None).await?;
-        let _ = &self.tls;
+        // TLS, when asked for, starts inside the protocol (SSLRequest): the
+        // connector does the handshake once the server agreed.
+        let stream = crate::tls::connect_tcp(&self.host, self.port).await?;
         let (client, connection) = config
-            .connect_raw(stream, NoTls)
+            .connect_raw(stream, self.tls.clone())
             .await
             .map_err(|e| describe(&e))?;
         Ok((client, Driver::Tcp(connection)))
@@ -169,7 +171,7 @@ impl Postgres {
 
 /// The connection half of a session, whatever its transport.
 enum Driver {
-    Tcp(Connection<tls::Stream, NoTlsStream>),
+    Tcp(Connection<TcpStream, PostgresTlsStream<TcpStream>>),
     Unix(Connection<UnixStream, NoTlsStream>),
 }
 
@@ -194,7 +196,7 @@ fn connection_config(
         .port(settings.port("port")?)
         .user(settings.text("username")?)
         .dbname(settings.text("database")?)
-        .ssl_mode(ssl_mode)
+        .ssl_mode(ssl_mode.tokio_postgres())
         // Lets an operator (and the leak tests) tell our backends apart in pg_stat_activity.
         .application_name(application_name);
     if let Some(password) = settings.secret("password")? {
@@ -204,20 +206,13 @@ fn connection_config(
 }
 
 /// The TLS mode: `sslmode` when set, else `tls` and `tls_verify`.
-fn tls_mode(settings: &Settings) -> Result<(SslMode, Option<Verify>), Error> {
-    let mode = match settings.opt_text("sslmode")? {
-        Some(mode) => mode,
-        None if !settings.bool("tls")? => "disable".to_owned(),
-        None if settings.text("tls_verify")? == "verify_none" => "require".to_owned(),
-        None => "verify-full".to_owned(),
-    };
-    Ok(match mode.as_str() {
-        "disable" => (SslMode::Disable, None),
-        "prefer" => (SslMode::Prefer, Some(Verify::None)),
-        "require" => (SslMode::Require, Some(Verify::None)),
-        "verify-ca" => (SslMode::Require, Some(Verify::ChainOnly)),
-        _ => (SslMode::Require, Some(Verify::Peer)),
-    })
+fn ssl_mode(settings: &Settings) -> Result<SslMode, Error> {
+    match settings.opt_text("sslmode")? {
+        Some(mode) => SslMode::parse(&mode),
+        None if !settings.bool("tls")? => Ok(SslMode::Disable),
+        None if settings.text("tls_verify")? == "verify_none" => Ok(SslMode::Require),
+        None => Ok(SslMode::VerifyFull),
+    }
 }
 
 /// The message half of a listening session: notifications in the order the server sent them;
@@ -247,8 +242,8 @@ impl Broker for Postgres {
 
     fn new(settings: &Settings, common: Common) -> Result<Self, Error> {
         let host = settings.text("hostname")?;
-        let (ssl_mode, verify) = tls_mode(settings)?;
-        let tls = match verify {
+        let ssl_mode = ssl_mode(settings)?;
+        let tls = match ssl_mode.verify() {
             Some(verify) => Some(settings.tls_config(&host, verify)?),
             None => None,
         };
@@ -257,13 +252,17 @@ impl Broker for Postgres {
             publisher: connection_config(settings, "yggdrasil publish", ssl_mode)?,
             port: settings.port("port")?,
             host,
-            tls,
+            tls: PostgresTls::new(tls),
             common,
         })
     }
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn tls_unverified(&self) -> bool {
+        self.tls.unverified()
     }
 
     fn endpoint(&self) -> String {

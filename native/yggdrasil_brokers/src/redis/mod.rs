@@ -7,12 +7,15 @@
 use std::fmt;
 
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
+
+mod connect;
 
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
-use crate::tls::{self, Tls};
+use crate::tls::Tls;
+use connect::Multiplexed;
 use crate::url::BrokerUrl;
 use crate::{Common, Data, Error, Name};
 
@@ -77,12 +80,6 @@ pub(crate) struct Redis {
     common: Common,
 }
 
-impl Redis {
-    async fn connect(&self) -> Result<tls::Stream, String> {
-        tls::connect(&self.host, self.port, self.tls.as_ref()).await
-    }
-}
-
 /// Server replies (`NOPERM`, `WRONGTYPE`...) concern one request; anything
 /// else (I/O, a closed socket, a protocol error) means the connection is done.
 fn is_connection_error(e: &redis::RedisError) -> bool {
@@ -107,7 +104,7 @@ impl Broker for Redis {
     type Topic = Pattern;
     type Control = PubSubSink;
     type Messages = PubSubStream;
-    type Publisher = MultiplexedConnection;
+    type Publisher = Multiplexed;
     type Ack = ();
     type Properties = ();
 
@@ -131,6 +128,10 @@ impl Broker for Redis {
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn tls_unverified(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| !tls.verifies_peer())
     }
 
     fn endpoint(&self) -> String {
@@ -159,9 +160,7 @@ impl Broker for Redis {
     }
 
     async fn connect_listener(&self) -> Result<(PubSubSink, PubSubStream), String> {
-        let pubsub = PubSub::new(&self.info, self.connect().await?)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pubsub = connect::pubsub(&self.host, self.port, self.tls.as_ref(), &self.info).await?;
         Ok(pubsub.split())
     }
 
@@ -200,29 +199,23 @@ impl Broker for Redis {
         }
     }
 
-    async fn connect_publisher(&self) -> Result<MultiplexedConnection, String> {
+    async fn connect_publisher(&self) -> Result<Multiplexed, String> {
         // The shared code puts its own deadline on every publish; the crate's
         // default 500 ms response timeout would cut it short.
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(None);
-        let (connection, driver) =
-            MultiplexedConnection::new_with_config(&self.info, self.connect().await?, config)
-                .await
-                .map_err(|e| e.to_string())?;
-        // Ends once every clone of the connection is dropped, or the socket fails.
-        tokio::spawn(driver);
-        Ok(connection)
+        connect::multiplexed(&self.host, self.port, self.tls.as_ref(), &self.info, config).await
     }
 
     async fn publish(
         &self,
-        publisher: &MultiplexedConnection,
+        publisher: &Multiplexed,
         topic: &Pattern,
         payload: &[u8],
         _properties: &(),
     ) -> Result<(), PublishError> {
-        let mut connection = publisher.clone();
+        let mut connection = publisher.connection.clone();
         redis::cmd("PUBLISH")
             .arg(&topic.0)
             .arg(payload)
