@@ -24,7 +24,7 @@ defmodule Yggdrasil.Test.BrokerServer do
   #     BrokerServer.start!(:rabbitmq, tls: [client_cert: :required])
   #     BrokerServer.restart!(server, tls: true)  # same port, the trusted cert again
 
-  defstruct [:kind, :port, :os_pid, :dir, :guard, tls: nil]
+  defstruct [:kind, :port, :os_pid, :dir, :guard, tls: nil, pg_auth: nil]
 
   @type kind :: :redis | :postgres | :rabbitmq
   @type t :: %__MODULE__{
@@ -33,7 +33,8 @@ defmodule Yggdrasil.Test.BrokerServer do
           os_pid: pos_integer() | nil,
           dir: Path.t(),
           guard: port(),
-          tls: nil | tls()
+          tls: nil | tls(),
+          pg_auth: nil | String.t()
         }
 
   @typedoc "The TLS mode of a server: which cert it shows, whether it demands client certs."
@@ -52,14 +53,23 @@ defmodule Yggdrasil.Test.BrokerServer do
   `true` (TLS only, the trusted cert of `certs/0`, no client cert asked) or a
   keyword list: `cert: :server | :untrusted | :wrong_name` (the server's
   cert: trusted, signed by another CA, or for `other.example` only) and
-  `client_cert: :required` (clients must show `certs().certfile`).
+  `client_cert: :required` (clients must show `certs().certfile`);
+  `:pg_auth` (PostgreSQL): the TCP auth method, e.g. `"scram-sha-256"` to
+  check passwords (default trust; the unix socket DIR/postgres stays trust).
   """
   @spec start!(kind(), keyword()) :: t()
   def start!(kind, opts \\ []) when kind in @kinds do
     tls = tls_mode(opts[:tls])
     dir = Path.join(System.tmp_dir!(), "ygg-#{kind}-#{System.pid()}-#{unique()}")
     File.mkdir_p!(dir)
-    server = %__MODULE__{kind: kind, dir: dir, guard: open_guard(dir), tls: tls}
+
+    server = %__MODULE__{
+      kind: kind,
+      dir: dir,
+      guard: open_guard(dir),
+      tls: tls,
+      pg_auth: opts[:pg_auth]
+    }
 
     try do
       ctl_start!(server, opts[:port])
@@ -318,7 +328,7 @@ defmodule Yggdrasil.Test.BrokerServer do
 
     [port, os_pid] =
       args
-      |> ctl!(ctl_env(server.tls))
+      |> ctl!([{"CTL_PG_AUTH", server.pg_auth} | ctl_env(server.tls)])
       |> String.split("\n", trim: true)
       |> List.last()
       |> String.split(" ")
