@@ -3,8 +3,11 @@ defmodule Yggdrasil.PostgresTLSTest do
   # against a PostgreSQL that speaks TLS only (spec section 10.1), psql on the
   # other side over TLS too: every server a scenario starts or restarts is a
   # TLS one, and each namespace gets tls: true and the test CA.
-  use Yggdrasil.Test.BrokerCase, peer: Yggdrasil.Test.Psql, tls: true
-
-  # Excluded by test/test_helper.exs until the adapters speak TLS.
-  @moduletag :tls_adapter
+  #
+  # Tagged :tls_adapter, excluded by test/test_helper.exs until the adapters
+  # speak TLS.
+  use Yggdrasil.Test.BrokerCase,
+    peer: Yggdrasil.Test.Psql,
+    tls: true,
+    moduletag: :tls_adapter
 end

@@ -19,6 +19,8 @@ defmodule Yggdrasil.Test.BrokerCase do
   # BrokerServer.start!/2): every server a scenario starts, or restarts, is in
   # that mode, the namespaces get its TLS settings (BrokerServer.config/1),
   # and the peer speaks TLS too. The context has `tls:` (false or the option).
+  # `moduletag: [...]` adds module tags (they must be set before the shared
+  # tests are defined, so a `@moduletag` after the `use` would not reach them).
 
   import ExUnit.Assertions
   import Yggdrasil.Test.Helpers, only: [eventually: 3, forward_all: 1]
@@ -72,6 +74,7 @@ defmodule Yggdrasil.Test.BrokerCase do
   defmacro __using__(opts) do
     peer = Keyword.fetch!(opts, :peer)
     tls = Keyword.get(opts, :tls, false)
+    moduletags = List.wrap(Keyword.get(opts, :moduletag, []))
 
     quote location: :keep do
       use ExUnit.Case, async: false
@@ -85,6 +88,7 @@ defmodule Yggdrasil.Test.BrokerCase do
       @moduletag @peer.broker()
       @moduletag :capture_log
       @moduletag timeout: 300_000
+      for tag <- unquote(moduletags), do: @moduletag(tag)
 
       setup_all do
         %{server: BrokerServer.start!(@peer.broker(), tls: @tls), peer: @peer, tls: @tls}

@@ -455,6 +455,7 @@ defmodule Yggdrasil.Test.BrokerServer do
           case System.cmd(BrokerServer.ctl(), ["certs", dir], stderr_to_stdout: true) do
             {_, 0} ->
               :persistent_term.put({__MODULE__, :certs_dir}, dir)
+              guard_certs(dir)
               {:reply, {:ok, dir}, servers}
 
             {out, status} ->
@@ -483,6 +484,16 @@ defmodule Yggdrasil.Test.BrokerServer do
     end
 
     defp unique, do: System.unique_integer([:positive])
+
+    # Removes the certs when this process or the VM dies in any way (its
+    # stdin closes), as BrokerServer's guards do for servers; `stop_all/0`
+    # removes them at a normal exit.
+    defp guard_certs(dir) do
+      Port.open({:spawn_executable, "/bin/sh"}, [
+        :binary,
+        args: ["-c", ~S(read -r _ignored; rm -rf "$1"), "certs-guard", dir]
+      ])
+    end
 
     defp stop_all do
       case Process.whereis(__MODULE__) do
