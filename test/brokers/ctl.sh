@@ -7,6 +7,26 @@
 #   ctl.sh stop DIR                                  stops what DIR runs, by pid, waits for exit
 #   ctl.sh free-port                                 prints a free loopback port
 #   ctl.sh rabbitmqctl DIR ARGS...                   rabbitmqctl against DIR's node
+#   ctl.sh certs CERTS_DIR                           test CA and certs (certs.sh)
+#
+# TLS mode (for `start`), from the environment:
+#   CTL_TLS=CERTS_DIR          the server speaks TLS only, on PORT, with certs
+#                              made by `ctl.sh certs CERTS_DIR`
+#   CTL_TLS_CERT=NAME          the server's cert: server (default; trusted,
+#                              localhost/127.0.0.1), untrusted (another CA),
+#                              wrong-name (trusted CA, other.example only)
+#   CTL_TLS_CLIENT_CERT=required  clients must show a cert signed by the CA
+#                              (client.pem/client.key); default: none asked
+# Nothing in DIR remembers the mode: a restart is in TLS mode when these are
+# set again (a restart with another CTL_TLS_CERT swaps the server's cert).
+#   redis     redis-cli --tls --cacert CERTS_DIR/ca.pem -p PORT   (no plaintext port)
+#   postgres  psql "host=localhost hostaddr=127.0.0.1 port=PORT user=postgres
+#             dbname=postgres sslmode=verify-full sslrootcert=CERTS_DIR/ca.pem";
+#             pg_hba.conf has only hostssl lines for TCP (+ clientcert=verify-ca
+#             when required); the unix socket stays plaintext (trust)
+#   rabbitmq  amqps://guest:guest@localhost:PORT/  an ssl listener only
+#             (listeners.tcp = none); verify_peer + fail_if_no_peer_cert
+#             when required, else verify_none
 #
 # Connection details:
 #   redis     redis-cli -p PORT                      (no password, database 0, no persistence)
@@ -103,6 +123,32 @@ fail_with_log() {
   exit 1
 }
 
+# ---------------------------------------------------------------- tls ----
+
+TLS_DIR=""    # the certs dir in TLS mode, else empty
+TLS_CERT=""   # server | untrusted | wrong-name
+TLS_CLIENT="" # yes when client certs are required, else no
+
+tls_setup() { # from CTL_TLS, CTL_TLS_CERT, CTL_TLS_CLIENT_CERT
+  [[ -n ${CTL_TLS:-} ]] || return 0
+  [[ -d $CTL_TLS ]] || die "CTL_TLS=$CTL_TLS is not a directory (make one with ctl.sh certs DIR)"
+  TLS_DIR=$(cd "$CTL_TLS" && pwd)
+  TLS_CERT=${CTL_TLS_CERT:-server}
+  case $TLS_CERT in
+  server | untrusted | wrong-name) ;;
+  *) die "CTL_TLS_CERT=$TLS_CERT: server, untrusted or wrong-name" ;;
+  esac
+  case ${CTL_TLS_CLIENT_CERT:-} in
+  "" | no) TLS_CLIENT=no ;;
+  required) TLS_CLIENT=yes ;;
+  *) die "CTL_TLS_CLIENT_CERT=$CTL_TLS_CLIENT_CERT: required or empty" ;;
+  esac
+  local f
+  for f in ca.pem "$TLS_CERT.pem" "$TLS_CERT.key" client.pem client.key; do
+    [[ -r $TLS_DIR/$f ]] || die "no $TLS_DIR/$f (make the certs with ctl.sh certs $TLS_DIR)"
+  done
+}
+
 # -------------------------------------------------------------- redis ----
 
 start_redis() { # DIR PORT
@@ -112,7 +158,20 @@ start_redis() { # DIR PORT
   rm -f "$d/redis.pid"
   # --save "" and appendonly off: nothing persists; --daemonize detaches it
   # from the caller's stdout so a caller reading our output is not held open.
-  redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
+  local listen=(--port "$port") ping=(redis-cli -h 127.0.0.1 -p "$port")
+  if [[ -n $TLS_DIR ]]; then
+    # TLS only: --port 0 closes the plaintext port. Debian 12's redis-server
+    # is built with TLS; one without it stops at "Bad directive".
+    listen=(--port 0 --tls-port "$port"
+      --tls-cert-file "$TLS_DIR/$TLS_CERT.pem" --tls-key-file "$TLS_DIR/$TLS_CERT.key"
+      --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients "$TLS_CLIENT")
+    ping+=(--tls)
+    # The readiness check trusts the CA's server cert only; the others are
+    # there to be refused by the clients under test.
+    if [[ $TLS_CERT == server ]]; then ping+=(--cacert "$TLS_DIR/ca.pem"); else ping+=(--insecure); fi
+    [[ $TLS_CLIENT == yes ]] && ping+=(--cert "$TLS_DIR/client.pem" --key "$TLS_DIR/client.key")
+  fi
+  redis-server "${listen[@]}" --bind 127.0.0.1 --protected-mode yes \
     --dir "$d" --save "" --appendonly no \
     --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" ||
     fail_with_log "$d/redis.log" "redis-server failed to start on port $port"
@@ -120,7 +179,7 @@ start_redis() { # DIR PORT
     [[ -z $pid && -s $d/redis.pid ]] && pid=$(<"$d/redis.pid")
     if [[ -n $pid ]]; then
       alive "$pid" || break
-      if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+      if [[ $("${ping[@]}" ping 2>/dev/null) == PONG ]]; then
         write_state "$dir" redis "$port" "$pid" TERM
         echo "$port $pid"
         return 0
@@ -174,6 +233,28 @@ pg_wait_gone() { # DATA_DIR SECONDS
   done
 }
 
+# TLS mode: the chosen cert and key copied into the instance (PostgreSQL
+# wants its key 0600 and its own), and an hba file of its own that lets TCP
+# clients in over TLS only. Prints the server options that use them.
+pg_tls() { # INSTANCE_DIR
+  local t=$1/tls clientcert=""
+  mkdir -p "$t"
+  cp "$TLS_DIR/$TLS_CERT.pem" "$t/server.pem"
+  cp "$TLS_DIR/$TLS_CERT.key" "$t/server.key"
+  cp "$TLS_DIR/ca.pem" "$t/ca.pem"
+  chmod 700 "$t"
+  chmod 600 "$t/server.key"
+  [[ $TLS_CLIENT == yes ]] && clientcert=" clientcert=verify-ca"
+  cat >"$t/pg_hba.conf" <<EOF
+# ctl.sh TLS mode: the unix socket in plaintext, TCP over TLS only.
+local   all all                trust
+hostssl all all 127.0.0.1/32   ${CTL_PG_AUTH:-trust}$clientcert
+hostssl all all ::1/128        ${CTL_PG_AUTH:-trust}$clientcert
+EOF
+  if ((EUID == 0)); then chown -R postgres: "$t"; fi
+  echo "-c ssl=on -c ssl_cert_file=$t/server.pem -c ssl_key_file=$t/server.key -c ssl_ca_file=$t/ca.pem -c hba_file=$t/pg_hba.conf"
+}
+
 start_postgres() { # DIR PORT
   local dir=$1 port=$2 d=$1/postgres bin pid
   bin=$(pg_bin)
@@ -203,8 +284,9 @@ start_postgres() { # DIR PORT
     rm -f "$d/data/postmaster.pid" "$d"/.s.PGSQL.*
   fi
   # Durability off: nothing here must survive a crash, and it is faster.
-  as_pg "$bin/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 -s \
-    -o "-p $port -c listen_addresses=127.0.0.1 -k $d -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB" \
+  local options="-p $port -c listen_addresses=127.0.0.1 -k $d -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB"
+  [[ -n $TLS_DIR ]] && options+=" $(pg_tls "$d")"
+  as_pg "$bin/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 -s -o "$options" \
     start </dev/null >/dev/null 2>&1 ||
     fail_with_log "$d/postgres.log" "postgres failed to start on port $port"
   pid=$(head -n 1 "$d/data/postmaster.pid")
@@ -229,8 +311,6 @@ rabbit_env() { # DIR -> prints NAME=VALUE lines
 HOME=$d/home
 RABBITMQ_CONF_ENV_FILE=$d/rabbitmq-env.conf
 RABBITMQ_NODENAME=ygg-test-$AMQP_PORT@localhost
-RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-RABBITMQ_NODE_PORT=$AMQP_PORT
 RABBITMQ_DIST_PORT=$DIST_PORT
 ERL_EPMD_PORT=$EPMD_PORT
 ERL_EPMD_ADDRESS=127.0.0.1
@@ -244,6 +324,11 @@ RABBITMQ_LOG_BASE=$d/log
 RABBITMQ_PID_FILE=$d/rabbit.pid
 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}
 EOF
+  # These two make a TCP listener whatever the config file says: in TLS mode
+  # the config file alone names the (ssl) listener.
+  if [[ -z ${TLS:-} ]]; then
+    printf 'RABBITMQ_NODE_IP_ADDRESS=127.0.0.1\nRABBITMQ_NODE_PORT=%s\n' "$AMQP_PORT"
+  fi
 }
 
 RABBIT_ENV=()
@@ -258,12 +343,26 @@ start_rabbitmq() { # DIR PORT
   [[ -x $RABBIT_BIN/rabbitmq-server ]] || die "rabbitmq-server not installed (apt-get install rabbitmq-server amqp-tools)"
   command -v epmd >/dev/null || die "epmd not found (comes with Erlang)"
   mkdir -p "$d/home" "$d/mnesia" "$d/log"
-  printf 'AMQP_PORT=%s\nDIST_PORT=%s\nEPMD_PORT=%s\n' "$port" "$(free_port)" "$(free_port)" >"$d/ports"
+  printf 'AMQP_PORT=%s\nDIST_PORT=%s\nEPMD_PORT=%s\nTLS=%s\n' "$port" "$(free_port)" "$(free_port)" \
+    "${TLS_DIR:+1}" >"$d/ports"
   : >"$d/rabbitmq-env.conf" # not /etc/rabbitmq/rabbitmq-env.conf
   echo '[].' >"$d/enabled_plugins"
   # guest/guest is allowed from loopback by default; a small disk must not
   # make the broker block publishers.
   printf 'disk_free_limit.absolute = 1MB\n' >"$d/rabbitmq.conf"
+  if [[ -n $TLS_DIR ]]; then
+    local verify=verify_none fail=false
+    [[ $TLS_CLIENT == yes ]] && verify=verify_peer fail=true
+    cat >>"$d/rabbitmq.conf" <<EOF
+listeners.tcp = none
+listeners.ssl.default = 127.0.0.1:$port
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/$TLS_CERT.pem
+ssl_options.keyfile = $TLS_DIR/$TLS_CERT.key
+ssl_options.verify = $verify
+ssl_options.fail_if_no_peer_cert = $fail
+EOF
+  fi
   rm -f "$d/rabbit.pid"
 
   # Our own epmd in the foreground, so we know its pid and stop it with the node.
@@ -326,6 +425,7 @@ start() { # KIND DIR [PORT]
   redis | postgres | rabbitmq) ;;
   *) die "unknown broker '$kind' (redis, postgres or rabbitmq)" ;;
   esac
+  tls_setup
   if [[ -n $port ]]; then
     [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad PORT $port (1..65535)"
     port_listening "$port" && die "port $port is already in use"
@@ -361,7 +461,7 @@ stop() { # DIR
 }
 
 usage() {
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,11p' "$0" >&2
   exit 2
 }
 
@@ -377,6 +477,10 @@ stop)
 free-port)
   [[ $# -eq 1 ]] || usage
   free_port
+  ;;
+certs)
+  [[ $# -eq 2 ]] || usage
+  exec "$(dirname "$0")/certs.sh" "$2"
   ;;
 rabbitmqctl)
   [[ $# -ge 2 && -f $2/rabbitmq/ports ]] || usage

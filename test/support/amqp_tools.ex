@@ -5,6 +5,8 @@ defmodule Yggdrasil.Test.AmqpTools do
   # bytes survive); amqp-consume binds its own queue and runs a script per
   # message that writes the body to a numbered file. Channel names are
   # {"amq.topic", routing_key}: that exchange exists in every virtual host.
+  # Against a TLS server they speak TLS, verifying the server's cert and name
+  # (BrokerServer.amqp_tools_args/2).
   @behaviour Yggdrasil.Test.BrokerCase
 
   alias Yggdrasil.Test.BrokerServer
@@ -42,9 +44,11 @@ defmodule Yggdrasil.Test.AmqpTools do
     ]
   end
 
-  @doc "The AMQP URL of `vhost` on the server."
-  def url(%BrokerServer{port: port}, vhost \\ "/"),
-    do: "amqp://guest:guest@127.0.0.1:#{port}/#{URI.encode_www_form(vhost)}"
+  @doc "The AMQP URL of `vhost` on the server (amqps:// on a TLS server)."
+  def url(%BrokerServer{} = server, vhost \\ "/") do
+    ["-u", url | _] = BrokerServer.amqp_tools_args(server, vhost)
+    url
+  end
 
   @impl true
   def publish!(server, name, payload), do: publish!(server, name, payload, [])
@@ -60,12 +64,11 @@ defmodule Yggdrasil.Test.AmqpTools do
           "sh",
           [
             "-c",
-            ~S(url=$1 ex=$2 key=$3 file=$4; shift 4; exec amqp-publish -u "$url" -e "$ex" -r "$key" "$@" < "$file"),
+            ~S(ex=$1 key=$2 file=$3; shift 3; exec amqp-publish -e "$ex" -r "$key" "$@" < "$file"),
             "sh",
-            url(server, vhost),
             exchange,
             routing_key,
-            file | extra
+            file | BrokerServer.amqp_tools_args(server, vhost) ++ extra
           ],
           stderr_to_stdout: true
         )
@@ -96,7 +99,9 @@ defmodule Yggdrasil.Test.AmqpTools do
       Port.open({:spawn_executable, System.find_executable("amqp-consume")}, [
         :binary,
         :stderr_to_stdout,
-        args: ["-u", url(server, vhost), "-e", exchange, "-r", routing_key, "-x", script]
+        args:
+          BrokerServer.amqp_tools_args(server, vhost) ++
+            ["-e", exchange, "-r", routing_key, "-x", script]
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)

@@ -12,6 +12,15 @@ defmodule Yggdrasil.Test.BrokerCase do
   # channel names; a test that stops or kills a server starts one of its own.
   # Servers are stopped by pid when the test or module ends, also on failure
   # (Yggdrasil.Test.BrokerServer's on_exit and guard).
+  #
+  #     use Yggdrasil.Test.BrokerCase, peer: Yggdrasil.Test.RedisCli, tls: true
+  #
+  # runs the same scenarios against TLS servers (`tls:` as for
+  # BrokerServer.start!/2): every server a scenario starts, or restarts, is in
+  # that mode, the namespaces get its TLS settings (BrokerServer.config/1),
+  # and the peer speaks TLS too. The context has `tls:` (false or the option).
+  # `moduletag: [...]` adds module tags (they must be set before the shared
+  # tests are defined, so a `@moduletag` after the `use` would not reach them).
 
   import ExUnit.Assertions
   import Yggdrasil.Test.Helpers, only: [eventually: 3, forward_all: 1]
@@ -62,21 +71,27 @@ defmodule Yggdrasil.Test.BrokerCase do
   def byte_payloads,
     do: text_payloads() ++ [<<0>>, <<"nul", 0, "inside", 0>>, <<255, 254, 0, 128>>]
 
-  defmacro __using__(peer: peer) do
+  defmacro __using__(opts) do
+    peer = Keyword.fetch!(opts, :peer)
+    tls = Keyword.get(opts, :tls, false)
+    moduletags = List.wrap(Keyword.get(opts, :moduletag, []))
+
     quote location: :keep do
       use ExUnit.Case, async: false
 
       import Yggdrasil.Test.BrokerCase
 
       @peer unquote(peer)
+      @tls unquote(tls)
 
       @moduletag :brokers
       @moduletag @peer.broker()
       @moduletag :capture_log
       @moduletag timeout: 300_000
+      for tag <- unquote(moduletags), do: @moduletag(tag)
 
       setup_all do
-        %{server: BrokerServer.start!(@peer.broker()), peer: @peer}
+        %{server: BrokerServer.start!(@peer.broker(), tls: @tls), peer: @peer, tls: @tls}
       end
 
       describe "common: connection state and events" do
@@ -170,6 +185,18 @@ defmodule Yggdrasil.Test.BrokerCase do
   # A port where nothing may listen: a server's settings with that port.
   defp settings(peer, port) when is_integer(port),
     do: BrokerServer.config(%BrokerServer{kind: peer.broker(), port: port})
+
+  @doc """
+  A server of the test's broker, in the test's TLS mode (`ctx.tls`),
+  stopped when the test ends.
+  """
+  def start_server!(%{peer: peer} = ctx), do: BrokerServer.start!(peer.broker(), tls: ctx[:tls])
+
+  @doc """
+  `server` as if it listened on a port where nothing listens: its settings
+  (TLS ones included) with that port.
+  """
+  def unreachable(%BrokerServer{} = server), do: %{server | port: free_port(), os_pid: nil}
 
   @doc "A module name unique to this call, as a namespace."
   def namespace, do: Module.concat(__MODULE__, "Ns#{System.unique_integer([:positive])}")
@@ -300,8 +327,8 @@ defmodule Yggdrasil.Test.BrokerCase do
   end
 
   @doc false
-  def scenario_other_server(%{server: server, peer: peer}) do
-    other = BrokerServer.start!(peer.broker())
+  def scenario_other_server(%{server: server, peer: peer} = ctx) do
+    other = start_server!(ctx)
     here = configure(peer, server)
     there = configure(peer, other)
     name = peer.name(server, "where")
@@ -323,7 +350,7 @@ defmodule Yggdrasil.Test.BrokerCase do
   @doc false
   def scenario_env_override(%{server: server, peer: peer}) do
     # The config names a port where nothing listens; the variable fixes it.
-    namespace = configure(peer, free_port())
+    namespace = configure(peer, unreachable(server))
     broker = peer.broker() |> Atom.to_string() |> String.upcase()
     variable = Yggdrasil.Config.env_prefix(namespace) <> "YGGDRASIL_#{broker}_PORT"
     System.put_env(variable, Integer.to_string(server.port))
@@ -348,8 +375,9 @@ defmodule Yggdrasil.Test.BrokerCase do
   end
 
   @doc false
-  def scenario_kill_and_back(%{peer: peer}) do
-    server = BrokerServer.start!(peer.broker())
+  def scenario_kill_and_back(%{peer: peer} = ctx) do
+    # start_again! restarts it in the same (TLS) mode.
+    server = start_server!(ctx)
     namespace = configure(peer, server)
     channels = for i <- 1..3, do: channel(peer, namespace, peer.name(server, "fault#{i}"))
     Enum.each(channels, &subscribe!/1)
@@ -385,7 +413,7 @@ defmodule Yggdrasil.Test.BrokerCase do
 
   @doc false
   def scenario_unreachable(%{server: server, peer: peer}) do
-    namespace = configure(peer, free_port(), publish_timeout: 500)
+    namespace = configure(peer, unreachable(server), publish_timeout: 500)
     channel = channel(peer, namespace, peer.name(server, "unreachable"))
 
     log =
@@ -520,9 +548,9 @@ defmodule Yggdrasil.Test.BrokerCase do
   end
 
   @doc false
-  def scenario_leaks(%{peer: peer}) do
+  def scenario_leaks(%{peer: peer} = ctx) do
     # A server of its own: its client list shows this namespace's connections only.
-    server = BrokerServer.start!(peer.broker())
+    server = start_server!(ctx)
     namespace = configure(peer, server, idle_timeout: 300)
     channels = for i <- 1..5, do: channel(peer, namespace, peer.name(server, "leak#{i}"))
 
@@ -563,8 +591,8 @@ defmodule Yggdrasil.Test.BrokerCase do
   end
 
   @doc false
-  def scenario_behaviour(%{peer: peer}) do
-    server = BrokerServer.start!(peer.broker())
+  def scenario_behaviour(%{peer: peer} = ctx) do
+    server = start_server!(ctx)
     namespace = configure(peer, server)
     channel = channel(peer, namespace, peer.name(server, "behaviour"))
     {:ok, pid} = Yggdrasil.start_link(__MODULE__.Watcher, {channel, self()})

@@ -13,8 +13,18 @@ defmodule Yggdrasil.Test.BrokerServer do
   #
   # RabbitMQ takes ~5 s and ~140 MB to start: `shared!(:rabbitmq)` starts one
   # per `mix test` run, for tests that neither stop nor restart it.
+  #
+  # TLS (ctl.sh's TLS mode, certs made once per `mix test` run in a temp dir
+  # removed at the end, see `certs/0`):
+  #
+  #     server = BrokerServer.start!(:postgres, tls: true)
+  #     BrokerServer.config(server)      # [..., tls: true, tls_cacertfile: ".../ca.pem"]
+  #     BrokerServer.url_config(server)  # [url: "postgres://...?sslmode=verify-full&sslrootcert=..."]
+  #     BrokerServer.start!(:redis, tls: [cert: :untrusted])   # or :wrong_name
+  #     BrokerServer.start!(:rabbitmq, tls: [client_cert: :required])
+  #     BrokerServer.restart!(server, tls: true)  # same port, the trusted cert again
 
-  defstruct [:kind, :port, :os_pid, :dir, :guard]
+  defstruct [:kind, :port, :os_pid, :dir, :guard, tls: nil, pg_auth: nil]
 
   @type kind :: :redis | :postgres | :rabbitmq
   @type t :: %__MODULE__{
@@ -22,8 +32,13 @@ defmodule Yggdrasil.Test.BrokerServer do
           port: :inet.port_number(),
           os_pid: pos_integer() | nil,
           dir: Path.t(),
-          guard: port()
+          guard: port(),
+          tls: nil | tls(),
+          pg_auth: nil | String.t()
         }
+
+  @typedoc "The TLS mode of a server: which cert it shows, whether it demands client certs."
+  @type tls :: %{cert: :server | :untrusted | :wrong_name, client_cert: :required | nil}
 
   @kinds [:redis, :postgres, :rabbitmq]
   @ctl Path.expand("../brokers/ctl.sh", __DIR__)
@@ -34,13 +49,27 @@ defmodule Yggdrasil.Test.BrokerServer do
   @doc """
   Starts a private server of `kind` and waits until it accepts clients.
   Raises with ctl.sh's explanation when it cannot start. Options: `:port`
-  (default: a free one).
+  (default: a free one); `:tls`: `false`/`nil` (plaintext, the default),
+  `true` (TLS only, the trusted cert of `certs/0`, no client cert asked) or a
+  keyword list: `cert: :server | :untrusted | :wrong_name` (the server's
+  cert: trusted, signed by another CA, or for `other.example` only) and
+  `client_cert: :required` (clients must show `certs().certfile`);
+  `:pg_auth` (PostgreSQL): the TCP auth method, e.g. `"scram-sha-256"` to
+  check passwords (default trust; the unix socket DIR/postgres stays trust).
   """
   @spec start!(kind(), keyword()) :: t()
   def start!(kind, opts \\ []) when kind in @kinds do
+    tls = tls_mode(opts[:tls])
     dir = Path.join(System.tmp_dir!(), "ygg-#{kind}-#{System.pid()}-#{unique()}")
     File.mkdir_p!(dir)
-    server = %__MODULE__{kind: kind, dir: dir, guard: open_guard(dir)}
+
+    server = %__MODULE__{
+      kind: kind,
+      dir: dir,
+      guard: open_guard(dir),
+      tls: tls,
+      pg_auth: opts[:pg_auth]
+    }
 
     try do
       ctl_start!(server, opts[:port])
@@ -72,13 +101,22 @@ defmodule Yggdrasil.Test.BrokerServer do
     stop!(server)
   end
 
-  @doc "Starts a stopped server again on the same port, with the same data."
-  @spec start_again!(t()) :: t()
-  def start_again!(%__MODULE__{os_pid: nil} = server), do: ctl_start!(server, server.port)
+  @doc """
+  Starts a stopped server again on the same port, with the same data, in the
+  same TLS mode unless `tls:` (as for `start!/2`) gives another one.
+  """
+  @spec start_again!(t(), keyword()) :: t()
+  def start_again!(%__MODULE__{os_pid: nil} = server, opts \\ []) do
+    server =
+      if Keyword.has_key?(opts, :tls), do: %{server | tls: tls_mode(opts[:tls])}, else: server
 
-  @doc "`stop!/1` then `start_again!/1`."
-  @spec restart!(t()) :: t()
-  def restart!(%__MODULE__{} = server), do: server |> stop!() |> start_again!()
+    ctl_start!(server, server.port)
+  end
+
+  @doc "`stop!/1` then `start_again!/2`."
+  @spec restart!(t(), keyword()) :: t()
+  def restart!(%__MODULE__{} = server, opts \\ []),
+    do: server |> stop!() |> start_again!(opts)
 
   @doc "Stops the server and removes its directory. Safe to call twice."
   @spec cleanup(t()) :: :ok
@@ -96,11 +134,90 @@ defmodule Yggdrasil.Test.BrokerServer do
   @spec shared!(kind()) :: t()
   def shared!(kind) when kind in @kinds, do: __MODULE__.Shared.get!(kind)
 
-  @doc "The `config :yggdrasil, <kind>: ...` keys that reach `server`."
+  @doc """
+  The `config :yggdrasil, <kind>: ...` keys that reach `server`; for a TLS
+  server with the keys of spec section 10.1: `tls: true, tls_cacertfile:`
+  the test CA, plus `tls_certfile`/`tls_keyfile` (the client cert) when the
+  server requires one. The host is 127.0.0.1, which the trusted server
+  cert names (IP SAN) as well as `localhost`.
+  """
   @spec config(t()) :: keyword()
-  def config(%__MODULE__{kind: :redis, port: port}), do: [hostname: "127.0.0.1", port: port]
+  def config(%__MODULE__{tls: nil} = server), do: plain_config(server)
+  def config(%__MODULE__{} = server), do: plain_config(server) ++ tls_config(server)
 
-  def config(%__MODULE__{kind: :postgres, port: port}) do
+  @doc """
+  The same as `config/1` in the URL form of section 10.1: `rediss://`,
+  `postgres://...?sslmode=verify-full&sslrootcert=CA` or `amqps://` (plain
+  `redis://`, `postgres://`, `amqp://` for a plaintext server), plus the TLS
+  keys a URL cannot carry (`tls_cacertfile` for Redis and RabbitMQ, the client
+  cert when required).
+  """
+  @spec url_config(t()) :: keyword()
+  def url_config(%__MODULE__{tls: nil} = server), do: [url: url(server)]
+
+  def url_config(%__MODULE__{kind: :postgres} = server),
+    do: [url: url(server)] ++ client_cert_config(server)
+
+  def url_config(%__MODULE__{} = server),
+    do: [url: url(server), tls_cacertfile: certs().cacertfile] ++ client_cert_config(server)
+
+  @doc "The URL of `server` (credentials included), in the form `url_config/1` uses."
+  @spec url(t()) :: String.t()
+  def url(%__MODULE__{kind: :redis, port: port, tls: tls}),
+    do: "#{if tls, do: "rediss", else: "redis"}://127.0.0.1:#{port}/0"
+
+  def url(%__MODULE__{kind: :postgres, port: port, tls: tls}) do
+    base = "postgres://postgres:postgres@127.0.0.1:#{port}/postgres"
+
+    if tls,
+      do: base <> "?sslmode=verify-full&sslrootcert=" <> URI.encode_www_form(certs().cacertfile),
+      else: base
+  end
+
+  def url(%__MODULE__{kind: :rabbitmq, port: port, tls: tls}),
+    do: "#{if tls, do: "amqps", else: "amqp"}://guest:guest@127.0.0.1:#{port}/%2F"
+
+  @doc """
+  The test certificates of this `mix test` run (made on first use by
+  test/brokers/certs.sh in a temp dir, removed when the VM exits):
+  `cacertfile` (the CA every TLS server's trusted cert chains to), `certfile`
+  and `keyfile` (a client cert of that CA, CN postgres), `cakeyfile`,
+  `untrusted_cacertfile` (the CA of the `:untrusted` server cert), and
+  `dir`.
+  """
+  @spec certs() :: %{atom() => Path.t()}
+  def certs do
+    dir = __MODULE__.Shared.certs_dir!()
+
+    %{
+      dir: dir,
+      cacertfile: Path.join(dir, "ca.pem"),
+      cakeyfile: Path.join(dir, "ca.key"),
+      certfile: Path.join(dir, "client.pem"),
+      keyfile: Path.join(dir, "client.key"),
+      untrusted_cacertfile: Path.join(dir, "untrusted-ca.pem")
+    }
+  end
+
+  @doc "Whether `server` speaks TLS."
+  @spec tls?(t()) :: boolean()
+  def tls?(%__MODULE__{tls: tls}), do: tls != nil
+
+  defp tls_config(server) do
+    [tls: true, tls_cacertfile: certs().cacertfile] ++ client_cert_config(server)
+  end
+
+  defp client_cert_config(%__MODULE__{tls: %{client_cert: :required}}) do
+    %{certfile: certfile, keyfile: keyfile} = certs()
+    [tls_certfile: certfile, tls_keyfile: keyfile]
+  end
+
+  defp client_cert_config(_server), do: []
+
+  defp plain_config(%__MODULE__{kind: :redis, port: port}),
+    do: [hostname: "127.0.0.1", port: port]
+
+  defp plain_config(%__MODULE__{kind: :postgres, port: port}) do
     [
       hostname: "127.0.0.1",
       port: port,
@@ -110,7 +227,7 @@ defmodule Yggdrasil.Test.BrokerServer do
     ]
   end
 
-  def config(%__MODULE__{kind: :rabbitmq, port: port}) do
+  defp plain_config(%__MODULE__{kind: :rabbitmq, port: port}) do
     [
       hostname: "127.0.0.1",
       port: port,
@@ -125,24 +242,114 @@ defmodule Yggdrasil.Test.BrokerServer do
   def rabbitmqctl!(%__MODULE__{kind: :rabbitmq} = server, args),
     do: ctl!(["rabbitmqctl", server.dir | args])
 
-  @doc "Arguments that point `psql` at a PostgreSQL server (trust auth, user `postgres`)."
+  @doc """
+  Arguments that point `psql` at a PostgreSQL server (trust auth, user
+  `postgres`); for a TLS server one conninfo string with `sslmode=verify-full`,
+  the test CA and the client cert when the server requires one (host
+  `localhost`, address 127.0.0.1).
+  """
   @spec psql_args(t()) :: [String.t()]
-  def psql_args(%__MODULE__{kind: :postgres, port: port}),
+  def psql_args(%__MODULE__{kind: :postgres, port: port, tls: nil}),
     do: ["-h", "127.0.0.1", "-p", Integer.to_string(port), "-U", "postgres", "-d", "postgres"]
 
+  def psql_args(%__MODULE__{kind: :postgres, port: port} = server) do
+    %{cacertfile: ca, certfile: cert, keyfile: key} = certs()
+
+    client =
+      if server.tls.client_cert == :required, do: " sslcert=#{cert} sslkey=#{key}", else: ""
+
+    [
+      "-d",
+      "host=localhost hostaddr=127.0.0.1 port=#{port} user=postgres dbname=postgres " <>
+        "sslmode=verify-full sslrootcert=#{ca}" <> client
+    ]
+  end
+
+  @doc """
+  Arguments that point `redis-cli` at a Redis server; for a TLS server with
+  `--tls --cacert` the test CA (and `--cert`/`--key` when required). redis-cli
+  checks the chain but not the host name.
+  """
+  @spec redis_cli_args(t()) :: [String.t()]
+  def redis_cli_args(%__MODULE__{kind: :redis, port: port} = server) do
+    ["-h", "127.0.0.1", "-p", Integer.to_string(port)] ++
+      case server.tls do
+        nil -> []
+        tls -> ["--tls", "--cacert", certs().cacertfile] ++ cli_client_cert(tls)
+      end
+  end
+
+  @doc """
+  Connection arguments of amqp-tools (amqp-publish, amqp-consume, ...) for
+  `vhost` on a RabbitMQ server; for a TLS server an `amqps://` URL on host
+  `localhost` (amqp-tools checks DNS names only, not IP addresses), `--ssl`
+  and `--cacert` the test CA (and `--cert`/`--key` when required).
+  """
+  @spec amqp_tools_args(t(), String.t()) :: [String.t()]
+  def amqp_tools_args(%__MODULE__{kind: :rabbitmq, port: port} = server, vhost \\ "/") do
+    path = URI.encode_www_form(vhost)
+
+    case server.tls do
+      nil ->
+        ["-u", "amqp://guest:guest@127.0.0.1:#{port}/#{path}"]
+
+      tls ->
+        ["-u", "amqps://guest:guest@localhost:#{port}/#{path}", "--ssl"] ++
+          ["--cacert", certs().cacertfile] ++ cli_client_cert(tls)
+    end
+  end
+
+  defp cli_client_cert(%{client_cert: :required}) do
+    %{certfile: certfile, keyfile: keyfile} = certs()
+    ["--cert", certfile, "--key", keyfile]
+  end
+
+  defp cli_client_cert(_tls), do: []
+
   ## Internals
+
+  defp tls_mode(tls) when tls in [nil, false], do: nil
+  defp tls_mode(true), do: tls_mode([])
+
+  defp tls_mode(opts) when is_list(opts) do
+    cert = Keyword.get(opts, :cert, :server)
+    client_cert = Keyword.get(opts, :client_cert)
+
+    unless cert in [:server, :untrusted, :wrong_name] and client_cert in [nil, :required] and
+             Keyword.keys(opts) -- [:cert, :client_cert] == [] do
+      raise ArgumentError, "bad tls option #{inspect(opts)}"
+    end
+
+    %{cert: cert, client_cert: client_cert}
+  end
 
   defp ctl_start!(server, port) do
     args = ["start", Atom.to_string(server.kind), server.dir] ++ List.wrap(port && "#{port}")
 
     [port, os_pid] =
-      ctl!(args) |> String.split("\n", trim: true) |> List.last() |> String.split(" ")
+      args
+      |> ctl!([{"CTL_PG_AUTH", server.pg_auth} | ctl_env(server.tls)])
+      |> String.split("\n", trim: true)
+      |> List.last()
+      |> String.split(" ")
 
     %{server | port: String.to_integer(port), os_pid: String.to_integer(os_pid)}
   end
 
-  defp ctl!(args) do
-    case System.cmd(@ctl, args, stderr_to_stdout: true) do
+  # ctl.sh's TLS mode; unset for a plaintext server (whatever the caller's environment has).
+  defp ctl_env(nil),
+    do: [{"CTL_TLS", nil}, {"CTL_TLS_CERT", nil}, {"CTL_TLS_CLIENT_CERT", nil}]
+
+  defp ctl_env(%{cert: cert, client_cert: client_cert}) do
+    [
+      {"CTL_TLS", certs().dir},
+      {"CTL_TLS_CERT", cert |> Atom.to_string() |> String.replace("_", "-")},
+      {"CTL_TLS_CLIENT_CERT", client_cert && Atom.to_string(client_cert)}
+    ]
+  end
+
+  defp ctl!(args, env \\ []) do
+    case System.cmd(@ctl, args, stderr_to_stdout: true, env: env) do
       {out, 0} -> out
       {out, status} -> raise "ctl.sh #{Enum.join(args, " ")} exited with #{status}:\n#{out}"
     end
@@ -196,6 +403,20 @@ defmodule Yggdrasil.Test.BrokerServer do
       end
     end
 
+    # The certs of this run, made on the first call.
+    def certs_dir! do
+      case :persistent_term.get({__MODULE__, :certs_dir}, nil) do
+        nil ->
+          case GenServer.call(ensure_started(), :certs_dir, :infinity) do
+            {:ok, dir} -> dir
+            {:error, error} -> raise error
+          end
+
+        dir ->
+          dir
+      end
+    end
+
     defp ensure_started do
       case GenServer.start(__MODULE__, nil, name: __MODULE__) do
         {:ok, pid} -> pid
@@ -226,9 +447,52 @@ defmodule Yggdrasil.Test.BrokerServer do
       end
     end
 
+    def handle_call(:certs_dir, _from, servers) do
+      case :persistent_term.get({__MODULE__, :certs_dir}, nil) do
+        nil ->
+          dir = Path.join(System.tmp_dir!(), "ygg-certs-#{System.pid()}-#{unique()}")
+
+          case System.cmd(BrokerServer.ctl(), ["certs", dir], stderr_to_stdout: true) do
+            {_, 0} ->
+              :persistent_term.put({__MODULE__, :certs_dir}, dir)
+              guard_certs(dir)
+              {:reply, {:ok, dir}, servers}
+
+            {out, status} ->
+              File.rm_rf(dir)
+
+              {:reply,
+               {:error, RuntimeError.exception("ctl.sh certs exited with #{status}:\n#{out}")},
+               servers}
+          end
+
+        dir ->
+          {:reply, {:ok, dir}, servers}
+      end
+    end
+
     def handle_call(:stop_all, _from, servers) do
       Enum.each(servers, fn {_kind, server} -> BrokerServer.cleanup(server) end)
+
+      case :persistent_term.get({__MODULE__, :certs_dir}, nil) do
+        nil -> :ok
+        dir -> File.rm_rf(dir)
+      end
+
+      :persistent_term.erase({__MODULE__, :certs_dir})
       {:reply, :ok, %{}}
+    end
+
+    defp unique, do: System.unique_integer([:positive])
+
+    # Removes the certs when this process or the VM dies in any way (its
+    # stdin closes), as BrokerServer's guards do for servers; `stop_all/0`
+    # removes them at a normal exit.
+    defp guard_certs(dir) do
+      Port.open({:spawn_executable, "/bin/sh"}, [
+        :binary,
+        args: ["-c", ~S(read -r _ignored; rm -rf "$1"), "certs-guard", dir]
+      ])
     end
 
     defp stop_all do

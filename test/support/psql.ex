@@ -4,7 +4,8 @@ defmodule Yggdrasil.Test.Psql do
   # the channel quoted as an identifier and the payload as a literal, and a
   # LISTEN session whose notifications are read back exactly. psql prints a
   # notification after the next command it runs, so reading polls with
-  # numbered markers.
+  # numbered markers. Against a TLS server it connects with
+  # sslmode=verify-full (BrokerServer.psql_args/1).
   @behaviour Yggdrasil.Test.BrokerCase
 
   alias Yggdrasil.Test.BrokerServer

@@ -3,7 +3,8 @@ defmodule Yggdrasil.Test.RedisCli do
   # redis-cli as the independent side of the :redis interop tests: it
   # publishes exact bytes (read from a file with `-x`, so NUL and newlines
   # survive) and subscribes, printing what it receives in its quoted form
-  # (`--no-raw`), which is decoded back to the exact bytes here.
+  # (`--no-raw`), which is decoded back to the exact bytes here. Against a
+  # TLS server it speaks TLS (BrokerServer.redis_cli_args/1).
 
   @behaviour Yggdrasil.Test.BrokerCase
 
@@ -30,7 +31,7 @@ defmodule Yggdrasil.Test.RedisCli do
 
   @doc "PUBLISH `payload` (any bytes) on `channel`; returns the receiver count."
   @impl true
-  def publish!(%BrokerServer{port: redis_port}, channel, payload) do
+  def publish!(%BrokerServer{} = server, channel, payload) do
     file = Path.join(System.tmp_dir!(), "ygg-redis-cli-#{System.unique_integer([:positive])}")
     File.write!(file, payload)
 
@@ -38,11 +39,10 @@ defmodule Yggdrasil.Test.RedisCli do
       {out, 0} =
         System.cmd("sh", [
           "-c",
-          ~S(exec redis-cli -p "$1" -x publish "$2" < "$3"),
+          ~S(channel=$1 file=$2; shift 2; exec redis-cli "$@" -x publish "$channel" < "$file"),
           "sh",
-          "#{redis_port}",
           channel,
-          file
+          file | BrokerServer.redis_cli_args(server)
         ])
 
       String.to_integer(String.trim(out))
@@ -52,8 +52,8 @@ defmodule Yggdrasil.Test.RedisCli do
   end
 
   @doc "Runs a redis-cli command; its output, trimmed."
-  def cmd!(%BrokerServer{port: redis_port}, args) do
-    {out, 0} = System.cmd("redis-cli", ["-p", "#{redis_port}" | args])
+  def cmd!(%BrokerServer{} = server, args) do
+    {out, 0} = System.cmd("redis-cli", BrokerServer.redis_cli_args(server) ++ args)
     String.trim(out)
   end
 
@@ -68,12 +68,12 @@ defmodule Yggdrasil.Test.RedisCli do
 
   @doc "A redis-cli SUBSCRIBE (or PSUBSCRIBE) on `channel`, once the server confirmed it."
   @impl true
-  def subscribe!(%BrokerServer{port: redis_port}, channel, command \\ "subscribe") do
+  def subscribe!(%BrokerServer{} = server, channel, command \\ "subscribe") do
     port =
       Port.open({:spawn_executable, System.find_executable("redis-cli")}, [
         :binary,
         :exit_status,
-        args: ["--no-raw", "-p", "#{redis_port}", command, channel]
+        args: ["--no-raw" | BrokerServer.redis_cli_args(server)] ++ [command, channel]
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::{
     csv_fields, eventually, free_port, int, next_tag, open_at, open_client, skip, text,
-    unquote_redis, Inbox, Server, WAIT,
+    unquote_redis, Inbox, Server, ServerCert, Tls, WAIT,
 };
 use yggdrasil_brokers::{Client, ClientStats, Common, Data, Event, Given, Name, Raw};
 
@@ -659,4 +659,57 @@ fn a_url_overrides_the_other_keys_and_clients_keep_to_their_server() {
     inbox_two.assert_none_within(Duration::from_millis(300), |d| {
         matches!(d.event, Event::Message { .. })
     });
+}
+
+/// The TLS mode of the test servers (support::Server::start_tls), checked
+/// with redis-cli alone: the client's TLS is tested against the same servers.
+#[test]
+fn the_tls_test_server_speaks_tls_only_with_the_chosen_cert() {
+    if skip("redis-server") {
+        return;
+    }
+    let mut server = Server::start_tls("redis", Tls::default());
+    let files = server.tls_files().expect("certs made");
+    assert_eq!(server.redis_cli_text(&["ping"]), "PONG");
+
+    // Plaintext on the TLS port: no answer.
+    let plain = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "ping"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("PONG"));
+
+    // Another CA's cert on the same port: refused by a client trusting the test CA.
+    server.stop();
+    server.set_tls(Some(Tls {
+        cert: ServerCert::Untrusted,
+        ..Tls::default()
+    }));
+    server.restart();
+    let refused = server.redis_cli(&["ping"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate verify failed"),
+        "{refused:?}"
+    );
+    assert!(files.untrusted_ca.exists());
+
+    // Client certs required: refused without one, served with one.
+    server.stop();
+    server.set_tls(Some(Tls {
+        client_cert_required: true,
+        ..Tls::default()
+    }));
+    server.restart();
+    assert_eq!(server.redis_cli_text(&["ping"]), "PONG");
+    let without = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+        .args([
+            "--tls",
+            "--cacert",
+            files.ca.to_str().expect("utf-8"),
+            "ping",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(!String::from_utf8_lossy(&without.stdout).contains("PONG"));
 }

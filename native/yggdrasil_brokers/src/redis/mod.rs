@@ -51,6 +51,11 @@ fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
             .filter(|db| i32::try_from(*db).is_ok())
             .ok_or_else(|| Error::new(format!("url: expected a database number as its path, got {db:?}")))?,
     };
+    if let Some((param, _)) = url.query.first() {
+        return Err(Error::new(format!(
+            "url: unknown parameter {param:?} (redis URLs take none)"
+        )));
+    }
     Ok(vec![
         ("hostname", Value::Text(url.host)),
         ("port", Value::Int(url.port.map_or(DEFAULT_PORT, i64::from))),

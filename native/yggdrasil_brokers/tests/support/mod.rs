@@ -1,4 +1,5 @@
 //! Test helpers: private broker instances through `test/brokers/ctl.sh`
+//! (plaintext, or TLS with certificates made per server by `ctl.sh certs`)
 //! and an inbox over a client's event channel.
 #![allow(dead_code)] // each test binary uses a different part of it
 
@@ -43,12 +44,74 @@ pub struct Server {
     dir: PathBuf,
     pub port: u16,
     pub pid: u32,
+    /// The TLS mode of the running server and of the next `restart`.
+    tls: Option<Tls>,
+}
+
+/// Which certificate a TLS server shows (ctl.sh's `CTL_TLS_CERT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCert {
+    /// Signed by the test CA, for `localhost` and 127.0.0.1.
+    Trusted,
+    /// Signed by another CA (`TlsFiles::untrusted_ca`), same names.
+    Untrusted,
+    /// Signed by the test CA, for `other.example` only.
+    WrongName,
+}
+
+/// The TLS mode of a server: its certificate, and whether it demands a
+/// client certificate signed by the test CA (`TlsFiles::cert`/`key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: ServerCert,
+    pub client_cert_required: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Tls {
+        Tls {
+            cert: ServerCert::Trusted,
+            client_cert_required: false,
+        }
+    }
+}
+
+/// The certificate files of a TLS server's test CA (see test/brokers/certs.sh).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    /// The CA that signs the trusted and wrong-name server certs and the client cert.
+    pub ca: PathBuf,
+    /// The client certificate and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA of the untrusted server cert.
+    pub untrusted_ca: PathBuf,
 }
 
 fn ctl(args: &[&str]) -> String {
-    let out = Command::new(CTL)
-        .args(args)
-        .stderr(Stdio::inherit())
+    ctl_env(args, None)
+}
+
+/// ctl.sh with its TLS mode set (`Some`) or unset (`None`) in its environment.
+fn ctl_env(args: &[&str], tls: Option<(PathBuf, Tls)>) -> String {
+    let mut command = Command::new(CTL);
+    command.args(args).stderr(Stdio::inherit());
+    for var in ["CTL_TLS", "CTL_TLS_CERT", "CTL_TLS_CLIENT_CERT"] {
+        command.env_remove(var);
+    }
+    if let Some((certs, tls)) = tls {
+        let cert = match tls.cert {
+            ServerCert::Trusted => "server",
+            ServerCert::Untrusted => "untrusted",
+            ServerCert::WrongName => "wrong-name",
+        };
+        command.env("CTL_TLS", &certs).env("CTL_TLS_CERT", cert);
+        if tls.client_cert_required {
+            command.env("CTL_TLS_CLIENT_CERT", "required");
+        }
+    }
+    let out = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {CTL}: {e}"));
     assert!(out.status.success(), "ctl.sh {args:?} failed");
@@ -75,15 +138,70 @@ pub fn free_port() -> u16 {
 }
 
 impl Server {
+    /// A plaintext server on a free port.
     pub fn start(kind: &'static str) -> Server {
-        let dir = fresh_dir();
-        let (port, pid) = Self::parse(&ctl(&["start", kind, dir.to_str().expect("utf-8 dir")]));
-        Server {
+        Self::start_in(kind, None)
+    }
+
+    /// A server that speaks TLS only, on a free port, with certificates made
+    /// for it in its directory (`tls_files`).
+    pub fn start_tls(kind: &'static str, tls: Tls) -> Server {
+        Self::start_in(kind, Some(tls))
+    }
+
+    fn start_in(kind: &'static str, tls: Option<Tls>) -> Server {
+        let mut server = Server {
             kind,
-            dir,
-            port,
-            pid,
+            dir: fresh_dir(),
+            port: 0,
+            pid: 0,
+            tls,
+        };
+        let dir = server.dir_str().to_string();
+        let line = ctl_env(&["start", kind, &dir], server.ctl_tls());
+        (server.port, server.pid) = Self::parse(&line);
+        server
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.to_str().expect("utf-8 dir")
+    }
+
+    fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// The TLS mode for ctl.sh, making the certificates on first use.
+    fn ctl_tls(&self) -> Option<(PathBuf, Tls)> {
+        let tls = self.tls?;
+        let certs = self.certs_dir();
+        if !certs.join("ca.pem").exists() {
+            ctl(&["certs", certs.to_str().expect("utf-8 dir")]);
         }
+        Some((certs, tls))
+    }
+
+    /// The TLS mode of the server (None: plaintext).
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls
+    }
+
+    /// The TLS mode of the next `restart` (e.g. the trusted cert after the
+    /// untrusted one; None: plaintext).
+    pub fn set_tls(&mut self, tls: Option<Tls>) {
+        self.tls = tls;
+    }
+
+    /// The certificate files, once the server has run in TLS mode.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        let dir = self.certs_dir();
+        dir.join("ca.pem").exists().then(|| TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("client.pem"),
+            key: dir.join("client.key"),
+            untrusted_ca: dir.join("untrusted-ca.pem"),
+            dir,
+        })
     }
 
     fn parse(line: &str) -> (u16, u32) {
@@ -133,15 +251,11 @@ impl Server {
         ctl(&["stop", self.dir.to_str().expect("utf-8 dir")]);
     }
 
-    /// Starts it again on the same port (after `kill` or `stop`).
+    /// Starts it again on the same port (after `kill` or `stop`), in its
+    /// TLS mode (`set_tls`).
     pub fn restart(&mut self) {
         let port = self.port.to_string();
-        let line = ctl(&[
-            "start",
-            self.kind,
-            self.dir.to_str().expect("utf-8 dir"),
-            &port,
-        ]);
+        let line = ctl_env(&["start", self.kind, self.dir_str(), &port], self.ctl_tls());
         let (port, pid) = Self::parse(&line);
         assert_eq!(port, self.port, "restarted on another port");
         self.pid = pid;
@@ -154,10 +268,31 @@ impl Server {
         ctl(&all)
     }
 
-    /// `redis-cli -p PORT ARGS...`, its output.
+    /// The arguments that point `redis-cli` at this server: `-h 127.0.0.1
+    /// -p PORT`, plus `--tls --cacert CA` (and the client cert when
+    /// required) on a TLS server.
+    pub fn redis_cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "-h".to_string(),
+            "127.0.0.1".to_string(),
+            "-p".to_string(),
+            self.port.to_string(),
+        ];
+        if let (Some(tls), Some(files)) = (self.tls, self.tls_files()) {
+            args.extend(["--tls".to_string(), "--cacert".to_string()]);
+            args.push(files.ca.display().to_string());
+            if tls.client_cert_required {
+                args.extend(["--cert".to_string(), files.cert.display().to_string()]);
+                args.extend(["--key".to_string(), files.key.display().to_string()]);
+            }
+        }
+        args
+    }
+
+    /// `redis-cli ARGS...` against this server (over TLS on a TLS server), its output.
     pub fn redis_cli(&self, args: &[&str]) -> Output {
         Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(self.redis_cli_args())
             .args(args)
             .output()
             .expect("redis-cli runs")
