@@ -33,6 +33,7 @@
 //!
 //! Header values that are tables, arrays or void (other AMQP clients may
 //! send them) are left out of the metadata (`properties.rs`).
+mod frames;
 mod properties;
 mod publisher;
 mod session;
@@ -47,6 +48,7 @@ use lapin::{
 };
 use tokio::net::TcpStream;
 
+use crate::bounded::CutOnDrop;
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
 use crate::tls::Tls;
@@ -177,9 +179,14 @@ impl RabbitMq {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Checked as it arrives (`frames.rs`); cut if this attempt is given
+        // up (the shared code's timeout drops this future): lapin's I/O
+        // thread would otherwise wait on a silent server forever, holding
+        // the socket.
+        let stream = frames::stream(stream);
+        let attempt = CutOnDrop::new(stream.cut_handle());
         let stream = std::sync::Mutex::new(Some(stream));
-        let runtime =
-            lapin::runtime::default_runtime().map_err(|e| describe_failure(describe(&e)))?;
+        let runtime = frames::runtime();
         // No `enable_auto_recover()`: the shared loop reconnects.
         let properties = ConnectionProperties::default().with_connection_name("yggdrasil".into());
         let connection = Connection::connector(
@@ -197,6 +204,7 @@ impl RabbitMq {
         .await
         .map(Arc::new)
         .map_err(|e| describe_failure(describe(&e)))?;
+        attempt.disarm();
         *current = Arc::downgrade(&connection);
         Ok(connection)
     }
@@ -243,8 +251,12 @@ impl Broker for RabbitMq {
                 port,
             },
             vhost: virtual_host,
+            // The lower of ours and the server's wins, ours when it says 0
+            // ("no limit"): what lapin sizes from them stays bounded.
             query: AMQPQueryString {
                 heartbeat: Some(heartbeat),
+                frame_max: Some(frames::FRAME_MAX),
+                channel_max: Some(frames::CHANNEL_MAX),
                 ..AMQPQueryString::default()
             },
         };
