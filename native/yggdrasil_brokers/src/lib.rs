@@ -15,6 +15,8 @@
 //!   replay, publish deadlines, idle close and panic supervision.
 //! - `broker`: the `Broker` trait a broker module implements (its protocol,
 //!   its settings schema, its names).
+//! - `bounded`: a stream wrapper that checks what a peer's bytes size
+//!   before a client crate trusts them.
 //! - `runtime`, `backoff`, `secret`: the runtime, reconnect delays, a
 //!   string that never prints.
 //!
@@ -30,6 +32,8 @@
 )]
 
 mod backoff;
+#[cfg(any(feature = "postgres", feature = "rabbitmq"))]
+mod bounded;
 mod broker;
 mod client;
 mod data;

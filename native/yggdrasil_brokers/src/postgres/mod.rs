@@ -18,10 +18,13 @@ use tokio_postgres::types::Type;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Statement};
 
+mod limits;
 mod tls;
 
+use crate::bounded::Bounded;
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
+use limits::PgMessages;
 use tls::{PostgresTls, PostgresTlsStream, SslMode};
 use crate::url::BrokerUrl;
 use crate::{Common, Data, Error, Name};
@@ -34,6 +37,7 @@ pub(crate) const MAX_PAYLOAD_BYTES: usize = 7999;
 const MAX_NAME: usize = 63;
 
 const DEFAULT_PORT: i64 = 5432;
+
 
 /// libpq's `sslmode`s, each with libpq's meaning.
 const SSLMODES: &[&str] = &["disable", "prefer", "require", "verify-ca", "verify-full"];
@@ -133,6 +137,8 @@ pub(crate) struct Postgres {
     port: u16,
     /// What `sslmode` asks for, with the TLS configuration it needs.
     tls: PostgresTls,
+    /// `sslmode=disable`: the socket carries the messages themselves.
+    plaintext: bool,
     listener: tokio_postgres::Config,
     publisher: tokio_postgres::Config,
 }
@@ -150,6 +156,7 @@ impl Postgres {
             let stream = UnixStream::connect(&path)
                 .await
                 .map_err(|e| format!("{path}: {e}"))?;
+            let stream = Bounded::new(stream, PgMessages::default());
             let mut config = config.clone();
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
             let (client, connection) = config
@@ -159,8 +166,14 @@ impl Postgres {
             return Ok((client, Driver::Unix(connection)));
         }
         // TLS, when asked for, starts inside the protocol (SSLRequest): the
-        // connector does the handshake once the server agreed.
-        let stream = crate::tls::connect_tcp(&self.host, self.port).await?;
+        // connector does the handshake once the server agreed, and scans the
+        // session's bytes; without TLS they are scanned on the socket.
+        let scanner = if self.plaintext {
+            PgMessages::default()
+        } else {
+            PgMessages::off()
+        };
+        let stream = Bounded::new(crate::tls::connect_tcp(&self.host, self.port).await?, scanner);
         let (client, connection) = config
             .connect_raw(stream, self.tls.clone())
             .await
@@ -169,10 +182,13 @@ impl Postgres {
     }
 }
 
+/// A socket whose message lengths are bounded before the crate reads them.
+type Socket<S> = Bounded<S, PgMessages>;
+
 /// The connection half of a session, whatever its transport.
 enum Driver {
-    Tcp(Connection<TcpStream, PostgresTlsStream<TcpStream>>),
-    Unix(Connection<UnixStream, NoTlsStream>),
+    Tcp(Connection<Socket<TcpStream>, PostgresTlsStream<Socket<TcpStream>>>),
+    Unix(Connection<Socket<UnixStream>, NoTlsStream>),
 }
 
 impl Driver {
@@ -252,6 +268,7 @@ impl Broker for Postgres {
             publisher: connection_config(settings, "yggdrasil publish", ssl_mode)?,
             port: settings.port("port")?,
             host,
+            plaintext: tls.is_none(),
             tls: PostgresTls::new(tls),
             common,
         })

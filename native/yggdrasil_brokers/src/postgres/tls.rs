@@ -34,6 +34,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
+use super::limits::PgMessages;
+use crate::bounded::Bounded;
 use crate::tls::{Tls, Verify};
 use crate::Error;
 
@@ -150,7 +152,7 @@ where
                 Some(tls) => tls
                     .handshake(stream)
                     .await
-                    .map(|s| PostgresTlsStream(Box::new(s)))
+                    .map(|s| PostgresTlsStream(Box::new(Bounded::new(s, PgMessages::default()))))
                     .map_err(TlsError),
                 None => Err(TlsError("TLS is not configured".to_string())),
             }
@@ -159,7 +161,8 @@ where
 }
 
 /// The TLS session tokio-postgres reads and writes.
-pub(crate) struct PostgresTlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+/// Its bytes are scanned as a plaintext socket's are.
+pub(crate) struct PostgresTlsStream<S>(Box<Bounded<tokio_rustls::client::TlsStream<S>, PgMessages>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PostgresTlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {

@@ -33,17 +33,21 @@
 //!
 //! Header values that are tables, arrays or void (other AMQP clients may
 //! send them) are left out of the metadata (`properties.rs`).
+mod frames;
 mod properties;
 mod publisher;
 mod session;
-mod transport;
 
 use std::fmt;
 use std::sync::{Arc, Weak};
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ConnectionStatus, ErrorKind};
+use async_compat::CompatExt;
+use lapin::{
+    AsyncTcpStream, BasicProperties, Connection, ConnectionProperties, ConnectionStatus, ErrorKind,
+};
 
+use crate::bounded::CutOnDrop;
 use crate::broker::{Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
 use crate::tls::Tls;
@@ -159,11 +163,17 @@ impl RabbitMq {
         // leaves its internal tasks behind on our runtime (a few per
         // attempt, forever, while a broker is unreachable). Past this point
         // its failures clean up after them.
-        let stream = transport::amqp_stream(&self.hostname, self.port, self.tls.as_ref())
+        let stream = crate::tls::connect(&self.hostname, self.port, self.tls.as_ref())
             .await
             .map_err(describe_failure)?;
+        // Checked as it arrives (`frames.rs`); cut if this attempt is given
+        // up (the shared code's timeout drops this future): lapin's I/O
+        // thread would otherwise wait on a silent server forever, holding
+        // the socket.
+        let stream = frames::stream(stream);
+        let attempt = CutOnDrop::new(stream.cut_handle());
         let stream = std::sync::Mutex::new(Some(stream));
-        let runtime = transport::runtime().map_err(describe_failure)?;
+        let runtime = frames::runtime();
         // No `enable_auto_recover()`: the shared loop reconnects.
         let properties = ConnectionProperties::default().with_connection_name("yggdrasil".into());
         let connection = Connection::connector(
@@ -172,13 +182,16 @@ impl RabbitMq {
             async move |_uri, _runtime| {
                 // Called once: lapin retries nothing without auto-recovery.
                 let taken = stream.lock().map(|mut s| s.take()).unwrap_or(None);
-                taken.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
+                taken
+                    .map(|s| AsyncTcpStream::Plain(s.compat()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected).into())
             },
             properties,
         )
         .await
         .map(Arc::new)
         .map_err(|e| describe_failure(describe(&e)))?;
+        attempt.disarm();
         *current = Arc::downgrade(&connection);
         Ok(connection)
     }
@@ -225,8 +238,12 @@ impl Broker for RabbitMq {
                 port,
             },
             vhost: virtual_host,
+            // The lower of ours and the server's wins, ours when it says 0
+            // ("no limit"): what lapin sizes from them stays bounded.
             query: AMQPQueryString {
                 heartbeat: Some(heartbeat),
+                frame_max: Some(frames::FRAME_MAX),
+                channel_max: Some(frames::CHANNEL_MAX),
                 ..AMQPQueryString::default()
             },
         };

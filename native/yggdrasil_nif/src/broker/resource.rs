@@ -4,6 +4,7 @@
 //! Subscribers are monitored by the resource: a dead subscriber's names are
 //! unsubscribed in the `down` callback. The owner is monitored too: when it
 //! dies the client closes (its connections with it).
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -68,22 +69,19 @@ pub(super) fn subscribe(
     this.client.check_name(&name).map_err(|e| e.to_string())?;
     let key = Pid::of(pid);
     let mut subscribers = this.subscribers();
-    if !subscribers.contains_key(&key) {
-        let monitor = this
-            .monitor(Some(env), pid)
-            .ok_or("the subscribing process is not alive")?;
-        subscribers.insert(
-            key,
-            Watched {
+    let watched = match subscribers.entry(key) {
+        Entry::Occupied(watched) => watched.into_mut(),
+        Entry::Vacant(slot) => {
+            let monitor = this
+                .monitor(Some(env), pid)
+                .ok_or("the subscribing process is not alive")?;
+            slot.insert(Watched {
                 monitor,
                 names: HashSet::new(),
-            },
-        );
-    }
-    let added = subscribers
-        .get_mut(&key)
-        .is_some_and(|w| w.names.insert(name.clone()));
-    if !added {
+            })
+        }
+    };
+    if !watched.names.insert(name.clone()) {
         return Ok(());
     }
     if let Err(e) = this.client.subscribe(name.clone(), key) {
