@@ -2,15 +2,14 @@ defmodule Yggdrasil.Broker.Client do
   @moduledoc false
   # The one way into the broker side of the NIF (`Yggdrasil.Engine` is the
   # way into the engine side). A client is the resource of one broker and
-  # namespace (`native/yggdrasil_nif/src/broker.rs`); every call returns at
+  # namespace (`native/yggdrasil_nif/src/broker/`); every call returns at
   # once, and what happens later arrives as messages tagged
   # `:"$yggdrasil_broker"` (listed in `Yggdrasil.Native`).
 
   alias Yggdrasil.Native
 
-  # Above this size, copying the payload may take longer than a scheduler
-  # slice (memcpy at a few GB/s on this machine: ~1 MB is ~0.2 ms, leaving
-  # room for a loaded core).
+  # Above this size, copying the payload may take a good part of a
+  # scheduler slice: it is done on a dirty scheduler instead.
   @dirty_payload_bytes 1024 * 1024
 
   @typedoc "A broker client resource."

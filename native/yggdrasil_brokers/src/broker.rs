@@ -1,6 +1,6 @@
 //! The one trait a broker module implements: its protocol, nothing else.
 //!
-//! Everything around the protocol is shared code in `client.rs`, written
+//! Everything around the protocol is shared code in `client/`, written
 //! once for all brokers: the tasks, the reconnect loops with backoff, the
 //! subscription bookkeeping (topic → recipients, confirmed or not), replay
 //! after every reconnect, `Connected`/`Disconnected` fan-out, publish
