@@ -32,16 +32,31 @@ defmodule Yggdrasil.Broker do
 
   @doc false
   # The client of `broker` for channels of `namespace`, opened if needed.
+  # While this process restarts (its supervisor is up, its table not yet),
+  # callers wait for it instead of failing: subscriber processes that lost
+  # their client come straight back here.
   @spec client(atom(), atom()) :: {:ok, entry()} | {:error, binary()}
-  def client(broker, namespace) do
+  def client(broker, namespace, waited \\ 0) do
     case :ets.lookup(@table, {broker, namespace}) do
       [{_, entry}] -> {:ok, entry}
       [] -> GenServer.call(__MODULE__, {:open, broker, namespace})
     end
   rescue
-    ArgumentError -> {:error, "the :yggdrasil application is not running"}
+    ArgumentError -> when_restarted(broker, namespace, waited)
   catch
+    :exit, {:noproc, _} -> when_restarted(broker, namespace, waited)
     :exit, reason -> {:error, "cannot open the :#{broker} client: #{inspect(reason)}"}
+  end
+
+  @restart_wait_ms 5_000
+
+  defp when_restarted(broker, namespace, waited) do
+    if Process.whereis(Yggdrasil.Supervisor) && waited < @restart_wait_ms do
+      Process.sleep(10)
+      client(broker, namespace, waited + 10)
+    else
+      {:error, "the :yggdrasil application is not running"}
+    end
   end
 
   @doc false

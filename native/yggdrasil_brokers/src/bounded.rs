@@ -10,9 +10,6 @@
 //! A [`Cut`] ends the stream from outside: a connection attempt given up
 //! while a crate's own thread still drives its socket (lapin) cuts it, so
 //! that thread fails its next read or write, closes the socket and ends.
-// Only lapin drives a socket from a thread of its own: without
-// `rabbitmq`, nothing cuts.
-#![cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -32,7 +32,9 @@
 )]
 
 mod backoff;
-#[cfg(any(feature = "postgres", feature = "rabbitmq"))]
+// Not every broker uses every part of it.
+#[cfg(feature = "net")]
+#[allow(dead_code)]
 mod bounded;
 mod broker;
 mod client;

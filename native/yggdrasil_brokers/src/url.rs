@@ -11,9 +11,9 @@
 //! - userinfo, host and path: `%XX` decoded, `+` kept (RFC 3986). A path
 //!   loses its one leading `/`: `amqp://h/%2F` is the vhost `/`, `amqp://h/`
 //!   and `amqp://h` give no path at all.
-//! - query: for `postgres`/`postgresql` as libpq does (only `%XX`, so
-//!   `sslrootcert=/a+b.pem` keeps its `+`); for the others as the redis and
-//!   AMQP clients do (`application/x-www-form-urlencoded`: `+` is a space).
+//! - query: `%XX` decoded, `+` kept, as libpq reads it (`sslrootcert=/a+b.pem`
+//!   keeps its `+`); the same for every scheme, so that this module knows no
+//!   broker (the parameters other brokers take are numbers).
 use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
@@ -92,10 +92,6 @@ pub(crate) fn parse(text: &str, schemes: &[&str]) -> Result<BrokerUrl, Error> {
     let path = Some(path).filter(|p| !p.is_empty());
     let query = match parsed.query() {
         None => Vec::new(),
-        Some(_) if form_encoded_query(&scheme) => parsed
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
         Some(query) => query
             .split('&')
             .filter(|pair| !pair.is_empty())
@@ -152,10 +148,6 @@ fn expected(schemes: &[&str]) -> String {
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
-}
-
-fn form_encoded_query(scheme: &str) -> bool {
-    !matches!(scheme, "postgres" | "postgresql")
 }
 
 /// `%XX` decoding to UTF-8; `+` stays `+`.
@@ -244,11 +236,14 @@ mod tests {
         assert_eq!(url.scheme, "postgresql");
         assert_eq!(url.path.as_deref(), Some("db"));
         assert_eq!(url.query, vec![("sslrootcert".into(), "/a+b c.pem".into())]);
-        // The others decode their query as form data.
-        let url = ok("amqp://h?heartbeat=5&x=a+b", AMQP);
+        // Every scheme alike.
+        let url = ok("amqp://h?heartbeat=5&x=a+b%20c", AMQP);
         assert_eq!(
             url.query,
-            vec![("heartbeat".into(), "5".into()), ("x".into(), "a b".into())]
+            vec![
+                ("heartbeat".into(), "5".into()),
+                ("x".into(), "a+b c".into())
+            ]
         );
     }
 

@@ -41,7 +41,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// that waits for its own protocol never answers a ClientHello).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How much of the server is checked (`tls_verify`, or PostgreSQL's `sslmode`).
+/// How much of the server is checked (`tls_verify`, or a broker's own TLS mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Verify {
     /// The chain up to a trusted root and the host name (`:verify_peer`,
@@ -437,8 +437,8 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// A broker socket, plaintext or TLS: what [`connect`] returns and what
-/// redis and tokio-postgres are handed.
+/// A broker socket, plaintext or TLS: what [`connect`] returns and what a
+/// client crate is handed.
 #[derive(Debug)]
 pub(crate) enum Stream {
     Plain(TcpStream),
