@@ -3,7 +3,10 @@
 # (native/yggdrasil_brokers/examples/<broker>_floor.rs) on the same private
 # server. Servers come from the tests' own Yggdrasil.Test.BrokerServer
 # (test/brokers/ctl.sh underneath), loaded here because test/support is
-# compiled only in MIX_ENV=test. Loaded by support/harness.exs.
+# compiled only in MIX_ENV=test. Each broker's TLS server runs beside the
+# plaintext one: its 1-subscriber rows are measured in the same interleaved
+# loop (our side through a namespace holding its config, the floor with
+# `--tls-ca`). Loaded by support/harness.exs.
 
 Code.require_file("../../test/support/broker_server.ex", __DIR__)
 
@@ -15,6 +18,8 @@ defmodule YggBench.Brokers do
 
   @root Path.expand("../..", __DIR__)
   @crowd 1_000
+  # The namespace whose config points at the TLS server.
+  @tls YggBench.Brokers.TLS
   # A healthy round takes seconds: a round this late has lost messages.
   @patience 30_000
   @specs [
@@ -32,12 +37,26 @@ defmodule YggBench.Brokers do
     {"1k subscribers, 8 publishers ÷ :elixir (≥ 0.8)", @crowd, 8, "deliveries/s", :elixir,
      {:at_least, 0.8}}
   ]
+  # Issue 19: TLS costs at most 15% of a publish. {comparator, publishers, metric, bound}.
+  @tls_ratios for c <- [:yggdrasil, :floor],
+                  p <- [1, 8],
+                  {m, b} <- [
+                    {"deliveries/s", {:at_least, 1 / 1.15}},
+                    {"latency p50", {:at_most, 1.15}}
+                  ],
+                  do: {c, p, m, b}
 
   def run(cfg) do
     outcomes = for kind <- [:redis, :postgres, :rabbitmq], do: {kind, broker(kind, cfg)}
 
     header = ["broker" | Enum.map(@targets, &elem(&1, 0))] ++ ["deliveries: no message lost"]
-    rows = for {_, {:ok, _, row}} <- outcomes, do: row
+    rows = for {_, {:ok, _, {row, _}}} <- outcomes, do: row
+    tls_rows = for {_, {:ok, _, {_, row}}} <- outcomes, do: row
+
+    tls_header = [
+      "TLS ÷ plaintext" | for({c, p, m, _} <- @tls_ratios, do: "#{c}, #{p} pub., #{m}")
+    ]
+
     left_out = for {kind, {what, why}} <- outcomes, do: "#{kind} #{what}: #{why}"
 
     %{
@@ -54,62 +73,110 @@ defmodule YggBench.Brokers do
             ":elixir adapter's fan-out. #{cfg.broker_msgs} messages per run to 1 subscriber, " <>
             "#{cfg.broker_fan_msgs} to #{@crowd}; latency: publish → event (send time in the " <>
             "payload); `delivered`: events counted (one missing fails the run with the count).",
-          IO.iodata_to_binary(Harness.table(header, rows))
+          IO.iodata_to_binary(Harness.table(header, rows)),
+          "Over TLS (`… over TLS` rows): a second private server per broker, TLS only, the test " <>
+            "CA trusted (`tls: true, tls_cacertfile:`); the floor with `--tls-ca`, rustls + " <>
+            "ring as ours. Target (issue 19): TLS costs at most 15% of a publish, i.e. " <>
+            "deliveries/s ≥ 0.87× and p50 ≤ 1.15× plaintext's; met/missed is judged for ours.",
+          IO.iodata_to_binary(Harness.table(tls_header, tls_rows))
         ] ++ left_out
     }
   end
 
   defp broker(kind, cfg) do
     with {:ok, floor} <- build_floor(kind),
-         {:ok, server} <- start_server(kind) do
+         {:ok, server} <- start_server(kind, false) do
+      tls = with {:ok, tls} <- start_server(kind, true), do: tls, else: (_ -> nil)
+
       try do
         Application.put_env(:yggdrasil, kind, BrokerServer.config(server))
-        measure(kind, server, floor, cfg)
+        if tls, do: Application.put_env(:yggdrasil, @tls, [{kind, BrokerServer.config(tls)}])
+        measure(kind, {server, tls}, floor, cfg)
       rescue
         error -> {:failed, Exception.message(error)}
       after
-        close_client(kind)
-        BrokerServer.cleanup(server)
+        for namespace <- [nil | if(tls, do: [@tls], else: [])], do: close_client(kind, namespace)
+        for s <- [server, tls], s, do: BrokerServer.cleanup(s)
       end
     end
   end
 
-  defp measure(kind, server, floor, cfg) do
+  defp measure(kind, {server, tls}, floor, cfg) do
     single = subscribers(channel(kind, "single"), 1, :timed)
     crowd = subscribers(channel(kind, "crowd"), @crowd, :count)
     elixir = subscribers(Comparators.target({:brokers, kind}, 0).channel, @crowd, :count)
-    for subscribers <- [single, crowd, elixir], do: ours(subscribers, 10, 1)
+    # The same channel in the namespace of the TLS server.
+    secure = tls && subscribers([namespace: @tls] ++ channel(kind, "single"), 1, :timed)
+    groups = Enum.filter([single, crowd, elixir, secure], & &1)
+    for subscribers <- groups, do: ours(subscribers, 10, 1)
     floors = [:floor, :client] ++ if(kind == :redis, do: [:redis_benchmark], else: [])
+    over_tls = if tls, do: [{:tls, :yggdrasil}, {:tls, :floor}], else: []
 
     records =
       for {n, subscribers, k, comps} <- [
-            {1, single, cfg.broker_msgs, [:yggdrasil | floors]},
+            {1, single, cfg.broker_msgs, [:yggdrasil | floors] ++ over_tls},
             {@crowd, crowd, cfg.broker_fan_msgs, [:yggdrasil, :elixir]}
           ],
           publishers <- [1, 8] do
         per =
           Harness.interleave(cfg.broker_reps, comps, fn
-            :yggdrasil, _ -> ours(subscribers, k, publishers)
-            :elixir, _ -> ours(elixir, k, publishers)
-            c, _ -> floor(c, floor, server.port, k, publishers)
+            :yggdrasil, _ ->
+              ours(subscribers, k, publishers)
+
+            :elixir, _ ->
+              ours(elixir, k, publishers)
+
+            {:tls, :yggdrasil}, _ ->
+              ours(secure, k, publishers)
+
+            {:tls, c}, _ ->
+              floor(c, floor, tls.port, k, publishers, BrokerServer.certs().cacertfile)
+
+            c, _ ->
+              floor(c, floor, server.port, k, publishers, nil)
           end)
 
-        Harness.records(:brokers, label(kind, n, publishers), per, @specs)
+        {secured, plain} = Enum.split_with(per, &match?({{:tls, _}, _}, &1))
+        secured = Map.new(secured, fn {{:tls, c}, reps} -> {c, reps} end)
+
+        Harness.records(:brokers, label(kind, n, publishers), Map.new(plain), @specs) ++
+          Harness.records(:brokers, label(kind, n, publishers, " over TLS"), secured, @specs)
       end
       |> List.flatten()
 
-    extras = Enum.map([single, crowd, elixir], fn {group, _} -> Group.extras(group) end)
+    extras = Enum.map(groups, fn {group, _} -> Group.extras(group) end)
     # In reverse: each waits for the engine to be back to its count at start.
-    Enum.each([elixir, crowd, single], fn {group, _} -> Group.stop(group) end)
-    {:ok, records, target_row(kind, records, Enum.sum(extras))}
+    Enum.each(Enum.reverse(groups), fn {group, _} -> Group.stop(group) end)
+    {:ok, records, {target_row(kind, records, Enum.sum(extras)), tls_row(kind, records)}}
   end
 
-  defp target_row(kind, records, extras) do
-    median = fn n, p, c, metric ->
+  # TLS ÷ plaintext per comparator, publishers and metric; judged for ours.
+  defp tls_row(kind, records) do
+    cells =
+      for {c, p, metric, {test, bound}} <- @tls_ratios do
+        with [plain, secured] when plain not in [nil, 0] and secured != nil <-
+               Enum.map(["", " over TLS"], &median(records, label(kind, 1, p, &1), c, metric)) do
+          ratio = secured / plain
+          met? = if test == :at_least, do: ratio >= bound, else: ratio <= bound
+          Harness.fmt_ratio(ratio) <> if(c == :yggdrasil, do: " (#{verdict(met?)})", else: "")
+        else
+          _ -> "—"
+        end
+      end
+
+    ["#{kind}" | cells]
+  end
+
+  defp median(records, kase, c, metric),
+    do:
       Enum.find_value(records, fn r ->
-        r.case == label(kind, n, p) and r.comparator == c and r.metric == metric and r.median
+        r.case == kase and r.comparator == c and r.metric == metric and r.median
       end)
-    end
+
+  defp verdict(met?), do: if(met?, do: "met", else: "missed")
+
+  defp target_row(kind, records, extras) do
+    median = fn n, p, c, metric -> median(records, label(kind, n, p), c, metric) end
 
     cells =
       for {_, n, p, metric, ref, {test, bound}} <- @targets do
@@ -117,7 +184,7 @@ defmodule YggBench.Brokers do
              theirs when theirs not in [nil, 0] <- median.(n, p, ref, metric) do
           ratio = ours / theirs
           met? = if test == :at_least, do: ratio >= bound, else: ratio <= bound
-          "#{Harness.fmt_ratio(ratio)} (#{if met?, do: "met", else: "missed"})"
+          "#{Harness.fmt_ratio(ratio)} (#{verdict(met?)})"
         else
           _ -> "—"
         end
@@ -130,7 +197,8 @@ defmodule YggBench.Brokers do
     ["#{kind}" | cells] ++ ["#{Enum.sum(delivered)} counted, none missing" <> duplicates]
   end
 
-  defp label(kind, n, p), do: "#{kind}: #{count(n, "subscriber")}, #{count(p, "publisher")}"
+  defp label(kind, n, p, over \\ ""),
+    do: "#{kind}#{over}: #{count(n, "subscriber")}, #{count(p, "publisher")}"
 
   defp count(1, what), do: "1 #{what}"
   defp count(n, what) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k #{what}s"
@@ -189,7 +257,7 @@ defmodule YggBench.Brokers do
     }
   end
 
-  defp floor(:redis_benchmark, _floor, port, k, publishers) do
+  defp floor(:redis_benchmark, _floor, port, k, publishers, nil) do
     # Redis 7.0's `-t` has no publish test: the command itself, 16-byte payload.
     args =
       ~w(-h 127.0.0.1 -p #{port} -n #{k} -c #{publishers} --csv PUBLISH ygg-rb 0123456789abcdef)
@@ -199,9 +267,10 @@ defmodule YggBench.Brokers do
   end
 
   # The floor prints one line of key=value pairs (see its doc comment).
-  defp floor(via, floor, port, k, publishers) do
+  defp floor(via, floor, port, k, publishers, ca) do
     args = ~w(--port #{port} --publishers #{publishers} --messages #{k})
     args = if via == :client, do: args ++ ~w(--via client), else: args
+    args = if ca, do: args ++ ["--tls-ca", ca], else: args
 
     out = cmd!(floor, args)
     fields = Regex.scan(~r/(\w+)=(\S+)/, last_line(out), capture: :all_but_first)
@@ -237,16 +306,16 @@ defmodule YggBench.Brokers do
     end
   end
 
-  defp start_server(kind) do
-    {:ok, BrokerServer.start!(kind)}
+  defp start_server(kind, tls) do
+    {:ok, BrokerServer.start!(kind, tls: tls)}
   rescue
     error -> {:skipped, "no server: " <> last_line(Exception.message(error))}
   end
 
   # Closed before its server stops, so that it does not retry (and warn)
   # until its idle timeout.
-  defp close_client(kind) do
-    with {:ok, %{owner: owner}} <- Yggdrasil.Broker.client(kind, nil),
+  defp close_client(kind, namespace) do
+    with {:ok, %{owner: owner}} <- Yggdrasil.Broker.client(kind, namespace),
          do: Yggdrasil.Broker.Owner.stop(owner)
   end
 end

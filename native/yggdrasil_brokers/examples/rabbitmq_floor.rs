@@ -16,21 +16,67 @@
 //! `--via client` (or `client-sink`) runs the same loop through this
 //! crate's `Client` instead (`examples/floor`): the cost of our runtime
 //! without the BEAM, between the floor and the full adapter.
+//!
+//! `--tls-ca PATH` runs it over TLS (`floor::Tls`). Either way lapin is handed a
+//! stream we connected, through a runtime whose stream type is ours, as
+//! `src/rabbitmq` does (`frames.rs`).
 mod floor;
 
-use std::future::ready;
+use std::future::{ready, Ready};
+use std::io;
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use floor::{collect_latencies, finish, stamped, Args, Report};
+use async_compat::{Compat, CompatExt};
+use async_rs::traits::Reactor;
+use async_rs::util::RuntimeParts;
+use async_rs::{Runtime, Tokio};
+use floor::{collect_latencies, connect, finish, stamped, Args, Io, Report};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::uri::AMQPUri;
+use lapin::{AsyncTcpStream, BasicProperties, Confirmation, Connection, ConnectionProperties};
 use yggdrasil_brokers::Name;
+
+/// lapin's tokio runtime with our stream as its stream type.
+#[derive(Clone, Debug)]
+struct Ours(Tokio);
+
+impl Reactor for Ours {
+    type TcpStream = Compat<Box<dyn Io>>;
+    type Sleep = <Tokio as Reactor>::Sleep;
+
+    // Never called: lapin is handed a connected stream.
+    #[allow(refining_impl_trait)]
+    fn register<H: io::Read + io::Write + Send + 'static>(
+        &self,
+        _socket: H,
+    ) -> io::Result<Self::TcpStream> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn sleep(&self, dur: Duration) -> Self::Sleep {
+        self.0.sleep(dur)
+    }
+
+    fn interval(
+        &self,
+        dur: Duration,
+    ) -> impl futures_util::Stream<Item = Instant> + Send + 'static {
+        self.0.interval(dur)
+    }
+
+    #[allow(refining_impl_trait)]
+    fn tcp_connect_addr(&self, _addr: SocketAddr) -> Ready<io::Result<Self::TcpStream>> {
+        ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
 
 /// The broker module's prefetch per subscribed topic.
 const PREFETCH: u16 = 1000;
@@ -41,9 +87,21 @@ async fn run(args: &Args) -> Result<Report, String> {
         "amqp://guest:guest@{}:{}/%2f?heartbeat=10",
         args.host, args.port
     );
-    let connection = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .map_err(err)?;
+    let uri: AMQPUri = url.parse()?;
+    let stream = Mutex::new(Some(connect(args).await?));
+    let runtime = Runtime::new(RuntimeParts::new(Tokio::current(), Ours(Tokio::current())));
+    let connection = Connection::connector(
+        uri,
+        runtime,
+        async move |_uri, _runtime| {
+            let taken = stream.lock().map(|mut s| s.take()).unwrap_or(None);
+            let taken = taken.map(|s| AsyncTcpStream::Plain(s.compat()));
+            taken.ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected).into())
+        },
+        ConnectionProperties::default(),
+    )
+    .await
+    .map_err(err)?;
     let key = format!("ygg-floor-{}", std::process::id());
 
     let consuming = connection.create_channel().await.map_err(err)?;

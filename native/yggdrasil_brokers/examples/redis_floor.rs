@@ -16,28 +16,33 @@
 //! thread): the cost of our runtime without the BEAM, between the floor and
 //! the full adapter. `--via client-sink` lets the event sink hand each reply
 //! to its publisher itself, skipping the delivery thread's wake-up.
+//!
+//! `--tls-ca PATH` runs it over TLS (`floor::Tls`): the crate is handed our
+//! stream, as `src/redis/connect.rs` hands it ours, plaintext or not.
 mod floor;
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use floor::{collect_latencies, finish, stamped, Args, Report};
+use floor::{collect_latencies, connect, finish, stamped, Args, Report};
 use futures_util::StreamExt;
-use redis::AsyncConnectionConfig;
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use yggdrasil_brokers::Name;
 
 async fn run(args: &Args) -> Result<Report, String> {
     let err = |e: redis::RedisError| e.to_string();
-    let client =
-        redis::Client::open(format!("redis://{}:{}/", args.host, args.port)).map_err(err)?;
+    let info = RedisConnectionInfo::default();
     let channel = format!("ygg-floor-{}", std::process::id());
-    let (mut sink, stream) = client.get_async_pubsub().await.map_err(err)?.split();
+    let pubsub = PubSub::new(&info, connect(args).await?).await;
+    let (mut sink, stream) = pubsub.map_err(err)?.split();
     sink.psubscribe(&channel).await.map_err(err)?;
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
-    let publisher = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(err)?;
+    let (publisher, driver) =
+        MultiplexedConnection::new_with_config(&info, connect(args).await?, config)
+            .await
+            .map_err(err)?;
+    let driver = tokio::spawn(driver);
 
     let base = Instant::now();
     let payloads = stream.map(|msg| msg.get_payload_bytes().to_vec());
@@ -62,6 +67,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     }
     let report = finish(start, publishers, receiver).await;
     drop(sink);
+    driver.abort();
     report
 }
 

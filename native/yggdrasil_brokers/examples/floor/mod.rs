@@ -5,11 +5,22 @@
 //! Each floor publishes `--messages` payloads from `--publishers` publishers, every publisher
 //! waiting for its reply before the next message (as `Yggdrasil.publish` does), to one
 //! subscriber, and reports deliveries/s and publish→delivery latency.
+//!
+//! `--tls-ca PATH` runs it over TLS, trusting the CA certificates in PATH (see [`Tls`]).
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use yggdrasil_brokers::{Client, Delivery, Event, EventSink, Given, Name, Raw};
 
 /// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
@@ -25,6 +36,77 @@ pub struct Args {
     pub messages: usize,
     pub payload_bytes: usize,
     pub via: Via,
+    /// `--tls-ca`: the broker's connections go over TLS.
+    pub tls: Option<Tls>,
+}
+
+/// The floors' TLS: it mirrors `src/tls` (`Tls::new` with `tls_cacertfile` and
+/// `tls_verify: :verify_peer`) with the crates directly: rustls 0.23 with the `ring` provider,
+/// TLS 1.3 and 1.2, the CA file's certificates as the only roots, chain and host name checked,
+/// tokio-rustls for the stream; the TCP under it without Nagle, as `tls::connect_tcp`.
+#[derive(Clone)]
+pub struct Tls {
+    ca: String,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    fn new(ca: &Path, host: &str) -> Result<Tls, String> {
+        let pem = std::fs::read(ca).map_err(|e| format!("--tls-ca {ca:?}: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            let certificate = certificate.map_err(|e| format!("--tls-ca {ca:?}: {e}"))?;
+            roots.add(certificate).map_err(|e| e.to_string())?;
+        }
+        // Deprecated in rustls 0.23.48 (no post-quantum key exchange): src/tls's choice too.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls {
+            ca: ca.display().to_string(),
+            connector: TlsConnector::from(Arc::new(config)),
+            name: ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// The client side of a handshake over `io`.
+    pub async fn handshake<S>(&self, io: S) -> Result<TlsStream<S>, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = self.connector.connect(self.name.clone(), io);
+        handshake.await.map_err(|e| format!("TLS handshake: {e}"))
+    }
+}
+
+/// What the floors hand their client crate: a TCP stream, or TLS over one (postgres_floor
+/// starts TLS inside its protocol, so it does not use these two).
+#[allow(dead_code)]
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A TCP connection to `--host`/`--port`, without Nagle.
+pub async fn connect_tcp(args: &Args) -> Result<TcpStream, String> {
+    let tcp = TcpStream::connect((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("{}:{}: {e}", args.host, args.port))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(tcp)
+}
+
+/// [`connect_tcp`], then TLS with `--tls-ca`.
+#[allow(dead_code)]
+pub async fn connect(args: &Args) -> Result<Box<dyn Io>, String> {
+    let tcp = connect_tcp(args).await?;
+    match &args.tls {
+        None => Ok(Box::new(tcp)),
+        Some(tls) => Ok(Box::new(tls.handshake(tcp).await?)),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -53,7 +135,9 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
         messages: 10_000,
         payload_bytes: STAMP_BYTES,
         via: Via::Broker,
+        tls: None,
     };
+    let mut tls_ca = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -68,6 +152,7 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
             "--publishers" => args.publishers = number()?.max(1),
             "--messages" => args.messages = number()?.max(1),
             "--payload-bytes" => args.payload_bytes = number()?,
+            "--tls-ca" => tls_ca = Some(value.clone()),
             "--via" => match value.as_str() {
                 v if v == direct => args.via = Via::Broker,
                 "client" => args.via = Via::Client,
@@ -78,6 +163,9 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
         }
     }
     args.payload_bytes = args.payload_bytes.max(STAMP_BYTES);
+    if let Some(ca) = tls_ca {
+        args.tls = Some(Tls::new(Path::new(&ca), &args.host)?);
+    }
     Ok(args)
 }
 
@@ -174,12 +262,17 @@ pub struct ClientSetup {
     pub name: Name,
 }
 
-/// `--host` and `--port` as a client's settings (every other key at its default).
+/// `--host`, `--port` and `--tls-ca` as a client's settings (every other key at its default).
 pub fn host_and_port(args: &Args) -> Vec<Given> {
-    vec![
+    let mut settings = vec![
         Given::new("hostname", Raw::Text(args.host.clone())),
         Given::new("port", Raw::Int(args.port.into())),
-    ]
+    ];
+    if let Some(tls) = &args.tls {
+        settings.push(Given::new("tls", Raw::Bool(true)));
+        settings.push(Given::new("tls_cacertfile", Raw::Text(tls.ca.clone())));
+    }
+    settings
 }
 
 /// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
@@ -282,7 +375,7 @@ pub fn main(
     let args = match parse_args(default_port, direct) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-sink]");
+            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-sink] [--tls-ca PATH]");
             return ExitCode::from(2);
         }
     };
