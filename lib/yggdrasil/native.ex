@@ -202,9 +202,18 @@ defmodule Yggdrasil.Native do
   def broker_check_name(_client, _name), do: not_loaded()
 
   @doc false
-  # `pid` is monitored: its death unsubscribes it.
-  @spec broker_subscribe(reference(), term(), pid()) :: :ok | {:error, binary()}
-  def broker_subscribe(_client, _name, _pid), do: not_loaded()
+  # Counts `dropped` events a subscriber process shed (see `broker_stats/1`).
+  @spec broker_shed(reference(), non_neg_integer()) :: :ok
+  def broker_shed(_client, _dropped), do: not_loaded()
+
+  @doc false
+  # `pid` is monitored: its death unsubscribes it. `route`: nil (events go
+  # to `pid`) or `{channel_key, :binary | :json}` (the NIF decodes them and
+  # delivers them to the channel's subscribers itself, with the channel's
+  # `{:Y_CONNECTED, _}`/`{:Y_DISCONNECTED, _}`).
+  @spec broker_subscribe(reference(), term(), pid(), nil | {term(), :binary | :json}) ::
+          :ok | {:error, binary()}
+  def broker_subscribe(_client, _name, _pid, _route), do: not_loaded()
 
   @doc false
   @spec broker_unsubscribe(reference(), term(), pid()) :: :ok | {:error, binary()}

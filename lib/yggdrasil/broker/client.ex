@@ -43,8 +43,11 @@ defmodule Yggdrasil.Broker.Client do
   def check_name(client, name), do: Native.broker_check_name(client, name)
 
   @doc false
-  @spec subscribe(t(), term(), pid()) :: :ok | {:error, binary()}
-  def subscribe(client, name, pid), do: Native.broker_subscribe(client, name, pid)
+  # `route`: see `Yggdrasil.Native.broker_subscribe/4`.
+  @spec subscribe(t(), term(), pid(), nil | {term(), :binary | :json}) ::
+          :ok | {:error, binary()}
+  def subscribe(client, name, pid, route \\ nil),
+    do: Native.broker_subscribe(client, name, pid, route)
 
   @doc false
   @spec unsubscribe(t(), term(), pid()) :: :ok | {:error, binary()}
@@ -59,6 +62,11 @@ defmodule Yggdrasil.Broker.Client do
 
   def publish(client, name, payload, options, tag),
     do: Native.broker_publish(client, name, payload, options, tag)
+
+  @doc false
+  # A subscriber process dropped `dropped` events it could not keep up with.
+  @spec shed(t(), pos_integer()) :: :ok
+  def shed(client, dropped), do: Native.broker_shed(client, dropped)
 
   @doc false
   @spec stats(t()) :: %{atom() => non_neg_integer()}

@@ -5,11 +5,21 @@ defmodule Yggdrasil.Broker.Subscriber do
   # namespace's shared client and turns what the client sends it into
   # `Manager.connected/disconnected` and `Publisher.notify/3`.
   #
-  # Each event is sent to this one process, which decodes it with the
-  # channel's transformer and fans it out through the engine from a process
-  # environment: user transformers run here, the events of one channel keep
-  # the broker's order, and the fan-out to N subscribers is one engine call
-  # (the broker sends one message per event, not per subscriber).
+  # When the engine can do what this process would (the `:default` or
+  # `:json` transformer and the default backend), the process subscribes
+  # with a route: the NIF's delivery thread decodes each event and fans it
+  # out to the channel's subscribers itself, `{:Y_CONNECTED, _}` and
+  # `{:Y_DISCONNECTED, _}` included, with no process in between
+  # (`native/yggdrasil_nif/src/broker/direct.rs`). This process then only
+  # holds the subscription (and logs events the route could not decode).
+  #
+  # Otherwise each event is sent to this process, which decodes it with the
+  # channel's transformer and fans it out through the engine: user
+  # transformers run here and the events of one channel keep the broker's
+  # order. Its mailbox is bounded: past `@max_backlog` events waiting, the
+  # waiting events are dropped and the subscribers told, with
+  # `{:Y_DISCONNECTED, _}` then `{:Y_CONNECTED, _}` (as the NIF's outbox does
+  # for routes: `docs/guarantees.md`).
   #
   # A broker's subscriber module is `use Yggdrasil.Broker.Subscriber,
   # broker: <its name>`; the process itself runs this module.
@@ -21,6 +31,7 @@ defmodule Yggdrasil.Broker.Subscriber do
   alias Yggdrasil.Broker
   alias Yggdrasil.Broker.Client
   alias Yggdrasil.Channel
+  alias Yggdrasil.Route
   alias Yggdrasil.Subscriber.Manager
   alias Yggdrasil.Subscriber.Publisher
 
@@ -63,7 +74,8 @@ defmodule Yggdrasil.Broker.Subscriber do
     # So that terminate/2 (the broker-side unsubscribe) also runs on a
     # supervisor shutdown.
     Process.flag(:trap_exit, true)
-    {:ok, %{broker: broker, channel: channel, client: nil}, {:continue, :subscribe}}
+    state = %{broker: broker, channel: channel, client: nil, connected: false}
+    {:ok, state, {:continue, :subscribe}}
   end
 
   @impl GenServer
@@ -71,20 +83,38 @@ defmodule Yggdrasil.Broker.Subscriber do
     with {:ok, %{client: client, owner: owner}} <- Broker.client(broker, channel.namespace),
          # The client closes with its owner: then start again on a new one.
          _ = Process.monitor(owner),
-         :ok <- Client.subscribe(client, channel.name, self()) do
+         :ok <- Client.subscribe(client, channel.name, self(), route(channel)) do
       {:noreply, %{state | client: client}}
     else
       {:error, reason} -> {:stop, {:broker_subscribe, reason}, state}
     end
   end
 
+  # Events waiting in this process's mailbox before it sheds them.
+  @max_backlog 10_000
+
+  # Where the NIF delivers by itself: what `Subscriber.Publisher.deliver/4`
+  # would do with the default backend and a built-in transformer.
+  defp route(channel) do
+    case Yggdrasil.Registry.resolve(channel) do
+      {:ok, channel, %Route{backend_module: Yggdrasil.Backend.Default} = route} ->
+        case route do
+          %Route{direct: true} -> {Channel.key(channel), :binary}
+          %Route{transformer_module: Yggdrasil.Transformer.Default} -> {Channel.key(channel), :binary}
+          %Route{transformer_module: Yggdrasil.Transformer.Json} -> {Channel.key(channel), :json}
+          _ -> nil
+        end
+
+      _ ->
+        nil
+    end
+  end
+
   @impl GenServer
-  def handle_info({Client.tag(), :event, payload, metadata}, %{channel: channel} = state) do
-    with {:error, reason} <- Publisher.notify(channel, payload, metadata) do
-      Logger.warning(
-        "Yggdrasil #{inspect(state.broker)}: dropped a message on #{inspect(channel.name)} " <>
-          "that its transformer cannot decode: #{inspect(reason)}"
-      )
+  def handle_info({Client.tag(), :event, _, _} = event, state) do
+    case Process.info(self(), :message_queue_len) do
+      {:message_queue_len, waiting} when waiting > @max_backlog -> shed(state)
+      _ -> notify(event, state)
     end
 
     {:noreply, state}
@@ -92,18 +122,44 @@ defmodule Yggdrasil.Broker.Subscriber do
 
   def handle_info({Client.tag(), :connected}, state) do
     Manager.connected(state.channel)
-    {:noreply, state}
+    {:noreply, %{state | connected: true}}
   end
 
   def handle_info({Client.tag(), :disconnected}, state) do
     Manager.disconnected(state.channel)
-    {:noreply, state}
+    {:noreply, %{state | connected: false}}
   end
 
   def handle_info({:DOWN, _ref, :process, _owner, reason}, state),
     do: {:stop, {:broker_client_closed, reason}, state}
 
   def handle_info(_other, state), do: {:noreply, state}
+
+  defp notify({_, :event, payload, metadata}, %{channel: channel} = state) do
+    with {:error, reason} <- Publisher.notify(channel, payload, metadata) do
+      Logger.warning(
+        "Yggdrasil #{inspect(state.broker)}: dropped a message on #{inspect(channel.name)} " <>
+          "that its transformer cannot decode: #{inspect(reason)}"
+      )
+    end
+  end
+
+  # The subscribers cannot keep up with the broker: the events waiting here
+  # are dropped (this one included), and the subscribers told.
+  defp shed(%{channel: channel, client: client} = state) do
+    dropped = flush_events(1)
+    Client.shed(client, dropped)
+    Manager.disconnected(channel)
+    if state.connected, do: Manager.connected(channel)
+  end
+
+  defp flush_events(dropped) do
+    receive do
+      {Client.tag(), :event, _, _} -> flush_events(dropped + 1)
+    after
+      0 -> dropped
+    end
+  end
 
   @impl GenServer
   def terminate(_reason, %{client: client, channel: channel}) do

@@ -39,6 +39,7 @@ mod bounded;
 mod broker;
 mod client;
 mod data;
+pub mod outbox;
 mod runtime;
 mod secret;
 pub mod settings;
@@ -49,6 +50,7 @@ mod url;
 
 pub use client::{Client, EventSink};
 pub use data::{Data, Name};
+pub use outbox::{Deliveries, Flow, Limits, LoadStats, Outbox};
 pub use runtime::{runtime_stats, RuntimeStats};
 pub use secret::Secret;
 pub use settings::{Given, Raw, Settings};

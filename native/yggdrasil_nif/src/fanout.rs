@@ -47,7 +47,7 @@ pub enum FanOut {
 /// beyond the `enif_send` itself; bigger channels are sent to from a
 /// snapshot, after the lock is released, so the lock is never held for more
 /// than this many sends.
-const SEND_UNDER_LOCK: usize = 4;
+pub(crate) const SEND_UNDER_LOCK: usize = 4;
 
 /// Sends `message` to every subscriber of `channel`.
 #[rustler::nif]

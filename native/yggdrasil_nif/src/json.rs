@@ -77,6 +77,15 @@ fn decode_reply<'a>(env: Env<'a>, bytes: &[u8], limited: bool) -> Term<'a> {
     }
 }
 
+/// JSON text as a term, with no limit on the work (for threads of our own).
+pub(crate) fn decode_value<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, String> {
+    match decode(env, bytes, false) {
+        Ok(term) => Ok(term),
+        Err(Failure::Invalid(reason)) => Err(reason),
+        Err(Failure::OverBudget) => Err("over budget".to_owned()),
+    }
+}
+
 enum Failure {
     /// More work than a normal scheduler call may do.
     OverBudget,

@@ -62,3 +62,15 @@ pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
         enif_send(env.as_c_arg(), &pid, ptr::null_mut(), message.as_c_arg());
     }
 }
+
+/// `send/2` from a thread of our own (not a scheduler): the VM copies
+/// `message`, which stays valid in its environment for the next target.
+#[inline]
+pub fn send_copy(pid: Pid, message: Term<'_>) {
+    let pid = pid.c_pid();
+    // SAFETY: a null caller env is what a non-VM thread must pass; a null
+    // message env means "copy" (erl_nif: `enif_send`).
+    unsafe {
+        enif_send(ptr::null_mut(), &pid, ptr::null_mut(), message.as_c_arg());
+    }
+}

@@ -15,6 +15,7 @@ use super::slot::{Counted, Counters};
 use super::{panic_text, Shared, CALL_TIMEOUT, KEEPALIVE};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Incoming, ListenError};
+use crate::outbox::Flow;
 use crate::{Event, Name, Recipient};
 
 pub(super) enum ListenCmd<T, R> {
@@ -25,10 +26,11 @@ pub(super) enum ListenCmd<T, R> {
     Panic,
 }
 
-struct TopicState<R> {
+struct TopicState<R: Recipient> {
     /// The channel name the topic was made from, as events carry it.
     name: Name,
-    recipients: Vec<R>,
+    /// One flow per recipient: its events go out through it.
+    flows: Vec<Arc<Flow<R>>>,
     /// The broker confirmed it on the current session.
     confirmed: bool,
     /// After a topic-only refusal: when to try again, and how long after that.
@@ -40,7 +42,7 @@ struct TopicState<R> {
 
 /// Topic → recipients, kept across sessions (and across a panic) so that
 /// every reconnect replays them.
-struct Topics<T, R> {
+struct Topics<T, R: Recipient> {
     map: HashMap<T, TopicState<R>>,
     /// The next `TopicState::order`.
     next_order: u64,
@@ -49,7 +51,7 @@ struct Topics<T, R> {
 impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
     fn publish_counts(&self, counters: &Counters) {
         counters.topics.store(self.map.len(), Ordering::SeqCst);
-        let subs = self.map.values().map(|t| t.recipients.len()).sum();
+        let subs = self.map.values().map(|t| t.flows.len()).sum();
         counters.subscriptions.store(subs, Ordering::SeqCst);
     }
 
@@ -58,13 +60,10 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
     fn disconnect_all<B: Broker<Topic = T>>(&mut self, shared: &Shared<B, R>) {
         for state in self.map.values_mut() {
             if state.confirmed {
-                for to in &state.recipients {
-                    shared.send(
-                        to,
-                        Event::Disconnected {
-                            name: state.name.clone(),
-                        },
-                    );
+                for flow in &state.flows {
+                    flow.set_confirmed(false);
+                    let name = state.name.clone();
+                    shared.events.flow_event(flow, Event::Disconnected { name });
                 }
             }
             state.confirmed = false;
@@ -105,7 +104,7 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         let order = self.next_order;
         let state = self.map.entry(topic).or_insert_with(|| TopicState {
             name,
-            recipients: Vec::new(),
+            flows: Vec::new(),
             confirmed: false,
             retry_at: None,
             backoff: None,
@@ -114,12 +113,14 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         if state.order == order {
             self.next_order += 1;
         }
-        if !state.recipients.contains(&to) {
+        if !state.flows.iter().any(|flow| *flow.to() == to) {
+            let flow = shared.events.flow(to, state.name.clone());
             if state.confirmed {
+                flow.set_confirmed(true);
                 let name = state.name.clone();
-                shared.send(&to, Event::Connected { name });
+                shared.events.flow_event(&flow, Event::Connected { name });
             }
-            state.recipients.push(to);
+            state.flows.push(flow);
         }
     }
 
@@ -129,8 +130,8 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         let Some(state) = self.map.get_mut(topic) else {
             return false;
         };
-        state.recipients.retain(|r| r != to);
-        if state.recipients.is_empty() {
+        state.flows.retain(|flow| flow.to() != to);
+        if state.flows.is_empty() {
             let confirmed = state.confirmed;
             self.map.remove(topic);
             confirmed
@@ -144,13 +145,10 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
             state.confirmed = true;
             state.retry_at = None;
             state.backoff = None;
-            for to in &state.recipients {
-                shared.send(
-                    to,
-                    Event::Connected {
-                        name: state.name.clone(),
-                    },
-                );
+            for flow in &state.flows {
+                flow.set_confirmed(true);
+                let name = state.name.clone();
+                shared.events.flow_event(flow, Event::Connected { name });
             }
         }
     }
@@ -457,11 +455,12 @@ async fn fan_out<B: Broker, R: Recipient>(
             payload,
             metadata,
         };
-        if let Some((last, rest)) = state.recipients.split_last() {
-            for to in rest {
-                shared.send(to, message(payload.clone(), metadata.clone()));
+        if let Some((last, rest)) = state.flows.split_last() {
+            for flow in rest {
+                let event = message(payload.clone(), metadata.clone());
+                shared.events.flow_event(flow, event);
             }
-            shared.send(last, message(payload, metadata));
+            shared.events.flow_event(last, message(payload, metadata));
         }
     }
     if let Some(ack) = ack {

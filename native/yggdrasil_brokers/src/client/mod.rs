@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 use tokio::time::Instant;
 
 use crate::broker::Broker;
+use crate::outbox::Flow;
 use crate::settings::{Given, Settings};
 use crate::{runtime, ClientStats, Common, Data, Delivery, Error, Event, Name, Recipient};
 use listener::ListenCmd;
@@ -143,8 +144,32 @@ impl<R: Recipient> Drop for Client<R> {
 /// the other end. A sink that hands events on directly (e.g. `enif_send`
 /// from an owned environment, which any non-scheduler thread may do) saves
 /// that thread's wake-up per event.
+///
+/// Subscriber events go through [`EventSink::flow_event`], on the [`Flow`]
+/// of their recipient and topic: an [`Outbox`](crate::Outbox) bounds and
+/// sheds them there. The defaults deliver everything, unbounded (tests).
 pub trait EventSink<R>: Send + Sync + 'static {
+    /// Warnings to the owner and publish replies.
     fn deliver(&self, delivery: Delivery<R>);
+
+    /// The flow of `to` on the topic `name`, made when `to` joins it.
+    fn flow(&self, to: R, name: Name) -> Arc<Flow<R>>
+    where
+        R: Recipient,
+    {
+        Flow::detached(to, name)
+    }
+
+    /// `Connected`, `Disconnected` and `Message` events of one flow, in order.
+    fn flow_event(&self, flow: &Arc<Flow<R>>, event: Event)
+    where
+        R: Recipient,
+    {
+        self.deliver(Delivery {
+            to: flow.to().clone(),
+            event,
+        })
+    }
 }
 
 impl<R: Send + 'static> EventSink<R> for Sender<Delivery<R>> {
@@ -187,15 +212,11 @@ struct Shared<B: Broker, R: Recipient> {
 }
 
 impl<B: Broker, R: Recipient> Shared<B, R> {
-    fn send(&self, to: &R, event: Event) {
-        self.events.deliver(Delivery {
-            to: to.clone(),
-            event,
-        });
-    }
-
     fn warn(&self, message: String) {
-        self.send(&self.owner, Event::Warning { message });
+        self.events.deliver(Delivery {
+            to: self.owner.clone(),
+            event: Event::Warning { message },
+        });
     }
 }
 

@@ -38,6 +38,9 @@ const MAX_NAME: usize = 63;
 
 const DEFAULT_PORT: i64 = 5432;
 
+/// Notifications read from the socket and not yet taken by the listener.
+const NOTIFICATIONS_QUEUED: usize = 16_384;
+
 
 /// libpq's `sslmode`s, each with libpq's meaning.
 const SSLMODES: &[&str] = &["disable", "prefer", "require", "verify-ca", "verify-full"];
@@ -194,7 +197,7 @@ enum Driver {
 impl Driver {
     /// Polls the connection until it ends, forwarding notifications to
     /// `sender` (a listening session) or dropping them (a publisher's).
-    async fn run(self, sender: Option<mpsc::UnboundedSender<Incoming<Channel, ()>>>) {
+    async fn run(self, sender: Option<mpsc::Sender<Incoming<Channel, ()>>>) {
         match self {
             Driver::Tcp(connection) => forward_notifications(connection, sender).await,
             Driver::Unix(connection) => forward_notifications(connection, sender).await,
@@ -233,7 +236,7 @@ fn ssl_mode(settings: &Settings) -> Result<SslMode, Error> {
 
 /// The message half of a listening session: notifications in the order the server sent them;
 /// closed when the connection ends.
-pub(crate) struct Notifications(mpsc::UnboundedReceiver<Incoming<Channel, ()>>);
+pub(crate) struct Notifications(mpsc::Receiver<Incoming<Channel, ()>>);
 
 /// A publishing connection, shared by concurrent publishes.
 #[derive(Clone)]
@@ -316,11 +319,13 @@ impl Broker for Postgres {
 
     async fn connect_listener(&self) -> Result<(Self::Control, Self::Messages), String> {
         let (client, connection) = self.connect(&self.listener).await?;
-        // Unbounded on purpose: this task must keep polling the connection, which also carries
-        // the replies to LISTEN the session may be awaiting; with a bounded queue a full queue
-        // would stop those replies and the session would wait for itself. The consumer only
-        // moves each notification on to the delivery channel.
-        let (sender, receiver) = mpsc::unbounded_channel();
+        // The connection task never waits on this queue: it also carries the replies to LISTEN
+        // the session may be awaiting, so waiting here would make the session wait for itself.
+        // The listener takes each notification at once (its outbox sheds, it never blocks), so
+        // a full queue means the runtime thread itself fell behind the server: the session is
+        // cut (subscribers get `Disconnected`, then `Connected` on the new session) rather than
+        // leaving the backlog in the server's NOTIFY queue, which every session shares.
+        let (sender, receiver) = mpsc::channel(NOTIFICATIONS_QUEUED);
         tokio::spawn(connection.run(Some(sender)));
         Ok((client, Notifications(receiver)))
     }
@@ -409,7 +414,7 @@ async fn run_on_channel(
 /// the socket), forwarding notifications to it.
 async fn forward_notifications<S, T>(
     mut connection: Connection<S, T>,
-    sender: Option<mpsc::UnboundedSender<Incoming<Channel, ()>>>,
+    sender: Option<mpsc::Sender<Incoming<Channel, ()>>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -435,7 +440,7 @@ async fn forward_notifications<S, T>(
                     payload: notification.payload().as_bytes().to_vec(),
                     ack: None,
                 };
-                if sender.send(incoming).is_err() {
+                if sender.try_send(incoming).is_err() {
                     return;
                 }
             }

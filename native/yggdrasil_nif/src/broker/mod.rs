@@ -14,6 +14,7 @@
 //! - `{:"$yggdrasil_broker", :published, tag, :ok | {:error, reason}}` to a
 //!   publisher, exactly one per accepted `broker_publish/5`;
 //! - `{:"$yggdrasil_broker", :warning, reason}` to the client's owner.
+mod direct;
 mod outbox;
 mod resource;
 mod terms;
@@ -22,6 +23,7 @@ use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use yggdrasil_brokers::Client;
 
 use crate::pid::Pid;
+use direct::{Decode, Route, Target};
 pub use resource::BrokerClient;
 
 mod atoms {
@@ -43,6 +45,12 @@ mod atoms {
         monitored,
         publish_timeout,
         endpoint,
+        queued,
+        queued_bytes,
+        dropped,
+        shed,
+        binary,
+        json,
     }
 }
 
@@ -107,10 +115,11 @@ fn broker_settings<'a>(env: Env<'a>, broker: Atom, given: Term<'a>) -> Term<'a> 
 fn broker_open<'a>(env: Env<'a>, broker: Atom, given: Term<'a>, owner: LocalPid) -> Term<'a> {
     let opened = broker_name(env, broker).and_then(|name| {
         let given = terms::given(given)?;
-        let sink = outbox::outbox()?;
+        let sink = outbox::sink()?;
+        let owner_target = Target::Process(Pid::of(&owner));
         let client =
-            Client::open(&name, &given, Pid::of(&owner), sink).map_err(|e| e.to_string())?;
-        BrokerClient::new(env, client, &owner)
+            Client::open(&name, &given, owner_target, sink.clone()).map_err(|e| e.to_string())?;
+        BrokerClient::new(env, client, sink, &owner)
     });
     match opened {
         Ok(client) => (atoms::ok(), client).encode(env),
@@ -145,17 +154,47 @@ fn broker_check_name<'a>(
 /// Subscribes `pid` (monitored from now on) to `name`; `:ok` at once,
 /// `{:"$yggdrasil_broker", :connected}` once the broker confirmed.
 /// Idempotent per (name, pid).
+///
+/// `route` `nil`: events go to `pid` as messages. `{key, :binary | :json}`:
+/// the delivery thread decodes them and delivers them to the subscribers
+/// of the engine channel `key` itself, connection states included
+/// (`direct.rs`); `pid` only gets events it cannot decode.
 #[rustler::nif]
 fn broker_subscribe<'a>(
     env: Env<'a>,
     client: ResourceArc<BrokerClient>,
     name: Term<'a>,
     pid: LocalPid,
+    route: Term<'a>,
 ) -> Term<'a> {
-    ok_or_error(
-        env,
-        resource::subscribe(&client, env, terms::name(name), &pid),
-    )
+    let result = target(&pid, route)
+        .and_then(|target| resource::subscribe(&client, env, terms::name(name), &pid, target));
+    ok_or_error(env, result)
+}
+
+fn target(pid: &LocalPid, route: Term<'_>) -> Result<Target, String> {
+    let process = Pid::of(pid);
+    if route
+        .decode::<Atom>()
+        .is_ok_and(|atom| atom == atoms::nil())
+    {
+        return Ok(Target::Process(process));
+    }
+    let bad = || "a route is nil or {channel_key, :binary | :json}".to_owned();
+    let (key, decode): (Term<'_>, Atom) = route.decode().map_err(|_| bad())?;
+    let decode = if decode == atoms::binary() {
+        Decode::Binary
+    } else if decode == atoms::json() {
+        Decode::Json
+    } else {
+        return Err(bad());
+    };
+    if !key.is_map() {
+        return Err(bad());
+    }
+    Ok(Target::Direct(std::sync::Arc::new(Route::new(
+        process, key, decode,
+    ))))
 }
 
 /// Unsubscribes `pid` from `name`; `:ok` also when it was not subscribed.
@@ -219,7 +258,7 @@ fn publish<'a>(
                 terms::name(name),
                 payload.as_slice().to_vec(),
                 &options,
-                Pid::of(&env.pid()),
+                Target::Process(Pid::of(&env.pid())),
                 tag,
             )
             .map_err(|e| e.to_string())
@@ -227,19 +266,33 @@ fn publish<'a>(
     ok_or_error(env, result)
 }
 
+/// Counts `dropped` events a subscriber process of this client shed from
+/// its mailbox (one shedding), in `broker_stats/1`.
+#[rustler::nif]
+fn broker_shed(client: ResourceArc<BrokerClient>, dropped: u64) -> Atom {
+    client.count_shed(dropped);
+    atoms::ok()
+}
+
 /// What the client holds: `%{connections, tasks, topics, subscriptions,
-/// monitored}` (monitored = subscriber processes it watches).
+/// monitored, queued, queued_bytes, dropped, shed}` (monitored = subscriber
+/// processes it watches; the last four are its outbox's, see `outbox.rs`).
 #[rustler::nif]
 fn broker_stats(env: Env<'_>, client: ResourceArc<BrokerClient>) -> Term<'_> {
     let stats = client.client.stats();
+    let load = client.load();
     let pairs = [
-        (atoms::connections(), stats.connections),
-        (atoms::tasks(), stats.tasks),
-        (atoms::topics(), stats.topics),
-        (atoms::subscriptions(), stats.subscriptions),
-        (atoms::monitored(), client.monitored()),
+        (atoms::connections(), stats.connections as u64),
+        (atoms::tasks(), stats.tasks as u64),
+        (atoms::topics(), stats.topics as u64),
+        (atoms::subscriptions(), stats.subscriptions as u64),
+        (atoms::monitored(), client.monitored() as u64),
+        (atoms::queued(), load.queued as u64),
+        (atoms::queued_bytes(), load.queued_bytes as u64),
+        (atoms::dropped(), load.dropped),
+        (atoms::shed(), load.shed),
     ];
     pairs.iter().fold(Term::map_new(env), |map, (key, value)| {
-        map.map_put(*key, *value as u64).unwrap_or(map)
+        map.map_put(*key, *value).unwrap_or(map)
     })
 }

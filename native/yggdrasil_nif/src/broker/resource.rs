@@ -9,14 +9,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustler::{Env, LocalPid, Monitor, Resource, ResourceArc};
-use yggdrasil_brokers::{Client, Name};
+use yggdrasil_brokers::{Client, LoadStats, Name};
 
+use super::direct::Target;
+use super::outbox::Sink;
 use crate::pid::Pid;
 
 /// One broker + namespace, opened by `broker_open/3`. Dropping the last
 /// reference (or the owner's death) closes it.
 pub struct BrokerClient {
-    pub(super) client: Client<Pid>,
+    pub(super) client: Client<Target>,
+    /// Its way into the outbox: what it has queued and shed.
+    sink: Sink,
     owner: Pid,
     /// Each subscriber's monitor and names, so that its death unsubscribes
     /// them all.
@@ -32,11 +36,13 @@ impl BrokerClient {
     /// Wraps `client`, monitoring `owner`.
     pub(super) fn new(
         env: Env<'_>,
-        client: Client<Pid>,
+        client: Client<Target>,
+        sink: Sink,
         owner: &LocalPid,
     ) -> Result<ResourceArc<BrokerClient>, String> {
         let resource = ResourceArc::new(BrokerClient {
             client,
+            sink,
             owner: Pid::of(owner),
             subscribers: Mutex::new(HashMap::new()),
         });
@@ -53,18 +59,29 @@ impl BrokerClient {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(super) fn load(&self) -> LoadStats {
+        self.sink.load()
+    }
+
+    pub(super) fn count_shed(&self, dropped: u64) {
+        self.sink.count_shed(dropped)
+    }
+
     /// Subscriber processes watched right now.
     pub(super) fn monitored(&self) -> usize {
         self.subscribers().len()
     }
 }
 
-/// Subscribes `pid` (monitored from now on) to `name`; idempotent.
+/// Subscribes `pid` (monitored from now on) to `name`, its events going to
+/// `target` (the process itself, or a route to its channel's subscribers);
+/// idempotent.
 pub(super) fn subscribe(
     this: &ResourceArc<BrokerClient>,
     env: Env<'_>,
     name: Name,
     pid: &LocalPid,
+    target: Target,
 ) -> Result<(), String> {
     this.client.check_name(&name).map_err(|e| e.to_string())?;
     let key = Pid::of(pid);
@@ -84,7 +101,7 @@ pub(super) fn subscribe(
     if !watched.names.insert(name.clone()) {
         return Ok(());
     }
-    if let Err(e) = this.client.subscribe(name.clone(), key) {
+    if let Err(e) = this.client.subscribe(name.clone(), target) {
         forget(this, env, &mut subscribers, key, &name);
         return Err(e.to_string());
     }
@@ -103,7 +120,7 @@ pub(super) fn unsubscribe(
     let mut subscribers = this.subscribers();
     if forget(this, env, &mut subscribers, key, &name) {
         this.client
-            .unsubscribe(name, key)
+            .unsubscribe(name, Target::Process(key))
             .map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -141,7 +158,7 @@ impl Resource for BrokerClient {
         let watched = self.subscribers().remove(&pid);
         for name in watched.map(|w| w.names).unwrap_or_default() {
             // Only fails once the client is closed, when nothing is left anyway.
-            let _ = self.client.unsubscribe(name, pid);
+            let _ = self.client.unsubscribe(name, Target::Process(pid));
         }
     }
 }

@@ -210,7 +210,7 @@ pub(super) fn message(env: Env<'_>, event: Event) -> Term<'_> {
     }
 }
 
-fn bytes<'a>(env: Env<'a>, data: &[u8]) -> Term<'a> {
+pub(super) fn bytes<'a>(env: Env<'a>, data: &[u8]) -> Term<'a> {
     let mut binary = NewBinary::new(env, data.len());
     binary.as_mut_slice().copy_from_slice(data);
     Binary::from(binary).encode(env)
@@ -218,7 +218,7 @@ fn bytes<'a>(env: Env<'a>, data: &[u8]) -> Term<'a> {
 
 /// `Data` as a term. Built by the broker crate from what the broker sent,
 /// bounded there; recursion follows its (small, fixed) shape.
-fn encode<'a>(env: Env<'a>, data: &Data) -> Term<'a> {
+pub(super) fn encode<'a>(env: Env<'a>, data: &Data) -> Term<'a> {
     match data {
         Data::Nil => atoms::nil().encode(env),
         Data::Bool(b) => b.encode(env),

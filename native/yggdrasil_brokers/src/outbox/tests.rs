@@ -1,0 +1,236 @@
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn message(n: u32) -> Event {
+    Event::Message {
+        name: Name::from("t"),
+        payload: n.to_be_bytes().to_vec(),
+        metadata: crate::Data::Nil,
+    }
+}
+
+fn number(event: &Event) -> Option<u32> {
+    match event {
+        Event::Message { payload, .. } => {
+            Some(u32::from_be_bytes(payload[..4].try_into().unwrap()))
+        }
+        _ => None,
+    }
+}
+
+fn limits(max_events: usize, max_lag_ms: u64) -> Limits {
+    Limits {
+        max_events,
+        max_bytes: usize::MAX,
+        max_lag: Duration::from_millis(max_lag_ms),
+    }
+}
+
+/// Everything left to deliver, once every producer is gone.
+fn rest(deliveries: Deliveries<u64>) -> Vec<Event> {
+    deliveries.map(|d| d.event).collect()
+}
+
+#[test]
+fn in_order_when_the_consumer_keeps_up() {
+    let (outbox, mut deliveries) = channel::<u64>(limits(10, 60_000));
+    let client = outbox.for_client();
+    let flow = client.flow(7, Name::from("t"));
+    flow.set_confirmed(true);
+    client.flow_event(
+        &flow,
+        Event::Connected {
+            name: Name::from("t"),
+        },
+    );
+    for n in 0..5 {
+        client.flow_event(&flow, message(n));
+        let delivery = deliveries.next().unwrap();
+        assert_eq!(delivery.to, 7);
+        if n == 0 {
+            assert!(matches!(delivery.event, Event::Connected { .. }));
+            assert_eq!(number(&deliveries.next().unwrap().event), Some(0));
+        } else {
+            assert_eq!(number(&delivery.event), Some(n));
+        }
+    }
+    assert_eq!(client.load(), LoadStats::default());
+}
+
+#[test]
+fn a_full_queue_sheds_the_flow_with_notice_before_the_backlog() {
+    let (outbox, mut deliveries) = channel::<u64>(limits(4, 60_000));
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    flow.set_confirmed(true);
+    for n in 0..10 {
+        client.flow_event(&flow, message(n));
+    }
+    let load = client.load();
+    assert_eq!((load.queued, load.dropped), (4, 6));
+    // The notice comes first, the queued messages are stale and dropped,
+    // then the flow recovers.
+    let events: Vec<Event> = (0..2).map(|_| deliveries.next().unwrap().event).collect();
+    assert!(
+        matches!(events[0], Event::Disconnected { .. }),
+        "{events:?}"
+    );
+    assert!(matches!(events[1], Event::Connected { .. }), "{events:?}");
+    let load = client.load();
+    assert_eq!(
+        (load.queued, load.queued_bytes, load.dropped, load.shed),
+        (0, 0, 10, 1)
+    );
+    // Fresh messages flow again.
+    client.flow_event(&flow, message(42));
+    assert_eq!(number(&deliveries.next().unwrap().event), Some(42));
+}
+
+#[test]
+fn late_messages_are_dropped_with_notice() {
+    let (outbox, mut deliveries) = channel::<u64>(limits(1000, 50));
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    flow.set_confirmed(true);
+    for n in 0..3 {
+        client.flow_event(&flow, message(n));
+    }
+    thread::sleep(Duration::from_millis(80));
+    client.flow_event(&flow, message(3));
+    let first = deliveries.next().unwrap().event;
+    assert!(matches!(first, Event::Disconnected { .. }), "{first:?}");
+    // 1, 2 and 3 were queued before the flow was shed: dropped too.
+    let second = deliveries.next().unwrap().event;
+    assert!(matches!(second, Event::Connected { .. }), "{second:?}");
+    assert_eq!(client.load().dropped, 4);
+    client.flow_event(&flow, message(9));
+    assert_eq!(number(&deliveries.next().unwrap().event), Some(9));
+}
+
+#[test]
+fn an_unconfirmed_flow_recovers_without_connected() {
+    let (outbox, deliveries) = channel::<u64>(limits(1, 60_000));
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    client.flow_event(&flow, message(0));
+    client.flow_event(&flow, message(1));
+    drop((outbox, client));
+    let events = rest(deliveries);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        matches!(events[0], Event::Disconnected { .. }),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn clients_have_their_own_caps_and_counts() {
+    let (outbox, deliveries) = channel::<u64>(limits(2, 60_000));
+    let (a, b) = (outbox.for_client(), outbox.for_client());
+    let flow_a = a.flow(1, Name::from("a"));
+    let flow_b = b.flow(2, Name::from("b"));
+    for n in 0..3 {
+        a.flow_event(&flow_a, message(n));
+    }
+    b.flow_event(&flow_b, message(100));
+    assert_eq!(a.load().dropped, 1);
+    assert_eq!(
+        b.load(),
+        LoadStats {
+            queued: 1,
+            queued_bytes: 4 + ENTRY_BYTES,
+            dropped: 0,
+            shed: 0
+        }
+    );
+    drop((outbox, a, b));
+    let events = rest(deliveries);
+    let numbers: Vec<u32> = events.iter().filter_map(number).collect();
+    assert_eq!(numbers, vec![100], "{events:?}");
+}
+
+#[test]
+fn warnings_and_notices_are_never_dropped() {
+    let (outbox, deliveries) = channel::<u64>(limits(0, 60_000));
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    for _ in 0..100 {
+        client.deliver(Delivery {
+            to: 0,
+            event: Event::Warning {
+                message: "w".into(),
+            },
+        });
+    }
+    flow.set_confirmed(true);
+    client.flow_event(
+        &flow,
+        Event::Connected {
+            name: Name::from("t"),
+        },
+    );
+    drop((outbox, client));
+    let events = rest(deliveries);
+    assert_eq!(events.len(), 101);
+    assert!(matches!(events[100], Event::Connected { .. }));
+}
+
+#[test]
+fn a_flood_stays_within_the_caps() {
+    let (outbox, deliveries) = channel::<u64>(Limits {
+        max_events: 1000,
+        max_bytes: 1 << 20,
+        max_lag: Duration::from_millis(100),
+    });
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    flow.set_confirmed(true);
+    let producer = {
+        let (client, flow) = (client.clone(), flow.clone());
+        thread::spawn(move || {
+            let until = Instant::now() + Duration::from_millis(500);
+            let mut n = 0;
+            let mut max_queued = 0;
+            while Instant::now() < until {
+                client.flow_event(&flow, message(n));
+                n += 1;
+                max_queued = max_queued.max(client.load().queued);
+            }
+            (n, max_queued)
+        })
+    };
+    // A slow consumer: 1 ms per message.
+    let consumer = thread::spawn(move || {
+        let mut seen = Vec::new();
+        for delivery in deliveries {
+            seen.push(delivery.event);
+            thread::sleep(Duration::from_millis(1));
+        }
+        seen
+    });
+    let (published, max_queued) = producer.join().unwrap();
+    let load = client.load();
+    drop((outbox, client));
+    let seen = consumer.join().unwrap();
+    assert!(max_queued <= 1000, "{max_queued}");
+    // Every gap in the numbers is inside a Disconnected..Connected pair.
+    let mut connected = true;
+    let mut last: Option<u32> = None;
+    for event in &seen {
+        match event {
+            Event::Disconnected { .. } => connected = false,
+            Event::Connected { .. } => connected = true,
+            _ => {
+                let n = number(event).unwrap();
+                assert!(connected, "a message while disconnected: {n}");
+                if let Some(last) = last {
+                    assert!(n > last, "out of order: {last} then {n}");
+                }
+                last = Some(n);
+            }
+        }
+    }
+    assert!(load.shed > 0 && load.dropped > 0, "{load:?} of {published}");
+}
