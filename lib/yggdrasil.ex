@@ -185,6 +185,27 @@ defmodule Yggdrasil do
   def info, do: Yggdrasil.Engine.info()
 
   @doc """
+  The open broker clients (`:redis`, `:postgres`, `:rabbitmq`), one map per
+  `{broker, namespace}`, and how each copes with its load:
+
+    * `queued`, `queued_bytes`: events read from the broker and waiting to
+      be delivered (capped per client: 65,536 events, 64 MiB);
+    * `dropped`: events dropped because subscribers could not keep up;
+    * `shed`: how many times that happened to a channel, each time told to
+      its subscribers with `{:Y_DISCONNECTED, channel}` before the gap and
+      `{:Y_CONNECTED, channel}` after it (`docs/guarantees.md`);
+    * `connections`, `topics` (broker-level subscriptions), `subscriptions`,
+      `monitored` (subscriber processes), `tasks`.
+
+  Counts are since the client opened.
+
+      iex> is_map(Yggdrasil.broker_info())
+      true
+  """
+  @spec broker_info() :: %{{atom(), atom() | nil} => %{atom() => non_neg_integer()}}
+  def broker_info, do: Yggdrasil.Broker.info()
+
+  @doc """
   How many processes are subscribed to `channel` (struct, map or keyword
   list) on this node.
 

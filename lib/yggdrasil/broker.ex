@@ -70,6 +70,18 @@ defmodule Yggdrasil.Broker do
     end
   end
 
+  @doc false
+  # `stats/2` of every open client, by {broker, namespace}.
+  @spec info() :: %{{atom(), atom()} => %{atom() => non_neg_integer()}}
+  def info do
+    for {key, %{client: client}} <- :ets.tab2list(@table), into: %{} do
+      {key, Client.stats(client)}
+    end
+  rescue
+    # Not started (the application is down).
+    ArgumentError -> %{}
+  end
+
   @impl GenServer
   def init(nil) do
     # Owners are linked: their exit is an entry to drop, not a crash here.

@@ -99,10 +99,17 @@ defmodule Yggdrasil.Broker.Subscriber do
     case Yggdrasil.Registry.resolve(channel) do
       {:ok, channel, %Route{backend_module: Yggdrasil.Backend.Default} = route} ->
         case route do
-          %Route{direct: true} -> {Channel.key(channel), :binary}
-          %Route{transformer_module: Yggdrasil.Transformer.Default} -> {Channel.key(channel), :binary}
-          %Route{transformer_module: Yggdrasil.Transformer.Json} -> {Channel.key(channel), :json}
-          _ -> nil
+          %Route{direct: true} ->
+            {Channel.key(channel), :binary}
+
+          %Route{transformer_module: Yggdrasil.Transformer.Default} ->
+            {Channel.key(channel), :binary}
+
+          %Route{transformer_module: Yggdrasil.Transformer.Json} ->
+            {Channel.key(channel), :json}
+
+          _ ->
+            nil
         end
 
       _ ->
