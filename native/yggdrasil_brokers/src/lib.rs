@@ -2,9 +2,9 @@
 //! behind its cargo feature) driven by one shared tokio runtime.
 //!
 //! Pure Rust, no rustler types: the NIF wraps a [`Client`] per broker and
-//! namespace, and the [`EventSink`] it hands to [`Client::open`] feeds a
-//! `crossbeam_channel` that its own delivery thread drains (publish replies
-//! it sends at once).
+//! namespace, and the [`EventSink`] it hands to [`Client::open`] feeds an
+//! [`Outbox`] (`outbox`: bounded, sheds load with notice) that its own
+//! delivery thread drains (publish replies it sends at once).
 //!
 //! Layout — the generic layer names no broker:
 //! - `settings`: a broker's keys, typed and checked; errors name the key.

@@ -2,7 +2,7 @@
 //!
 //! `std::sync::LazyLock` (which supersedes `lazy_static`) creates it on first
 //! use, so a VM that never touches a broker never starts its thread. One
-//! worker is plenty: the work is socket I/O and fan-out into a crossbeam
+//! worker is plenty: the work is socket I/O and hand-off into the outbox
 //! channel, and the BEAM wants its cores for schedulers.
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -54,7 +54,7 @@ impl Common {
     }
 }
 
-/// One event for one recipient, as it leaves on the crossbeam channel.
+/// One event for one recipient, as a sink gets it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery<R> {
     pub to: R,

@@ -56,9 +56,9 @@ impl<R: Recipient> Client<R> {
     /// reconnect, and close once unused for `idle_timeout` (reopening on
     /// next use).
     ///
-    /// `events` receives every event of this client: usually an unbounded
-    /// `crossbeam_channel::Sender` (a full bounded one would stall the
-    /// runtime thread), or any [`EventSink`].
+    /// `events` receives every event of this client: usually an
+    /// [`Outbox`](crate::Outbox) (bounded, sheds what its consumer cannot
+    /// take), or any [`EventSink`] (a `crossbeam_channel::Sender` in tests).
     pub fn open(
         broker: &str,
         given: &[Given],
@@ -140,10 +140,10 @@ impl<R: Recipient> Drop for Client<R> {
 /// the order of the events: it must not block, since every client's I/O
 /// waits while it runs.
 ///
-/// A `crossbeam_channel::Sender` is one: the design's delivery thread reads
-/// the other end. A sink that hands events on directly (e.g. `enif_send`
-/// from an owned environment, which any non-scheduler thread may do) saves
-/// that thread's wake-up per event.
+/// An [`Outbox`](crate::Outbox) is the one the NIF uses: its delivery
+/// thread reads the other end. A sink may also hand some events on directly
+/// (the NIF sends publish replies with `enif_send` from the runtime thread,
+/// which saves that thread's wake-up).
 ///
 /// Subscriber events go through [`EventSink::flow_event`], on the [`Flow`]
 /// of their recipient and topic: an [`Outbox`](crate::Outbox) bounds and
