@@ -18,7 +18,7 @@ use yggdrasil_engine::{Snapshot, Targets};
 /// few µs, but waking 32 sleeping receivers can take a good part of the cap
 /// below (`docs/performance.md`), which is why batches are small and the cap
 /// leaves room for one.
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
 /// How often a long fan-out reports its time to the scheduler.
 const REPORT_EVERY_US: u128 = 100;

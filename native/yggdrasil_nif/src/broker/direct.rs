@@ -17,17 +17,19 @@
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crossbeam_channel::{Receiver, Sender};
 use rustler::env::SavedTerm;
+use rustler::sys::ErlNifTerm;
 use rustler::{Encoder, Env, OwnedEnv, Term};
 use yggdrasil_brokers::Event;
+use yggdrasil_engine::{Snapshot, Targets};
 
 use super::terms;
-use crate::fanout::SEND_UNDER_LOCK;
+use crate::fanout::{BATCH, SEND_UNDER_LOCK};
 use crate::key::TermKey;
-use crate::pid::{send_copy, Pid};
+use crate::pid::{send_copy, send_copy_raw, Pid};
 use crate::state::table;
 use crate::stats;
-use yggdrasil_engine::Targets;
 
 mod atoms {
     rustler::atoms! {
@@ -109,9 +111,14 @@ impl Hash for Target {
 }
 
 /// Delivers a route's event from the delivery thread's environment `env`
-/// (cleared after); gives back a message the route cannot decode, for the
-/// channel's process.
-pub(super) fn deliver(env: &mut OwnedEnv, route: &Route, event: Event) -> Option<Event> {
+/// (cleared after), with `helper` sending part of a wide fan-out; gives back
+/// a message the route cannot decode, for the channel's process.
+pub(super) fn deliver(
+    env: &mut OwnedEnv,
+    helper: &mut Helper,
+    route: &Route,
+    event: Event,
+) -> Option<Event> {
     let left = env.run(|env| match &event {
         Event::Message {
             payload, metadata, ..
@@ -127,7 +134,7 @@ pub(super) fn deliver(env: &mut OwnedEnv, route: &Route, event: Event) -> Option
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            fan_out(key, message);
+            fan_out(helper, key, message);
             false
         }
         Event::Connected { .. } => {
@@ -146,8 +153,9 @@ pub(super) fn deliver(env: &mut OwnedEnv, route: &Route, event: Event) -> Option
 }
 
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
-/// table lock, bigger ones from a snapshot after releasing it.
-fn fan_out(key: Term<'_>, message: Term<'_>) {
+/// table lock, bigger ones from a snapshot after releasing it, the widest
+/// with the helper thread sending half.
+fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) {
     let mut table = table();
     let snapshot = match table.targets(&TermKey::new(key), SEND_UNDER_LOCK) {
         Some(Targets::Few(members)) => {
@@ -159,8 +167,148 @@ fn fan_out(key: Term<'_>, message: Term<'_>) {
         None => return,
     };
     drop(table);
-    let sent = snapshot.deliver(0, snapshot.len(), |&pid| send_copy(pid, message));
+    let total = snapshot.len();
+    let half = if total >= SPLIT_AT { total / 2 } else { total };
+    // SAFETY: `message` lives in the delivery thread's environment, which is
+    // cleared or dropped only after this function returned, and `_joined`
+    // waits for the helper when it does (even by unwinding).
+    let shared = helper.start(&snapshot, half, unsafe { RawTerm::of(message) });
+    let _joined = shared.then_some(Joined(helper));
+    let sent = send_batches(&snapshot, 0, half, message.as_c_arg());
     stats::COUNTERS.deliveries.add(sent);
+}
+
+/// Waits for the helper's half when dropped.
+struct Joined<'a>(&'a mut Helper);
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.0.join();
+    }
+}
+
+/// Fan-outs to this many subscribers or more are split in two halves, sent
+/// at once by the delivery thread and its helper: a wide channel's events
+/// then go out at the pace of two threads, as the `:elixir` adapter's do
+/// from two schedulers. Each event's fan-out ends before the next one
+/// starts, so every subscriber still gets a channel's events in order.
+const SPLIT_AT: usize = 256;
+
+/// `snapshot[from..to]`, in batches: an unsubscribe racing with it waits
+/// for one batch at most (the fence of `Members::deliver`).
+fn send_batches(snapshot: &Snapshot<Pid>, from: usize, to: usize, message: ErlNifTerm) -> usize {
+    let mut sent = 0;
+    let mut next = from;
+    while next < to {
+        let end = next.saturating_add(BATCH).min(to);
+        // SAFETY: the caller keeps `message` alive until this returns.
+        sent += snapshot.deliver(next, end, |&pid| unsafe { send_copy_raw(pid, message) });
+        next = end;
+    }
+    sent
+}
+
+/// A term handed to the helper thread for one fan-out.
+#[derive(Clone, Copy)]
+struct RawTerm(ErlNifTerm);
+
+// SAFETY: only read (copied by `enif_send`) while its environment is kept
+// alive by the thread that made it, which waits for the helper.
+unsafe impl Send for RawTerm {}
+
+impl RawTerm {
+    /// # Safety
+    /// The term must outlive every use the helper makes of it.
+    unsafe fn of(term: Term<'_>) -> RawTerm {
+        RawTerm(term.as_c_arg())
+    }
+}
+
+struct Half {
+    snapshot: Snapshot<Pid>,
+    from: usize,
+    message: RawTerm,
+}
+
+/// The delivery thread's helper: a thread started with the first wide
+/// fan-out, which sends the second half of each.
+#[derive(Default)]
+pub(super) struct Helper {
+    thread: Option<(Sender<Half>, Receiver<usize>)>,
+}
+
+impl Helper {
+    /// Hands `snapshot[from..]` to the helper thread; false when there is
+    /// nothing to hand or no thread (the caller then sends it all itself).
+    fn start(&mut self, snapshot: &Snapshot<Pid>, from: usize, message: RawTerm) -> bool {
+        if from >= snapshot.len() {
+            return false;
+        }
+        if self.thread.is_none() {
+            self.thread = spawn_helper();
+        }
+        let half = Half {
+            snapshot: snapshot.clone(),
+            from,
+            message,
+        };
+        match &self.thread {
+            Some((jobs, _)) => jobs.send(half).is_ok() || {
+                self.thread = None;
+                let sent = send_batches(snapshot, from, snapshot.len(), message.0);
+                stats::COUNTERS.deliveries.add(sent);
+                false
+            },
+            None => {
+                let sent = send_batches(snapshot, from, snapshot.len(), message.0);
+                stats::COUNTERS.deliveries.add(sent);
+                false
+            }
+        }
+    }
+
+    /// Waits until the helper sent its half.
+    fn join(&mut self) {
+        let done = match &self.thread {
+            Some((_, done)) => done.recv(),
+            None => return,
+        };
+        match done {
+            Ok(sent) => stats::COUNTERS.deliveries.add(sent),
+            // The thread is gone (it cannot be: it catches panics); a new
+            // one is started with the next wide fan-out.
+            Err(_) => self.thread = None,
+        }
+    }
+}
+
+fn spawn_helper() -> Option<(Sender<Half>, Receiver<usize>)> {
+    // One job at a time: the delivery thread waits for each.
+    let (jobs_tx, jobs) = crossbeam_channel::bounded::<Half>(1);
+    let (done, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("yggdrasil-delivery-helper".into())
+        .spawn(move || {
+            for half in jobs {
+                let Half {
+                    snapshot,
+                    from,
+                    message,
+                } = half;
+                let sent = std::panic::catch_unwind(|| {
+                    send_batches(&snapshot, from, snapshot.len(), message.0)
+                })
+                .unwrap_or(0);
+                // Released before answering: the delivery thread may clear
+                // the message's environment as soon as it hears back.
+                drop(snapshot);
+                if done.send(sent).is_err() {
+                    return;
+                }
+            }
+        })
+        .ok()
+        .map(|_| (jobs_tx, done_rx))
 }
 
 /// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`.
@@ -175,5 +323,5 @@ fn set_connected(env: Env<'_>, route: &Route, connected: bool) {
         atoms::y_disconnected()
     };
     let message = (tag, key).encode(env);
-    snapshot.deliver(0, snapshot.len(), |&pid| send_copy(pid, message));
+    send_batches(&snapshot, 0, snapshot.len(), message.as_c_arg());
 }
