@@ -366,6 +366,42 @@ fn an_unreachable_server_warns_per_attempt_and_publish_times_out() {
 }
 
 #[test]
+fn publishes_beyond_the_unanswered_bound_are_refused_at_once() {
+    if skip("redis-server") {
+        return;
+    }
+    // Nothing listens there: every publish waits for its deadline.
+    let (client, mut inbox) = open(
+        free_port(),
+        Common {
+            publish_timeout: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(30),
+        },
+    );
+    const BOUND: u64 = 65_536;
+    for tag in 0..BOUND {
+        client
+            .publish(topic("nowhere"), b"x".to_vec(), &[], 7, tag)
+            .expect("accepted below the bound");
+    }
+    let refused = client
+        .publish(topic("nowhere"), b"x".to_vec(), &[], 7, BOUND)
+        .expect_err("one more is refused at once");
+    assert!(refused.to_string().contains("overloaded"), "{refused}");
+    for _ in 0..BOUND {
+        inbox.wait("a timed-out reply", |d| {
+            matches!(d.event, Event::Published { result: Err(_), .. })
+        });
+    }
+    // Answered publishes no longer count.
+    client
+        .publish(topic("nowhere"), b"x".to_vec(), &[], 7, BOUND + 1)
+        .expect("accepted again");
+    assert!(inbox.published(BOUND + 1).is_err());
+}
+
+#[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
     let Some(server) = start_redis() else {
         return;

@@ -28,7 +28,7 @@ use crate::outbox::Flow;
 use crate::settings::{Given, Settings};
 use crate::{runtime, ClientStats, Common, Data, Delivery, Error, Event, Name, Recipient};
 use listener::ListenCmd;
-use publisher::{PublishCmd, PublishRequest, Reply};
+use publisher::{PublishCmd, PublishRequest, Replies, Reply};
 use slot::{Counters, Slot};
 
 /// A connect or a control call (listen/unlisten) taking longer than this
@@ -90,7 +90,9 @@ impl<R: Recipient> Client<R> {
     /// Returns at once; exactly one `Published{tag, result}` goes to
     /// `reply_to`: `Ok` once the broker accepted the message, `Err(reason)`
     /// when it refused it or no connection was up within `publish_timeout`
-    /// (the request waits for a reconnect up to that deadline).
+    /// (the request waits for a reconnect up to that deadline). With 65,536
+    /// publishes of this client not answered yet it returns `Err` instead
+    /// (the client is overloaded), and no event follows.
     pub fn publish(
         &self,
         name: Name,
@@ -190,6 +192,7 @@ pub(crate) fn open<B: Broker, R: Recipient>(
     let broker = Arc::new(B::new(settings, common)?);
     let shared = Arc::new(Shared {
         owner,
+        replies: Arc::new(Replies::new(events.clone())),
         events,
         listener: Slot::default(),
         publisher: Slot::default(),
@@ -205,6 +208,8 @@ pub(crate) fn open<B: Broker, R: Recipient>(
 struct Shared<B: Broker, R: Recipient> {
     owner: R,
     events: Arc<dyn EventSink<R>>,
+    /// The same sink for `Published` replies, with their count.
+    replies: Arc<Replies<R>>,
     listener: Slot<ListenCmd<B::Topic, R>>,
     publisher: Slot<PublishCmd<B, R>>,
     counters: Counters,
@@ -309,12 +314,19 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
         let topic = self.topic(&name)?;
         self.broker.check_payload(&payload).map_err(Error)?;
         let properties = self.broker.properties(options).map_err(Error)?;
+        let reply = Reply::admit(reply_to, tag, &self.shared.replies).ok_or_else(|| {
+            Error::new(format!(
+                "the {} client is overloaded: {} publishes not answered yet",
+                B::NAME,
+                publisher::MAX_UNANSWERED
+            ))
+        })?;
         let request = PublishRequest {
             topic,
             payload,
             properties,
             deadline: Instant::now() + self.broker.common().publish_timeout,
-            reply: Reply::new(reply_to, tag, self.shared.events.clone()),
+            reply,
         };
         self.send_publisher(PublishCmd::Publish(Box::new(request)))
     }

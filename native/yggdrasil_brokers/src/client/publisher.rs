@@ -2,6 +2,7 @@
 //! for it and those in flight, each answered exactly once.
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -31,24 +32,52 @@ pub(super) struct PublishRequest<B: Broker, R: Recipient> {
     pub(super) reply: Reply<R>,
 }
 
+/// A client's publishes not answered yet (queued, waiting for a connection
+/// or in flight) are at most this many; one more is refused at once with
+/// `Err("... overloaded ...")`. This bounds the publisher task's command
+/// channel and its queues together, whatever the callers do.
+pub(super) const MAX_UNANSWERED: usize = 65_536;
+
+/// Where a client's replies go, and how many are still owed.
+pub(super) struct Replies<R> {
+    events: Arc<dyn EventSink<R>>,
+    unanswered: AtomicUsize,
+}
+
+impl<R> Replies<R> {
+    pub(super) fn new(events: Arc<dyn EventSink<R>>) -> Self {
+        Replies {
+            events,
+            unanswered: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// The one `Published` event a publish owes its caller. Sent by `send`, or
 /// by `drop` if the request is abandoned (client closed, task panicked), so
-/// that no caller ever waits past its timeout for nothing.
+/// that no caller ever waits past its timeout for nothing. Counted in
+/// `Replies::unanswered` while it lives.
 pub(super) struct Reply<R: Recipient> {
     to: R,
     tag: u64,
-    events: Arc<dyn EventSink<R>>,
+    replies: Arc<Replies<R>>,
     sent: bool,
 }
 
 impl<R: Recipient> Reply<R> {
-    pub(super) fn new(to: R, tag: u64, events: Arc<dyn EventSink<R>>) -> Self {
-        Reply {
+    /// The reply of a new publish, or `None` when `MAX_UNANSWERED` are owed.
+    pub(super) fn admit(to: R, tag: u64, replies: &Arc<Replies<R>>) -> Option<Self> {
+        let owed = replies.unanswered.fetch_add(1, Ordering::Relaxed);
+        if owed >= MAX_UNANSWERED {
+            replies.unanswered.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Reply {
             to,
             tag,
-            events,
+            replies: replies.clone(),
             sent: false,
-        }
+        })
     }
 
     fn send(mut self, result: Result<(), String>) {
@@ -63,7 +92,7 @@ impl<R: Recipient> Reply<R> {
     fn deliver(&mut self, result: Result<(), String>) {
         if !self.sent {
             self.sent = true;
-            self.events.deliver(Delivery {
+            self.replies.events.deliver(Delivery {
                 to: self.to.clone(),
                 event: Event::Published {
                     tag: self.tag,
@@ -79,9 +108,12 @@ impl<R: Recipient> Drop for Reply<R> {
         self.deliver(Err(
             "publish abandoned: the client was closed or its task failed".to_string(),
         ));
+        self.replies.unanswered.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// `rx` is unbounded, but what it holds is bounded by `MAX_UNANSWERED`:
+/// every publish in it owes a counted `Reply`.
 pub(super) async fn run<B: Broker, R: Recipient>(
     broker: Arc<B>,
     shared: Arc<Shared<B, R>>,
@@ -104,6 +136,10 @@ pub(super) async fn run<B: Broker, R: Recipient>(
         }
     }
 }
+
+/// Commands taken from the channel per wake-up: concurrent callers' publishes
+/// go to the broker together, without a turn of the loop each.
+const COMMAND_BATCH: usize = 64;
 
 enum Outcome {
     Done(Result<(), PublishError>),
@@ -213,6 +249,7 @@ async fn publish_loop<B: Broker, R: Recipient>(
         behind: HashMap::new(),
     };
     let mut in_flight = FuturesUnordered::new();
+    let mut commands = Vec::with_capacity(COMMAND_BATCH);
     let mut connecting = None;
     let mut reconnect_at: Option<Instant> = None;
     let mut last_error = String::from("not connected yet");
@@ -249,14 +286,18 @@ async fn publish_loop<B: Broker, R: Recipient>(
         .min();
 
         tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(PublishCmd::Publish(request)) => {
-                    last_use = Instant::now();
-                    pending.admit(*request);
+            received = rx.recv_many(&mut commands, COMMAND_BATCH) => {
+                if received == 0 {
+                    return;
                 }
-                #[cfg(feature = "test-hooks")]
-                Some(PublishCmd::Panic) => panic!("injected by debug_inject_panic"),
-                None => return,
+                last_use = Instant::now();
+                for cmd in commands.drain(..) {
+                    match cmd {
+                        PublishCmd::Publish(request) => pending.admit(*request),
+                        #[cfg(feature = "test-hooks")]
+                        PublishCmd::Panic => panic!("injected by debug_inject_panic"),
+                    }
+                }
             },
             Some((request, outcome, used)) = in_flight.next(), if !in_flight.is_empty() => {
                 last_use = Instant::now();
