@@ -109,6 +109,14 @@ defmodule Yggdrasil.Test.BrokerCase do
 
         test(":json across the broker, both ways", ctx, do: scenario_json(ctx))
 
+        test "JSON that does not decode: logged, dropped, the next event arrives", ctx do
+          scenario_json_undecodable(ctx)
+        end
+
+        test "a transformer of the user's: events decoded in the channel's process", ctx do
+          scenario_user_transformer(ctx)
+        end
+
         test ":default with a non-binary message: an error that says what to do", ctx do
           scenario_default_non_binary(ctx)
         end
@@ -247,9 +255,14 @@ defmodule Yggdrasil.Test.BrokerCase do
     namespace = configure(peer, server)
     channel = subscribe!(channel(peer, namespace, peer.name(server, "basic")))
 
+    # A :default channel's events skip its process (`direct.rs` in the NIF):
+    # they arrive while it is suspended.
+    adapter = Yggdrasil.Subscriber.Generator.whereis(channel)
+    :ok = :sys.suspend(adapter)
     peer.publish!(server, channel.name, "hello")
     expected = event_channel(peer, channel)
     assert_receive {:Y_EVENT, ^expected, "hello"}, @wait
+    :ok = :sys.resume(adapter)
 
     assert :ok = Yggdrasil.unsubscribe(channel)
     assert_receive {:Y_DISCONNECTED, ^channel}, @wait
@@ -311,6 +324,58 @@ defmodule Yggdrasil.Test.BrokerCase do
     after
       peer.stop(handle)
     end
+  end
+
+  @doc false
+  def scenario_json_undecodable(%{server: server, peer: peer}) do
+    namespace = configure(peer, server)
+    name = peer.name(server, "json_bad")
+    channel = subscribe!(channel(peer, namespace, name, transformer: :json))
+
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        peer.publish!(server, name, "{oops")
+        peer.publish!(server, name, ~S({"after":true}))
+        assert_receive {:Y_EVENT, %{name: ^name}, %{"after" => true}}, @wait
+      end)
+
+    assert log =~ "cannot decode"
+    refute_received {:Y_EVENT, _, _}
+  end
+
+  defmodule Reverse do
+    @moduledoc false
+    # A transformer of the user's: its channels keep the process path.
+    use Yggdrasil.Transformer, name: :broker_case_reverse
+
+    @impl Yggdrasil.Transformer
+    def decode(_channel, text) when is_binary(text), do: {:ok, {:reversed, String.reverse(text)}}
+
+    @impl Yggdrasil.Transformer
+    def encode(_channel, text) when is_binary(text), do: {:ok, String.reverse(text)}
+  end
+
+  @doc false
+  def scenario_user_transformer(%{server: server, peer: peer}) do
+    namespace = configure(peer, server)
+    name = peer.name(server, "reversed")
+    :ok = Reverse.register()
+    channel = subscribe!(channel(peer, namespace, name, transformer: Reverse))
+
+    # Decoded in the channel's process: nothing while it is suspended.
+    adapter = Yggdrasil.Subscriber.Generator.whereis(channel)
+    :ok = :sys.suspend(adapter)
+    peer.publish!(server, name, "abc")
+    refute_receive {:Y_EVENT, _, _}, 300
+    :ok = :sys.resume(adapter)
+    expected = event_channel(peer, channel)
+    assert_receive {:Y_EVENT, ^expected, {:reversed, "cba"}}, @wait
+
+    assert :ok = Yggdrasil.publish(channel, "xyz")
+    assert_receive {:Y_EVENT, %{name: ^name}, {:reversed, "xyz"}}, @wait
+
+    assert :ok = Yggdrasil.unsubscribe(channel)
+    assert_receive {:Y_DISCONNECTED, ^channel}, @wait
   end
 
   @doc false
