@@ -130,7 +130,14 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         let Some(state) = self.map.get_mut(topic) else {
             return false;
         };
-        state.flows.retain(|flow| flow.to() != to);
+        state.flows.retain(|flow| {
+            if flow.to() != to {
+                return true;
+            }
+            // Should it be shed, its recovery says nothing.
+            flow.set_confirmed(false);
+            false
+        });
         if state.flows.is_empty() {
             let confirmed = state.confirmed;
             self.map.remove(topic);
