@@ -5,16 +5,21 @@ defmodule Yggdrasil.Test.Flood do
   # strictly increasing order, every gap in the numbers lies between a
   # `Y_DISCONNECTED` and the next `Y_CONNECTED`, no event arrives while
   # disconnected, and a marker published after the flood arrives (or, if
-  # it does not, the recorder was told since `mark/1`). Each
-  # recorder keeps counts and its first few violations, not the messages.
+  # it does not, the recorder was told since `mark/1`). Each recorder
+  # keeps counts and its first few violations, not the messages. The
+  # floods themselves (`flood!/3`) run each broker's own tools.
   #
   #     recorders = Flood.recorders!(channel, 2_000, "marker")
-  #     ... flood, then publish "marker" ...
+  #     Flood.flood!(server, channel.name, 4)
+  #     Flood.mark(recorders)
+  #     ... publish "marker" ...
   #     %{got: got, latency_ms: ms} = Flood.await_marker(recorders, published_at, 10_000)
   #     %{violations: 0, not_connected: 0} = Flood.summary(recorders)
 
   import ExUnit.Assertions
   import Yggdrasil.Test.Helpers, only: [rss: 0]
+
+  alias Yggdrasil.Test.BrokerServer
 
   defstruct [
     :parent,
@@ -201,15 +206,67 @@ defmodule Yggdrasil.Test.Flood do
   end
 
   @doc """
-  Runs `cmd args` for at most `seconds` (`timeout` stops it by its pid);
-  its exit status (124 when stopped) and output.
+  Floods `name` on `server` for `seconds` with the broker's own tools and
+  returns when they have exited: redis-benchmark `PUBLISH` beside a
+  `redis-cli --pipe` of numbered `PUBLISH`es; psql running `pg_notify` over
+  `generate_series` (numbered), one statement of 5,000 after another; two
+  `amqp-publish -l`, one of numbered lines, one of `yes`.
   """
-  def run_for(seconds, cmd, args) do
-    {out, status} =
-      System.cmd("timeout", ["-s", "TERM", "-k", "2", "#{seconds}", cmd | args],
-        stderr_to_stdout: true
-      )
+  def flood!(%BrokerServer{kind: :redis, port: port}, name, seconds) do
+    port = Integer.to_string(port)
+    benchmark = ~w(-h 127.0.0.1 -p #{port} -c 4 -P 16 -n 1000000000 -q PUBLISH) ++ [name, "flood"]
 
-    {status, out}
+    numbered =
+      ~S(seq 1 1000000000 | sed "s/^/PUBLISH $1 /" | redis-cli -h 127.0.0.1 -p "$2" --pipe >/dev/null)
+
+    run_together(seconds, [
+      {"redis-benchmark", benchmark},
+      {"sh", ["-c", numbered, "sh", name, port]}
+    ])
+  end
+
+  def flood!(%BrokerServer{kind: :postgres} = server, name, seconds) do
+    script = ~S"""
+    name=$1; shift
+    seq 0 1000000 | while read -r k; do
+      echo "SELECT count(pg_notify('$name', i::text)) FROM generate_series($k * 5000 + 1, $k * 5000 + 5000) i;"
+    done | psql -X -q -At "$@" >/dev/null
+    """
+
+    run_together(seconds, [{"sh", ["-c", script, "sh", name | BrokerServer.psql_args(server)]}])
+  end
+
+  def flood!(%BrokerServer{kind: :rabbitmq} = server, {exchange, key}, seconds) do
+    script = ~S"""
+    ex=$1 key=$2 lines=$3; shift 3
+    $lines | amqp-publish -l -e "$ex" -r "$key" "$@"
+    """
+
+    args = BrokerServer.amqp_tools_args(server)
+
+    run_together(
+      seconds,
+      for(
+        lines <- ["seq 1 1000000000", "yes flood"],
+        do: {"sh", ["-c", script, "sh", exchange, key, lines | args]}
+      )
+    )
+  end
+
+  # Each command stopped by `timeout` after `seconds` (its whole process
+  # group: pipelines included); each must have run until then.
+  defp run_together(seconds, commands) do
+    commands
+    |> Enum.map(fn {cmd, args} ->
+      Task.async(fn ->
+        System.cmd("timeout", ["-s", "TERM", "-k", "2", "#{seconds}", cmd | args],
+          stderr_to_stdout: true
+        )
+      end)
+    end)
+    |> Enum.each(fn task ->
+      {out, status} = Task.await(task, (seconds + 30) * 1_000)
+      assert status == 124, "a flood tool exited early (#{status}): #{out}"
+    end)
   end
 end
