@@ -122,6 +122,16 @@ defmodule Yggdrasil.Test.Flood do
     %{state | violations: state.violations + 1, examples: examples}
   end
 
+  @doc "Stops the recorders (unlinked first)."
+  def stop(pids) do
+    for pid <- pids do
+      Process.unlink(pid)
+      Process.exit(pid, :kill)
+    end
+
+    :ok
+  end
+
   @doc "Tells the recorders the marker is about to be published: `summary/1` counts notices since."
   def mark(pids), do: Enum.each(pids, &send(&1, :flood_mark))
 
