@@ -6,14 +6,17 @@
 # compiled only in MIX_ENV=test. Each broker's TLS server runs beside the
 # plaintext one: its 1-subscriber rows are measured in the same interleaved
 # loop (our side through a namespace holding its config, the floor with
-# `--tls-ca`). Loaded by support/harness.exs.
+# `--tls-ca`). Then each broker flooded by its own tools on one channel of
+# 20k subscribers (the tests' Yggdrasil.Test.Flood). Loaded by
+# support/harness.exs.
 
-Code.require_file("../../test/support/broker_server.ex", __DIR__)
+for file <- ~w(broker_server helpers flood),
+    do: Code.require_file("../../test/support/#{file}.ex", __DIR__)
 
 defmodule YggBench.Brokers do
   @moduledoc false
 
-  alias Yggdrasil.Test.BrokerServer
+  alias Yggdrasil.Test.{BrokerServer, Flood}
   alias YggBench.{Comparators, Group, Harness, Stats}
 
   @root Path.expand("../..", __DIR__)
@@ -49,8 +52,21 @@ defmodule YggBench.Brokers do
                   ],
                   do: {c, p, m, b}
 
+  # docs/guarantees.md "Brokers under load": the namespace of the floods.
+  @flood YggBench.Brokers.Flood
+  @flood_header [
+    "flood: 20k subscribers, 5 s",
+    "RSS growth (≤ 256 MB)",
+    "marker 1 s after (≤ 5 s)",
+    "dropped",
+    "shed",
+    "subscribers told",
+    "missed untold"
+  ]
+
   def run(cfg) do
     outcomes = for kind <- [:redis, :postgres, :rabbitmq], do: {kind, broker(kind, cfg)}
+    floods = for kind <- [:redis, :postgres, :rabbitmq], do: {kind, flood(kind, cfg)}
 
     header = ["broker" | Enum.map(@targets, &elem(&1, 0))] ++ ["deliveries: no message lost"]
     rows = for {_, {:ok, _, {row, _}}} <- outcomes, do: row
@@ -60,7 +76,7 @@ defmodule YggBench.Brokers do
       "TLS ÷ plaintext" | for({c, p, m, _} <- @tls_ratios, do: "#{c}, #{p} pub., #{m}")
     ]
 
-    left_out = for {kind, {what, why}} <- outcomes, do: "#{kind} #{what}: #{why}"
+    left_out = for {kind, {what, why}} <- outcomes ++ floods, do: "#{kind} #{what}: #{why}"
 
     %{
       records: List.flatten(for {_, {:ok, records, _}} <- outcomes, do: records),
@@ -81,10 +97,72 @@ defmodule YggBench.Brokers do
             "CA trusted (`tls: true, tls_cacertfile:`); the floor with `--tls-ca`, rustls + " <>
             "ring as ours. Target (issue 19): TLS costs at most 15% of a publish, i.e. " <>
             "deliveries/s ≥ 0.87× and p50 ≤ 1.15× plaintext's; met/missed is judged for ours.",
-          IO.iodata_to_binary(Harness.table(tls_header, tls_rows))
+          IO.iodata_to_binary(Harness.table(tls_header, tls_rows)),
+          "Flood: the broker's own tools (redis-benchmark `PUBLISH` beside a numbered " <>
+            "`redis-cli --pipe`; psql `pg_notify` over `generate_series`; two " <>
+            "`amqp-publish -l`) for 5 s on one `:default` channel of 20k recording " <>
+            "subscribers; RSS growth: the VM's peak over its RSS once they are subscribed; " <>
+            "the marker: published with `Yggdrasil.publish/2` 1 s after the tools exit; " <>
+            "missed untold: subscribers that saw a gap, a repeat or an event while " <>
+            "disconnected, or lost the marker without a notice.",
+          IO.iodata_to_binary(
+            Harness.table(@flood_header, for({_, {:ok, row}} <- floods, do: row))
+          )
         ] ++ left_out
     }
   end
+
+  defp flood(kind, cfg) do
+    {n, seconds} = if cfg.quick, do: {200, 1}, else: {20_000, 5}
+
+    with {:ok, server} <- start_server(kind, false) do
+      Application.put_env(:yggdrasil, @flood, [{kind, BrokerServer.config(server)}])
+
+      try do
+        {:ok, channel} = Yggdrasil.gen_channel([namespace: @flood] ++ channel(kind, "flood"))
+        recorders = Flood.recorders!(channel, n, "marker")
+        baseline = Flood.memory()
+
+        {{marker, seen}, peak} =
+          Flood.with_peaks(fn ->
+            Flood.flood!(server, channel.name, seconds)
+            Process.sleep(1_000)
+            Flood.mark(recorders)
+            published_at = System.monotonic_time(:millisecond)
+            :ok = Yggdrasil.publish(channel, "marker")
+            {Flood.await_marker(recorders, published_at, 10_000), Flood.summary(recorders)}
+          end)
+
+        Flood.stop(recorders)
+        load = Map.fetch!(Yggdrasil.broker_info(), {kind, @flood})
+        # Its client closes below: first the channel's adapter goes.
+        Harness.wait_until(fn -> Yggdrasil.Subscriber.Generator.whereis(channel) == nil end)
+
+        marker =
+          if marker.got == n,
+            do: "#{marker.latency_ms} ms",
+            else: "#{n - marker.got} of #{n} without it after 10 s"
+
+        {:ok,
+         [
+           "#{kind}",
+           "+#{mb(peak.rss - baseline.rss)} MB (processes +#{mb(peak.processes - baseline.processes)})",
+           marker,
+           "#{load.dropped}",
+           "#{load.shed}",
+           "#{seen.disconnected}",
+           "#{seen.violations + seen.marker_lost_untold}"
+         ]}
+      rescue
+        error -> {:flood_failed, Exception.message(error)}
+      after
+        close_client(kind, @flood)
+        BrokerServer.cleanup(server)
+      end
+    end
+  end
+
+  defp mb(bytes), do: div(bytes, 1024 * 1024)
 
   defp broker(kind, cfg) do
     with {:ok, floor} <- build_floor(kind),

@@ -286,16 +286,6 @@ defmodule Yggdrasil.Test.FakeBroker do
 
   ## What the VM holds.
 
-  @doc "The VM's resident memory in bytes (Linux)."
-  def rss do
-    [kb] =
-      for line <- File.read!("/proc/self/status") |> String.split("\n"),
-          String.starts_with?(line, "VmRSS:"),
-          do: line |> String.split() |> Enum.at(1) |> String.to_integer()
-
-    kb * 1024
-  end
-
   @doc "How many of the VM's OS threads are called `name`."
   def threads(name) do
     Path.wildcard("/proc/self/task/*/comm")

@@ -115,4 +115,14 @@ defmodule Yggdrasil.Test.Helpers do
 
   @doc "The NIF library this build loaded."
   def nif_library, do: Path.join(:code.priv_dir(:yggdrasil), "native/libyggdrasil_nif.so")
+
+  @doc "The VM's resident memory in bytes (Linux)."
+  def rss do
+    [kb] =
+      for line <- File.read!("/proc/self/status") |> String.split("\n"),
+          String.starts_with?(line, "VmRSS:"),
+          do: line |> String.split() |> Enum.at(1) |> String.to_integer()
+
+    kb * 1024
+  end
 end
