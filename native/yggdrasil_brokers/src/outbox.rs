@@ -5,34 +5,46 @@
 //! delivery side would leave the backlog in the broker (Redis's pub/sub
 //! output buffer, PostgreSQL's NOTIFY queue, which every session of that
 //! server shares) and make subscribers receive ever older events. So the
-//! load is shed here, with notice, per *flow* (one recipient's stream of one
-//! topic):
+//! load is shed here, per *flow* (one recipient's stream of one topic), and
+//! every gap is told where it is:
 //!
-//! - **Full**: a client's queued events are capped in number and bytes
-//!   ([`Limits`]). A message that does not fit is dropped, and its flow is
-//!   *shed* at once: the consumer is nudged on a side lane, ahead of the
-//!   backlog.
-//! - **Late**: a message that waited longer than [`Limits::max_lag`] is
-//!   dropped when it comes out, and its flow is shed.
-//! - **Shed**: the flow's recipient gets `Disconnected` right away; the
-//!   flow's messages still queued are dropped as they come out, and new ones
-//!   are dropped as they come in. Once none of its messages is queued any
-//!   more, the recipient gets `Connected` (if the broker subscription is
-//!   confirmed) and messages flow again. A recipient therefore never misses
-//!   a message without a `Disconnected` before the gap and a `Connected`
-//!   after it, exactly as for a lost connection.
+//! - **Full**: a client's queued messages are capped in number and bytes
+//!   ([`Limits`]). At the cap, what the client has queued is dropped in
+//!   favour of what comes next (fresh events win over a backlog; at most
+//!   once per quarter of `max_lag` below twice the cap, at every message
+//!   above it): the consumer drops it as it comes out, and new messages are
+//!   queued beyond the cap. Past four times the cap a new message is
+//!   dropped too, and a *gap* is queued in its place (one for a run of
+//!   drops).
+//! - **Late**: a message that waited longer than [`Limits::max_lag`] when
+//!   its turn comes is dropped (half of it when more of its flow is queued
+//!   behind it: the consumer catches up with the newest); the gap is told
+//!   before the flow's next delivery, or at once when nothing of the flow
+//!   is queued behind it.
+//! - **Told**: a gap reaches the recipient as `Disconnected` followed by
+//!   `Connected` (the latter only while the broker subscription is
+//!   confirmed), exactly where the messages are missing. So a recipient
+//!   never misses a message without a `Disconnected` before the gap and a
+//!   `Connected` after it, as for a lost connection, and what it gets is
+//!   never older than `max_lag`: a message published after a flood is not
+//!   lost with the flood's backlog, it waits at most that long.
 //!
 //! Connection notices, warnings and publish replies are never dropped: the
-//! listener sends at most one notice per flow per state change, and
-//! warnings and replies are bounded by the callers and reconnect attempts.
+//! listener sends at most one notice per flow per state change, warnings and
+//! replies are bounded by the callers and reconnect attempts, and gaps
+//! alternate with messages.
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select_biased, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::{Delivery, Event, EventSink, Name, Recipient};
+
+/// Purged messages wait to be dropped by the consumer (quickly, they are
+/// not delivered): the queue holds at most this many times the caps.
+const HARD_CAP: usize = 4;
 
 /// Counted for each queued message besides its payload: the queue entry,
 /// the name and metadata (small terms).
@@ -41,9 +53,11 @@ const ENTRY_BYTES: usize = 256;
 /// How much a client may have waiting, and for how long.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Messages queued per client.
+    /// Messages queued per client before its backlog is purged (the queue
+    /// holds up to [`HARD_CAP`] times this while purged messages drain).
     pub max_events: usize,
-    /// Bytes queued per client (payloads plus [`ENTRY_BYTES`] each).
+    /// Bytes queued per client (payloads plus [`ENTRY_BYTES`] each), as
+    /// `max_events`.
     pub max_bytes: usize,
     /// A message older than this when its turn comes is dropped: a
     /// subscriber gets fresh events or a notice, never a stale backlog.
@@ -53,8 +67,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_events: 65_536,
-            max_bytes: 64 * 1024 * 1024,
+            max_events: 16_384,
+            max_bytes: 16 * 1024 * 1024,
             max_lag: Duration::from_secs(2),
         }
     }
@@ -69,7 +83,7 @@ pub struct LoadStats {
     pub queued_bytes: usize,
     /// Messages dropped because the delivery side could not keep up.
     pub dropped: u64,
-    /// Times a flow was shed (each one a `Disconnected` to its recipient).
+    /// Gaps told (each a `Disconnected` then `Connected` to a recipient).
     pub shed: u64,
 }
 
@@ -80,18 +94,35 @@ struct Load {
     bytes: AtomicUsize,
     dropped: AtomicU64,
     shed: AtomicU64,
+    /// Messages queued before this (ns since `EPOCH`) are dropped.
+    purged_before: AtomicU64,
+}
+
+/// What queue times are counted from.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Load {
-    /// Takes room for one message of `bytes`, or says there is none.
-    fn reserve(&self, bytes: usize, limits: &Limits) -> bool {
+    /// Takes room for one message of `bytes` within `times` the caps, or
+    /// says there is none.
+    fn reserve(&self, bytes: usize, limits: &Limits, times: usize) -> bool {
         let queued = self.queued.fetch_add(1, Ordering::Relaxed);
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if queued < limits.max_events && total <= limits.max_bytes {
+        if queued < limits.max_events.saturating_mul(times)
+            && total <= limits.max_bytes.saturating_mul(times)
+        {
             return true;
         }
         self.release(bytes);
         false
+    }
+
+    /// Whether a message queued at `at` was dropped by a purge since.
+    fn purged(&self, at: Instant) -> bool {
+        nanos_since_epoch(at) < self.purged_before.load(Ordering::SeqCst)
     }
 
     fn release(&self, bytes: usize) {
@@ -110,15 +141,16 @@ pub struct Flow<R> {
     to: R,
     name: Name,
     load: Arc<Load>,
-    /// The broker confirmed the topic on the current session (set by the
-    /// listener): recovery says `Connected` only then.
-    confirmed: AtomicBool,
-    /// Set by the consumer while the flow is shed: its messages are
-    /// dropped, in the queue and at the door.
-    shedding: AtomicBool,
-    /// The producer found the queue full and nudged the consumer.
-    overflowed: AtomicBool,
-    /// This flow's entries in the queue (messages and notices).
+    /// The consumer's: what the recipient was last told (`Connected` or
+    /// `Disconnected`, in queue order): a gap ends with `Connected` only if
+    /// it was connected there.
+    told_connected: AtomicBool,
+    /// The producer's: the last thing queued for this flow is a gap.
+    gap_queued: AtomicBool,
+    /// The consumer's: late messages of this flow were dropped, and the
+    /// recipient is not told yet.
+    gap_owed: AtomicBool,
+    /// This flow's entries in the queue (messages, notices, gaps).
     queued: AtomicUsize,
 }
 
@@ -133,9 +165,9 @@ impl<R: Recipient> Flow<R> {
             to,
             name,
             load,
-            confirmed: AtomicBool::new(false),
-            shedding: AtomicBool::new(false),
-            overflowed: AtomicBool::new(false),
+            told_connected: AtomicBool::new(false),
+            gap_queued: AtomicBool::new(false),
+            gap_owed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
         })
     }
@@ -148,9 +180,10 @@ impl<R: Recipient> Flow<R> {
         &self.name
     }
 
-    /// Called by the listener as the broker confirms or loses the topic.
-    pub(crate) fn set_confirmed(&self, confirmed: bool) {
-        self.confirmed.store(confirmed, Ordering::SeqCst);
+    /// As if the recipient had been told `Connected` (tests).
+    #[cfg(test)]
+    fn assume_connected(&self) {
+        self.told_connected.store(true, Ordering::SeqCst);
     }
 
     fn delivery(&self, event: Event) -> Delivery<R> {
@@ -171,13 +204,14 @@ enum Item<R> {
         at: Instant,
         bytes: usize,
     },
+    /// Where a flow's messages were dropped for want of room.
+    Gap(Arc<Flow<R>>),
 }
 
 /// The producer side: one per client (see [`Outbox::for_client`]), an
 /// [`EventSink`]. Never blocks.
 pub struct Outbox<R> {
     items: Sender<Item<R>>,
-    nudges: Sender<Arc<Flow<R>>>,
     limits: Limits,
     load: Arc<Load>,
 }
@@ -186,7 +220,6 @@ impl<R> Clone for Outbox<R> {
     fn clone(&self) -> Self {
         Outbox {
             items: self.items.clone(),
-            nudges: self.nudges.clone(),
             limits: self.limits,
             load: self.load.clone(),
         }
@@ -196,32 +229,26 @@ impl<R> Clone for Outbox<R> {
 /// The consumer side, for the one delivery thread.
 pub struct Deliveries<R> {
     items: Receiver<Item<R>>,
-    nudges: Receiver<Arc<Flow<R>>>,
     limits: Limits,
-    /// Notices made here, delivered before anything else.
+    /// What one item turned into (a gap's notices, then a message).
     ready: VecDeque<Delivery<R>>,
-    /// Flows shed and not recovered yet.
-    shed: Vec<Arc<Flow<R>>>,
 }
 
 /// The queue every client's events go through, both ends. The queue itself
 /// is a crossbeam list channel: its length is bounded by the per-client
-/// caps (messages) and by the listener's one-notice-per-change (notices).
+/// caps (messages), the gaps between them, and the listener's
+/// one-notice-per-change (notices).
 pub fn channel<R: Recipient>(limits: Limits) -> (Outbox<R>, Deliveries<R>) {
     let (items_tx, items_rx) = crossbeam_channel::unbounded();
-    let (nudges_tx, nudges_rx) = crossbeam_channel::unbounded();
     let outbox = Outbox {
         items: items_tx,
-        nudges: nudges_tx,
         limits,
         load: Arc::default(),
     };
     let deliveries = Deliveries {
         items: items_rx,
-        nudges: nudges_rx,
         limits,
         ready: VecDeque::new(),
-        shed: Vec::new(),
     };
     (outbox, deliveries)
 }
@@ -253,6 +280,7 @@ impl<R: Recipient> Outbox<R> {
     }
 
     fn push(&self, flow: &Arc<Flow<R>>, event: Event, bytes: usize) {
+        flow.gap_queued.store(false, Ordering::SeqCst);
         flow.queued.fetch_add(1, Ordering::SeqCst);
         let item = Item::Flow {
             flow: flow.clone(),
@@ -278,16 +306,29 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
         let Event::Message { payload, .. } = &event else {
             return self.push(flow, event, 0);
         };
-        if flow.shedding.load(Ordering::SeqCst) {
-            return flow.load.drop_one();
-        }
         let bytes = payload.len().saturating_add(ENTRY_BYTES);
-        if !flow.load.reserve(bytes, &self.limits) {
+        if flow.load.reserve(bytes, &self.limits, 1) {
+            return self.push(flow, event, bytes);
+        }
+        if !flow.load.reserve(bytes, &self.limits, HARD_CAP) {
             flow.load.drop_one();
-            if !flow.overflowed.swap(true, Ordering::SeqCst) {
-                let _ = self.nudges.send(flow.clone());
+            if !flow.gap_queued.swap(true, Ordering::SeqCst) {
+                flow.queued.fetch_add(1, Ordering::SeqCst);
+                let _ = self.items.send(Item::Gap(flow.clone()));
             }
             return;
+        }
+        // Beyond the cap: the backlog goes, this one stays. At most one purge
+        // per quarter of `max_lag` (what came in since the last one is fresh
+        // enough to deliver) up to twice the cap, one per message beyond.
+        let now = nanos_since_epoch(Instant::now()).max(1);
+        let every = u64::try_from((self.limits.max_lag / 4).as_nanos()).unwrap_or(u64::MAX);
+        let last = flow.load.purged_before.load(Ordering::SeqCst);
+        let over_twice = flow.load.queued.load(Ordering::Relaxed)
+            > self.limits.max_events.saturating_mul(2)
+            || flow.load.bytes.load(Ordering::Relaxed) > self.limits.max_bytes.saturating_mul(2);
+        if over_twice || last == 0 || now.saturating_sub(last) >= every {
+            flow.load.purged_before.fetch_max(now, Ordering::SeqCst);
         }
         self.push(flow, event, bytes);
     }
@@ -303,42 +344,21 @@ impl<R: Recipient> Iterator for Deliveries<R> {
             if let Some(delivery) = self.ready.pop_front() {
                 return Some(delivery);
             }
-            // A full queue's notice goes before the backlog it is about.
-            while let Ok(flow) = self.nudges.try_recv() {
-                self.shed_flow(&flow);
-            }
-            self.recover();
-            if !self.ready.is_empty() {
-                continue;
-            }
-            let item = match self.items.try_recv() {
-                Ok(item) => item,
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => select_biased! {
-                    recv(self.nudges) -> flow => {
-                        if let Ok(flow) = flow {
-                            self.shed_flow(&flow);
-                        }
-                        continue;
-                    }
-                    recv(self.items) -> item => match item {
-                        Ok(item) => item,
-                        Err(_) => return None,
-                    },
-                },
-            };
-            if let Some(delivery) = self.take(item) {
-                return Some(delivery);
-            }
+            let item = self.items.recv().ok()?;
+            self.take(item);
         }
     }
 }
 
 impl<R: Recipient> Deliveries<R> {
-    /// An item out of the queue: what to deliver of it, if anything.
-    fn take(&mut self, item: Item<R>) -> Option<Delivery<R>> {
+    /// Turns an item out of the queue into what to deliver, if anything.
+    fn take(&mut self, item: Item<R>) {
         let (flow, event, at, bytes) = match item {
-            Item::Plain(delivery) => return Some(delivery),
+            Item::Plain(delivery) => return self.ready.push_back(delivery),
+            Item::Gap(flow) => {
+                flow.queued.fetch_sub(1, Ordering::SeqCst);
+                return self.tell_gap(&flow);
+            }
             Item::Flow {
                 flow,
                 event,
@@ -346,55 +366,47 @@ impl<R: Recipient> Deliveries<R> {
                 bytes,
             } => (flow, event, at, bytes),
         };
-        flow.queued.fetch_sub(1, Ordering::SeqCst);
-        match event {
-            Event::Message { .. } => {
-                flow.load.release(bytes);
-                // Queued before the flow was shed (or while the producer
-                // raced with it): stale by definition.
-                if flow.shedding.load(Ordering::SeqCst) {
-                    flow.load.drop_one();
-                    return None;
+        let left = flow.queued.fetch_sub(1, Ordering::SeqCst) - 1;
+        if matches!(event, Event::Message { .. }) {
+            flow.load.release(bytes);
+            // Half the lag is late enough for a message with more of its
+            // flow behind it: skipping it catches up with the newest, which
+            // is then never older than the lag.
+            let age = at.elapsed();
+            let late = age > self.limits.max_lag || (left > 0 && age > self.limits.max_lag / 2);
+            if late || flow.load.purged(at) {
+                flow.load.drop_one();
+                flow.gap_owed.store(true, Ordering::SeqCst);
+                // Nothing of the flow behind it: told now, not at its next event.
+                if left == 0 {
+                    self.tell_gap(&flow);
                 }
-                if at.elapsed() > self.limits.max_lag {
-                    flow.load.drop_one();
-                    self.shed_flow(&flow);
-                    return None;
-                }
-                Some(flow.delivery(event))
+                return;
             }
-            // Said at recovery instead, once the stale messages are gone.
-            Event::Connected { .. } if flow.shedding.load(Ordering::SeqCst) => None,
-            event => Some(flow.delivery(event)),
         }
+        if flow.gap_owed.load(Ordering::SeqCst) {
+            self.tell_gap(&flow);
+        }
+        match event {
+            Event::Connected { .. } => flow.told_connected.store(true, Ordering::SeqCst),
+            Event::Disconnected { .. } => flow.told_connected.store(false, Ordering::SeqCst),
+            _ => {}
+        }
+        self.ready.push_back(flow.delivery(event));
     }
 
-    fn shed_flow(&mut self, flow: &Arc<Flow<R>>) {
-        flow.overflowed.store(false, Ordering::SeqCst);
-        if flow.shedding.swap(true, Ordering::SeqCst) {
-            return;
-        }
+    /// `Disconnected`, then `Connected` if the recipient was connected.
+    fn tell_gap(&mut self, flow: &Flow<R>) {
+        flow.gap_owed.store(false, Ordering::SeqCst);
         flow.load.shed.fetch_add(1, Ordering::Relaxed);
         let name = flow.name.clone();
         self.ready
             .push_back(flow.delivery(Event::Disconnected { name }));
-        self.shed.push(flow.clone());
-    }
-
-    /// Shed flows with nothing left in the queue flow again.
-    fn recover(&mut self) {
-        let ready = &mut self.ready;
-        self.shed.retain(|flow| {
-            if flow.queued.load(Ordering::SeqCst) > 0 {
-                return true;
-            }
-            flow.shedding.store(false, Ordering::SeqCst);
-            if flow.confirmed.load(Ordering::SeqCst) {
-                let name = flow.name.clone();
-                ready.push_back(flow.delivery(Event::Connected { name }));
-            }
-            false
-        });
+        if flow.told_connected.load(Ordering::SeqCst) {
+            let name = flow.name.clone();
+            self.ready
+                .push_back(flow.delivery(Event::Connected { name }));
+        }
     }
 }
 

@@ -227,7 +227,8 @@ fn recipients_of_one_topic_share_one_subscription() {
             connections: 1,
             tasks: 1,
             topics: 1,
-            subscriptions: 2
+            subscriptions: 2,
+            cuts: 0
         }
     );
 
@@ -748,4 +749,148 @@ fn the_tls_test_server_speaks_tls_only_with_the_chosen_cert() {
         .output()
         .expect("redis-cli runs");
     assert!(!String::from_utf8_lossy(&without.stdout).contains("PONG"));
+}
+
+/// A flood faster than the consumer: the client reads Redis at Redis's pace,
+/// the outbox stays within its caps, the recipient hears `Disconnected`
+/// before every gap and `Connected` after it, and once the flood is over a
+/// marker arrives at once (nothing stale left in the queue).
+#[test]
+fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    use yggdrasil_brokers::outbox::{self, Limits};
+
+    let Some(server) = start_redis() else {
+        return;
+    };
+    const MAX_EVENTS: usize = 2_000;
+    let (outbox, deliveries) = outbox::channel::<u64>(Limits {
+        max_events: MAX_EVENTS,
+        max_bytes: 1 << 20,
+        max_lag: Duration::from_millis(300),
+    });
+    let sink = outbox.for_client();
+    let mut given = vec![
+        text("hostname", "127.0.0.1"),
+        int("port", server.port.into()),
+    ];
+    given.extend(support::common_settings(&common()));
+    let client = Client::open("redis", &given, OWNER, sink.clone()).expect("opens");
+
+    // The recipient: 50 µs per message, far slower than Redis sends.
+    let (seen_tx, seen) = crossbeam_channel::unbounded();
+    let consumer = std::thread::spawn(move || {
+        for delivery in deliveries {
+            // The owner's warnings (a session cut for being behind) aside.
+            if delivery.to != 1 {
+                continue;
+            }
+            if matches!(delivery.event, Event::Message { .. }) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            if seen_tx.send(delivery.event).is_err() {
+                break;
+            }
+        }
+    });
+    client.subscribe(topic("flood"), 1).expect("subscribes");
+    let first = seen.recv_timeout(WAIT).expect("an event");
+    assert!(matches!(first, Event::Connected { .. }), "{first:?}");
+
+    // The most the outbox held, sampled while the flood runs.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let max_queued = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (flooding, max_queued, sink) = (flooding.clone(), max_queued.clone(), sink.clone());
+        std::thread::spawn(move || {
+            while flooding.load(Ordering::SeqCst) {
+                max_queued.fetch_max(sink.load().queued, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // 100,000 numbered messages, pipelined by redis-cli.
+    let script: String = (1..=100_000)
+        .map(|n| format!("PUBLISH flood {n}\r\n"))
+        .collect();
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-cli runs");
+    cli.stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script sent");
+    assert!(cli.wait().expect("redis-cli ends").success());
+    flooding.store(false, Ordering::SeqCst);
+    sampler.join().expect("sampler");
+
+    // Once the client has taken all Redis sent (nothing new queued for a
+    // while), a marker: nothing stale is left ahead of it.
+    let mut quiet_since = Instant::now();
+    let mut last_dropped = u64::MAX;
+    while quiet_since.elapsed() < Duration::from_millis(300) {
+        let load = sink.load();
+        if load.queued > 0 || load.dropped != last_dropped {
+            quiet_since = Instant::now();
+        }
+        last_dropped = load.dropped;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cli = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "PUBLISH", "flood", "marker"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(cli.status.success());
+    let published = Instant::now();
+
+    // Every gap in the numbers lies between Disconnected and Connected.
+    let (mut connected, mut last, mut received, mut notices) = (true, 0u64, 0u64, 0);
+    loop {
+        let Ok(event) = seen.recv_timeout(WAIT) else {
+            panic!(
+                "no marker: {:?}, {:?}, last {last}, received {received}, connected {connected}",
+                sink.load(),
+                client.stats()
+            );
+        };
+        match event {
+            Event::Disconnected { .. } => {
+                assert!(connected, "Disconnected twice");
+                (connected, notices) = (false, notices + 1);
+            }
+            Event::Connected { .. } => connected = true,
+            Event::Message { payload, .. } if payload == b"marker" => break,
+            Event::Message { payload, .. } => {
+                let n: u64 = String::from_utf8_lossy(&payload).parse().expect("a number");
+                assert!(connected, "message {n} between Disconnected and Connected");
+                assert!(n > last, "{n} after {last}");
+                (last, received) = (n, received + 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(connected, "the marker came before Connected");
+    let latency = published.elapsed();
+    let load = sink.load();
+    assert!(max_queued.load(Ordering::SeqCst) <= MAX_EVENTS, "{load:?}");
+    assert!(
+        notices > 0 && load.shed > 0,
+        "never shed: {load:?}, {received} received"
+    );
+    // Delivered, dropped here, or dropped with a session cut for being behind.
+    let cuts = client.stats().cuts;
+    assert!(
+        load.dropped + received == 100_000 || cuts > 0,
+        "{load:?}, {received} received"
+    );
+    assert!(latency < Duration::from_secs(2), "marker after {latency:?}");
+    drop(client);
+    drop((outbox, sink));
+    consumer.join().expect("consumer");
 }

@@ -61,7 +61,6 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         for state in self.map.values_mut() {
             if state.confirmed {
                 for flow in &state.flows {
-                    flow.set_confirmed(false);
                     let name = state.name.clone();
                     shared.events.flow_event(flow, Event::Disconnected { name });
                 }
@@ -116,7 +115,6 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         if !state.flows.iter().any(|flow| *flow.to() == to) {
             let flow = shared.events.flow(to, state.name.clone());
             if state.confirmed {
-                flow.set_confirmed(true);
                 let name = state.name.clone();
                 shared.events.flow_event(&flow, Event::Connected { name });
             }
@@ -130,14 +128,7 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
         let Some(state) = self.map.get_mut(topic) else {
             return false;
         };
-        state.flows.retain(|flow| {
-            if flow.to() != to {
-                return true;
-            }
-            // Should it be shed, its recovery says nothing.
-            flow.set_confirmed(false);
-            false
-        });
+        state.flows.retain(|flow| flow.to() != to);
         if state.flows.is_empty() {
             let confirmed = state.confirmed;
             self.map.remove(topic);
@@ -153,7 +144,6 @@ impl<T: Clone + Eq + std::hash::Hash, R: Recipient> Topics<T, R> {
             state.retry_at = None;
             state.backoff = None;
             for flow in &state.flows {
-                flow.set_confirmed(true);
                 let name = state.name.clone();
                 shared.events.flow_event(flow, Event::Connected { name });
             }
@@ -225,6 +215,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
         review: true,
         retry_at: None,
         ping_at: Instant::now() + KEEPALIVE,
+        behind_since: None,
     };
     loop {
         if topics.map.is_empty() {
@@ -332,10 +323,24 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 Some(cmd) => l.apply(topics, backoff, cmd).await,
                 None => return,
             },
-            incoming = broker.next_message(&mut open.messages) => match incoming {
+            (incoming, waited) = Waited::new(broker.next_message(&mut open.messages)) => match incoming {
                 Some(incoming) => {
-                    l.ping_at = Instant::now() + KEEPALIVE;
+                    let now = Instant::now();
+                    l.ping_at = now + KEEPALIVE;
                     fan_out(broker, shared, topics, incoming).await;
+                    // Messages always there when asked for: the broker sends
+                    // faster than this task takes them, and the backlog grows
+                    // where it cannot be shed (the client crate's own buffer,
+                    // the broker's output buffer). Cut it with the session.
+                    let behind_since = if waited { None } else { l.behind_since.or(Some(now)) };
+                    l.behind_since = behind_since;
+                    if behind_since.is_some_and(|since| now - since > MAX_BEHIND) {
+                        shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
+                        l.lose(topics, backoff, format!(
+                            "messages came faster than this client takes them for {MAX_BEHIND:?}: \
+                             the session is cut (its backlog dropped) and opened again"
+                        ));
+                    }
                 }
                 None => l.lose(topics, backoff, "connection closed".to_string()),
             },
@@ -364,6 +369,8 @@ struct Listener<'a, B: Broker, R: Recipient> {
     retry_at: Option<Instant>,
     /// When to check that the session is alive, if no message came by then.
     ping_at: Instant,
+    /// Since when every message was there without waiting (see `MAX_BEHIND`).
+    behind_since: Option<Instant>,
 }
 
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
@@ -384,6 +391,7 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
     /// The session broke: close it, tell everyone, reconnect after a pause.
     fn lose(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
         // Dropping the session closes its connection before anyone is told.
+        self.behind_since = None;
         if self.session.take().is_some() {
             self.shared
                 .warn(format!("lost the {} connection: {reason}", B::NAME));
@@ -401,6 +409,48 @@ pub(super) fn warn_if_unverified<B: Broker, R: Recipient>(broker: &B, shared: &S
             B::NAME,
             broker.endpoint()
         ));
+    }
+}
+
+/// A session whose messages were all there without waiting for this long is
+/// cut: it is behind the broker, and what it has not read yet would reach
+/// subscribers later and later.
+const MAX_BEHIND: Duration = Duration::from_secs(1);
+
+pin_project_lite::pin_project! {
+    /// A future's output, and whether it had to wait for it (returned
+    /// `Pending` at least once).
+    struct Waited<F> {
+        #[pin]
+        future: F,
+        waited: bool,
+    }
+}
+
+impl<F> Waited<F> {
+    fn new(future: F) -> Self {
+        Waited {
+            future,
+            waited: false,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Waited<F> {
+    type Output = (F::Output, bool);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match this.future.poll(cx) {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready((output, *this.waited)),
+            std::task::Poll::Pending => {
+                *this.waited = true;
+                std::task::Poll::Pending
+            }
+        }
     }
 }
 

@@ -96,6 +96,7 @@ pub(super) struct Counters {
     pub(super) tasks: AtomicUsize,
     pub(super) topics: AtomicUsize,
     pub(super) subscriptions: AtomicUsize,
+    pub(super) cuts: AtomicUsize,
 }
 
 impl Counters {
@@ -105,6 +106,7 @@ impl Counters {
             tasks: self.tasks.load(Ordering::SeqCst),
             topics: self.topics.load(Ordering::SeqCst),
             subscriptions: self.subscriptions.load(Ordering::SeqCst),
+            cuts: self.cuts.load(Ordering::SeqCst),
         }
     }
 }

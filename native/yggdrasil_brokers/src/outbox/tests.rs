@@ -38,7 +38,7 @@ fn in_order_when_the_consumer_keeps_up() {
     let (outbox, mut deliveries) = channel::<u64>(limits(10, 60_000));
     let client = outbox.for_client();
     let flow = client.flow(7, Name::from("t"));
-    flow.set_confirmed(true);
+    flow.assume_connected();
     client.flow_event(
         &flow,
         Event::Connected {
@@ -60,57 +60,81 @@ fn in_order_when_the_consumer_keeps_up() {
 }
 
 #[test]
-fn a_full_queue_sheds_the_flow_with_notice_before_the_backlog() {
-    let (outbox, mut deliveries) = channel::<u64>(limits(4, 60_000));
+fn at_the_cap_the_backlog_goes_and_fresh_messages_stay() {
+    let (outbox, mut deliveries) = channel::<u64>(limits(2, 60_000));
     let client = outbox.for_client();
     let flow = client.flow(1, Name::from("t"));
-    flow.set_confirmed(true);
-    for n in 0..10 {
+    flow.assume_connected();
+    for n in 0..12 {
         client.flow_event(&flow, message(n));
     }
+    // 0 and 1 filled the cap; 2 purged them; 3 did not (one purge per
+    // quarter of max_lag below twice the cap); 4..7 each purged what was
+    // before them (twice the cap); 8..11 did not fit four times the cap.
     let load = client.load();
-    assert_eq!((load.queued, load.dropped), (4, 6));
-    // The notice comes first, the queued messages are stale and dropped,
-    // then the flow recovers.
-    let events: Vec<Event> = (0..2).map(|_| deliveries.next().unwrap().event).collect();
+    assert_eq!((load.queued, load.dropped), (8, 4));
+    let events: Vec<Event> = (0..4).map(|_| deliveries.next().unwrap().event).collect();
     assert!(
         matches!(events[0], Event::Disconnected { .. }),
         "{events:?}"
     );
     assert!(matches!(events[1], Event::Connected { .. }), "{events:?}");
+    assert_eq!(number(&events[2]), Some(7), "{events:?}");
+    assert!(
+        matches!(events[3], Event::Disconnected { .. }),
+        "{events:?}"
+    );
+    assert!(matches!(
+        deliveries.next().unwrap().event,
+        Event::Connected { .. }
+    ));
+    // Room again: the next message flows.
+    client.flow_event(&flow, message(42));
+    assert_eq!(number(&deliveries.next().unwrap().event), Some(42));
     let load = client.load();
     assert_eq!(
         (load.queued, load.queued_bytes, load.dropped, load.shed),
-        (0, 0, 10, 1)
+        (0, 0, 11, 2)
     );
-    // Fresh messages flow again.
-    client.flow_event(&flow, message(42));
-    assert_eq!(number(&deliveries.next().unwrap().event), Some(42));
 }
 
 #[test]
-fn late_messages_are_dropped_with_notice() {
+fn late_messages_are_dropped_and_the_gap_told_before_the_next() {
     let (outbox, mut deliveries) = channel::<u64>(limits(1000, 50));
     let client = outbox.for_client();
     let flow = client.flow(1, Name::from("t"));
-    flow.set_confirmed(true);
+    flow.assume_connected();
     for n in 0..3 {
         client.flow_event(&flow, message(n));
     }
     thread::sleep(Duration::from_millis(80));
     client.flow_event(&flow, message(3));
-    let first = deliveries.next().unwrap().event;
-    assert!(matches!(first, Event::Disconnected { .. }), "{first:?}");
-    // 1, 2 and 3 were queued before the flow was shed: dropped too.
-    let second = deliveries.next().unwrap().event;
-    assert!(matches!(second, Event::Connected { .. }), "{second:?}");
-    assert_eq!(client.load().dropped, 4);
-    client.flow_event(&flow, message(9));
-    assert_eq!(number(&deliveries.next().unwrap().event), Some(9));
+    let events: Vec<Event> = (0..3).map(|_| deliveries.next().unwrap().event).collect();
+    assert!(
+        matches!(events[0], Event::Disconnected { .. }),
+        "{events:?}"
+    );
+    assert!(matches!(events[1], Event::Connected { .. }), "{events:?}");
+    assert_eq!(number(&events[2]), Some(3), "{events:?}");
+    assert_eq!(client.load().dropped, 3);
 }
 
 #[test]
-fn an_unconfirmed_flow_recovers_without_connected() {
+fn a_late_last_message_is_told_at_once() {
+    let (outbox, mut deliveries) = channel::<u64>(limits(1000, 50));
+    let client = outbox.for_client();
+    let flow = client.flow(1, Name::from("t"));
+    flow.assume_connected();
+    client.flow_event(&flow, message(0));
+    thread::sleep(Duration::from_millis(80));
+    let first = deliveries.next().unwrap().event;
+    assert!(matches!(first, Event::Disconnected { .. }), "{first:?}");
+    let second = deliveries.next().unwrap().event;
+    assert!(matches!(second, Event::Connected { .. }), "{second:?}");
+}
+
+#[test]
+fn an_unconfirmed_flow_is_told_disconnected_only() {
     let (outbox, deliveries) = channel::<u64>(limits(1, 60_000));
     let client = outbox.for_client();
     let flow = client.flow(1, Name::from("t"));
@@ -118,16 +142,17 @@ fn an_unconfirmed_flow_recovers_without_connected() {
     client.flow_event(&flow, message(1));
     drop((outbox, client));
     let events = rest(deliveries);
-    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
     assert!(
         matches!(events[0], Event::Disconnected { .. }),
         "{events:?}"
     );
+    assert_eq!(number(&events[1]), Some(1));
 }
 
 #[test]
 fn clients_have_their_own_caps_and_counts() {
-    let (outbox, deliveries) = channel::<u64>(limits(2, 60_000));
+    let (outbox, mut deliveries) = channel::<u64>(limits(2, 60_000));
     let (a, b) = (outbox.for_client(), outbox.for_client());
     let flow_a = a.flow(1, Name::from("a"));
     let flow_b = b.flow(2, Name::from("b"));
@@ -135,20 +160,23 @@ fn clients_have_their_own_caps_and_counts() {
         a.flow_event(&flow_a, message(n));
     }
     b.flow_event(&flow_b, message(100));
-    assert_eq!(a.load().dropped, 1);
-    assert_eq!(
-        b.load(),
-        LoadStats {
-            queued: 1,
-            queued_bytes: 4 + ENTRY_BYTES,
-            dropped: 0,
-            shed: 0
-        }
-    );
-    drop((outbox, a, b));
-    let events = rest(deliveries);
+    assert_eq!(a.load().queued, 3);
+    let only_b = LoadStats {
+        queued: 1,
+        queued_bytes: 4 + ENTRY_BYTES,
+        dropped: 0,
+        shed: 0,
+    };
+    assert_eq!(b.load(), only_b);
+    let events: Vec<Event> = (0..3).map(|_| deliveries.next().unwrap().event).collect();
+    // a's third message purged its first two (a's cap); b's was not touched.
     let numbers: Vec<u32> = events.iter().filter_map(number).collect();
-    assert_eq!(numbers, vec![100], "{events:?}");
+    assert_eq!(numbers, vec![2, 100], "{events:?}");
+    assert!(
+        matches!(events[0], Event::Disconnected { .. }),
+        "{events:?}"
+    );
+    assert_eq!((a.load().dropped, a.load().queued), (2, 0));
 }
 
 #[test]
@@ -164,7 +192,7 @@ fn warnings_and_notices_are_never_dropped() {
             },
         });
     }
-    flow.set_confirmed(true);
+    flow.assume_connected();
     client.flow_event(
         &flow,
         Event::Connected {
@@ -186,7 +214,7 @@ fn a_flood_stays_within_the_caps() {
     });
     let client = outbox.for_client();
     let flow = client.flow(1, Name::from("t"));
-    flow.set_confirmed(true);
+    flow.assume_connected();
     let producer = {
         let (client, flow) = (client.clone(), flow.clone());
         thread::spawn(move || {
@@ -214,7 +242,9 @@ fn a_flood_stays_within_the_caps() {
     let load = client.load();
     drop((outbox, client));
     let seen = consumer.join().unwrap();
-    assert!(max_queued <= 1000, "{max_queued}");
+    // Four times the cap at most: fresh messages beyond it while a purged
+    // backlog drains.
+    assert!(max_queued <= 4000, "{max_queued}");
     // Every gap in the numbers is inside a Disconnected..Connected pair.
     let mut connected = true;
     let mut last: Option<u32> = None;

@@ -253,12 +253,14 @@ impl Helper {
             message,
         };
         match &self.thread {
-            Some((jobs, _)) => jobs.send(half).is_ok() || {
-                self.thread = None;
-                let sent = send_batches(snapshot, from, snapshot.len(), message.0);
-                stats::COUNTERS.deliveries.add(sent);
-                false
-            },
+            Some((jobs, _)) => {
+                jobs.send(half).is_ok() || {
+                    self.thread = None;
+                    let sent = send_batches(snapshot, from, snapshot.len(), message.0);
+                    stats::COUNTERS.deliveries.add(sent);
+                    false
+                }
+            }
             None => {
                 let sent = send_batches(snapshot, from, snapshot.len(), message.0);
                 stats::COUNTERS.deliveries.add(sent);

@@ -131,8 +131,9 @@ fn deliver_forever(deliveries: Deliveries<Target>) {
     for Delivery { to, event } in deliveries {
         let event = match &to {
             Target::Direct(route) => {
-                let done =
-                    catch_unwind(AssertUnwindSafe(|| direct::deliver(&mut env, &mut helper, route, event)));
+                let done = catch_unwind(AssertUnwindSafe(|| {
+                    direct::deliver(&mut env, &mut helper, route, event)
+                }));
                 match done {
                     Ok(left) => left,
                     Err(_) => {
