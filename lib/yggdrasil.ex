@@ -189,11 +189,14 @@ defmodule Yggdrasil do
   `{broker, namespace}`, and how each copes with its load:
 
     * `queued`, `queued_bytes`: events read from the broker and waiting to
-      be delivered (capped per client: 65,536 events, 64 MiB);
+      be delivered (per client: past 16,384 events or 16 MiB the backlog is
+      dropped in favour of newer events);
     * `dropped`: events dropped because subscribers could not keep up;
-    * `shed`: how many times that happened to a channel, each time told to
-      its subscribers with `{:Y_DISCONNECTED, channel}` before the gap and
-      `{:Y_CONNECTED, channel}` after it (`docs/guarantees.md`);
+    * `shed`: gaps told, each with `{:Y_DISCONNECTED, channel}` then
+      `{:Y_CONNECTED, channel}` where the events are missing
+      (`docs/guarantees.md`);
+    * `cuts`: subscribing connections cut because the broker sent faster
+      than the client could read (a lost connection for the subscribers);
     * `connections`, `topics` (broker-level subscriptions), `subscriptions`,
       `monitored` (subscriber processes), `tasks`.
 

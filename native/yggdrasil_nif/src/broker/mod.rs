@@ -49,6 +49,7 @@ mod atoms {
         queued_bytes,
         dropped,
         shed,
+        cuts,
         binary,
         json,
     }
@@ -275,8 +276,9 @@ fn broker_shed(client: ResourceArc<BrokerClient>, dropped: u64) -> Atom {
 }
 
 /// What the client holds: `%{connections, tasks, topics, subscriptions,
-/// monitored, queued, queued_bytes, dropped, shed}` (monitored = subscriber
-/// processes it watches; the last four are its outbox's, see `outbox.rs`).
+/// monitored, queued, queued_bytes, dropped, shed, cuts}` (monitored =
+/// subscriber processes it watches; queued..shed are its outbox's, see
+/// `outbox.rs`; cuts: sessions cut for being behind the broker).
 #[rustler::nif]
 fn broker_stats(env: Env<'_>, client: ResourceArc<BrokerClient>) -> Term<'_> {
     let stats = client.client.stats();
@@ -291,6 +293,7 @@ fn broker_stats(env: Env<'_>, client: ResourceArc<BrokerClient>) -> Term<'_> {
         (atoms::queued_bytes(), load.queued_bytes as u64),
         (atoms::dropped(), load.dropped),
         (atoms::shed(), load.shed),
+        (atoms::cuts(), stats.cuts as u64),
     ];
     pairs.iter().fold(Term::map_new(env), |map, (key, value)| {
         map.map_put(*key, *value).unwrap_or(map)
