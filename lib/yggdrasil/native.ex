@@ -202,6 +202,16 @@ defmodule Yggdrasil.Native do
   def broker_check_name(_client, _name), do: not_loaded()
 
   @doc false
+  # The process the broker delivery thread paces itself with
+  # (`Yggdrasil.Broker.Pacer`), and its answer to a pace.
+  @spec broker_set_pacer(pid()) :: :ok
+  def broker_set_pacer(_pid), do: not_loaded()
+
+  @doc false
+  @spec broker_paced(non_neg_integer()) :: :ok
+  def broker_paced(_seq), do: not_loaded()
+
+  @doc false
   # Counts `dropped` events a subscriber process shed (see `broker_stats/1`).
   @spec broker_shed(reference(), non_neg_integer()) :: :ok
   def broker_shed(_client, _dropped), do: not_loaded()

@@ -64,6 +64,15 @@ defmodule Yggdrasil.Broker.Client do
     do: Native.broker_publish(client, name, payload, options, tag)
 
   @doc false
+  # `Yggdrasil.Broker.Pacer`'s calls: it is the pacer, it answers a pace.
+  @spec set_pacer(pid()) :: :ok
+  def set_pacer(pid), do: Native.broker_set_pacer(pid)
+
+  @doc false
+  @spec paced(non_neg_integer()) :: :ok
+  def paced(seq), do: Native.broker_paced(seq)
+
+  @doc false
   # A subscriber process dropped `dropped` events it could not keep up with.
   @spec shed(t(), pos_integer()) :: :ok
   def shed(client, dropped), do: Native.broker_shed(client, dropped)

@@ -16,7 +16,8 @@ defmodule Yggdrasil.Broker.Subscriber do
   # Otherwise each event is sent to this process, which decodes it with the
   # channel's transformer and fans it out through the engine: user
   # transformers run here and the events of one channel keep the broker's
-  # order. Its mailbox is bounded: past `@max_backlog` events waiting, the
+  # order. Its mailbox is bounded: past `@max_backlog` events waiting, or
+  # more than `@max_lag_us` of work at the pace it measures itself, the
   # waiting events are dropped and the subscribers told, with
   # `{:Y_DISCONNECTED, _}` then `{:Y_CONNECTED, _}` (as the NIF's outbox does
   # for routes: `docs/guarantees.md`).
@@ -74,7 +75,7 @@ defmodule Yggdrasil.Broker.Subscriber do
     # So that terminate/2 (the broker-side unsubscribe) also runs on a
     # supervisor shutdown.
     Process.flag(:trap_exit, true)
-    state = %{broker: broker, channel: channel, client: nil, connected: false}
+    state = %{broker: broker, channel: channel, client: nil, connected: false, cost_us: 0}
     {:ok, state, {:continue, :subscribe}}
   end
 
@@ -90,8 +91,10 @@ defmodule Yggdrasil.Broker.Subscriber do
     end
   end
 
-  # Events waiting in this process's mailbox before it sheds them.
+  # Events waiting in this process's mailbox before it sheds them, and the
+  # work they may stand for (the outbox's age limit).
   @max_backlog 10_000
+  @max_lag_us 2_000_000
 
   # Where the NIF delivers by itself: what `Subscriber.Publisher.deliver/4`
   # would do with the default backend and a built-in transformer.
@@ -119,12 +122,24 @@ defmodule Yggdrasil.Broker.Subscriber do
 
   @impl GenServer
   def handle_info({Client.tag(), :event, _, _} = event, state) do
-    case Process.info(self(), :message_queue_len) do
-      {:message_queue_len, waiting} when waiting > @max_backlog -> shed(state)
-      _ -> notify(event, state)
-    end
+    {:message_queue_len, waiting} = Process.info(self(), :message_queue_len)
 
-    {:noreply, state}
+    # How many waiting events fit in the lag at this process's pace.
+    fit = min(@max_backlog, div(@max_lag_us, max(state.cost_us, 1)))
+
+    if waiting > fit do
+      shed(state, waiting - fit)
+      {:noreply, state}
+    else
+      started = System.monotonic_time(:microsecond)
+      notify(event, state)
+      took = System.monotonic_time(:microsecond) - started
+      # Behind the subscribers it just woke: it sends no faster than they
+      # are scheduled (as the NIF's delivery thread does with its pacer).
+      :erlang.yield()
+      # A moving average of what one event costs here.
+      {:noreply, %{state | cost_us: div(state.cost_us * 7 + took, 8)}}
+    end
   end
 
   def handle_info({Client.tag(), :connected}, state) do
@@ -151,18 +166,21 @@ defmodule Yggdrasil.Broker.Subscriber do
     end
   end
 
-  # The subscribers cannot keep up with the broker: the events waiting here
-  # are dropped (this one included), and the subscribers told.
-  defp shed(%{channel: channel, client: client} = state) do
-    dropped = flush_events(1)
+  # The subscribers cannot keep up with the broker: the oldest events waiting
+  # here are dropped (this one and `more`), the newest kept, and the
+  # subscribers told.
+  defp shed(%{channel: channel, client: client} = state, more) do
+    dropped = flush_events(1, more)
     Client.shed(client, dropped)
     Manager.disconnected(channel)
     if state.connected, do: Manager.connected(channel)
   end
 
-  defp flush_events(dropped) do
+  defp flush_events(dropped, 0), do: dropped
+
+  defp flush_events(dropped, more) do
     receive do
-      {Client.tag(), :event, _, _} -> flush_events(dropped + 1)
+      {Client.tag(), :event, _, _} -> flush_events(dropped + 1, more - 1)
     after
       0 -> dropped
     end

@@ -78,6 +78,20 @@ use std::hash::Hash;
 use crate::settings::{Schema, Settings};
 use crate::{Common, Data, Error, Name};
 
+/// What a session behind its broker does ([`Broker::WHEN_BEHIND`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behind {
+    /// Keep reading: the outbox sheds what is late, and reading is cheap.
+    Read,
+    /// Cut the session: what it has not read piles up in our memory without
+    /// bound (a client crate's unbounded buffer).
+    Cut,
+    /// Purge the broker's backlog (`Broker::purge`) when it holds more than
+    /// `MAX_BACKLOG` (`Broker::backlog`), and tell every topic's
+    /// recipients: the broker holds it, and reading it would take long.
+    Purge,
+}
+
 /// Why a `listen`/`unlisten` failed.
 #[derive(Debug)]
 pub(crate) enum ListenError {
@@ -115,6 +129,10 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
 
     /// Its keys and URL form (section 10); the common keys are added.
     const SCHEMA: Schema;
+
+    /// What to do with a subscribing session that is behind the broker (its
+    /// messages all there without waiting for a second).
+    const WHEN_BEHIND: Behind = Behind::Read;
 
     /// Where a subscription listens and a publish goes, checked.
     type Topic: Clone + Eq + Hash + Display + Send + Sync + 'static;
@@ -188,6 +206,25 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// ends the session like a closed one. `Err(ListenError::Topic)` is
     /// ignored. Brokers with their own heartbeat keep the default.
     fn ping(
+        &self,
+        _control: &mut Self::Control,
+    ) -> impl Future<Output = Result<(), ListenError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// How many messages the broker holds for this session and has not sent
+    /// yet (`Behind::Purge`: polled every second while messages flow).
+    fn backlog(
+        &self,
+        _control: &mut Self::Control,
+    ) -> impl Future<Output = Result<u64, ListenError>> + Send {
+        async { Ok(0) }
+    }
+
+    /// Drops what the broker holds for this session and has not sent yet
+    /// (`Behind::Purge`, past `MAX_BACKLOG`); the shared code tells every
+    /// topic's recipients.
+    fn purge(
         &self,
         _control: &mut Self::Control,
     ) -> impl Future<Output = Result<(), ListenError>> + Send {

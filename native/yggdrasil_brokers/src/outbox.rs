@@ -302,6 +302,12 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
         Flow::new(to, name, self.load.clone())
     }
 
+    fn flow_gap(&self, flow: &Arc<Flow<R>>) {
+        flow.gap_queued.store(true, Ordering::SeqCst);
+        flow.queued.fetch_add(1, Ordering::SeqCst);
+        let _ = self.items.send(Item::Gap(flow.clone()));
+    }
+
     fn flow_event(&self, flow: &Arc<Flow<R>>, event: Event) {
         let Event::Message { payload, .. } = &event else {
             return self.push(flow, event, 0);

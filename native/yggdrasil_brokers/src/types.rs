@@ -94,7 +94,7 @@ pub struct ClientStats {
     pub topics: usize,
     /// (topic, recipient) pairs.
     pub subscriptions: usize,
-    /// Subscribing sessions cut because the broker sent faster than the
+    /// Subscribing sessions cut (or their broker backlog purged) because the broker sent faster than the
     /// client could read (see `client/listener.rs`, `MAX_BEHIND`).
     pub cuts: usize,
 }

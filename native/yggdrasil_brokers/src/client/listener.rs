@@ -14,7 +14,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use super::slot::{Counted, Counters};
 use super::{panic_text, Shared, CALL_TIMEOUT, KEEPALIVE};
 use crate::backoff::Backoff;
-use crate::broker::{Broker, Incoming, ListenError};
+use crate::broker::{Behind, Broker, Incoming, ListenError};
 use crate::outbox::Flow;
 use crate::{Event, Name, Recipient};
 
@@ -216,6 +216,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
         retry_at: None,
         ping_at: Instant::now() + KEEPALIVE,
         behind_since: None,
+        backlog_at: Instant::now(),
     };
     loop {
         if topics.map.is_empty() {
@@ -334,12 +335,21 @@ async fn listen_loop<B: Broker, R: Recipient>(
                     // the broker's output buffer). Cut it with the session.
                     let behind_since = if waited { None } else { l.behind_since.or(Some(now)) };
                     l.behind_since = behind_since;
-                    if behind_since.is_some_and(|since| now - since > MAX_BEHIND) {
-                        shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
-                        l.lose(topics, backoff, format!(
-                            "messages came faster than this client takes them for {MAX_BEHIND:?}: \
-                             the session is cut (its backlog dropped) and opened again"
-                        ));
+                    let behind = match B::WHEN_BEHIND {
+                        Behind::Read => false,
+                        Behind::Cut => behind_since.is_some_and(|since| now - since > MAX_BEHIND),
+                        Behind::Purge if now >= l.backlog_at => {
+                            l.backlog_at = now + BACKLOG_EVERY;
+                            matches!(
+                                timeout(CALL_TIMEOUT, broker.backlog(&mut open.control)).await,
+                                Ok(Ok(ready)) if ready > MAX_BACKLOG
+                            )
+                        }
+                        Behind::Purge => false,
+                    };
+                    if behind {
+                        l.behind_since = None;
+                        l.fall_behind(topics, backoff).await;
                     }
                 }
                 None => l.lose(topics, backoff, "connection closed".to_string()),
@@ -371,6 +381,8 @@ struct Listener<'a, B: Broker, R: Recipient> {
     ping_at: Instant,
     /// Since when every message was there without waiting (see `MAX_BEHIND`).
     behind_since: Option<Instant>,
+    /// When to look at the broker's backlog next (`Behind::Purge`).
+    backlog_at: Instant,
 }
 
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
@@ -385,6 +397,47 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         self.review = true;
         if let Err(reason) = result {
             self.lose(topics, backoff, reason);
+        }
+    }
+
+    /// The session is behind its broker: what `B::WHEN_BEHIND` says.
+    async fn fall_behind(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff) {
+        let shared = self.shared;
+        match B::WHEN_BEHIND {
+            Behind::Read => {}
+            Behind::Cut => {
+                shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
+                self.lose(
+                    topics,
+                    backoff,
+                    format!(
+                        "messages came faster than this client takes them for {MAX_BEHIND:?}: \
+                         the session is cut (its backlog dropped) and opened again"
+                    ),
+                );
+            }
+            Behind::Purge => {
+                let Some(open) = self.session.as_mut() else {
+                    return;
+                };
+                shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
+                match timeout(CALL_TIMEOUT, self.broker.purge(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {
+                        // What was purged is a gap in every topic.
+                        for state in topics.map.values().filter(|s| s.confirmed) {
+                            for flow in &state.flows {
+                                shared.events.flow_gap(flow);
+                            }
+                        }
+                    }
+                    Ok(Err(ListenError::Connection(reason))) => self.lose(topics, backoff, reason),
+                    Err(_) => self.lose(
+                        topics,
+                        backoff,
+                        format!("no purge confirmation within {CALL_TIMEOUT:?}"),
+                    ),
+                }
+            }
         }
     }
 
@@ -416,6 +469,13 @@ pub(super) fn warn_if_unverified<B: Broker, R: Recipient>(broker: &B, shared: &S
 /// cut: it is behind the broker, and what it has not read yet would reach
 /// subscribers later and later.
 const MAX_BEHIND: Duration = Duration::from_secs(1);
+
+/// Messages a broker may hold for a session, not sent yet, before they are
+/// purged (`Behind::Purge`), looked at every `BACKLOG_EVERY` while messages
+/// flow: twice RabbitMQ's prefetch of a topic, so that a flood's backlog
+/// is gone within a fraction of a second of the flood.
+const MAX_BACKLOG: u64 = 2_000;
+const BACKLOG_EVERY: Duration = Duration::from_millis(250);
 
 pin_project_lite::pin_project! {
     /// A future's output, and whether it had to wait for it (returned

@@ -162,6 +162,18 @@ pub trait EventSink<R>: Send + Sync + 'static {
         Flow::detached(to, name)
     }
 
+    /// Messages of one flow were dropped before reaching the sink (a
+    /// broker's backlog purged): the recipient is told, in order.
+    fn flow_gap(&self, flow: &Arc<Flow<R>>)
+    where
+        R: Recipient,
+    {
+        let name = flow.name().clone();
+        self.flow_event(flow, Event::Disconnected { name });
+        let name = flow.name().clone();
+        self.flow_event(flow, Event::Connected { name });
+    }
+
     /// `Connected`, `Disconnected` and `Message` events of one flow, in order.
     fn flow_event(&self, flow: &Arc<Flow<R>>, event: Event)
     where

@@ -48,7 +48,7 @@ use lapin::{
 };
 
 use crate::bounded::CutOnDrop;
-use crate::broker::{Broker, Incoming, ListenError, PublishError};
+use crate::broker::{Behind, Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
 use crate::tls::Tls;
 use crate::url::BrokerUrl;
@@ -204,6 +204,8 @@ impl Broker for RabbitMq {
         url_schemes: &["amqp", "amqps"],
         from_url,
     };
+    // What a flood leaves in our queues waits in the broker, ready.
+    const WHEN_BEHIND: Behind = Behind::Purge;
     type Topic = Binding;
     type Control = Control;
     type Messages = Messages;
@@ -315,6 +317,14 @@ impl Broker for RabbitMq {
 
     async fn next_message(&self, messages: &mut Messages) -> Option<Incoming<Binding, Ack>> {
         messages.next().await
+    }
+
+    async fn backlog(&self, control: &mut Control) -> Result<u64, ListenError> {
+        control.backlog().await
+    }
+
+    async fn purge(&self, control: &mut Control) -> Result<(), ListenError> {
+        control.purge().await
     }
 
     async fn ack(&self, ack: Ack) {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionStatus};
@@ -40,6 +40,8 @@ pub(crate) struct Control {
 
 struct Subscription {
     channel: Channel,
+    /// The queue bound for this topic.
+    queue: ShortString,
     /// The task forwarding this topic's consumer into `Messages`.
     forward: AbortOnDrop,
 }
@@ -116,6 +118,7 @@ impl Control {
             .await
             .map_err(listen_error)?;
         let queue = next_queue_name();
+        let queue_name = queue.clone();
         let declare = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
@@ -160,11 +163,46 @@ impl Control {
             self.messages.clone(),
             self.acks.clone(),
         ));
-        self
-            .topics
-            .insert(topic.clone(), Subscription { channel, forward });
+        let subscription = Subscription {
+            channel,
+            queue: queue_name,
+            forward,
+        };
+        self.topics.insert(topic.clone(), subscription);
         Ok(())
     }
+    /// Messages ready in this session's queues (not sent to us yet).
+    pub(super) async fn backlog(&mut self) -> Result<u64, ListenError> {
+        let status = self.connection.status().clone();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut ready = 0;
+        for subscription in self.topics.values() {
+            let queue = subscription
+                .channel
+                .queue_declare(subscription.queue.clone(), passive, FieldTable::default())
+                .await
+                .map_err(|e| listen_error(&status, &e))?;
+            ready += u64::from(queue.message_count());
+        }
+        Ok(ready)
+    }
+
+    /// Empties every topic's queue of what the broker has not sent yet.
+    pub(super) async fn purge(&mut self) -> Result<(), ListenError> {
+        let status = self.connection.status().clone();
+        for subscription in self.topics.values() {
+            subscription
+                .channel
+                .queue_purge(subscription.queue.clone(), QueuePurgeOptions::default())
+                .await
+                .map_err(|e| listen_error(&status, &e))?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn unlisten(&mut self, topic: &Binding) -> Result<(), ListenError> {
         let Some(subscription) = self.topics.remove(topic) else {
             return Ok(());

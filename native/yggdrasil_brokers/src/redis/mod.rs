@@ -12,7 +12,7 @@ use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
 mod connect;
 
-use crate::broker::{Broker, Incoming, ListenError, PublishError};
+use crate::broker::{Behind, Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
 use crate::tls::Tls;
 use connect::Multiplexed;
@@ -106,6 +106,8 @@ impl Broker for Redis {
         url_schemes: &["redis", "rediss"],
         from_url,
     };
+    // redis-rs buffers what it read for `PubSubStream` without bound.
+    const WHEN_BEHIND: Behind = Behind::Cut;
     type Topic = Pattern;
     type Control = PubSubSink;
     type Messages = PubSubStream;

@@ -134,7 +134,9 @@ pub(super) fn deliver(
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            fan_out(helper, key, message);
+            if fan_out(helper, key, message) >= SPLIT_AT {
+                super::pace::wait(env);
+            }
             false
         }
         Event::Connected { .. } => {
@@ -155,16 +157,17 @@ pub(super) fn deliver(
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
 /// table lock, bigger ones from a snapshot after releasing it, the widest
 /// with the helper thread sending half.
-fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) {
+/// Returns how many subscribers it sent to.
+fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) -> usize {
     let mut table = table();
     let snapshot = match table.targets(&TermKey::new(key), SEND_UNDER_LOCK) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| send_copy(pid, message));
             stats::COUNTERS.deliveries.add(members.len());
-            return;
+            return members.len();
         }
         Some(Targets::Many(snapshot)) => snapshot,
-        None => return,
+        None => return 0,
     };
     drop(table);
     let total = snapshot.len();
@@ -176,6 +179,7 @@ fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) {
     let _joined = shared.then_some(Joined(helper));
     let sent = send_batches(&snapshot, 0, half, message.as_c_arg());
     stats::COUNTERS.deliveries.add(sent);
+    total
 }
 
 /// Waits for the helper's half when dropped.

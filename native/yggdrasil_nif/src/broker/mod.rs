@@ -16,6 +16,7 @@
 //! - `{:"$yggdrasil_broker", :warning, reason}` to the client's owner.
 mod direct;
 mod outbox;
+mod pace;
 mod resource;
 mod terms;
 

@@ -67,6 +67,10 @@ impl EventSink<Target> for Sink {
         self.0.flow(to, name)
     }
 
+    fn flow_gap(&self, flow: &Arc<Flow<Target>>) {
+        self.0.flow_gap(flow)
+    }
+
     fn flow_event(&self, flow: &Arc<Flow<Target>>, event: Event) {
         self.0.flow_event(flow, event)
     }
