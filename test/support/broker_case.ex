@@ -330,7 +330,7 @@ defmodule Yggdrasil.Test.BrokerCase do
   def scenario_json_undecodable(%{server: server, peer: peer}) do
     namespace = configure(peer, server)
     name = peer.name(server, "json_bad")
-    channel = subscribe!(channel(peer, namespace, name, transformer: :json))
+    subscribe!(channel(peer, namespace, name, transformer: :json))
 
     log =
       ExUnit.CaptureLog.capture_log(fn ->
