@@ -318,9 +318,9 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
         }
         if !flow.load.reserve(bytes, &self.limits, HARD_CAP) {
             flow.load.drop_one();
-            if !flow.gap_queued.swap(true, Ordering::SeqCst) {
-                flow.queued.fetch_add(1, Ordering::SeqCst);
-                let _ = self.items.send(Item::Gap(flow.clone()));
+            // One gap for a run of drops (a flow has one producer: its listener).
+            if !flow.gap_queued.load(Ordering::SeqCst) {
+                self.flow_gap(flow);
             }
             return;
         }

@@ -256,21 +256,15 @@ impl Helper {
             from,
             message,
         };
-        match &self.thread {
-            Some((jobs, _)) => {
-                jobs.send(half).is_ok() || {
-                    self.thread = None;
-                    let sent = send_batches(snapshot, from, snapshot.len(), message.0);
-                    stats::COUNTERS.deliveries.add(sent);
-                    false
-                }
+        if let Some((jobs, _)) = &self.thread {
+            if jobs.send(half).is_ok() {
+                return true;
             }
-            None => {
-                let sent = send_batches(snapshot, from, snapshot.len(), message.0);
-                stats::COUNTERS.deliveries.add(sent);
-                false
-            }
+            self.thread = None;
         }
+        let sent = send_batches(snapshot, from, snapshot.len(), message.0);
+        stats::COUNTERS.deliveries.add(sent);
+        false
     }
 
     /// Waits until the helper sent its half.
