@@ -67,6 +67,59 @@ defmodule Yggdrasil.FloodTest do
       check_flood!(RedisCli, server, channel)
     end
 
+    # The pacer (native/yggdrasil_nif/src/broker/pace.rs): the delivery
+    # thread sends no faster than subscribers take their messages, so a
+    # subscriber slower than the broker holds a few events, not the flood
+    # (which the outbox sheds instead, with notice).
+    test "slow subscribers hold a few events each, not the flood" do
+      server = BrokerServer.start!(:redis)
+      channel = channel(RedisCli, configure(RedisCli, server), RedisCli.name(server, "slow"))
+      parent = self()
+
+      slow =
+        for _ <- 1..500 do
+          spawn_link(fn ->
+            :ok = Yggdrasil.subscribe(channel)
+            assert_receive {:Y_CONNECTED, _}
+            send(parent, {:subscribed, self()})
+            slow_subscriber(0, 0)
+          end)
+        end
+
+      for pid <- slow, do: assert_receive({:subscribed, ^pid}, 30_000)
+
+      # 20,000 events in well under a second; the subscribers take 2 ms each.
+      script = ~S(seq 1 20000 | sed "s/^/PUBLISH $1 /" | redis-cli -h 127.0.0.1 -p "$2" --pipe)
+
+      {_, 0} =
+        System.cmd("sh", ["-c", script, "sh", channel.name, "#{server.port}"],
+          stderr_to_stdout: true
+        )
+
+      Process.sleep(3_000)
+
+      seen =
+        for pid <- slow do
+          send(pid, {:report, self()})
+          assert_receive {:report, ^pid, events, deepest}, 30_000
+          {events, deepest}
+        end
+
+      {events, deepest} = Enum.unzip(seen)
+      Flood.stop(slow)
+
+      if System.get_env("YGG_FLOOD_FIGURES"),
+        do:
+          IO.puts(
+            "slow subscribers: events #{inspect(Enum.min_max(events))}, deepest #{inspect(Enum.min_max(deepest))}"
+          )
+
+      assert Enum.min(events) > 0
+      # Unpaced, the first subscribers would get thousands at once.
+      assert Enum.max(deepest) <= 128,
+             "deepest mailboxes: #{inspect(Enum.take(Enum.sort(deepest, :desc), 5))}"
+    end
+
     test "the same through a user transformer's channel process" do
       server = BrokerServer.start!(:redis)
       name = RedisCli.name(server, "flood")
@@ -125,7 +178,7 @@ defmodule Yggdrasil.FloodTest do
     load = Yggdrasil.broker_info() |> Map.fetch!({peer.broker(), channel.namespace})
 
     figures =
-      "#{peer.broker()}: RSS +#{mb(peak.rss - baseline.rss)} MB (processes " <>
+      "#{peer.broker()} (#{channel.transformer || :default}): RSS +#{mb(peak.rss - baseline.rss)} MB (processes " <>
         "+#{mb(peak.processes - baseline.processes)} MB); marker at " <>
         "#{marker.got} of #{@subscribers} subscribers, the last after #{marker.latency_ms} ms; " <>
         "dropped #{load.dropped}, shed #{load.shed}, cuts #{load.cuts}; #{seen.disconnected} subscribers told " <>
@@ -143,6 +196,23 @@ defmodule Yggdrasil.FloodTest do
     assert seen.not_connected == 0, "not connected after the flood: " <> figures
     assert marker.got == @subscribers, "marker: " <> figures
     assert seen.highest > 0 and seen.disconnected > 0, "no overload: " <> figures
+  end
+
+  # Counts its events and the deepest mailbox it saw, taking 2 ms each.
+  defp slow_subscriber(events, deepest) do
+    receive do
+      {:Y_EVENT, _, _} ->
+        {:message_queue_len, waiting} = Process.info(self(), :message_queue_len)
+        Process.sleep(2)
+        slow_subscriber(events + 1, max(deepest, waiting))
+
+      {:report, from} ->
+        send(from, {:report, self(), events, deepest})
+        slow_subscriber(events, deepest)
+
+      _notice ->
+        slow_subscriber(events, deepest)
+    end
   end
 
   defp mb(bytes), do: div(bytes, 1024 * 1024)

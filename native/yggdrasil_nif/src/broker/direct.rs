@@ -24,6 +24,7 @@ use rustler::{Encoder, Env, OwnedEnv, Term};
 use yggdrasil_brokers::Event;
 use yggdrasil_engine::{Snapshot, Targets};
 
+use super::pace::Pace;
 use super::terms;
 use crate::fanout::{BATCH, SEND_UNDER_LOCK};
 use crate::key::TermKey;
@@ -111,11 +112,13 @@ impl Hash for Target {
 }
 
 /// Delivers a route's event from the delivery thread's environment `env`
-/// (cleared after), with `helper` sending part of a wide fan-out; gives back
-/// a message the route cannot decode, for the channel's process.
+/// (cleared after), with `helper` sending part of a wide fan-out and `pace`
+/// keeping it behind the subscribers; gives back a message the route cannot
+/// decode, for the channel's process.
 pub(super) fn deliver(
     env: &mut OwnedEnv,
     helper: &mut Helper,
+    pace: &mut Pace,
     route: &Route,
     event: Event,
 ) -> Option<Event> {
@@ -134,9 +137,8 @@ pub(super) fn deliver(
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            if fan_out(helper, key, message) >= SPLIT_AT {
-                super::pace::wait(env);
-            }
+            let (sent, sample) = fan_out(helper, key, message, pace.turn());
+            pace.count(env, sent, sample);
             false
         }
         Event::Connected { .. } => {
@@ -157,17 +159,24 @@ pub(super) fn deliver(
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
 /// table lock, bigger ones from a snapshot after releasing it, the widest
 /// with the helper thread sending half.
-/// Returns how many subscribers it sent to.
-fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) -> usize {
+/// Returns how many subscribers it sent to, and the one at `turn` (modulo
+/// their number) for the pacer to watch.
+fn fan_out(
+    helper: &mut Helper,
+    key: Term<'_>,
+    message: Term<'_>,
+    turn: usize,
+) -> (usize, Option<Pid>) {
+    let sample = |members: &[Pid]| members.get(turn % members.len().max(1)).copied();
     let mut table = table();
     let snapshot = match table.targets(&TermKey::new(key), SEND_UNDER_LOCK) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| send_copy(pid, message));
             stats::COUNTERS.deliveries.add(members.len());
-            return members.len();
+            return (members.len(), sample(members));
         }
         Some(Targets::Many(snapshot)) => snapshot,
-        None => return 0,
+        None => return (0, None),
     };
     drop(table);
     let total = snapshot.len();
@@ -179,7 +188,7 @@ fn fan_out(helper: &mut Helper, key: Term<'_>, message: Term<'_>) -> usize {
     let _joined = shared.then_some(Joined(helper));
     let sent = send_batches(&snapshot, 0, half, message.as_c_arg());
     stats::COUNTERS.deliveries.add(sent);
-    total
+    (total, sample(snapshot.as_slice()))
 }
 
 /// Waits for the helper's half when dropped.

@@ -21,6 +21,7 @@ use yggdrasil_brokers::outbox::{self, Deliveries, Flow, Limits, LoadStats, Outbo
 use yggdrasil_brokers::{Delivery, Event, EventSink, Name};
 
 use super::direct::{self, Target};
+use super::pace::Pace;
 use super::terms::message;
 use crate::pid::Pid;
 
@@ -132,11 +133,12 @@ pub(super) fn sink() -> Result<Sink, String> {
 fn deliver_forever(deliveries: Deliveries<Target>) {
     let mut env = OwnedEnv::new();
     let mut helper = direct::Helper::default();
+    let mut pace = Pace::default();
     for Delivery { to, event } in deliveries {
         let event = match &to {
             Target::Direct(route) => {
                 let done = catch_unwind(AssertUnwindSafe(|| {
-                    direct::deliver(&mut env, &mut helper, route, event)
+                    direct::deliver(&mut env, &mut helper, &mut pace, route, event)
                 }));
                 match done {
                     Ok(left) => left,

@@ -2,12 +2,19 @@
 //!
 //! The delivery thread is not a BEAM process: nothing slows it down when
 //! subscribers take their messages slower than it sends them, and their
-//! mailboxes would grow without bound under a flood. So after each wide
-//! fan-out it sends one message to the pacer (`Yggdrasil.Broker.Pacer`, a
-//! process like the subscribers) and waits for its answer: by then the
-//! schedulers have run the processes that were woken before it, the
-//! subscribers among them. The wait is capped ([`MAX_WAIT`]) so that a
-//! missing or stuck pacer slows delivery down, never stops it.
+//! mailboxes would grow without bound under a flood. So once it has sent a
+//! budget of messages ([`BUDGET`]) it names one recipient of its last
+//! fan-out to the pacer (`Yggdrasil.Broker.Pacer`, a process) and waits
+//! until the pacer answers that this recipient's mailbox is short again:
+//! no longer than the fan-outs since the last pace, or a few messages.
+//! Subscribers that keep up cost one round trip per budget; subscribers
+//! that do not keep the thread waiting, so each mailbox holds about one
+//! budget's worth of events, not a flood.
+//!
+//! The recipient named changes at every pace, so one slow subscriber sets
+//! the pace of one wait in many, not all. Each wait is capped ([`MAX_WAIT`])
+//! so that a missing or stuck pacer slows delivery down, never stops it;
+//! the outbox then drops what grew too old (`docs/guarantees.md`).
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,8 +26,46 @@ mod atoms {
     rustler::atoms! { ok, pace, tag = "$yggdrasil_broker" }
 }
 
-/// The longest a fan-out waits for the pacer.
+/// Messages sent between two paces: one round trip to the pacer per 8,192
+/// sends is noise next to the sends, and at most a few events per
+/// subscriber of a wide channel.
+const BUDGET: usize = 8_192;
+
+/// The longest one pace waits for the pacer.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+
+/// What the delivery thread sent since its last pace.
+#[derive(Default)]
+pub(super) struct Pace {
+    sent: usize,
+    fan_outs: usize,
+    paces: usize,
+}
+
+impl Pace {
+    /// A number for the fan-out to pick its sample with (modulo its
+    /// size): it changes at each pace.
+    pub(super) fn turn(&self) -> usize {
+        self.paces
+    }
+
+    /// Counts a fan-out of `sent` messages; once the budget is spent,
+    /// waits (from `env`, the delivery thread's) until the pacer finds
+    /// `sample`, one of its recipients, keeping up.
+    pub(super) fn count(&mut self, env: Env<'_>, sent: usize, sample: Option<Pid>) {
+        self.sent += sent;
+        self.fan_outs += 1;
+        if self.sent < BUDGET {
+            return;
+        }
+        if let Some(sample) = sample {
+            wait(env, sample, self.fan_outs);
+        }
+        self.paces = self.paces.wrapping_add(1);
+        self.sent = 0;
+        self.fan_outs = 0;
+    }
+}
 
 struct Pacer {
     pid: Option<Pid>,
@@ -36,16 +81,19 @@ static PACER: Mutex<Pacer> = Mutex::new(Pacer {
 });
 static ANSWERED: Condvar = Condvar::new();
 
-/// Sends a pace to the pacer from `env` (the delivery thread's) and waits
-/// for its answer, at most `MAX_WAIT`; returns at once without a pacer.
-pub(super) fn wait(env: Env<'_>) {
+/// Sends the pacer `{tag, :pace, seq, sample, window}` and waits for its
+/// answer, at most `MAX_WAIT`; returns at once without a pacer.
+fn wait(env: Env<'_>, sample: Pid, window: usize) {
     let mut pacer = PACER.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(pid) = pacer.pid else {
         return;
     };
     pacer.sent += 1;
     let seq = pacer.sent;
-    send_copy(pid, (atoms::tag(), atoms::pace(), seq).encode(env));
+    send_copy(
+        pid,
+        (atoms::tag(), atoms::pace(), seq, sample, window).encode(env),
+    );
     let until = Instant::now() + MAX_WAIT;
     while pacer.answered < seq {
         let left = until.saturating_duration_since(Instant::now());
