@@ -81,6 +81,18 @@ defmodule Yggdrasil.Engine do
   end
 
   @doc false
+  # One of the channel's subscribers, nil if none: the `turn`th (modulo) of
+  # the first page of `subscribers/1`, so that successive turns name
+  # different ones.
+  @spec some_subscriber(key(), non_neg_integer()) :: pid() | nil
+  def some_subscriber(key, turn) do
+    case Native.subscribers_page(key) do
+      {[], _} -> nil
+      {pids, _} -> Enum.at(pids, rem(turn, length(pids)))
+    end
+  end
+
+  @doc false
   # The keys of every watched channel (one with an adapter process), read a
   # bounded page of the table per NIF call.
   @spec watched_channels() :: [key()]

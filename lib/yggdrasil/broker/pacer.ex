@@ -32,7 +32,7 @@ defmodule Yggdrasil.Broker.Pacer do
 
   @impl GenServer
   def handle_info({Client.tag(), :pace, seq, sample, window}, state),
-    do: {:noreply, check(%{state | pace: {seq, sample, max(window, @few)}})}
+    do: {:noreply, check(%{state | pace: {seq, sample, window}})}
 
   def handle_info(:check, state), do: {:noreply, check(%{state | timer: nil})}
 
@@ -41,14 +41,39 @@ defmodule Yggdrasil.Broker.Pacer do
   defp check(%{pace: nil} = state), do: state
 
   defp check(%{pace: {seq, sample, window}} = state) do
-    case Process.info(sample, :message_queue_len) do
-      {:message_queue_len, waiting} when waiting > window ->
-        %{state | timer: state.timer || Process.send_after(self(), :check, 1)}
+    if caught_up?(sample, window) do
+      Client.paced(seq)
+      %{state | pace: nil}
+    else
+      %{state | timer: state.timer || Process.send_after(self(), :check, 1)}
+    end
+  end
 
-      # Caught up, or gone.
-      _ ->
-        Client.paced(seq)
-        %{state | pace: nil}
+  @doc false
+  # True when `pid` holds no more than `window` messages (or `@few`), or
+  # is gone: it took what it was sent before the last `window`.
+  @spec caught_up?(pid(), non_neg_integer()) :: boolean()
+  def caught_up?(pid, window) do
+    case Process.info(pid, :message_queue_len) do
+      {:message_queue_len, waiting} -> waiting <= max(window, @few)
+      nil -> true
+    end
+  end
+
+  @doc false
+  # The same pacing for a channel process that fans out itself (channels
+  # with a user transformer or backend): sleeps until `pid` caught up with
+  # its last `window` events, at most `timeout` ms.
+  @spec wait_for(pid(), non_neg_integer(), non_neg_integer()) :: :ok
+  def wait_for(pid, window, timeout),
+    do: wait_until(pid, window, System.monotonic_time(:millisecond) + timeout)
+
+  defp wait_until(pid, window, deadline) do
+    if caught_up?(pid, window) or System.monotonic_time(:millisecond) >= deadline do
+      :ok
+    else
+      Process.sleep(1)
+      wait_until(pid, window, deadline)
     end
   end
 end

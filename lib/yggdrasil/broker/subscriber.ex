@@ -16,9 +16,11 @@ defmodule Yggdrasil.Broker.Subscriber do
   # Otherwise each event is sent to this process, which decodes it with the
   # channel's transformer and fans it out through the engine: user
   # transformers run here and the events of one channel keep the broker's
-  # order. Its mailbox is bounded: past `@max_backlog` events waiting, or
-  # more than `@max_lag_us` of work at the pace it measures itself, the
-  # waiting events are dropped and the subscribers told, with
+  # order. It paces its fan-outs as the delivery thread does
+  # (`Yggdrasil.Broker.Pacer`). Its mailbox is bounded: past `@max_backlog`
+  # events waiting, or more than `@max_lag_us` of work at the pace it
+  # measures itself, the waiting events are dropped and the subscribers
+  # told, with
   # `{:Y_DISCONNECTED, _}` then `{:Y_CONNECTED, _}` (as the NIF's outbox does
   # for routes: `docs/guarantees.md`).
   #
@@ -31,7 +33,9 @@ defmodule Yggdrasil.Broker.Subscriber do
 
   alias Yggdrasil.Broker
   alias Yggdrasil.Broker.Client
+  alias Yggdrasil.Broker.Pacer
   alias Yggdrasil.Channel
+  alias Yggdrasil.Engine
   alias Yggdrasil.Route
   alias Yggdrasil.Subscriber.Manager
   alias Yggdrasil.Subscriber.Publisher
@@ -75,7 +79,20 @@ defmodule Yggdrasil.Broker.Subscriber do
     # So that terminate/2 (the broker-side unsubscribe) also runs on a
     # supervisor shutdown.
     Process.flag(:trap_exit, true)
-    state = %{broker: broker, channel: channel, client: nil, connected: false, cost_us: 0}
+
+    state = %{
+      broker: broker,
+      channel: channel,
+      client: nil,
+      connected: false,
+      cost_us: 0,
+      # Pacing (`Yggdrasil.Broker.Pacer`): messages sent since the last
+      # pace, in how many events, and how many paces so far.
+      sent: 0,
+      events: 0,
+      paces: 0
+    }
+
     {:ok, state, {:continue, :subscribe}}
   end
 
@@ -95,6 +112,10 @@ defmodule Yggdrasil.Broker.Subscriber do
   # work they may stand for (the outbox's age limit).
   @max_backlog 10_000
   @max_lag_us 2_000_000
+  # As the delivery thread (`native/yggdrasil_nif/src/broker/pace.rs`):
+  # messages sent between two paces, and the longest one waits.
+  @pace_budget 8_192
+  @pace_wait_ms 200
 
   # Where the NIF delivers by itself: what `Subscriber.Publisher.deliver/4`
   # would do with the default backend and a built-in transformer.
@@ -133,11 +154,10 @@ defmodule Yggdrasil.Broker.Subscriber do
     else
       started = System.monotonic_time(:microsecond)
       notify(event, state)
+      # Behind the subscribers: it sends no faster than they take.
+      state = pace(state)
       took = System.monotonic_time(:microsecond) - started
-      # Behind the subscribers it just woke: it sends no faster than they
-      # are scheduled (as the NIF's delivery thread does with its pacer).
-      :erlang.yield()
-      # A moving average of what one event costs here.
+      # A moving average of what one event costs here, waits included.
       {:noreply, %{state | cost_us: div(state.cost_us * 7 + took, 8)}}
     end
   end
@@ -163,6 +183,20 @@ defmodule Yggdrasil.Broker.Subscriber do
         "Yggdrasil #{inspect(state.broker)}: dropped a message on #{inspect(channel.name)} " <>
           "that its transformer cannot decode: #{inspect(reason)}"
       )
+    end
+  end
+
+  defp pace(%{channel: channel} = state) do
+    key = Channel.key(channel)
+    state = %{state | sent: state.sent + Engine.subscriber_count(key), events: state.events + 1}
+
+    if state.sent < @pace_budget do
+      state
+    else
+      with pid when is_pid(pid) <- Engine.some_subscriber(key, state.paces),
+           do: Pacer.wait_for(pid, state.events, @pace_wait_ms)
+
+      %{state | sent: 0, events: 0, paces: state.paces + 1}
     end
   end
 
