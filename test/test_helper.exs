@@ -5,7 +5,4 @@
 # with a baseline: they are left out of a plain `mix test`, where other tests'
 # processes subscribe and die at any time, and run alone in a second run,
 # `mix test --only global_counts` (`make test` runs both).
-#
-# :open_rabbitmq_marker marks the one flood test that still fails (see
-# test/flood_test.exs): run it with `mix test --only open_rabbitmq_marker`.
-ExUnit.start(assert_receive_timeout: 2_000, exclude: [:global_counts, :open_rabbitmq_marker])
+ExUnit.start(assert_receive_timeout: 2_000, exclude: [:global_counts])

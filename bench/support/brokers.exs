@@ -102,7 +102,8 @@ defmodule YggBench.Brokers do
             "`redis-cli --pipe`; psql `pg_notify` over `generate_series`; two " <>
             "`amqp-publish -l`) for 5 s on one `:default` channel of 20k recording " <>
             "subscribers; RSS growth: the VM's peak over its RSS once they are subscribed; " <>
-            "the marker: published with `Yggdrasil.publish/2` 1 s after the tools exit; " <>
+            "the marker: published with `Yggdrasil.publish/2` 1 s after the flood is over " <>
+            "at the broker (the tools exited, and RabbitMQ read all they wrote); " <>
             "missed untold: subscribers that saw a gap, a repeat or an event while " <>
             "disconnected, or lost the marker without a notice.",
           IO.iodata_to_binary(

@@ -38,6 +38,8 @@ defmodule Yggdrasil.Test.Flood do
 
   @examples 3
   @wait 30_000
+  # The longest RabbitMQ may take to read what the flood tools wrote.
+  @drain_wait 120_000
 
   @doc """
   `n` processes subscribed to `channel` (linked to the caller), once each
@@ -217,10 +219,14 @@ defmodule Yggdrasil.Test.Flood do
 
   @doc """
   Floods `name` on `server` for `seconds` with the broker's own tools and
-  returns when they have exited: redis-benchmark `PUBLISH` beside a
-  `redis-cli --pipe` of numbered `PUBLISH`es; psql running `pg_notify` over
-  `generate_series` (numbered), one statement of 5,000 after another; two
-  `amqp-publish -l`, one of numbered lines, one of `yes`.
+  returns when the flood is over at the broker: redis-benchmark `PUBLISH`
+  beside a `redis-cli --pipe` of numbered `PUBLISH`es; psql running
+  `pg_notify` over `generate_series` (numbered), one statement of 5,000
+  after another (both taken as over when the tools have exited); two
+  `amqp-publish -l`, one of numbered lines, one of `yes` (over once
+  RabbitMQ has read all they wrote, see `drained/3`). Returns the
+  milliseconds from the tools' exit to the end of the flood at the broker
+  (nil for Redis and PostgreSQL).
   """
   def flood!(%BrokerServer{kind: :redis, port: port}, name, seconds) do
     port = Integer.to_string(port)
@@ -233,6 +239,8 @@ defmodule Yggdrasil.Test.Flood do
       {"redis-benchmark", benchmark},
       {"sh", ["-c", numbered, "sh", name, port]}
     ])
+
+    nil
   end
 
   def flood!(%BrokerServer{kind: :postgres} = server, name, seconds) do
@@ -244,6 +252,7 @@ defmodule Yggdrasil.Test.Flood do
     """
 
     run_together(seconds, [{"sh", ["-c", script, "sh", name | BrokerServer.psql_args(server)]}])
+    nil
   end
 
   def flood!(%BrokerServer{kind: :rabbitmq} = server, {exchange, key}, seconds) do
@@ -253,6 +262,7 @@ defmodule Yggdrasil.Test.Flood do
     """
 
     args = BrokerServer.amqp_tools_args(server)
+    before = amqp_tools_connections(server)
 
     run_together(
       seconds,
@@ -261,6 +271,45 @@ defmodule Yggdrasil.Test.Flood do
         do: {"sh", ["-c", script, "sh", exchange, key, lines | args]}
       )
     )
+
+    exited = System.monotonic_time(:millisecond)
+    drained(server, before, exited + @drain_wait)
+    System.monotonic_time(:millisecond) - exited
+  end
+
+  # RabbitMQ goes on publishing a flood for seconds after amqp-publish
+  # exited (8 to 21 s in the flood test on the shared 2-core machine): what
+  # the tools wrote waits in the kernel's buffers of their connections
+  # (net.ipv4.tcp_rmem let a receive buffer grow to 32 MB there: hundreds of
+  # thousands of small messages), which RabbitMQ reads at its own pace and
+  # routes behind anything published meanwhile. It closes a connection once
+  # it has read it to the end: the flood is over when none of the tools'
+  # connections (made during the flood by rabbitmq-c, amqp-publish's
+  # library) is left.
+  defp drained(server, before, deadline) do
+    left = amqp_tools_connections(server) -- before
+
+    cond do
+      left == [] ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        flunk("RabbitMQ still reads the flood tools' connections #{inspect(left)}")
+
+      true ->
+        Process.sleep(200)
+        drained(server, before, deadline)
+    end
+  end
+
+  defp amqp_tools_connections(server) do
+    server
+    |> BrokerServer.rabbitmqctl!(
+      ~w(list_connections -q --no-table-headers name client_properties)
+    )
+    |> String.split("\n", trim: true)
+    |> Enum.filter(&String.contains?(&1, ~s("rabbitmq-c")))
+    |> Enum.map(&(&1 |> String.split("\t") |> hd()))
   end
 
   # Each command stopped by `timeout` after `seconds` (its whole process
