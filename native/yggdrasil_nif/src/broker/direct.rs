@@ -142,11 +142,13 @@ pub(super) fn deliver(
             false
         }
         Event::Connected { .. } => {
-            set_connected(env, route, true);
+            let (sent, sample) = set_connected(env, route, true, pace.turn());
+            pace.count(env, sent, sample);
             false
         }
         Event::Disconnected { .. } => {
-            set_connected(env, route, false);
+            let (sent, sample) = set_connected(env, route, false, pace.turn());
+            pace.count(env, sent, sample);
             false
         }
         // Replies and warnings go to processes, never to a route.
@@ -167,13 +169,12 @@ fn fan_out(
     message: Term<'_>,
     turn: usize,
 ) -> (usize, Option<Pid>) {
-    let sample = |members: &[Pid]| members.get(turn % members.len().max(1)).copied();
     let mut table = table();
     let snapshot = match table.targets(&TermKey::new(key), SEND_UNDER_LOCK) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| send_copy(pid, message));
             stats::COUNTERS.deliveries.add(members.len());
-            return (members.len(), sample(members));
+            return (members.len(), sample(members, turn));
         }
         Some(Targets::Many(snapshot)) => snapshot,
         None => return (0, None),
@@ -188,7 +189,12 @@ fn fan_out(
     let _joined = shared.then_some(Joined(helper));
     let sent = send_batches(&snapshot, 0, half, message.as_c_arg());
     stats::COUNTERS.deliveries.add(sent);
-    (total, sample(snapshot.as_slice()))
+    (total, sample(snapshot.as_slice(), turn))
+}
+
+/// The member at `turn`, modulo their number: the one the pacer watches.
+fn sample(members: &[Pid], turn: usize) -> Option<Pid> {
+    members.get(turn % members.len().max(1)).copied()
 }
 
 /// Waits for the helper's half when dropped.
@@ -320,11 +326,17 @@ fn spawn_helper() -> Option<(Sender<Half>, Receiver<usize>)> {
         .map(|_| (jobs_tx, done_rx))
 }
 
-/// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`.
-fn set_connected(env: Env<'_>, route: &Route, connected: bool) {
+/// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`;
+/// returns what `fan_out` does.
+fn set_connected(
+    env: Env<'_>,
+    route: &Route,
+    connected: bool,
+    turn: usize,
+) -> (usize, Option<Pid>) {
     let key = route.key(env);
     let Some(snapshot) = table().set_connected(&TermKey::new(key), connected) else {
-        return;
+        return (0, None);
     };
     let tag = if connected {
         atoms::y_connected()
@@ -332,5 +344,8 @@ fn set_connected(env: Env<'_>, route: &Route, connected: bool) {
         atoms::y_disconnected()
     };
     let message = (tag, key).encode(env);
-    send_batches(&snapshot, 0, snapshot.len(), message.as_c_arg());
+    // Counted as the engine's own notices are.
+    let sent = send_batches(&snapshot, 0, snapshot.len(), message.as_c_arg());
+    stats::COUNTERS.deliveries.add(sent);
+    (sent, sample(snapshot.as_slice(), turn))
 }
