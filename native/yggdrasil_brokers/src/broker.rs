@@ -88,7 +88,8 @@ pub(crate) enum Behind {
     Cut,
     /// Purge the broker's backlog (`Broker::purge`) when it holds more than
     /// `MAX_BACKLOG` (`Broker::backlog`), and tell every topic's
-    /// recipients: the broker holds it, and reading it would take long.
+    /// recipients, after what came before the purge: the broker holds it,
+    /// and reading it would take long.
     Purge,
 }
 
@@ -222,9 +223,19 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     }
 
     /// Drops what the broker holds for this session and has not sent yet
-    /// (`Behind::Purge`, past `MAX_BACKLOG`); the shared code tells every
-    /// topic's recipients.
+    /// (`Behind::Purge`, past `MAX_BACKLOG`), and stops receiving until
+    /// `resume`: every message the broker sent before the purge is then
+    /// waiting in `Messages`, none after it. The shared code delivers
+    /// those, tells every topic's recipients of the gap, then resumes.
     fn purge(
+        &self,
+        _control: &mut Self::Control,
+    ) -> impl Future<Output = Result<(), ListenError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Receives again after `purge`.
+    fn resume(
         &self,
         _control: &mut Self::Control,
     ) -> impl Future<Output = Result<(), ListenError>> + Send {

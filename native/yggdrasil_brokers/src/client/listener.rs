@@ -421,21 +421,40 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                     return;
                 };
                 shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
-                match timeout(CALL_TIMEOUT, self.broker.purge(&mut open.control)).await {
-                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {
-                        // What was purged is a gap in every topic.
-                        for state in topics.map.values().filter(|s| s.confirmed) {
-                            for flow in &state.flows {
-                                shared.events.flow_gap(flow);
-                            }
+                let broker = self.broker;
+                let purged = match timeout(CALL_TIMEOUT, broker.purge(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => Ok(()),
+                    Ok(Err(ListenError::Connection(reason))) => Err(reason),
+                    Err(_) => Err(format!("no purge confirmation within {CALL_TIMEOUT:?}")),
+                };
+                if let Err(reason) = purged {
+                    return self.lose(topics, backoff, reason);
+                }
+                // What the broker sent before the purge is all waiting: it
+                // goes first (`unconstrained`: tokio's budget must not end
+                // the loop while messages wait), then the gap, in every topic.
+                loop {
+                    let next = tokio::task::unconstrained(broker.next_message(&mut open.messages));
+                    match next.now_or_never() {
+                        Some(Some(incoming)) => fan_out(broker, shared, topics, incoming).await,
+                        Some(None) => {
+                            return self.lose(topics, backoff, "connection closed".into())
                         }
+                        None => break,
                     }
-                    Ok(Err(ListenError::Connection(reason))) => self.lose(topics, backoff, reason),
-                    Err(_) => self.lose(
-                        topics,
-                        backoff,
-                        format!("no purge confirmation within {CALL_TIMEOUT:?}"),
-                    ),
+                }
+                for state in topics.map.values().filter(|s| s.confirmed) {
+                    for flow in &state.flows {
+                        shared.events.flow_gap(flow);
+                    }
+                }
+                let resumed = match timeout(CALL_TIMEOUT, broker.resume(&mut open.control)).await {
+                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => Ok(()),
+                    Ok(Err(ListenError::Connection(reason))) => Err(reason),
+                    Err(_) => Err(format!("no consume confirmation within {CALL_TIMEOUT:?}")),
+                };
+                if let Err(reason) = resumed {
+                    self.lose(topics, backoff, reason);
                 }
             }
         }

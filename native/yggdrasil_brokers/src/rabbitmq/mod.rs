@@ -327,6 +327,10 @@ impl Broker for RabbitMq {
         control.purge().await
     }
 
+    async fn resume(&self, control: &mut Control) -> Result<(), ListenError> {
+        control.resume().await
+    }
+
     async fn ack(&self, ack: Ack) {
         // Handed to the session's ack task, which batches: the listener
         // loop does not wait for lapin's I/O thread once per message.

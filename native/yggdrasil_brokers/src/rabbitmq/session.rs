@@ -2,18 +2,19 @@
 //! a client-named, exclusive, auto-delete queue bound to its exchange, the
 //! consumers forwarded into one `Messages` queue, and acks batched.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionStatus};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::properties::{self, short};
@@ -40,10 +41,21 @@ pub(crate) struct Control {
 
 struct Subscription {
     channel: Channel,
-    /// The queue bound for this topic.
+    /// The queue bound for this topic (also its consumer's tag).
     queue: ShortString,
-    /// The task forwarding this topic's consumer into `Messages`.
-    forward: AbortOnDrop,
+    /// The task forwarding this topic's consumer into `Messages`; none
+    /// while paused (`Control::purge` to `Control::resume`).
+    forward: Option<Forward>,
+}
+
+/// A running consumer's forwarding task.
+struct Forward {
+    task: AbortOnDrop,
+    /// Set before cancelling the consumer on purpose: its end is then not a
+    /// lost connection.
+    cancelled: Arc<AtomicBool>,
+    /// Resolves (closed) when the task has forwarded all it will.
+    finished: oneshot::Receiver<()>,
 }
 
 /// What consumer tasks and the connection watcher feed into `Messages`.
@@ -148,28 +160,46 @@ impl Control {
             }
             return Err(error);
         }
+        let forward = self.consume(topic, &channel, &queue_name).await?;
+        let subscription = Subscription {
+            channel,
+            queue: queue_name,
+            forward: Some(forward),
+        };
+        self.topics.insert(topic.clone(), subscription);
+        Ok(())
+    }
+
+    /// Starts consuming `queue` (tagged with its name) into `Messages`.
+    async fn consume(
+        &self,
+        topic: &Binding,
+        channel: &Channel,
+        queue: &ShortString,
+    ) -> Result<Forward, ListenError> {
         let consume = BasicConsumeOptions {
             exclusive: true,
             ..BasicConsumeOptions::default()
         };
         let consumer = channel
-            .basic_consume(queue.clone(), queue, consume, FieldTable::default())
+            .basic_consume(queue.clone(), queue.clone(), consume, FieldTable::default())
             .await
-            .map_err(listen_error)?;
-        let forward = AbortOnDrop::spawn(forward(
+            .map_err(|e| listen_error(self.connection.status(), &e))?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (done, finished) = oneshot::channel();
+        let task = AbortOnDrop::spawn(forward(
             consumer,
             topic.clone(),
             channel.clone(),
             self.messages.clone(),
             self.acks.clone(),
+            (cancelled.clone(), done),
         ));
-        let subscription = Subscription {
-            channel,
-            queue: queue_name,
-            forward,
-        };
-        self.topics.insert(topic.clone(), subscription);
-        Ok(())
+        Ok(Forward {
+            task,
+            cancelled,
+            finished,
+        })
     }
     /// Messages ready in this session's queues (not sent to us yet).
     pub(super) async fn backlog(&mut self) -> Result<u64, ListenError> {
@@ -190,15 +220,52 @@ impl Control {
         Ok(ready)
     }
 
-    /// Empties every topic's queue of what the broker has not sent yet.
+    /// Stops every topic's consumer, waits until all they were sent is in
+    /// `Messages`, then empties their queues of what the broker has not sent.
+    /// The order matters: a message sent before the purge must reach
+    /// `Messages` before the gap is told, so consumers are cancelled first
+    /// (the broker sends nothing for a consumer after its `cancel-ok`, and
+    /// lapin ends the consumer's stream after what came before it).
     pub(super) async fn purge(&mut self) -> Result<(), ListenError> {
         let status = self.connection.status().clone();
-        for subscription in self.topics.values() {
+        for subscription in self.topics.values_mut() {
+            let Some(forward) = subscription.forward.take() else {
+                continue;
+            };
+            forward.cancelled.store(true, Ordering::Release);
+            subscription
+                .channel
+                .basic_cancel(subscription.queue.clone(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| listen_error(&status, &e))?;
+            // Closed when the task ends; it cannot end without closing it.
+            let _ = forward.finished.await;
             subscription
                 .channel
                 .queue_purge(subscription.queue.clone(), QueuePurgeOptions::default())
                 .await
                 .map_err(|e| listen_error(&status, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Consumes again every topic paused by `purge`.
+    pub(super) async fn resume(&mut self) -> Result<(), ListenError> {
+        let paused: Vec<Binding> = self
+            .topics
+            .iter()
+            .filter(|(_, subscription)| subscription.forward.is_none())
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in paused {
+            let Some(subscription) = self.topics.get(&topic) else {
+                continue;
+            };
+            let (channel, queue) = (subscription.channel.clone(), subscription.queue.clone());
+            let forward = self.consume(&topic, &channel, &queue).await?;
+            if let Some(subscription) = self.topics.get_mut(&topic) {
+                subscription.forward = Some(forward);
+            }
         }
         Ok(())
     }
@@ -210,7 +277,7 @@ impl Control {
         // Stop forwarding first, so the consumer's end is not taken for a
         // lost connection; closing the channel cancels the consumer and the
         // broker deletes the auto-delete queue.
-        drop(subscription.forward);
+        drop(subscription.forward.map(|forward| forward.task));
         if !subscription.channel.status().connected() {
             return Ok(()); // already closed by the broker: nothing to undo
         }
@@ -253,6 +320,7 @@ async fn forward(
     channel: Channel,
     messages: UnboundedSender<Item>,
     acks: UnboundedSender<PendingAck>,
+    (cancelled, _done): (Arc<AtomicBool>, oneshot::Sender<()>),
 ) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let properties = &delivery.properties;
@@ -285,7 +353,9 @@ async fn forward(
             return; // the session is gone
         }
     }
-    let _ = messages.send(Item::Lost);
+    if !cancelled.load(Ordering::Acquire) {
+        let _ = messages.send(Item::Lost);
+    }
 }
 
 /// Reports the connection's loss into `Messages`: a session whose topics
