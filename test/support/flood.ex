@@ -278,7 +278,7 @@ defmodule Yggdrasil.Test.Flood do
   end
 
   # RabbitMQ goes on publishing a flood for seconds after amqp-publish
-  # exited (8 to 21 s in the flood test on the shared 2-core machine): what
+  # exited (3 to 21 s in the flood test on the shared 2-core machine): what
   # the tools wrote waits in the kernel's buffers of their connections
   # (net.ipv4.tcp_rmem let a receive buffer grow to 32 MB there: hundreds of
   # thousands of small messages), which RabbitMQ reads at its own pace and
