@@ -20,9 +20,8 @@ defmodule Yggdrasil.Broker.Subscriber do
   # (`Yggdrasil.Broker.Pacer`). Its mailbox is bounded: past `@max_backlog`
   # events waiting, or more than `@max_lag_us` of work at the pace it
   # measures itself, the waiting events are dropped and the subscribers
-  # told, with
-  # `{:Y_DISCONNECTED, _}` then `{:Y_CONNECTED, _}` (as the NIF's outbox does
-  # for routes: `docs/guarantees.md`).
+  # told, with `{:Y_DISCONNECTED, _}` then `{:Y_CONNECTED, _}` (as the
+  # NIF's outbox does for routes: `docs/guarantees.md`).
   #
   # A broker's subscriber module is `use Yggdrasil.Broker.Subscriber,
   # broker: <its name>`; the process itself runs this module.
@@ -86,8 +85,10 @@ defmodule Yggdrasil.Broker.Subscriber do
       client: nil,
       connected: false,
       cost_us: 0,
-      # Pacing (`Yggdrasil.Broker.Pacer`): messages sent since the last
-      # pace, in how many events, and how many paces so far.
+      # Pacing (`Yggdrasil.Broker.Pacer`): the channel's engine key,
+      # messages sent since the last pace, in how many events, and how
+      # many paces so far.
+      key: Channel.key(channel),
       sent: 0,
       events: 0,
       paces: 0
@@ -186,8 +187,7 @@ defmodule Yggdrasil.Broker.Subscriber do
     end
   end
 
-  defp pace(%{channel: channel} = state) do
-    key = Channel.key(channel)
+  defp pace(%{key: key} = state) do
     state = %{state | sent: state.sent + Engine.subscriber_count(key), events: state.events + 1}
 
     if state.sent < @pace_budget do
