@@ -76,7 +76,8 @@ defmodule YggBench.Brokers do
       "TLS ÷ plaintext" | for({c, p, m, _} <- @tls_ratios, do: "#{c}, #{p} pub., #{m}")
     ]
 
-    left_out = for {kind, {what, why}} <- outcomes ++ floods, do: "#{kind} #{what}: #{why}"
+    left_out =
+      for {kind, {what, why}} <- outcomes ++ floods, what != :ok, do: "#{kind} #{what}: #{why}"
 
     %{
       records: List.flatten(for {_, {:ok, records, _}} <- outcomes, do: records),
