@@ -55,6 +55,10 @@ fn main() {
         ),
         ("idle_client_closes_its_connection", idle_close),
         (
+            "a_purged_backlog_is_told_after_what_came_before_it",
+            purged_backlog,
+        ),
+        (
             "broker_restart_disconnected_then_connected_again",
             broker_restart,
         ),
@@ -729,6 +733,62 @@ fn lapin_threads() -> usize {
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .filter(|name| name.trim() == "lapin-io-loop")
         .count()
+}
+
+/// `amqp-publish` floods faster than the listener reads: RabbitMQ queues a
+/// backlog for the session, which is purged (`cuts`). Every message the
+/// broker sent before a purge reaches the recipient before the gap's
+/// Disconnected, never after it (`support::check_flood`), and a marker
+/// published once the flood is over arrives.
+fn purged_backlog(node: &mut Node) {
+    use yggdrasil_brokers::outbox::{self, Limits};
+    let (outbox, deliveries) = outbox::channel::<u64>(Limits {
+        max_events: 2_000,
+        max_bytes: 1 << 20,
+        max_lag: Duration::from_millis(300),
+    });
+    let sink = outbox.for_client();
+    let given = [text("hostname", "127.0.0.1"), int("port", node.port.into())];
+    let client = Client::open("rabbitmq", &given, 0u64, sink.clone()).expect("opens");
+    let (seen_tx, seen) = crossbeam_channel::unbounded();
+    let consumer = std::thread::spawn(move || {
+        for delivery in deliveries.filter(|d| d.to == 1) {
+            if seen_tx.send(delivery.event).is_err() {
+                break;
+            }
+        }
+    });
+    let topic = Name::pair("amq.topic", "flood");
+    client.subscribe(topic, 1).expect("subscribes");
+    let first = seen.recv_timeout(WAIT).expect("an event");
+    assert!(matches!(first, Event::Connected { .. }), "{first:?}");
+
+    let lines: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
+    let flood = ["-l", "-e", "amq.topic", "-r", "flood"];
+    node.amqp_publish(&flood, lines.as_bytes());
+    // RabbitMQ goes on routing what amqp-publish wrote after it exited:
+    // the marker goes once the client has seen nothing new for a second.
+    let mut quiet_since = Instant::now();
+    let mut last = (u64::MAX, 0);
+    while quiet_since.elapsed() < Duration::from_secs(1) {
+        let load = sink.load();
+        let now = (load.dropped, seen.len());
+        if load.queued > 0 || now != last {
+            quiet_since = Instant::now();
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.amqp_publish(&["-e", "amq.topic", "-r", "flood"], b"marker");
+    let flood = support::check_flood(&seen, b"marker", || {
+        format!("{:?}, {:?}", sink.load(), client.stats())
+    });
+    let cuts = client.stats().cuts;
+    assert!(cuts > 0, "never purged: {flood:?}, {:?}", sink.load());
+    assert!(flood.notices > 0, "{flood:?}");
+    drop(client);
+    drop((outbox, sink));
+    consumer.join().expect("consumer");
 }
 
 fn broker_restart(node: &mut Node) {

@@ -849,33 +849,9 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
     assert!(cli.status.success());
     let published = Instant::now();
 
-    // Every gap in the numbers lies between Disconnected and Connected.
-    let (mut connected, mut last, mut received, mut notices) = (true, 0u64, 0u64, 0);
-    loop {
-        let Ok(event) = seen.recv_timeout(WAIT) else {
-            panic!(
-                "no marker: {:?}, {:?}, last {last}, received {received}, connected {connected}",
-                sink.load(),
-                client.stats()
-            );
-        };
-        match event {
-            Event::Disconnected { .. } => {
-                assert!(connected, "Disconnected twice");
-                (connected, notices) = (false, notices + 1);
-            }
-            Event::Connected { .. } => connected = true,
-            Event::Message { payload, .. } if payload == b"marker" => break,
-            Event::Message { payload, .. } => {
-                let n: u64 = String::from_utf8_lossy(&payload).parse().expect("a number");
-                assert!(connected, "message {n} between Disconnected and Connected");
-                assert!(n > last, "{n} after {last}");
-                (last, received) = (n, received + 1);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(connected, "the marker came before Connected");
+    let support::Flood { received, notices } = support::check_flood(&seen, b"marker", || {
+        format!("{:?}, {:?}", sink.load(), client.stats())
+    });
     let latency = published.elapsed();
     let load = sink.load();
     // Beyond the cap only while a purged backlog drains, up to 4 times it.

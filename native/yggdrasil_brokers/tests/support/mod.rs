@@ -622,3 +622,51 @@ pub fn publish_and_wait(
         .expect("publish accepted");
     inbox.published(tag)
 }
+
+/// What a recipient saw of a flood of numbered messages.
+#[derive(Debug)]
+pub struct Flood {
+    pub received: u64,
+    pub notices: u64,
+}
+
+/// Reads `seen` up to the message `marker`, checking the contract of a flood
+/// (docs/guarantees.md, "Brokers under load") on the way: numbers strictly
+/// increase, none arrives between Disconnected and Connected, a gap in them
+/// comes only after a Disconnected, and the marker after Connected.
+/// `context` says what to print when the marker does not come.
+pub fn check_flood(seen: &Receiver<Event>, marker: &[u8], context: impl Fn() -> String) -> Flood {
+    let (mut connected, mut told, mut last) = (true, false, 0u64);
+    let mut flood = Flood {
+        received: 0,
+        notices: 0,
+    };
+    loop {
+        let Ok(event) = seen.recv_timeout(WAIT) else {
+            panic!("no marker: {flood:?}, last {last}, {}", context());
+        };
+        match event {
+            Event::Disconnected { .. } => {
+                assert!(connected, "Disconnected twice");
+                (connected, told) = (false, true);
+                flood.notices += 1;
+            }
+            Event::Connected { .. } => connected = true,
+            Event::Message { payload, .. } if payload == marker => break,
+            Event::Message { payload, .. } => {
+                let n: u64 = String::from_utf8_lossy(&payload)
+                    .trim_end()
+                    .parse()
+                    .expect("a number");
+                assert!(connected, "message {n} between Disconnected and Connected");
+                assert!(n > last, "{n} after {last}");
+                assert!(n == last + 1 || told, "{n} after {last}, untold");
+                (last, told) = (n, false);
+                flood.received += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(connected, "the marker came before Connected");
+    flood
+}
