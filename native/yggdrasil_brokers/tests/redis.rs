@@ -2,7 +2,7 @@
 //! `redis-cli` as the independent client.
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -119,18 +119,7 @@ fn payloads_from_redis_cli_arrive_byte_for_byte() {
 
     for payload in awkward_payloads() {
         // `-x` takes the last argument from stdin, unmodified.
-        let mut cli = Command::new("redis-cli")
-            .args(["-p", &server.port.to_string(), "-x", "PUBLISH", "bytes"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-cli runs");
-        cli.stdin
-            .take()
-            .expect("stdin")
-            .write_all(&payload)
-            .expect("write payload");
-        assert!(cli.wait().expect("redis-cli ends").success());
+        server.redis_cli_with_input(&["-x", "PUBLISH", "bytes"], &payload);
         let (_, got, _) = message_parts(inbox.message(1));
         assert_eq!(
             got,
@@ -815,18 +804,7 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
     let script: String = (1..=100_000)
         .map(|n| format!("PUBLISH flood {n}\r\n"))
         .collect();
-    let mut cli = Command::new("redis-cli")
-        .args(["-p", &server.port.to_string(), "--pipe"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-cli runs");
-    cli.stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script sent");
-    assert!(cli.wait().expect("redis-cli ends").success());
+    server.redis_cli_with_input(&["--pipe"], script.as_bytes());
     flooding.store(false, Ordering::SeqCst);
     sampler.join().expect("sampler");
 
@@ -842,11 +820,7 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
         last_dropped = load.dropped;
         std::thread::sleep(Duration::from_millis(10));
     }
-    let cli = Command::new("redis-cli")
-        .args(["-p", &server.port.to_string(), "PUBLISH", "flood", "marker"])
-        .output()
-        .expect("redis-cli runs");
-    assert!(cli.status.success());
+    server.redis_cli_text(&["PUBLISH", "flood", "marker"]);
     let published = Instant::now();
 
     let support::Flood { received, notices } = support::check_flood(&seen, b"marker", || {

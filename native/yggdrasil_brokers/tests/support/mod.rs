@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -296,6 +297,27 @@ impl Server {
             .args(args)
             .output()
             .expect("redis-cli runs")
+    }
+
+    /// `redis-cli ARGS...` with `input` on its stdin (its output discarded);
+    /// asserts it succeeded.
+    pub fn redis_cli_with_input(&self, args: &[&str], input: &[u8]) {
+        let mut cli = Command::new("redis-cli")
+            .args(self.redis_cli_args())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        cli.stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("input sent");
+        assert!(
+            cli.wait().expect("redis-cli ends").success(),
+            "redis-cli {args:?} failed"
+        );
     }
 
     pub fn redis_cli_text(&self, args: &[&str]) -> String {
