@@ -357,10 +357,9 @@ async fn listen_loop<B: Broker, R: Recipient>(
             _ = sleep_until_some(l.retry_at) => l.review = true,
             _ = sleep_until(l.ping_at) => {
                 l.ping_at = Instant::now() + KEEPALIVE;
-                match timeout(KEEPALIVE, broker.ping(&mut open.control)).await {
-                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
-                    Ok(Err(ListenError::Connection(reason))) => l.lose(topics, backoff, reason),
-                    Err(_) => l.lose(topics, backoff, format!("no answer to a ping within {KEEPALIVE:?}")),
+                let ping = broker.ping(&mut open.control);
+                if let Err(reason) = session_call(KEEPALIVE, "answer to a ping", ping).await {
+                    l.lose(topics, backoff, reason);
                 }
             },
         }
@@ -422,12 +421,8 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                 };
                 shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
                 let broker = self.broker;
-                let purged = match timeout(CALL_TIMEOUT, broker.purge(&mut open.control)).await {
-                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => Ok(()),
-                    Ok(Err(ListenError::Connection(reason))) => Err(reason),
-                    Err(_) => Err(format!("no purge confirmation within {CALL_TIMEOUT:?}")),
-                };
-                if let Err(reason) = purged {
+                let purge = broker.purge(&mut open.control);
+                if let Err(reason) = session_call(CALL_TIMEOUT, "purge confirmation", purge).await {
                     return self.lose(topics, backoff, reason);
                 }
                 // What the broker sent before the purge is all waiting: it
@@ -448,12 +443,10 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                         shared.events.flow_gap(flow);
                     }
                 }
-                let resumed = match timeout(CALL_TIMEOUT, broker.resume(&mut open.control)).await {
-                    Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => Ok(()),
-                    Ok(Err(ListenError::Connection(reason))) => Err(reason),
-                    Err(_) => Err(format!("no consume confirmation within {CALL_TIMEOUT:?}")),
-                };
-                if let Err(reason) = resumed {
+                let resume = broker.resume(&mut open.control);
+                if let Err(reason) =
+                    session_call(CALL_TIMEOUT, "consume confirmation", resume).await
+                {
                     self.lose(topics, backoff, reason);
                 }
             }
@@ -533,6 +526,21 @@ impl<F: std::future::Future> std::future::Future for Waited<F> {
     }
 }
 
+/// A call that concerns the whole session, awaited at most `limit`: a
+/// topic's refusal changes nothing here; a lost connection, or no answer
+/// (`what` names the one awaited), ends the session with that reason.
+async fn session_call(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<(), ListenError>>,
+) -> Result<(), String> {
+    match timeout(limit, call).await {
+        Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => Ok(()),
+        Ok(Err(ListenError::Connection(reason))) => Err(reason),
+        Err(_) => Err(format!("no {what} within {limit:?}")),
+    }
+}
+
 pub(super) async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -553,15 +561,8 @@ async fn apply<B: Broker, R: Recipient>(
         ListenCmd::Unsubscribe(topic, to) => {
             if topics.unsubscribe(&topic, &to) {
                 if let Some(open) = session.as_mut() {
-                    match timeout(CALL_TIMEOUT, broker.unlisten(&mut open.control, &topic)).await {
-                        Ok(Ok(())) | Ok(Err(ListenError::Topic(_))) => {}
-                        Ok(Err(ListenError::Connection(reason))) => return Err(reason),
-                        Err(_) => {
-                            return Err(format!(
-                                "no unsubscribe confirmation within {CALL_TIMEOUT:?}"
-                            ))
-                        }
-                    }
+                    let unlisten = broker.unlisten(&mut open.control, &topic);
+                    session_call(CALL_TIMEOUT, "unsubscribe confirmation", unlisten).await?;
                 }
             }
         }
