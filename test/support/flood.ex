@@ -232,12 +232,9 @@ defmodule Yggdrasil.Test.Flood do
     port = Integer.to_string(port)
     benchmark = ~w(-h 127.0.0.1 -p #{port} -c 4 -P 16 -n 1000000000 -q PUBLISH) ++ [name, "flood"]
 
-    numbered =
-      ~S(seq 1 1000000000 | sed "s/^/PUBLISH $1 /" | redis-cli -h 127.0.0.1 -p "$2" --pipe >/dev/null)
-
     run_together(seconds, [
       {"redis-benchmark", benchmark},
-      {"sh", ["-c", numbered, "sh", name, port]}
+      {"sh", ["-c", numbered_redis(1_000_000_000), "sh", name, port]}
     ])
 
     nil
@@ -311,6 +308,24 @@ defmodule Yggdrasil.Test.Flood do
     |> Enum.filter(&String.contains?(&1, ~s("rabbitmq-c")))
     |> Enum.map(&(&1 |> String.split("\t") |> hd()))
   end
+
+  @doc """
+  Publishes the numbers 1 to `count` on `name`, pipelined by one
+  `redis-cli --pipe`; returns when it has exited.
+  """
+  def publish_numbered!(%BrokerServer{kind: :redis, port: port}, name, count) do
+    {out, status} =
+      System.cmd("sh", ["-c", numbered_redis(count), "sh", name, Integer.to_string(port)],
+        stderr_to_stdout: true
+      )
+
+    assert status == 0, "redis-cli --pipe failed: #{out}"
+  end
+
+  # A shell script publishing 1..count on $1 to the redis-server at port $2.
+  defp numbered_redis(count),
+    do:
+      ~s(seq 1 #{count} | sed "s/^/PUBLISH $1 /" | redis-cli -h 127.0.0.1 -p "$2" --pipe >/dev/null)
 
   # Each command stopped by `timeout` after `seconds` (its whole process
   # group: pipelines included); each must have run until then.
