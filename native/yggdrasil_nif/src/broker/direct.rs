@@ -141,13 +141,9 @@ pub(super) fn deliver(
             pace.count(env, sent, sample);
             false
         }
-        Event::Connected { .. } => {
-            let (sent, sample) = set_connected(env, route, true, pace.turn());
-            pace.count(env, sent, sample);
-            false
-        }
-        Event::Disconnected { .. } => {
-            let (sent, sample) = set_connected(env, route, false, pace.turn());
+        Event::Connected { .. } | Event::Disconnected { .. } => {
+            let connected = matches!(event, Event::Connected { .. });
+            let (sent, sample) = set_connected(env, route, connected, pace.turn());
             pace.count(env, sent, sample);
             false
         }
