@@ -32,6 +32,11 @@ defmodule Yggdrasil.RedisTest do
       assert_receive {:Y_EVENT, ^sent, "three"}, @wait
     end
 
+    test "the broker senders killed: a wide channel's events still reach every subscriber, in order",
+         ctx do
+      scenario_wide(ctx, kill_senders: true)
+    end
+
     test "a payload of several MB (copied on a dirty scheduler)", %{server: server} do
       namespace = configure(RedisCli, server)
       channel = subscribe!(channel(RedisCli, namespace, RedisCli.name(server, "big")))

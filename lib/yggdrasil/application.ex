@@ -23,6 +23,8 @@ defmodule Yggdrasil.Application do
       {DynamicSupervisor, name: Yggdrasil.Publisher.Pools, strategy: :one_for_one},
       # Multi-node `:elixir` delivery; uses the `:pg` scope of the Registry.
       Yggdrasil.Relay,
+      # Send wide broker fan-outs from the schedulers.
+      Yggdrasil.Broker.Sender,
       # Paces the broker delivery thread to the subscribers.
       Yggdrasil.Broker.Pacer,
       # Broker clients; last, so that its restart restarts nothing else

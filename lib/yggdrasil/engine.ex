@@ -45,6 +45,12 @@ defmodule Yggdrasil.Engine do
   def set_connected(key, connected?, message),
     do: finish(Native.set_connected(key, connected?, message), message)
 
+  @doc false
+  # Goes on with a fan-out handed over as a cursor (a broker sender's share
+  # of a wide channel, `Yggdrasil.Broker.Sender`).
+  @spec resume_broadcast(reference(), term()) :: :ok
+  def resume_broadcast(cursor, message), do: finish(Native.fanout_more(cursor, message), message)
+
   defp finish(:ok, _message), do: :ok
   defp finish({:more, rest}, message), do: finish(Native.fanout_more(rest, message), message)
 

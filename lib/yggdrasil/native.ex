@@ -212,6 +212,13 @@ defmodule Yggdrasil.Native do
   def broker_paced(_seq), do: not_loaded()
 
   @doc false
+  # A process that sends its share of wide broker fan-outs
+  # (`Yggdrasil.Broker.Sender`): it is sent `{tag, :send, cursor, message}`
+  # and goes on with `fanout_more/2`.
+  @spec broker_set_sender(non_neg_integer(), pos_integer(), pid()) :: :ok
+  def broker_set_sender(_index, _of, _pid), do: not_loaded()
+
+  @doc false
   # Counts `dropped` events a subscriber process shed (see `broker_stats/1`).
   @spec broker_shed(reference(), non_neg_integer()) :: :ok
   def broker_shed(_client, _dropped), do: not_loaded()

@@ -140,6 +140,11 @@ defmodule Yggdrasil.Test.BrokerCase do
           scenario_kill_and_back(ctx)
         end
 
+        test "a wide channel: each of its 300 subscribers gets events and notices in order, across a restart",
+             ctx do
+          scenario_wide(ctx)
+        end
+
         test "an unreachable server: subscribe :ok, no :Y_CONNECTED, publish {:error, _}, a warning",
              ctx do
           scenario_unreachable(ctx)
@@ -474,6 +479,50 @@ defmodule Yggdrasil.Test.BrokerCase do
     assert :ok = Yggdrasil.publish(first, "published again")
     assert_receive {:Y_EVENT, %{name: name}, "published again"}, @wait
     assert name == first.name
+  end
+
+  @doc false
+  # Wide enough (256 subscribers, `direct.rs`) for the channel's events and
+  # notices to be sent by the broker senders, one process per scheduler,
+  # each with its share of the subscribers. With `kill_senders: true` they
+  # are killed between two rounds of events: the delivery thread sends
+  # their shares itself until they are back.
+  def scenario_wide(%{peer: peer} = ctx, opts \\ []) do
+    server = start_server!(ctx)
+    namespace = configure(peer, server)
+    channel = channel(peer, namespace, peer.name(server, "wide"))
+    subscribers = for _ <- 1..300, do: forwarder(channel)
+    event = event_channel(peer, channel)
+    events = fn range -> for i <- range, do: {:Y_EVENT, event, "#{i}"} end
+
+    publish = fn range ->
+      for i <- range, do: assert(:ok = Yggdrasil.publish(channel, "#{i}"))
+    end
+
+    # Each subscriber's next messages, in order: a message out of order
+    # fails here, not just a missing one.
+    expect = fn messages ->
+      for pid <- subscribers, message <- messages do
+        assert_receive {:forwarded, ^pid, got}, @wait
+        assert got == message
+      end
+    end
+
+    publish.(1..50)
+    expect.(events.(1..50))
+
+    if opts[:kill_senders] do
+      for {_, sender, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender),
+          do: Process.exit(sender, :kill)
+    end
+
+    publish.(51..100)
+    server = BrokerServer.kill!(server)
+    expect.(events.(51..100) ++ [{:Y_DISCONNECTED, channel}])
+    BrokerServer.start_again!(server)
+    expect.([{:Y_CONNECTED, channel}])
+    publish.(101..150)
+    expect.(events.(101..150))
   end
 
   @doc false

@@ -73,6 +73,12 @@ defmodule Yggdrasil.Broker.Client do
   def paced(seq), do: Native.broker_paced(seq)
 
   @doc false
+  # `Yggdrasil.Broker.Sender`'s call: it sends share `index` of `of` of
+  # every wide fan-out.
+  @spec set_sender(non_neg_integer(), pos_integer(), pid()) :: :ok
+  def set_sender(index, of, pid), do: Native.broker_set_sender(index, of, pid)
+
+  @doc false
   # A subscriber process dropped `dropped` events it could not keep up with.
   @spec shed(t(), pos_integer()) :: :ok
   def shed(client, dropped), do: Native.broker_shed(client, dropped)

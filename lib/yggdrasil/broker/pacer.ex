@@ -5,7 +5,8 @@ defmodule Yggdrasil.Broker.Pacer do
   # the thread names one recipient and the number of events it was sent
   # since the last pace, and waits until this process answers. It answers
   # once that recipient's mailbox holds no more than those events (or
-  # `@few`): the recipient took what came before. A recipient that has
+  # `@few`): the recipient took what came before; and once each
+  # `Yggdrasil.Broker.Sender` holds `@few` fan-outs at most. A recipient that has
   # not is looked at again every millisecond; the thread stops waiting on
   # its own after 200 ms.
   #
@@ -31,8 +32,8 @@ defmodule Yggdrasil.Broker.Pacer do
   end
 
   @impl GenServer
-  def handle_info({Client.tag(), :pace, seq, sample, window}, state),
-    do: {:noreply, check(%{state | pace: {seq, sample, window}})}
+  def handle_info({Client.tag(), :pace, seq, sample, window, senders}, state),
+    do: {:noreply, check(%{state | pace: {seq, sample, window, senders}})}
 
   def handle_info(:check, state), do: {:noreply, check(%{state | timer: nil})}
 
@@ -40,8 +41,8 @@ defmodule Yggdrasil.Broker.Pacer do
 
   defp check(%{pace: nil} = state), do: state
 
-  defp check(%{pace: {seq, sample, window}} = state) do
-    if caught_up?(sample, window) do
+  defp check(%{pace: {seq, sample, window, senders}} = state) do
+    if caught_up?(sample, window) and Enum.all?(senders, &caught_up?(&1, 0)) do
       Client.paced(seq)
       %{state | pace: nil}
     else

@@ -14,11 +14,36 @@ pub enum Purpose {
     Listing,
 }
 
+/// Which members of a snapshot a fan-out sends to: all of them, or one
+/// broker sender's share of a wide channel (`broker::senders`). A member's
+/// share depends on its pid alone, so each subscriber always gets a
+/// channel's events from the same sender, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    index: usize,
+    of: usize,
+}
+
+impl Share {
+    pub const ALL: Share = Share { index: 0, of: 1 };
+
+    /// Share `index` of `of` (`index < of`), or `None`.
+    pub fn new(index: usize, of: usize) -> Option<Share> {
+        (index < of).then_some(Share { index, of })
+    }
+
+    #[inline]
+    pub fn owns(&self, member: &Pid) -> bool {
+        self.of == 1 || member.spread(self.of) == self.index
+    }
+}
+
 /// The rest of a subscriber snapshot that a call left for the next one.
 /// Usable once: the first call to resume it takes it.
 pub struct Cursor {
     purpose: Purpose,
     members: Snapshot<Pid>,
+    share: Share,
     next: AtomicUsize,
 }
 
@@ -27,20 +52,30 @@ impl Resource for Cursor {}
 
 impl Cursor {
     pub fn new(purpose: Purpose, members: Snapshot<Pid>, next: usize) -> ResourceArc<Cursor> {
+        Cursor::shared(purpose, members, Share::ALL, next)
+    }
+
+    pub fn shared(
+        purpose: Purpose,
+        members: Snapshot<Pid>,
+        share: Share,
+        next: usize,
+    ) -> ResourceArc<Cursor> {
         ResourceArc::new(Cursor {
             purpose,
             members,
+            share,
             next: AtomicUsize::new(next),
         })
     }
 
-    /// The snapshot and where to go on from; `None` when an earlier call
-    /// already took it.
-    pub fn take(&self, purpose: Purpose) -> NifResult<Option<(Snapshot<Pid>, usize)>> {
+    /// The snapshot, the share of it and where to go on from; `None` when
+    /// an earlier call already took it.
+    pub fn take(&self, purpose: Purpose) -> NifResult<Option<(Snapshot<Pid>, Share, usize)>> {
         if self.purpose != purpose {
             return Err(rustler::Error::BadArg);
         }
         let next = self.next.swap(usize::MAX, Ordering::AcqRel);
-        Ok((next != usize::MAX).then(|| (self.members.clone(), next)))
+        Ok((next != usize::MAX).then(|| (self.members.clone(), self.share, next)))
     }
 }

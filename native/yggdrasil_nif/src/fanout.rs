@@ -3,7 +3,7 @@
 //! a fan-out that runs out of time returns `{:more, cursor}` and
 //! `fanout_more/2` resumes it.
 
-use crate::cursor::{Cursor, Purpose};
+use crate::cursor::{Cursor, Purpose, Share};
 use crate::key::TermKey;
 use crate::pid::{send, Pid};
 use crate::state::table;
@@ -63,7 +63,7 @@ fn publish<'a>(env: Env<'a>, channel: Term<'a>, message: Term<'a>) -> FanOut {
         None => return FanOut::Ok,
     };
     drop(table);
-    deliver(env, targets, 0, message)
+    deliver(env, targets, Share::ALL, 0, message)
 }
 
 /// Sets the channel's connection state and sends `message` to its
@@ -77,7 +77,7 @@ fn set_connected<'a>(
 ) -> FanOut {
     let targets = table().set_connected(&TermKey::new(channel), connected);
     match targets {
-        Some(targets) => deliver(env, targets, 0, message),
+        Some(targets) => deliver(env, targets, Share::ALL, 0, message),
         None => FanOut::Ok,
     }
 }
@@ -90,24 +90,41 @@ fn fanout_more<'a>(
     message: Term<'a>,
 ) -> NifResult<FanOut> {
     Ok(match cursor.take(Purpose::FanOut)? {
-        Some((targets, next)) => deliver(env, targets, next, message),
+        Some((targets, share, next)) => deliver(env, targets, share, next, message),
         None => FanOut::Ok,
     })
 }
 
-/// Delivers `message` to `targets[next..]`, yielding the scheduler when its
-/// time slice is used up.
+/// Delivers `message` to `share` of `targets[next..]`, yielding the
+/// scheduler when its time slice is used up.
 ///
 /// Sends go out in batches of [`BATCH`] under the snapshot's fence (see
 /// `Members::deliver`): an unsubscribe racing with this fan-out waits at
 /// most for the batch being sent, never for the whole fan-out, and the rest
 /// of the fan-out skips it. A fan-out that fits in one batch (the common
 /// 1-subscriber publish) does no clock reads at all.
-fn deliver<'a>(env: Env<'a>, targets: Snapshot<Pid>, mut next: usize, message: Term<'a>) -> FanOut {
+fn deliver<'a>(
+    env: Env<'a>,
+    targets: Snapshot<Pid>,
+    share: Share,
+    mut next: usize,
+    message: Term<'a>,
+) -> FanOut {
     let total = targets.len();
+    let send_share = |targets: &Snapshot<Pid>, from, to| {
+        let mut sent = 0;
+        targets.deliver(from, to, |pid| {
+            if share.owns(pid) {
+                send(env, *pid, message);
+                sent += 1;
+            }
+        });
+        sent
+    };
     if total.saturating_sub(next) <= BATCH {
-        let sent = targets.deliver(next, total, |&pid| send(env, pid, message));
-        stats::COUNTERS.deliveries.add(sent);
+        stats::COUNTERS
+            .deliveries
+            .add(send_share(&targets, next, total));
         return FanOut::Ok;
     }
     let mut timer = stats::CallTimer::start();
@@ -116,8 +133,9 @@ fn deliver<'a>(env: Env<'a>, targets: Snapshot<Pid>, mut next: usize, message: T
     let mut batch_started = started;
     loop {
         let end = next.saturating_add(BATCH).min(total);
-        let sent = targets.deliver(next, end, |&pid| send(env, pid, message));
-        stats::COUNTERS.deliveries.add(sent);
+        stats::COUNTERS
+            .deliveries
+            .add(send_share(&targets, next, end));
         next = end;
         let now = Instant::now();
         timer.batch(now.duration_since(batch_started));
@@ -143,7 +161,7 @@ fn deliver<'a>(env: Env<'a>, targets: Snapshot<Pid>, mut next: usize, message: T
                     consume_timeslice(env, 100);
                 }
                 timer.stop();
-                return FanOut::More(Cursor::new(Purpose::FanOut, targets, next));
+                return FanOut::More(Cursor::shared(Purpose::FanOut, targets, share, next));
             }
         }
     }

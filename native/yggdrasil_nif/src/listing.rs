@@ -33,7 +33,7 @@ fn subscribers_page<'a>(env: Env<'a>, channel: Term<'a>) -> Term<'a> {
 #[rustler::nif]
 fn subscribers_more<'a>(env: Env<'a>, cursor: ResourceArc<Cursor>) -> NifResult<Term<'a>> {
     Ok(match cursor.take(Purpose::Listing)? {
-        Some((members, from)) => page(env, members, from),
+        Some((members, _all, from)) => page(env, members, from),
         None => LAST_EMPTY.encode(env),
     })
 }

@@ -38,6 +38,16 @@ impl Pid {
         unsafe { std::mem::transmute::<ErlNifTerm, ErlNifPid>(self.0) }
     }
 
+    /// A number below `of` that spreads pids evenly (a Fibonacci hash of
+    /// the term's bits, whose low bits are the same tag for every pid).
+    #[inline]
+    pub fn spread(&self, of: usize) -> usize {
+        // SAFETY: `ErlNifTerm` is a `#[repr(transparent)]` `usize`.
+        let bits = unsafe { std::mem::transmute::<ErlNifTerm, usize>(self.0) } as u64;
+        let mixed = bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (mixed % of.max(1) as u64) as usize
+    }
+
     #[inline]
     pub fn local(&self) -> LocalPid {
         LocalPid::from_c_arg(self.c_pid())
@@ -65,8 +75,9 @@ pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
 
 /// `send/2` from a thread of our own (not a scheduler): the VM copies
 /// `message`, which stays valid in its environment for the next target.
+/// False when `pid` is not alive.
 #[inline]
-pub fn send_copy(pid: Pid, message: Term<'_>) {
+pub fn send_copy(pid: Pid, message: Term<'_>) -> bool {
     // SAFETY: `message` is alive: it belongs to an environment borrowed for '_.
     unsafe { send_copy_raw(pid, message.as_c_arg()) }
 }
@@ -77,12 +88,10 @@ pub fn send_copy(pid: Pid, message: Term<'_>) {
 /// `message` must stay alive (its environment neither cleared nor freed)
 /// until this returns.
 #[inline]
-pub unsafe fn send_copy_raw(pid: Pid, message: ErlNifTerm) {
+pub unsafe fn send_copy_raw(pid: Pid, message: ErlNifTerm) -> bool {
     let pid = pid.c_pid();
     // SAFETY: a null caller env is what a non-VM thread must pass; a null
     // message env means "copy", which only reads `message` (erl_nif:
     // `enif_send`), so two threads may send the same term at once.
-    unsafe {
-        enif_send(ptr::null_mut(), &pid, ptr::null_mut(), message);
-    }
+    unsafe { enif_send(ptr::null_mut(), &pid, ptr::null_mut(), message) != 0 }
 }

@@ -10,25 +10,26 @@
 //! `{:Y_DISCONNECTED, channel}` when the state changed), exactly as
 //! `Yggdrasil.Subscriber.Manager` and `Yggdrasil.Backend` do from the
 //! process. One thread does it all, so a channel's events and notices keep
-//! the order the broker client produced them in.
+//! the order the broker client produced them in; a wide channel's sends are
+//! spread over the senders, one per scheduler, which keep that order for
+//! each subscriber (`senders.rs`).
 //!
 //! A channel with a user transformer or backend keeps the process path
 //! ([`Target::Process`]): its events go to its process, which decodes them.
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crossbeam_channel::{Receiver, Sender};
 use rustler::env::SavedTerm;
-use rustler::sys::ErlNifTerm;
 use rustler::{Encoder, Env, OwnedEnv, Term};
 use yggdrasil_brokers::Event;
 use yggdrasil_engine::{Snapshot, Targets};
 
 use super::pace::Pace;
-use super::terms;
+use super::{senders, terms};
 use crate::fanout::{BATCH, SEND_UNDER_LOCK};
 use crate::key::TermKey;
-use crate::pid::{send_copy, send_copy_raw, Pid};
+use crate::pid::{send_copy, Pid};
 use crate::state::table;
 use crate::stats;
 
@@ -58,6 +59,10 @@ pub struct Route {
     /// own environment.
     key: Mutex<(OwnedEnv, SavedTerm)>,
     decode: Decode,
+    /// Set once the channel was wide: its fan-outs then all go through the
+    /// senders, for good, since a fan-out sent from the delivery thread
+    /// could overtake one still with a sender.
+    wide: AtomicBool,
 }
 
 impl Route {
@@ -68,7 +73,12 @@ impl Route {
             process,
             key: Mutex::new((env, saved)),
             decode,
+            wide: AtomicBool::new(false),
         }
+    }
+
+    fn is_wide(&self) -> bool {
+        self.wide.load(Ordering::Relaxed)
     }
 
     /// The key, copied into `env`.
@@ -112,12 +122,10 @@ impl Hash for Target {
 }
 
 /// Delivers a route's event from the delivery thread's environment `env`
-/// (cleared after), with `helper` sending part of a wide fan-out and `pace`
-/// keeping it behind the subscribers; gives back a message the route cannot
-/// decode, for the channel's process.
+/// (cleared after), with `pace` keeping it behind the subscribers; gives
+/// back a message the route cannot decode, for the channel's process.
 pub(super) fn deliver(
     env: &mut OwnedEnv,
-    helper: &mut Helper,
     pace: &mut Pace,
     route: &Route,
     event: Event,
@@ -137,7 +145,7 @@ pub(super) fn deliver(
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            let (sent, sample) = fan_out(helper, key, message, pace.turn());
+            let (sent, sample) = fan_out(env, route, key, message, pace.turn());
             pace.count(env, sent, sample);
             false
         }
@@ -155,20 +163,25 @@ pub(super) fn deliver(
 }
 
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
-/// table lock, bigger ones from a snapshot after releasing it, the widest
-/// with the helper thread sending half.
+/// table lock, bigger ones from a snapshot after releasing it.
 /// Returns how many subscribers it sent to, and the one at `turn` (modulo
 /// their number) for the pacer to watch.
 fn fan_out(
-    helper: &mut Helper,
+    env: Env<'_>,
+    route: &Route,
     key: Term<'_>,
     message: Term<'_>,
     turn: usize,
 ) -> (usize, Option<Pid>) {
+    // A wide route sends everything through the senders, so never under
+    // the lock.
+    let few = if route.is_wide() { 0 } else { SEND_UNDER_LOCK };
     let mut table = table();
-    let snapshot = match table.targets(&TermKey::new(key), SEND_UNDER_LOCK) {
+    let snapshot = match table.targets(&TermKey::new(key), few) {
         Some(Targets::Few(members)) => {
-            members.iter().for_each(|&pid| send_copy(pid, message));
+            members.iter().for_each(|&pid| {
+                send_copy(pid, message);
+            });
             stats::COUNTERS.deliveries.add(members.len());
             return (members.len(), sample(members, turn));
         }
@@ -176,16 +189,8 @@ fn fan_out(
         None => return (0, None),
     };
     drop(table);
-    let total = snapshot.len();
-    let half = if total >= SPLIT_AT { total / 2 } else { total };
-    // SAFETY: `message` lives in the delivery thread's environment, which is
-    // cleared or dropped only after this function returned, and `_joined`
-    // waits for the helper when it does (even by unwinding).
-    let shared = helper.start(&snapshot, half, unsafe { RawTerm::of(message) });
-    let _joined = shared.then_some(Joined(helper));
-    let sent = send_batches(&snapshot, 0, half, message.as_c_arg());
-    stats::COUNTERS.deliveries.add(sent);
-    (total, sample(snapshot.as_slice(), turn))
+    let sent = send_all(env, route, &snapshot, message);
+    (sent, sample(snapshot.as_slice(), turn))
 }
 
 /// The member at `turn`, modulo their number: the one the pacer watches.
@@ -193,133 +198,34 @@ fn sample(members: &[Pid], turn: usize) -> Option<Pid> {
     members.get(turn % members.len().max(1)).copied()
 }
 
-/// Waits for the helper's half when dropped.
-struct Joined<'a>(&'a mut Helper);
+/// A route whose channel has this many subscribers goes wide: its fan-outs
+/// go through the senders from then on (`senders.rs`). Below it, the hop
+/// to a sender costs more than the sends it saves.
+const WIDE_AT: usize = 256;
 
-impl Drop for Joined<'_> {
-    fn drop(&mut self) {
-        self.0.join();
+/// Sends `message` to `members`: through the senders once the route is
+/// wide, else from this thread. Returns how many it was sent (or handed)
+/// to.
+fn send_all(env: Env<'_>, route: &Route, members: &Snapshot<Pid>, message: Term<'_>) -> usize {
+    let wide = route.is_wide() || members.len() >= WIDE_AT;
+    if wide && senders::hand(env, members, message) {
+        route.wide.store(true, Ordering::Relaxed);
+        return members.len();
     }
-}
-
-/// Fan-outs to this many subscribers or more are split in two halves, sent
-/// at once by the delivery thread and its helper: a wide channel's events
-/// then go out at the pace of two threads, as the `:elixir` adapter's do
-/// from two schedulers. Each event's fan-out ends before the next one
-/// starts, so every subscriber still gets a channel's events in order.
-const SPLIT_AT: usize = 256;
-
-/// `snapshot[from..to]`, in batches: an unsubscribe racing with it waits
-/// for one batch at most (the fence of `Members::deliver`).
-fn send_batches(snapshot: &Snapshot<Pid>, from: usize, to: usize, message: ErlNifTerm) -> usize {
+    // No senders (the application is not running): this thread sends.
     let mut sent = 0;
-    let mut next = from;
-    while next < to {
-        let end = next.saturating_add(BATCH).min(to);
-        // SAFETY: the caller keeps `message` alive until this returns.
-        sent += snapshot.deliver(next, end, |&pid| unsafe { send_copy_raw(pid, message) });
+    let mut next = 0;
+    while next < members.len() {
+        let end = next.saturating_add(BATCH).min(members.len());
+        // In batches: an unsubscribe racing with it waits for one batch at
+        // most (the fence of `Members::deliver`).
+        sent += members.deliver(next, end, |&pid| {
+            send_copy(pid, message);
+        });
         next = end;
     }
+    stats::COUNTERS.deliveries.add(sent);
     sent
-}
-
-/// A term handed to the helper thread for one fan-out.
-#[derive(Clone, Copy)]
-struct RawTerm(ErlNifTerm);
-
-// SAFETY: only read (copied by `enif_send`) while its environment is kept
-// alive by the thread that made it, which waits for the helper.
-unsafe impl Send for RawTerm {}
-
-impl RawTerm {
-    /// # Safety
-    /// The term must outlive every use the helper makes of it.
-    unsafe fn of(term: Term<'_>) -> RawTerm {
-        RawTerm(term.as_c_arg())
-    }
-}
-
-struct Half {
-    snapshot: Snapshot<Pid>,
-    from: usize,
-    message: RawTerm,
-}
-
-/// The delivery thread's helper: a thread started with the first wide
-/// fan-out, which sends the second half of each.
-#[derive(Default)]
-pub(super) struct Helper {
-    thread: Option<(Sender<Half>, Receiver<usize>)>,
-}
-
-impl Helper {
-    /// Hands `snapshot[from..]` to the helper thread; false when there is
-    /// nothing to hand or no thread (the caller then sends it all itself).
-    fn start(&mut self, snapshot: &Snapshot<Pid>, from: usize, message: RawTerm) -> bool {
-        if from >= snapshot.len() {
-            return false;
-        }
-        if self.thread.is_none() {
-            self.thread = spawn_helper();
-        }
-        let half = Half {
-            snapshot: snapshot.clone(),
-            from,
-            message,
-        };
-        if let Some((jobs, _)) = &self.thread {
-            if jobs.send(half).is_ok() {
-                return true;
-            }
-            self.thread = None;
-        }
-        let sent = send_batches(snapshot, from, snapshot.len(), message.0);
-        stats::COUNTERS.deliveries.add(sent);
-        false
-    }
-
-    /// Waits until the helper sent its half.
-    fn join(&mut self) {
-        let done = match &self.thread {
-            Some((_, done)) => done.recv(),
-            None => return,
-        };
-        match done {
-            Ok(sent) => stats::COUNTERS.deliveries.add(sent),
-            // The thread is gone (it cannot be: it catches panics); a new
-            // one is started with the next wide fan-out.
-            Err(_) => self.thread = None,
-        }
-    }
-}
-
-fn spawn_helper() -> Option<(Sender<Half>, Receiver<usize>)> {
-    // One job at a time: the delivery thread waits for each.
-    let (jobs_tx, jobs) = crossbeam_channel::bounded::<Half>(1);
-    let (done, done_rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("yggdrasil-delivery-helper".into())
-        .spawn(move || {
-            for half in jobs {
-                let Half {
-                    snapshot,
-                    from,
-                    message,
-                } = half;
-                let sent = std::panic::catch_unwind(|| {
-                    send_batches(&snapshot, from, snapshot.len(), message.0)
-                })
-                .unwrap_or(0);
-                // Released before answering: the delivery thread may clear
-                // the message's environment as soon as it hears back.
-                drop(snapshot);
-                if done.send(sent).is_err() {
-                    return;
-                }
-            }
-        })
-        .ok()
-        .map(|_| (jobs_tx, done_rx))
 }
 
 /// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`;
@@ -340,8 +246,8 @@ fn set_connected(
         atoms::y_disconnected()
     };
     let message = (tag, key).encode(env);
-    // Counted as the engine's own notices are.
-    let sent = send_batches(&snapshot, 0, snapshot.len(), message.as_c_arg());
-    stats::COUNTERS.deliveries.add(sent);
+    // Counted as the engine's own notices are, and sent the way events
+    // are: on a wide route, a notice keeps its place among them.
+    let sent = send_all(env, route, &snapshot, message);
     (sent, sample(snapshot.as_slice(), turn))
 }

@@ -18,6 +18,7 @@ mod direct;
 mod outbox;
 mod pace;
 mod resource;
+mod senders;
 mod terms;
 
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc, Term};

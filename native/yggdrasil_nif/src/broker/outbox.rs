@@ -132,13 +132,12 @@ pub(super) fn sink() -> Result<Sink, String> {
 /// Runs for the life of the VM (the static outbox never drops).
 fn deliver_forever(deliveries: Deliveries<Target>) {
     let mut env = OwnedEnv::new();
-    let mut helper = direct::Helper::default();
     let mut pace = Pace::default();
     for Delivery { to, event } in deliveries {
         let event = match &to {
             Target::Direct(route) => {
                 let done = catch_unwind(AssertUnwindSafe(|| {
-                    direct::deliver(&mut env, &mut helper, &mut pace, route, event)
+                    direct::deliver(&mut env, &mut pace, route, event)
                 }));
                 match done {
                     Ok(left) => left,

@@ -81,8 +81,10 @@ static PACER: Mutex<Pacer> = Mutex::new(Pacer {
 });
 static ANSWERED: Condvar = Condvar::new();
 
-/// Sends the pacer `{tag, :pace, seq, sample, window}` and waits for its
-/// answer, at most `MAX_WAIT`; returns at once without a pacer.
+/// Sends the pacer `{tag, :pace, seq, sample, window, senders}` and waits
+/// for its answer, at most `MAX_WAIT`; returns at once without a pacer.
+/// The senders are watched too: the fan-outs handed to them are not in the
+/// sample's mailbox yet.
 fn wait(env: Env<'_>, sample: Pid, window: usize) {
     let mut pacer = PACER.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(pid) = pacer.pid else {
@@ -92,7 +94,15 @@ fn wait(env: Env<'_>, sample: Pid, window: usize) {
     let seq = pacer.sent;
     send_copy(
         pid,
-        (atoms::tag(), atoms::pace(), seq, sample, window).encode(env),
+        (
+            atoms::tag(),
+            atoms::pace(),
+            seq,
+            sample,
+            window,
+            super::senders::pids(),
+        )
+            .encode(env),
     );
     let until = Instant::now() + MAX_WAIT;
     while pacer.answered < seq {
