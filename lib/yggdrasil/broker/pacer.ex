@@ -6,9 +6,9 @@ defmodule Yggdrasil.Broker.Pacer do
   # since the last pace, and waits until this process answers. It answers
   # once that recipient's mailbox holds no more than those events (or
   # `@few`): the recipient took what came before; and once each
-  # `Yggdrasil.Broker.Sender` holds `@few` fan-outs at most. A recipient that has
-  # not is looked at again every millisecond; the thread stops waiting on
-  # its own after 200 ms.
+  # `Yggdrasil.Broker.Sender` holds `@few` fan-outs at most. A recipient
+  # that has not is looked at again every millisecond; the thread stops
+  # waiting on its own after 200 ms.
   #
   # High priority: a pace is answered at once when the subscribers keep up,
   # not after every process the thread woke had its turn.

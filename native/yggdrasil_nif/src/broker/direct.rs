@@ -27,7 +27,8 @@ use yggdrasil_engine::{Snapshot, Targets};
 
 use super::pace::Pace;
 use super::{senders, terms};
-use crate::fanout::{BATCH, SEND_UNDER_LOCK};
+use crate::cursor::Share;
+use crate::fanout::SEND_UNDER_LOCK;
 use crate::key::TermKey;
 use crate::pid::{send_copy, Pid};
 use crate::state::table;
@@ -213,19 +214,7 @@ fn send_all(env: Env<'_>, route: &Route, members: &Snapshot<Pid>, message: Term<
         return members.len();
     }
     // No senders (the application is not running): this thread sends.
-    let mut sent = 0;
-    let mut next = 0;
-    while next < members.len() {
-        let end = next.saturating_add(BATCH).min(members.len());
-        // In batches: an unsubscribe racing with it waits for one batch at
-        // most (the fence of `Members::deliver`).
-        sent += members.deliver(next, end, |&pid| {
-            send_copy(pid, message);
-        });
-        next = end;
-    }
-    stats::COUNTERS.deliveries.add(sent);
-    sent
+    senders::send_here(members, Share::ALL, message)
 }
 
 /// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`;

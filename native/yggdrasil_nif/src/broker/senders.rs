@@ -67,8 +67,10 @@ pub(super) fn hand(env: Env<'_>, members: &Snapshot<Pid>, message: Term<'_>) -> 
     true
 }
 
-/// `share` of `members`, sent from this thread.
-fn send_here(members: &Snapshot<Pid>, share: Share, message: Term<'_>) {
+/// `share` of `members`, sent from this thread (not a scheduler) in
+/// batches: an unsubscribe racing with it waits for one batch at most (the
+/// fence of `Members::deliver`). Returns how many it sent to.
+pub(super) fn send_here(members: &Snapshot<Pid>, share: Share, message: Term<'_>) -> usize {
     let mut sent = 0;
     let mut next = 0;
     while next < members.len() {
@@ -82,6 +84,7 @@ fn send_here(members: &Snapshot<Pid>, share: Share, message: Term<'_>) {
         next = end;
     }
     stats::COUNTERS.deliveries.add(sent);
+    sent
 }
 
 /// Makes `pid` the sender of share `index` of `of`
