@@ -136,7 +136,7 @@ defmodule Yggdrasil.FloodTest do
 
     figures =
       "#{peer.broker()} (#{channel.transformer || :default}): #{drained(drained_ms)}RSS +#{mb(peak.rss - baseline.rss)} MB (processes " <>
-        "+#{mb(peak.processes - baseline.processes)} MB); marker at " <>
+        "+#{mb(peak.processes - baseline.processes)} MB, senders' deepest #{peak.senders}); marker at " <>
         "#{marker.got} of #{@subscribers} subscribers, the last after #{marker.latency_ms} ms; " <>
         "dropped #{load.dropped}, shed #{load.shed}, cuts #{load.cuts}; #{seen.disconnected} subscribers told " <>
         "(#{seen.disconnects} notices); #{seen.numbered} numbered events delivered, " <>
@@ -146,6 +146,9 @@ defmodule Yggdrasil.FloodTest do
     if System.get_env("YGG_FLOOD_FIGURES"), do: IO.puts(figures)
 
     assert peak.rss - baseline.rss <= @max_growth, "memory: " <> figures
+    # The pacer waits for the senders too: 13 fan-outs at most seen in one
+    # sender's mailbox; 29,000-59,000 when it did not.
+    assert peak.senders <= 64, "senders' mailboxes: " <> figures
 
     assert seen.violations == 0 and seen.marker_lost_untold == 0,
            "missed without notice: " <> figures

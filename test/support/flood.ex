@@ -191,12 +191,13 @@ defmodule Yggdrasil.Test.Flood do
   end
 
   @doc """
-  Runs `fun` while sampling every 50 ms the VM's RSS and the memory of its
-  processes (the subscribers' mailboxes among them); returns `{result,
-  %{rss: peak, processes: peak}}`.
+  Runs `fun` while sampling every 50 ms the VM's RSS, the memory of its
+  processes (the subscribers' mailboxes among them) and the deepest broker
+  sender mailbox; returns `{result, %{rss: peak, processes: peak, senders:
+  peak}}`.
   """
   def with_peaks(fun) do
-    sampler = spawn_link(fn -> sample(peaks(%{rss: 0, processes: 0})) end)
+    sampler = spawn_link(fn -> sample(peaks(%{rss: 0, processes: 0, senders: 0})) end)
     result = fun.()
     ref = make_ref()
     send(sampler, {:peaks, self(), ref})
@@ -207,7 +208,18 @@ defmodule Yggdrasil.Test.Flood do
   @doc "The VM's RSS and its processes' memory now, bytes."
   def memory, do: %{rss: rss(), processes: :erlang.memory(:processes)}
 
-  defp peaks(peaks), do: Map.merge(peaks, memory(), fn _, a, b -> max(a, b) end)
+  defp peaks(peaks) do
+    now = Map.put(memory(), :senders, senders_waiting())
+    Map.merge(peaks, now, fn _, a, b -> max(a, b) end)
+  end
+
+  # The most fan-outs waiting in one broker sender's mailbox.
+  defp senders_waiting do
+    for {_, pid, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender),
+        {:message_queue_len, n} <- [Process.info(pid, :message_queue_len)],
+        reduce: 0,
+        do: (deepest -> max(deepest, n))
+  end
 
   defp sample(peaks) do
     receive do
