@@ -37,6 +37,56 @@ defmodule Yggdrasil.RedisTest do
       scenario_wide(ctx, kill_senders: true)
     end
 
+    test "a sender killed with fan-outs in its mailbox: its subscribers are told of the gap",
+         %{server: server} do
+      namespace = configure(RedisCli, server)
+      channel = channel(RedisCli, namespace, RedisCli.name(server, "lost"))
+      subscribers = for _ <- 1..300, do: forwarder(channel)
+      event = event_channel(RedisCli, channel)
+      publish = fn range -> for i <- range, do: :ok = Yggdrasil.publish(channel, "#{i}") end
+      gap = [{:Y_DISCONNECTED, channel}, {:Y_CONNECTED, channel}]
+
+      publish.(1..5)
+      first = for i <- 1..5, do: {:Y_EVENT, event, "#{i}"}
+      for pid <- subscribers, do: assert(forwarded_until(pid, "5") == first)
+
+      # Its fan-outs of 6..10 wait in its mailbox, and die with it.
+      [{_, sender, _, _} | _] = Supervisor.which_children(Yggdrasil.Broker.Sender)
+      :ok = :sys.suspend(sender)
+      publish.(6..10)
+      dead = Process.monitor(sender)
+      Process.exit(sender, :kill)
+      assert_receive {:DOWN, ^dead, _, _, _}, @wait
+
+      # Told with the channel's next event, here the first once the sender
+      # was restarted.
+      Yggdrasil.Test.Helpers.eventually(
+        fn ->
+          Enum.all?(Supervisor.which_children(Yggdrasil.Broker.Sender), &is_pid(elem(&1, 1)))
+        end,
+        "the senders restarted",
+        @wait
+      )
+
+      publish.(11..15)
+
+      kept = for i <- 11..15, do: {:Y_EVENT, event, "#{i}"}
+      all = for(i <- 6..10, do: {:Y_EVENT, event, "#{i}"}) ++ kept
+      told = gap ++ kept
+
+      # The other sender's subscribers lose nothing and hear of nothing.
+      seen =
+        for pid <- subscribers do
+          case forwarded_until(pid, "15") do
+            ^all -> :all
+            ^told -> :told
+            got -> flunk("#{inspect(pid)} got #{inspect(got)}")
+          end
+        end
+
+      assert :told in seen and :all in seen, inspect(Enum.frequencies(seen))
+    end
+
     test "a payload of several MB (copied on a dirty scheduler)", %{server: server} do
       namespace = configure(RedisCli, server)
       channel = subscribe!(channel(RedisCli, namespace, RedisCli.name(server, "big")))
@@ -84,5 +134,15 @@ defmodule Yggdrasil.RedisTest do
 
       Yggdrasil.Test.Helpers.eventually(fn -> numpat.() == "0" end, "PUNSUBSCRIBE", @wait)
     end
+  end
+
+  # What `pid` forwarded, up to and including the event `last`.
+  defp forwarded_until(pid, last, got \\ []) do
+    assert_receive {:forwarded, ^pid, message}, @wait
+    got = [message | got]
+
+    if match?({:Y_EVENT, _, ^last}, message),
+      do: Enum.reverse(got),
+      else: forwarded_until(pid, last, got)
   end
 end

@@ -64,6 +64,8 @@ pub struct Route {
     /// senders, for good, since a fan-out sent from the delivery thread
     /// could overtake one still with a sender.
     wide: AtomicBool,
+    /// Which sender got each share of its last fan-out.
+    handoffs: Mutex<senders::Handoffs>,
 }
 
 impl Route {
@@ -75,6 +77,7 @@ impl Route {
             key: Mutex::new((env, saved)),
             decode,
             wide: AtomicBool::new(false),
+            handoffs: Mutex::default(),
         }
     }
 
@@ -167,11 +170,11 @@ pub(super) fn deliver(
 /// table lock, bigger ones from a snapshot after releasing it.
 /// Returns how many subscribers it sent to, and the one at `turn` (modulo
 /// their number) for the pacer to watch.
-fn fan_out(
-    env: Env<'_>,
+fn fan_out<'a>(
+    env: Env<'a>,
     route: &Route,
-    key: Term<'_>,
-    message: Term<'_>,
+    key: Term<'a>,
+    message: Term<'a>,
     turn: usize,
 ) -> (usize, Option<Pid>) {
     // A wide route sends everything through the senders, so never under
@@ -207,14 +210,32 @@ const WIDE_AT: usize = 256;
 /// Sends `message` to `members`: through the senders once the route is
 /// wide, else from this thread. Returns how many it was sent (or handed)
 /// to.
-fn send_all(env: Env<'_>, route: &Route, members: &Snapshot<Pid>, message: Term<'_>) -> usize {
+fn send_all<'a>(env: Env<'a>, route: &Route, members: &Snapshot<Pid>, message: Term<'a>) -> usize {
     let wide = route.is_wide() || members.len() >= WIDE_AT;
-    if wide && senders::hand(env, members, message) {
-        route.wide.store(true, Ordering::Relaxed);
-        return members.len();
+    if wide {
+        let mut handoffs = route
+            .handoffs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if senders::hand(env, &mut handoffs, members, message, || gap(env, route)) {
+            route.wide.store(true, Ordering::Relaxed);
+            return members.len();
+        }
     }
     // No senders (the application is not running): this thread sends.
     senders::send_here(members, Share::ALL, message)
+}
+
+/// What tells a subscriber of a gap in a channel's events:
+/// `{:Y_DISCONNECTED, channel}`, then `{:Y_CONNECTED, channel}` if the
+/// channel is connected.
+fn gap<'a>(env: Env<'a>, route: &Route) -> Vec<Term<'a>> {
+    let key = route.key(env);
+    let mut notices = vec![(atoms::y_disconnected(), key).encode(env)];
+    if table().is_connected(&TermKey::new(key)) {
+        notices.push((atoms::y_connected(), key).encode(env));
+    }
+    notices
 }
 
 /// `Yggdrasil.Subscriber.Manager.connected/1` and `disconnected/1`;

@@ -17,7 +17,10 @@
 //! directly could overtake the ones still with a sender.
 //!
 //! The senders' mailboxes are bounded by the pacer, which answers a pace
-//! only once every sender holds a few jobs at most (`pace.rs`).
+//! only once every sender holds a few jobs at most (`pace.rs`). A sender
+//! killed from outside loses what its mailbox held; the route sees the
+//! sender changed at its next fan-out and tells that share's subscribers of
+//! a gap first ([`Handoffs`]), so nothing is lost without notice.
 use std::sync::{Mutex, PoisonError};
 
 use rustler::{Encoder, Env, LocalPid, Term};
@@ -32,37 +35,94 @@ mod atoms {
     rustler::atoms! { ok, send, tag = "$yggdrasil_broker" }
 }
 
-/// The senders by share index; a slot is `None` until its sender started.
-static SENDERS: Mutex<Vec<Option<Pid>>> = Mutex::new(Vec::new());
+/// A started sender, and which start it was: a restarted sender has a new
+/// generation, and what its predecessor held may be lost.
+#[derive(Clone, Copy)]
+struct Slot {
+    pid: Pid,
+    generation: u64,
+}
 
-/// The senders' pids, for the pacer to watch; empty unless all started.
-pub(super) fn pids() -> Vec<Pid> {
+/// The senders by share index (a slot is `None` until its sender started),
+/// and the last generation given.
+static SENDERS: Mutex<(u64, Vec<Option<Slot>>)> = Mutex::new((0, Vec::new()));
+
+/// The senders, empty unless all started.
+fn slots() -> Vec<Slot> {
     let senders = SENDERS.lock().unwrap_or_else(PoisonError::into_inner);
     senders
+        .1
         .iter()
         .copied()
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default()
 }
 
+/// The senders' pids, for the pacer to watch; empty unless all started.
+pub(super) fn pids() -> Vec<Pid> {
+    slots().iter().map(|slot| slot.pid).collect()
+}
+
+/// Where a route's last fan-out went, per share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Never,
+    /// To the sender of this generation: it may still be in its mailbox.
+    Sender(u64),
+    /// Sent from the delivery thread, as its sender was gone: nothing
+    /// waits with a sender.
+    Here,
+}
+
+/// A route's handoffs, share by share: a fan-out handed to a sender that
+/// was then killed is lost with its mailbox, and the route tells that
+/// share's subscribers before its next event, as for any gap
+/// (`Y_DISCONNECTED`, then `Y_CONNECTED` if the channel is connected).
+#[derive(Default)]
+pub(super) struct Handoffs(Vec<Last>);
+
 /// Hands `message` for `members` to the senders, one share each, as
 /// `{tag, :send, cursor, message}`; false (nothing sent) when they are not
 /// all started. A share whose sender is gone (restarting) is sent from
-/// here: late rather than lost.
-pub(super) fn hand(env: Env<'_>, members: &Snapshot<Pid>, message: Term<'_>) -> bool {
-    let senders = pids();
+/// here: late rather than lost. A share whose sender changed since this
+/// route's last fan-out is first sent `gap()`, the notices of a gap.
+pub(super) fn hand<'a>(
+    env: Env<'a>,
+    handoffs: &mut Handoffs,
+    members: &Snapshot<Pid>,
+    message: Term<'a>,
+    gap: impl Fn() -> Vec<Term<'a>>,
+) -> bool {
+    let senders = slots();
     if senders.is_empty() {
         return false;
     }
-    for (index, &sender) in senders.iter().enumerate() {
+    handoffs.0.resize(senders.len(), Last::Never);
+    for (index, (slot, last)) in senders.iter().zip(handoffs.0.iter_mut()).enumerate() {
         let Some(share) = Share::new(index, senders.len()) else {
             continue;
         };
-        let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
-        let job = (atoms::tag(), atoms::send(), cursor, message).encode(env);
-        if !send_copy(sender, job) {
-            send_here(members, share, message);
+        let job = |message: Term<'a>| {
+            let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
+            send_copy(
+                slot.pid,
+                (atoms::tag(), atoms::send(), cursor, message).encode(env),
+            )
+        };
+        let replaced = matches!(*last, Last::Sender(generation) if generation != slot.generation);
+        let handed = (!replaced || gap().into_iter().all(&job)) && job(message);
+        if handed {
+            *last = Last::Sender(slot.generation);
+            continue;
         }
+        // The sender is gone: anything it still held is lost.
+        if matches!(*last, Last::Sender(_)) {
+            for notice in gap() {
+                send_here(members, share, notice);
+            }
+        }
+        send_here(members, share, message);
+        *last = Last::Here;
     }
     true
 }
@@ -97,11 +157,16 @@ fn broker_set_sender(index: usize, of: usize, pid: LocalPid) -> rustler::NifResu
         return Err(rustler::Error::BadArg);
     }
     let mut senders = SENDERS.lock().unwrap_or_else(PoisonError::into_inner);
-    if senders.len() != of {
-        *senders = vec![None; of];
+    let (generations, slots) = &mut *senders;
+    if slots.len() != of {
+        *slots = vec![None; of];
     }
-    if let Some(slot) = senders.get_mut(index) {
-        *slot = Some(Pid::of(&pid));
+    *generations += 1;
+    if let Some(slot) = slots.get_mut(index) {
+        *slot = Some(Slot {
+            pid: Pid::of(&pid),
+            generation: *generations,
+        });
     }
     Ok(atoms::ok())
 }
