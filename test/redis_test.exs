@@ -54,6 +54,13 @@ defmodule Yggdrasil.RedisTest do
       [{_, sender, _, _} | _] = Supervisor.which_children(Yggdrasil.Broker.Sender)
       :ok = :sys.suspend(sender)
       publish.(6..10)
+      # The broker's reply comes before the delivery thread hands the event.
+      Yggdrasil.Test.Helpers.eventually(
+        fn -> Process.info(sender, :message_queue_len) == {:message_queue_len, 5} end,
+        "five fan-outs waiting in the sender",
+        @wait
+      )
+
       dead = Process.monitor(sender)
       Process.exit(sender, :kill)
       assert_receive {:DOWN, ^dead, _, _, _}, @wait
@@ -61,10 +68,8 @@ defmodule Yggdrasil.RedisTest do
       # Told with the channel's next event, here the first once the sender
       # was restarted.
       Yggdrasil.Test.Helpers.eventually(
-        fn ->
-          Enum.all?(Supervisor.which_children(Yggdrasil.Broker.Sender), &is_pid(elem(&1, 1)))
-        end,
-        "the senders restarted",
+        fn -> senders_restarted?([sender]) end,
+        "the sender restarted",
         @wait
       )
 

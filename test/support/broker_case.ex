@@ -514,8 +514,17 @@ defmodule Yggdrasil.Test.BrokerCase do
 
     told =
       if opts[:kill_senders] do
-        for {_, sender, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender),
-            do: Process.exit(sender, :kill)
+        killed =
+          for {_, sender, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender) do
+            dead = Process.monitor(sender)
+            Process.exit(sender, :kill)
+            assert_receive {:DOWN, ^dead, _, _, _}, @wait
+            sender
+          end
+
+        # Else the next events could go to a sender about to die: lost, and
+        # told only before the ones after.
+        eventually(fn -> senders_restarted?(killed) end, "the senders restarted", @wait)
 
         [{:Y_DISCONNECTED, channel}, {:Y_CONNECTED, channel}]
       else
@@ -529,6 +538,12 @@ defmodule Yggdrasil.Test.BrokerCase do
     expect.([{:Y_CONNECTED, channel}])
     publish.(101..150)
     expect.(events.(101..150))
+  end
+
+  @doc "True once every broker sender runs, none of them one of `killed`."
+  def senders_restarted?(killed) do
+    Supervisor.which_children(Yggdrasil.Broker.Sender)
+    |> Enum.all?(fn {_, pid, _, _} -> is_pid(pid) and pid not in killed end)
   end
 
   @doc false
