@@ -78,20 +78,10 @@ pub fn send(env: Env<'_>, pid: Pid, message: Term<'_>) {
 /// False when `pid` is not alive.
 #[inline]
 pub fn send_copy(pid: Pid, message: Term<'_>) -> bool {
-    // SAFETY: `message` is alive: it belongs to an environment borrowed for '_.
-    unsafe { send_copy_raw(pid, message.as_c_arg()) }
-}
-
-/// [`send_copy`] of a raw term.
-///
-/// # Safety
-/// `message` must stay alive (its environment neither cleared nor freed)
-/// until this returns.
-#[inline]
-pub unsafe fn send_copy_raw(pid: Pid, message: ErlNifTerm) -> bool {
     let pid = pid.c_pid();
-    // SAFETY: a null caller env is what a non-VM thread must pass; a null
+    // SAFETY: `message` is alive: it belongs to an environment borrowed for
+    // '_. A null caller env is what a non-VM thread must pass; a null
     // message env means "copy", which only reads `message` (erl_nif:
     // `enif_send`), so two threads may send the same term at once.
-    unsafe { enif_send(ptr::null_mut(), &pid, ptr::null_mut(), message) != 0 }
+    unsafe { enif_send(ptr::null_mut(), &pid, ptr::null_mut(), message.as_c_arg()) != 0 }
 }
