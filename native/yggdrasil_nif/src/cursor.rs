@@ -36,6 +36,26 @@ impl Share {
     pub fn owns(&self, member: &Pid) -> bool {
         self.of == 1 || member.spread(self.of) == self.index
     }
+
+    /// `send`s to the members of this share among `members[from..to]` (one
+    /// batch, under the snapshot's fence: `Members::deliver`); returns how
+    /// many.
+    pub fn deliver(
+        &self,
+        members: &Snapshot<Pid>,
+        from: usize,
+        to: usize,
+        mut send: impl FnMut(Pid),
+    ) -> usize {
+        let mut sent = 0;
+        members.deliver(from, to, |&pid| {
+            if self.owns(&pid) {
+                send(pid);
+                sent += 1;
+            }
+        });
+        sent
+    }
 }
 
 /// The rest of a subscriber snapshot that a call left for the next one.

@@ -111,20 +111,9 @@ fn deliver<'a>(
     message: Term<'a>,
 ) -> FanOut {
     let total = targets.len();
-    let send_share = |targets: &Snapshot<Pid>, from, to| {
-        let mut sent = 0;
-        targets.deliver(from, to, |pid| {
-            if share.owns(pid) {
-                send(env, *pid, message);
-                sent += 1;
-            }
-        });
-        sent
-    };
+    let send_batch = |from, to| share.deliver(&targets, from, to, |pid| send(env, pid, message));
     if total.saturating_sub(next) <= BATCH {
-        stats::COUNTERS
-            .deliveries
-            .add(send_share(&targets, next, total));
+        stats::COUNTERS.deliveries.add(send_batch(next, total));
         return FanOut::Ok;
     }
     let mut timer = stats::CallTimer::start();
@@ -133,9 +122,7 @@ fn deliver<'a>(
     let mut batch_started = started;
     loop {
         let end = next.saturating_add(BATCH).min(total);
-        stats::COUNTERS
-            .deliveries
-            .add(send_share(&targets, next, end));
+        stats::COUNTERS.deliveries.add(send_batch(next, end));
         next = end;
         let now = Instant::now();
         timer.batch(now.duration_since(batch_started));

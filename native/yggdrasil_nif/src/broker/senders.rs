@@ -135,11 +135,8 @@ pub(super) fn send_here(members: &Snapshot<Pid>, share: Share, message: Term<'_>
     let mut next = 0;
     while next < members.len() {
         let end = next.saturating_add(BATCH).min(members.len());
-        members.deliver(next, end, |pid| {
-            if share.owns(pid) {
-                send_copy(*pid, message);
-                sent += 1;
-            }
+        sent += share.deliver(members, next, end, |pid| {
+            send_copy(pid, message);
         });
         next = end;
     }
