@@ -51,7 +51,7 @@ defmodule Yggdrasil.RedisTest do
       for pid <- subscribers, do: assert(forwarded_until(pid, "5") == first)
 
       # Its fan-outs of 6..10 wait in its mailbox, and die with it.
-      [{_, sender, _, _} | _] = Supervisor.which_children(Yggdrasil.Broker.Sender)
+      [sender | _] = Yggdrasil.Test.Helpers.broker_senders()
       :ok = :sys.suspend(sender)
       publish.(6..10)
       # The broker's reply comes before the delivery thread hands the event.
@@ -61,17 +61,9 @@ defmodule Yggdrasil.RedisTest do
         @wait
       )
 
-      dead = Process.monitor(sender)
-      Process.exit(sender, :kill)
-      assert_receive {:DOWN, ^dead, _, _, _}, @wait
-
       # Told with the channel's next event, here the first once the sender
       # was restarted.
-      Yggdrasil.Test.Helpers.eventually(
-        fn -> senders_restarted?([sender]) end,
-        "the sender restarted",
-        @wait
-      )
+      kill_senders!([sender])
 
       publish.(11..15)
 

@@ -23,7 +23,7 @@ defmodule Yggdrasil.Test.BrokerCase do
   # tests are defined, so a `@moduletag` after the `use` would not reach them).
 
   import ExUnit.Assertions
-  import Yggdrasil.Test.Helpers, only: [eventually: 3, forward_all: 1]
+  import Yggdrasil.Test.Helpers, only: [broker_senders: 0, eventually: 3, forward_all: 1]
 
   alias Yggdrasil.Test.BrokerServer
 
@@ -514,18 +514,7 @@ defmodule Yggdrasil.Test.BrokerCase do
 
     told =
       if opts[:kill_senders] do
-        killed =
-          for {_, sender, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender) do
-            dead = Process.monitor(sender)
-            Process.exit(sender, :kill)
-            assert_receive {:DOWN, ^dead, _, _, _}, @wait
-            sender
-          end
-
-        # Else the next events could go to a sender about to die: lost, and
-        # told only before the ones after.
-        eventually(fn -> senders_restarted?(killed) end, "the senders restarted", @wait)
-
+        kill_senders!(broker_senders())
         [{:Y_DISCONNECTED, channel}, {:Y_CONNECTED, channel}]
       else
         []
@@ -540,10 +529,23 @@ defmodule Yggdrasil.Test.BrokerCase do
     expect.(events.(101..150))
   end
 
-  @doc "True once every broker sender runs, none of them one of `killed`."
-  def senders_restarted?(killed) do
-    Supervisor.which_children(Yggdrasil.Broker.Sender)
-    |> Enum.all?(fn {_, pid, _, _} -> is_pid(pid) and pid not in killed end)
+  @doc """
+  Kills the broker senders `senders` and returns once they are down and
+  restarted: else the next events could go to a sender about to die, lost
+  and told only before the events after them.
+  """
+  def kill_senders!(senders) do
+    for sender <- senders do
+      dead = Process.monitor(sender)
+      Process.exit(sender, :kill)
+      assert_receive {:DOWN, ^dead, _, _, _}, @wait
+    end
+
+    eventually(
+      fn -> Enum.all?(broker_senders(), &(is_pid(&1) and &1 not in senders)) end,
+      "the senders restarted",
+      @wait
+    )
   end
 
   @doc false

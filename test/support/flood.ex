@@ -17,7 +17,7 @@ defmodule Yggdrasil.Test.Flood do
   #     %{violations: 0, not_connected: 0} = Flood.summary(recorders)
 
   import ExUnit.Assertions
-  import Yggdrasil.Test.Helpers, only: [rss: 0]
+  import Yggdrasil.Test.Helpers, only: [broker_senders: 0, rss: 0]
 
   alias Yggdrasil.Test.BrokerServer
 
@@ -215,7 +215,8 @@ defmodule Yggdrasil.Test.Flood do
 
   # The most fan-outs waiting in one broker sender's mailbox.
   defp senders_waiting do
-    for {_, pid, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender),
+    for pid <- broker_senders(),
+        is_pid(pid),
         {:message_queue_len, n} <- [Process.info(pid, :message_queue_len)],
         reduce: 0,
         do: (deepest -> max(deepest, n))

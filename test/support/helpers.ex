@@ -7,6 +7,10 @@ defmodule Yggdrasil.Test.Helpers do
 
   alias Yggdrasil.Channel
 
+  @doc "The broker senders (`Yggdrasil.Broker.Sender`), one per scheduler."
+  def broker_senders,
+    do: for({_, pid, _, _} <- Supervisor.which_children(Yggdrasil.Broker.Sender), do: pid)
+
   @doc """
   Polls `fun` until it returns a truthy value, and returns it; fails with
   `what` after `timeout` ms. For work that finishes asynchronously
