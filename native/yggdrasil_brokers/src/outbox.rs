@@ -152,6 +152,9 @@ pub struct Flow<R> {
     gap_owed: AtomicBool,
     /// This flow's entries in the queue (messages, notices, gaps).
     queued: AtomicUsize,
+    /// Entries pushed and not yet delivered: `queued` plus what the
+    /// consumer took and has not finished handing on.
+    unfinished: AtomicUsize,
 }
 
 impl<R: Recipient> Flow<R> {
@@ -169,6 +172,7 @@ impl<R: Recipient> Flow<R> {
             gap_queued: AtomicBool::new(false),
             gap_owed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
         })
     }
 
@@ -178,6 +182,15 @@ impl<R: Recipient> Flow<R> {
 
     pub fn name(&self) -> &Name {
         &self.name
+    }
+
+    /// Nothing of this flow is queued, in the consumer's hands, or owed
+    /// as a gap: whatever its producer hands on now, by its own means,
+    /// comes after all it queued before. A sink may then deliver a message
+    /// itself instead of queueing it (the NIF does, saving the delivery
+    /// thread's wake-up); it stays bounded since the producer waits for it.
+    pub fn is_idle(&self) -> bool {
+        self.unfinished.load(Ordering::SeqCst) == 0 && !self.gap_owed.load(Ordering::SeqCst)
     }
 
     /// As if the recipient had been told `Connected` (tests).
@@ -232,6 +245,9 @@ pub struct Deliveries<R> {
     limits: Limits,
     /// What one item turned into (a gap's notices, then a message).
     ready: VecDeque<Delivery<R>>,
+    /// The flows of the items taken since `ready` was last empty: they are
+    /// finished once the consumer asks for more with `ready` empty.
+    taken: Vec<Arc<Flow<R>>>,
 }
 
 /// The queue every client's events go through, both ends. The queue itself
@@ -249,6 +265,7 @@ pub fn channel<R: Recipient>(limits: Limits) -> (Outbox<R>, Deliveries<R>) {
         items: items_rx,
         limits,
         ready: VecDeque::new(),
+        taken: Vec::new(),
     };
     (outbox, deliveries)
 }
@@ -281,6 +298,7 @@ impl<R: Recipient> Outbox<R> {
 
     fn push(&self, flow: &Arc<Flow<R>>, event: Event, bytes: usize) {
         flow.gap_queued.store(false, Ordering::SeqCst);
+        flow.unfinished.fetch_add(1, Ordering::SeqCst);
         flow.queued.fetch_add(1, Ordering::SeqCst);
         let item = Item::Flow {
             flow: flow.clone(),
@@ -304,6 +322,7 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
 
     fn flow_gap(&self, flow: &Arc<Flow<R>>) {
         flow.gap_queued.store(true, Ordering::SeqCst);
+        flow.unfinished.fetch_add(1, Ordering::SeqCst);
         flow.queued.fetch_add(1, Ordering::SeqCst);
         let _ = self.items.send(Item::Gap(flow.clone()));
     }
@@ -341,7 +360,9 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
 }
 
 /// The events to deliver, in order, with shedding applied: `next` blocks
-/// until there is one, and gives `None` once every producer is gone.
+/// until there is one, and gives `None` once every producer is gone. The
+/// consumer has finished with what `next` gave it when it calls `next`
+/// again ([`Flow::is_idle`] counts on that).
 impl<R: Recipient> Iterator for Deliveries<R> {
     type Item = Delivery<R>;
 
@@ -349,6 +370,9 @@ impl<R: Recipient> Iterator for Deliveries<R> {
         loop {
             if let Some(delivery) = self.ready.pop_front() {
                 return Some(delivery);
+            }
+            for flow in self.taken.drain(..) {
+                flow.unfinished.fetch_sub(1, Ordering::SeqCst);
             }
             let item = self.items.recv().ok()?;
             self.take(item);
@@ -363,7 +387,8 @@ impl<R: Recipient> Deliveries<R> {
             Item::Plain(delivery) => return self.ready.push_back(delivery),
             Item::Gap(flow) => {
                 flow.queued.fetch_sub(1, Ordering::SeqCst);
-                return self.tell_gap(&flow);
+                self.tell_gap(&flow);
+                return self.taken.push(flow);
             }
             Item::Flow {
                 flow,
@@ -372,6 +397,7 @@ impl<R: Recipient> Deliveries<R> {
                 bytes,
             } => (flow, event, at, bytes),
         };
+        self.taken.push(flow.clone());
         let left = flow.queued.fetch_sub(1, Ordering::SeqCst) - 1;
         if matches!(event, Event::Message { .. }) {
             flow.load.release(bytes);

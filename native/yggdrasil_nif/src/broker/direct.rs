@@ -81,7 +81,7 @@ impl Route {
         }
     }
 
-    fn is_wide(&self) -> bool {
+    pub(super) fn is_wide(&self) -> bool {
         self.wide.load(Ordering::Relaxed)
     }
 
@@ -125,49 +125,73 @@ impl Hash for Target {
     }
 }
 
-/// Delivers a route's event from the delivery thread's environment `env`
-/// (cleared after), with `pace` keeping it behind the subscribers; gives
-/// back a message the route cannot decode, for the channel's process.
+/// The most subscribers a runtime thread sends an express message to
+/// (`outbox.rs`): each send holds up every client's socket reads for a
+/// microsecond or two. A bigger channel's messages wait for the delivery
+/// thread.
+const EXPRESS_MAX_FANOUT: usize = 32;
+
+/// Delivers a route's event from `env`, the delivery thread's or a runtime
+/// thread's environment (cleared after), counted by `pace`, which keeps it
+/// behind the subscribers. Gives the event back when it was not delivered:
+/// a message the route cannot decode (for the channel's process), or an
+/// express message for more than [`EXPRESS_MAX_FANOUT`] subscribers.
 pub(super) fn deliver(
     env: &mut OwnedEnv,
-    pace: &mut Pace,
+    pace: Pace,
     route: &Route,
     event: Event,
-) -> Option<Event> {
-    let left = env.run(|env| match &event {
+) -> Result<(), Event> {
+    let most = match pace {
+        Pace::Waits => usize::MAX,
+        Pace::Express => EXPRESS_MAX_FANOUT,
+    };
+    let delivered = env.run(|env| match &event {
         Event::Message {
             payload, metadata, ..
         } => {
             let key = route.key(env);
+            // Checked before decoding too, so that a crowded channel's
+            // messages are not decoded twice.
+            if most < usize::MAX && table().subscriber_count(&TermKey::new(key)) > most {
+                return false;
+            }
             let decoded = match route.decode {
                 Decode::Binary => terms::bytes(env, payload),
                 Decode::Json => match crate::json::decode_value(env, payload) {
                     Ok(value) => value,
-                    Err(_) => return true,
+                    Err(_) => return false,
                 },
             };
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            let (sent, sample) = fan_out(env, route, key, message, pace.turn());
+            let Some((sent, sample)) = fan_out(env, route, key, message, most, pace.turn()) else {
+                return false;
+            };
             pace.count(env, sent, sample);
-            false
+            true
         }
         Event::Connected { .. } | Event::Disconnected { .. } => {
             let connected = matches!(event, Event::Connected { .. });
             let (sent, sample) = set_connected(env, route, connected, pace.turn());
             pace.count(env, sent, sample);
-            false
+            true
         }
         // Replies and warnings go to processes, never to a route.
-        Event::Published { .. } | Event::Warning { .. } => false,
+        Event::Published { .. } | Event::Warning { .. } => true,
     });
     env.clear();
-    left.then_some(event)
+    if delivered {
+        Ok(())
+    } else {
+        Err(event)
+    }
 }
 
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
-/// table lock, bigger ones from a snapshot after releasing it.
+/// table lock, bigger ones from a snapshot after releasing it; nothing
+/// (`None`) for a channel of more than `most` subscribers.
 /// Returns how many subscribers it sent to, and the one at `turn` (modulo
 /// their number) for the pacer to watch.
 fn fan_out<'a>(
@@ -175,8 +199,9 @@ fn fan_out<'a>(
     route: &Route,
     key: Term<'a>,
     message: Term<'a>,
+    most: usize,
     turn: usize,
-) -> (usize, Option<Pid>) {
+) -> Option<(usize, Option<Pid>)> {
     // A wide route sends everything through the senders, so never under
     // the lock.
     let few = if route.is_wide() { 0 } else { SEND_UNDER_LOCK };
@@ -187,14 +212,15 @@ fn fan_out<'a>(
                 send_copy(pid, message);
             });
             stats::COUNTERS.deliveries.add(members.len());
-            return (members.len(), sample(members, turn));
+            return Some((members.len(), sample(members, turn)));
         }
-        Some(Targets::Many(snapshot)) => snapshot,
-        None => return (0, None),
+        Some(Targets::Many(snapshot)) if snapshot.len() <= most => snapshot,
+        Some(Targets::Many(_)) => return None,
+        None => return Some((0, None)),
     };
     drop(table);
     let sent = send_all(env, route, &snapshot, message);
-    (sent, sample(snapshot.as_slice(), turn))
+    Some((sent, sample(snapshot.as_slice(), turn)))
 }
 
 /// The member at `turn`, modulo their number: the one the pacer watches.

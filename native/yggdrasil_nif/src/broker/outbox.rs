@@ -10,7 +10,8 @@
 //! behind (with `Disconnected`/`Connected` around the gap: see its docs).
 //! Events of a [`Target::Direct`] are fanned out to the channel's
 //! subscribers from here (`direct.rs`); the others become messages to a
-//! process. Publish replies skip the thread (see [`Sink`]).
+//! process. Publish replies skip the thread, and so do a narrow route's
+//! messages when nothing of theirs is waiting (see [`Sink`]).
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock};
@@ -21,7 +22,7 @@ use yggdrasil_brokers::outbox::{self, Deliveries, Flow, Limits, LoadStats, Outbo
 use yggdrasil_brokers::{Delivery, Event, EventSink, Name};
 
 use super::direct::{self, Target};
-use super::pace::Pace;
+use super::pace::{self, Pace};
 use super::terms::message;
 use crate::pid::Pid;
 
@@ -35,6 +36,15 @@ pub(super) type Events = Delivery<Target>;
 /// delivery thread on the path a publisher waits on. The caller is the only
 /// process that event goes to, so no order between it and the thread's
 /// events can matter.
+///
+/// A message for a route that is not wide is delivered the same way, by
+/// the runtime thread (*express*), when its flow is idle (nothing of it
+/// queued or being delivered: it cannot overtake) and the pace budget has
+/// room (express sends are paced with the thread's). Otherwise it is
+/// queued: notices, messages for more than a few subscribers (see
+/// `direct.rs`) or over [`EXPRESS_MAX_BYTES`], and a flow's messages while
+/// the delivery thread has any of its own or paces, which under a flood
+/// is where the outbox sheds.
 #[derive(Clone)]
 pub(super) struct Sink(Outbox<Target>);
 
@@ -73,27 +83,70 @@ impl EventSink<Target> for Sink {
     }
 
     fn flow_event(&self, flow: &Arc<Flow<Target>>, event: Event) {
-        self.0.flow_event(flow, event)
+        let left = match flow.to() {
+            Target::Direct(route) if flow.is_idle() && expressible(route, &event) => {
+                express(route, event)
+            }
+            _ => Some(event),
+        };
+        if let Some(event) = left {
+            self.0.flow_event(flow, event)
+        }
     }
 }
 
+/// A message bigger than this waits for the delivery thread even when its
+/// flow is idle: decoding and copying it on the runtime thread would hold
+/// up every client's socket reads.
+const EXPRESS_MAX_BYTES: usize = 4096;
+
+fn expressible(route: &direct::Route, event: &Event) -> bool {
+    let Event::Message { payload, .. } = event else {
+        return false;
+    };
+    payload.len() <= EXPRESS_MAX_BYTES
+        && !route.is_wide()
+        && pace::has_room()
+        && !is_scheduler_thread()
+}
+
+/// Delivers a route's message from this thread; gives it back when it
+/// cannot (`direct::deliver` declined it, or no environment).
+fn express(route: &direct::Route, event: Event) -> Option<Event> {
+    let mut declined = None;
+    let left = with_here_env(event, |env, event| {
+        declined = guarded(env, |env| direct::deliver(env, Pace::Express, route, event)).err();
+    });
+    left.or(declined)
+}
+
 /// Sends `delivery` from this thread's own environment; gives it back when
-/// the thread cannot (its locals are being destroyed as it exits).
+/// the thread cannot.
 fn send_here(delivery: Events) -> Option<Events> {
-    let mut delivery = Some(delivery);
-    let _ = REPLY_ENV.try_with(|env| {
+    with_here_env(delivery, |env, Delivery { to, event }| {
+        send_from(env, to.pid(), event)
+    })
+}
+
+/// Runs `f` on `x` with this thread's own environment; gives `x` back when
+/// the thread has none to lend (its locals are being destroyed as it
+/// exits, or `f` is already running on it).
+fn with_here_env<T>(x: T, f: impl FnOnce(&mut OwnedEnv, T)) -> Option<T> {
+    let mut x = Some(x);
+    let _ = HERE_ENV.try_with(|env| {
         if let Ok(mut env) = env.try_borrow_mut() {
-            if let Some(Delivery { to, event }) = delivery.take() {
-                send_from(&mut env, to.pid(), event);
+            if let Some(x) = x.take() {
+                f(&mut env, x);
             }
         }
     });
-    delivery
+    x
 }
 
 thread_local! {
-    /// The environment publish replies are built in, one per runtime thread.
-    static REPLY_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
+    /// The environment a runtime thread builds what it sends itself in:
+    /// publish replies and express messages.
+    static HERE_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
 }
 
 /// Builds the event's message in `env` and sends it to `pid`. A panic
@@ -132,25 +185,35 @@ pub(super) fn sink() -> Result<Sink, String> {
 /// Runs for the life of the VM (the static outbox never drops).
 fn deliver_forever(deliveries: Deliveries<Target>) {
     let mut env = OwnedEnv::new();
-    let mut pace = Pace::default();
     for Delivery { to, event } in deliveries {
-        let event = match &to {
-            Target::Direct(route) => {
-                let done = catch_unwind(AssertUnwindSafe(|| {
-                    direct::deliver(&mut env, &mut pace, route, event)
-                }));
-                match done {
-                    Ok(left) => left,
-                    Err(_) => {
-                        env = OwnedEnv::new();
-                        None
-                    }
-                }
-            }
-            Target::Process(_) => Some(event),
-        };
-        if let Some(event) = event {
-            send_from(&mut env, to.pid(), event);
+        deliver_from(&mut env, Pace::Waits, to, event);
+    }
+}
+
+/// Delivers `event` to `to` from `env`: a route's fan-out (what it cannot
+/// decode goes to the channel's process), or a message to a process. A
+/// panic loses that event only (the environment is replaced).
+fn deliver_from(env: &mut OwnedEnv, pace: Pace, to: Target, event: Event) {
+    let left = match &to {
+        Target::Direct(route) => guarded(env, |env| direct::deliver(env, pace, route, event)),
+        Target::Process(_) => Err(event),
+    };
+    if let Err(event) = left {
+        send_from(env, to.pid(), event);
+    }
+}
+
+/// `deliver` with `env`, where a panic loses the event (`Ok`) and replaces
+/// the environment, never the thread.
+fn guarded(
+    env: &mut OwnedEnv,
+    deliver: impl FnOnce(&mut OwnedEnv) -> Result<(), Event>,
+) -> Result<(), Event> {
+    match catch_unwind(AssertUnwindSafe(|| deliver(&mut *env))) {
+        Ok(result) => result,
+        Err(_) => {
+            *env = OwnedEnv::new();
+            Ok(())
         }
     }
 }

@@ -15,6 +15,11 @@
 //! the pace of one wait in many, not all. Each wait is capped ([`MAX_WAIT`])
 //! so that a missing or stuck pacer slows delivery down, never stops it;
 //! the outbox then drops what grew too old (`docs/guarantees.md`).
+//!
+//! A runtime thread that delivers an event itself (`outbox.rs`, express)
+//! spends the same budget but never waits: with the budget spent it leaves
+//! the event to the delivery thread, which paces.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,36 +39,48 @@ const BUDGET: usize = 8_192;
 /// The longest one pace waits for the pacer.
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
-/// What the delivery thread sent since its last pace.
-#[derive(Default)]
-pub(super) struct Pace {
-    sent: usize,
-    fan_outs: usize,
-    paces: usize,
+/// Messages sent and fan-outs since the last pace, and paces so far.
+static SENT: AtomicUsize = AtomicUsize::new(0);
+static FAN_OUTS: AtomicUsize = AtomicUsize::new(0);
+static PACES: AtomicUsize = AtomicUsize::new(0);
+
+/// Who counts a fan-out: the delivery thread, which waits for the pacer
+/// once the budget is spent, or a runtime thread, which must not wait.
+#[derive(Clone, Copy)]
+pub(super) enum Pace {
+    Waits,
+    Express,
+}
+
+/// Whether the budget has room for an express fan-out.
+pub(super) fn has_room() -> bool {
+    SENT.load(Ordering::Relaxed) < BUDGET
 }
 
 impl Pace {
     /// A number for the fan-out to pick its sample with (modulo its
     /// size): it changes at each pace.
-    pub(super) fn turn(&self) -> usize {
-        self.paces
+    pub(super) fn turn(self) -> usize {
+        PACES.load(Ordering::Relaxed)
     }
 
-    /// Counts a fan-out of `sent` messages; once the budget is spent,
-    /// waits (from `env`, the delivery thread's) until the pacer finds
+    /// Counts a fan-out of `sent` messages; once the budget is spent, the
+    /// delivery thread waits (from `env`, its own) until the pacer finds
     /// `sample`, one of its recipients, keeping up.
-    pub(super) fn count(&mut self, env: Env<'_>, sent: usize, sample: Option<Pid>) {
-        self.sent += sent;
-        self.fan_outs += 1;
-        if self.sent < BUDGET {
+    pub(super) fn count(self, env: Env<'_>, sent: usize, sample: Option<Pid>) {
+        let total = SENT.fetch_add(sent, Ordering::Relaxed) + sent;
+        let fan_outs = FAN_OUTS.fetch_add(1, Ordering::Relaxed) + 1;
+        if total < BUDGET || matches!(self, Pace::Express) {
             return;
         }
         if let Some(sample) = sample {
-            wait(env, sample, self.fan_outs);
+            wait(env, sample, fan_outs);
         }
-        self.paces = self.paces.wrapping_add(1);
-        self.sent = 0;
-        self.fan_outs = 0;
+        // Counts an express fan-out added meanwhile may be lost: the
+        // budget is a rate, not an account.
+        PACES.fetch_add(1, Ordering::Relaxed);
+        SENT.store(0, Ordering::Relaxed);
+        FAN_OUTS.store(0, Ordering::Relaxed);
     }
 }
 
