@@ -96,6 +96,9 @@ struct Load {
     shed: AtomicU64,
     /// Messages queued before this (ns since `EPOCH`) are dropped.
     purged_before: AtomicU64,
+    /// Items of every kind queued and not yet finished: in the queue, or
+    /// taken by the consumer and not yet handed on.
+    unfinished: AtomicUsize,
 }
 
 /// What queue times are counted from.
@@ -152,9 +155,6 @@ pub struct Flow<R> {
     gap_owed: AtomicBool,
     /// This flow's entries in the queue (messages, notices, gaps).
     queued: AtomicUsize,
-    /// Entries pushed and not yet delivered: `queued` plus what the
-    /// consumer took and has not finished handing on.
-    unfinished: AtomicUsize,
 }
 
 impl<R: Recipient> Flow<R> {
@@ -172,7 +172,6 @@ impl<R: Recipient> Flow<R> {
             gap_queued: AtomicBool::new(false),
             gap_owed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
-            unfinished: AtomicUsize::new(0),
         })
     }
 
@@ -184,13 +183,14 @@ impl<R: Recipient> Flow<R> {
         &self.name
     }
 
-    /// Nothing of this flow is queued, in the consumer's hands, or owed
-    /// as a gap: whatever its producer hands on now, by its own means,
-    /// comes after all it queued before. A sink may then deliver a message
-    /// itself instead of queueing it (the NIF does, saving the delivery
-    /// thread's wake-up); it stays bounded since the producer waits for it.
+    /// Nothing of this flow's client (its messages, notices, gaps, warnings)
+    /// is queued or in the consumer's hands, and the flow owes no gap:
+    /// whatever the client's producer hands on now, by its own means, comes
+    /// after all it queued before. A sink may then deliver a message itself
+    /// instead of queueing it (the NIF does, saving the delivery thread's
+    /// wake-up); it stays bounded since the producer waits for it.
     pub fn is_idle(&self) -> bool {
-        self.unfinished.load(Ordering::SeqCst) == 0 && !self.gap_owed.load(Ordering::SeqCst)
+        self.load.unfinished.load(Ordering::SeqCst) == 0 && !self.gap_owed.load(Ordering::SeqCst)
     }
 
     /// As if the recipient had been told `Connected` (tests).
@@ -209,7 +209,7 @@ impl<R: Recipient> Flow<R> {
 
 enum Item<R> {
     /// Warnings and replies: delivered as they come.
-    Plain(Delivery<R>),
+    Plain(Delivery<R>, Arc<Load>),
     /// A flow's message or notice.
     Flow {
         flow: Arc<Flow<R>>,
@@ -245,9 +245,9 @@ pub struct Deliveries<R> {
     limits: Limits,
     /// What one item turned into (a gap's notices, then a message).
     ready: VecDeque<Delivery<R>>,
-    /// The flows of the items taken since `ready` was last empty: they are
-    /// finished once the consumer asks for more with `ready` empty.
-    taken: Vec<Arc<Flow<R>>>,
+    /// The clients of the items taken since `ready` was last empty: those
+    /// are finished once the consumer asks for more with `ready` empty.
+    taken: Vec<Arc<Load>>,
 }
 
 /// The queue every client's events go through, both ends. The queue itself
@@ -298,7 +298,7 @@ impl<R: Recipient> Outbox<R> {
 
     fn push(&self, flow: &Arc<Flow<R>>, event: Event, bytes: usize) {
         flow.gap_queued.store(false, Ordering::SeqCst);
-        flow.unfinished.fetch_add(1, Ordering::SeqCst);
+        flow.load.unfinished.fetch_add(1, Ordering::SeqCst);
         flow.queued.fetch_add(1, Ordering::SeqCst);
         let item = Item::Flow {
             flow: flow.clone(),
@@ -313,7 +313,8 @@ impl<R: Recipient> Outbox<R> {
 
 impl<R: Recipient> EventSink<R> for Outbox<R> {
     fn deliver(&self, delivery: Delivery<R>) {
-        let _ = self.items.send(Item::Plain(delivery));
+        self.load.unfinished.fetch_add(1, Ordering::SeqCst);
+        let _ = self.items.send(Item::Plain(delivery, self.load.clone()));
     }
 
     fn flow(&self, to: R, name: Name) -> Arc<Flow<R>> {
@@ -322,7 +323,7 @@ impl<R: Recipient> EventSink<R> for Outbox<R> {
 
     fn flow_gap(&self, flow: &Arc<Flow<R>>) {
         flow.gap_queued.store(true, Ordering::SeqCst);
-        flow.unfinished.fetch_add(1, Ordering::SeqCst);
+        flow.load.unfinished.fetch_add(1, Ordering::SeqCst);
         flow.queued.fetch_add(1, Ordering::SeqCst);
         let _ = self.items.send(Item::Gap(flow.clone()));
     }
@@ -371,8 +372,8 @@ impl<R: Recipient> Iterator for Deliveries<R> {
             if let Some(delivery) = self.ready.pop_front() {
                 return Some(delivery);
             }
-            for flow in self.taken.drain(..) {
-                flow.unfinished.fetch_sub(1, Ordering::SeqCst);
+            for load in self.taken.drain(..) {
+                load.unfinished.fetch_sub(1, Ordering::SeqCst);
             }
             let item = self.items.recv().ok()?;
             self.take(item);
@@ -384,11 +385,14 @@ impl<R: Recipient> Deliveries<R> {
     /// Turns an item out of the queue into what to deliver, if anything.
     fn take(&mut self, item: Item<R>) {
         let (flow, event, at, bytes) = match item {
-            Item::Plain(delivery) => return self.ready.push_back(delivery),
+            Item::Plain(delivery, load) => {
+                self.taken.push(load);
+                return self.ready.push_back(delivery);
+            }
             Item::Gap(flow) => {
                 flow.queued.fetch_sub(1, Ordering::SeqCst);
                 self.tell_gap(&flow);
-                return self.taken.push(flow);
+                return self.taken.push(flow.load.clone());
             }
             Item::Flow {
                 flow,
@@ -397,7 +401,7 @@ impl<R: Recipient> Deliveries<R> {
                 bytes,
             } => (flow, event, at, bytes),
         };
-        self.taken.push(flow.clone());
+        self.taken.push(flow.load.clone());
         let left = flow.queued.fetch_sub(1, Ordering::SeqCst) - 1;
         if matches!(event, Event::Message { .. }) {
             flow.load.release(bytes);

@@ -252,34 +252,49 @@ fn a_flood_stays_within_the_caps() {
 }
 
 #[test]
-fn a_flow_is_idle_only_once_all_it_queued_was_handed_on() {
+fn a_flow_is_idle_only_once_all_its_client_queued_was_handed_on() {
     let (outbox, mut deliveries) = channel::<u64>(limits(10, 60_000));
-    let client = outbox.for_client();
-    let (flow, other) = (
+    let (client, other_client) = (outbox.for_client(), outbox.for_client());
+    let (flow, sibling) = (
         client.flow(1, Name::from("t")),
-        client.flow(2, Name::from("t")),
+        client.flow(2, Name::from("u")),
     );
+    let elsewhere = other_client.flow(3, Name::from("t"));
     assert!(flow.is_idle());
     client.flow_event(&flow, message(1));
-    client.flow_event(&flow, message(2));
-    assert!(!flow.is_idle(), "queued");
+    client.flow_event(&sibling, message(2));
+    assert!(!flow.is_idle() && !sibling.is_idle(), "queued");
     assert_eq!(number(&deliveries.next().unwrap().event), Some(1));
+    assert!(!flow.is_idle(), "its client's 2 is still queued");
     assert_eq!(number(&deliveries.next().unwrap().event), Some(2));
     // Out of the queue, but the consumer may still be handing 2 on.
     assert!(!flow.is_idle(), "in the consumer's hands");
-    client.flow_event(&other, message(3));
+    other_client.flow_event(&elsewhere, message(3));
+    assert!(!elsewhere.is_idle());
     assert_eq!(number(&deliveries.next().unwrap().event), Some(3));
     assert!(
         flow.is_idle(),
         "the consumer asked for more: 2 was handed on"
     );
-    assert!(!other.is_idle());
+    assert!(!elsewhere.is_idle(), "another client's count");
 
+    // A warning to the owner is the client's too.
+    client.deliver(Delivery {
+        to: 0,
+        event: Event::Warning {
+            message: "w".into(),
+        },
+    });
+    assert!(!flow.is_idle());
+    assert!(matches!(
+        deliveries.next().unwrap().event,
+        Event::Warning { .. }
+    ));
     // A gap counts as what it will be told as: two notices.
     client.flow_gap(&flow);
-    assert!(!flow.is_idle());
     assert_eq!(shapes(&take(&mut deliveries, 1)), ["down"]);
-    client.flow_event(&other, message(4));
+    assert!(!flow.is_idle());
+    other_client.flow_event(&elsewhere, message(4));
     assert_eq!(number(&deliveries.next().unwrap().event), Some(4));
-    assert!(flow.is_idle() && !other.is_idle());
+    assert!(flow.is_idle());
 }
