@@ -8,10 +8,11 @@ defmodule Yggdrasil.Broker.Sender do
   # A subscriber's share depends on its pid alone and a sender takes its
   # jobs in order, so each subscriber gets a channel's events and notices
   # in order. A sender only resumes fan-outs, which do not fail; should one
-  # die anyway, what was in its mailbox is lost: each wide channel then
-  # tells the subscribers of its share of a gap (`Y_DISCONNECTED`,
-  # `Y_CONNECTED`) before its next event, and the delivery thread sends its
-  # share itself until its restart.
+  # die anyway, what was in its mailbox is lost: the subscribers of its
+  # share on each wide channel are told of a gap (`Y_DISCONNECTED`,
+  # `Y_CONNECTED`) by its successor as it registers (`set_sender`), or
+  # before the channel's next event if that comes first, and the delivery
+  # thread sends its share itself until the restart.
   use GenServer
 
   require Yggdrasil.Broker.Client

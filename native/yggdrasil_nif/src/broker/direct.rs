@@ -18,7 +18,7 @@
 //! ([`Target::Process`]): its events go to its process, which decodes them.
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use rustler::env::SavedTerm;
 use rustler::{Encoder, Env, OwnedEnv, Term};
@@ -139,7 +139,7 @@ const EXPRESS_MAX_FANOUT: usize = 32;
 pub(super) fn deliver(
     env: &mut OwnedEnv,
     pace: Pace,
-    route: &Route,
+    route: &Arc<Route>,
     event: Event,
 ) -> Result<(), Event> {
     let most = match pace {
@@ -196,7 +196,7 @@ pub(super) fn deliver(
 /// their number) for the pacer to watch.
 fn fan_out<'a>(
     env: Env<'a>,
-    route: &Route,
+    route: &Arc<Route>,
     key: Term<'a>,
     message: Term<'a>,
     most: usize,
@@ -236,7 +236,12 @@ const WIDE_AT: usize = 256;
 /// Sends `message` to `members`: through the senders once the route is
 /// wide, else from this thread. Returns how many it was sent (or handed)
 /// to.
-fn send_all<'a>(env: Env<'a>, route: &Route, members: &Snapshot<Pid>, message: Term<'a>) -> usize {
+fn send_all<'a>(
+    env: Env<'a>,
+    route: &Arc<Route>,
+    members: &Snapshot<Pid>,
+    message: Term<'a>,
+) -> usize {
     let wide = route.is_wide() || members.len() >= WIDE_AT;
     if wide {
         let mut handoffs = route
@@ -244,12 +249,47 @@ fn send_all<'a>(env: Env<'a>, route: &Route, members: &Snapshot<Pid>, message: T
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if senders::hand(env, &mut handoffs, members, message, || gap(env, route)) {
-            route.wide.store(true, Ordering::Relaxed);
+            if !route.wide.swap(true, Ordering::Relaxed) {
+                wide_routes().push(Arc::downgrade(route));
+            }
             return members.len();
         }
     }
     // No senders (the application is not running): this thread sends.
     senders::send_here(members, Share::ALL, message)
+}
+
+/// The routes that went wide, for [`tell_restarted`]; dead ones are
+/// dropped there.
+static WIDE_ROUTES: Mutex<Vec<Weak<Route>>> = Mutex::new(Vec::new());
+
+fn wide_routes() -> std::sync::MutexGuard<'static, Vec<Weak<Route>>> {
+    WIDE_ROUTES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sender `index` was restarted (`env` is the new one's): each wide route
+/// whose last fan-out for that share went to its predecessor, maybe lost
+/// with it, tells that share's subscribers of a gap now, through the new
+/// sender, rather than with the channel's next event, which may never
+/// come. One snapshot per wide route alive: O(wide routes), on a restart.
+pub(super) fn tell_restarted(env: Env<'_>, index: usize) {
+    let routes: Vec<Arc<Route>> = {
+        let mut wide = wide_routes();
+        wide.retain(|route| route.strong_count() > 0);
+        wide.iter().filter_map(Weak::upgrade).collect()
+    };
+    for route in routes {
+        let key = route.key(env);
+        let members = match table().targets(&TermKey::new(key), 0) {
+            Some(Targets::Many(snapshot)) => snapshot,
+            _ => continue,
+        };
+        let mut handoffs = route
+            .handoffs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        senders::tell_replaced(env, &mut handoffs, &members, index, || gap(env, &route));
+    }
 }
 
 /// What tells a subscriber of a gap in a channel's events:
@@ -268,7 +308,7 @@ fn gap<'a>(env: Env<'a>, route: &Route) -> Vec<Term<'a>> {
 /// returns what `fan_out` does.
 fn set_connected(
     env: Env<'_>,
-    route: &Route,
+    route: &Arc<Route>,
     connected: bool,
     turn: usize,
 ) -> (usize, Option<Pid>) {

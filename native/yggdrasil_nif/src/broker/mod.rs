@@ -269,6 +269,29 @@ fn publish<'a>(
     ok_or_error(env, result)
 }
 
+/// Makes the calling process, `pid`, the sender of share `index` of `of`
+/// (`Yggdrasil.Broker.Sender` at its start, `senders.rs`). After a restart
+/// the wide routes whose last fan-out for that share may have been lost
+/// with the old sender hand it their gap notices first
+/// (`direct::tell_restarted`).
+#[rustler::nif]
+fn broker_set_sender(
+    env: Env<'_>,
+    index: usize,
+    of: usize,
+    pid: LocalPid,
+) -> rustler::NifResult<Atom> {
+    match senders::set_sender(index, of, Pid::of(&pid)) {
+        None => Err(rustler::Error::BadArg),
+        Some(replaced) => {
+            if replaced {
+                direct::tell_restarted(env, index);
+            }
+            Ok(atoms::ok())
+        }
+    }
+}
+
 /// Counts `dropped` events a subscriber process of this client shed from
 /// its mailbox (one shedding), in `broker_stats/1`.
 #[rustler::nif]

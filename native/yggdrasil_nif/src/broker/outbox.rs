@@ -38,13 +38,14 @@ pub(super) type Events = Delivery<Target>;
 /// events can matter.
 ///
 /// A message for a route that is not wide is delivered the same way, by
-/// the runtime thread (*express*), when its flow is idle (nothing of it
-/// queued or being delivered: it cannot overtake) and the pace budget has
-/// room (express sends are paced with the thread's). Otherwise it is
+/// the runtime thread (*express*), when its flow is idle (nothing of its
+/// client queued or being delivered, so it overtakes nothing the client
+/// produced before, a warning to the owner included) and the pace budget
+/// has room (express sends are paced with the thread's). Otherwise it is
 /// queued: notices, messages for more than a few subscribers (see
-/// `direct.rs`) or over [`EXPRESS_MAX_BYTES`], and a flow's messages while
-/// the delivery thread has any of its own or paces, which under a flood
-/// is where the outbox sheds.
+/// `direct.rs`) or over [`EXPRESS_MAX_BYTES`], and a client's messages
+/// while the delivery thread has any of its items or paces, which under a
+/// flood is where the outbox sheds.
 #[derive(Clone)]
 pub(super) struct Sink(Outbox<Target>);
 
@@ -100,7 +101,7 @@ impl EventSink<Target> for Sink {
 /// up every client's socket reads.
 const EXPRESS_MAX_BYTES: usize = 4096;
 
-fn expressible(route: &direct::Route, event: &Event) -> bool {
+fn expressible(route: &Arc<direct::Route>, event: &Event) -> bool {
     let Event::Message { payload, .. } = event else {
         return false;
     };
@@ -112,7 +113,7 @@ fn expressible(route: &direct::Route, event: &Event) -> bool {
 
 /// Delivers a route's message from this thread; gives it back when it
 /// cannot (`direct::deliver` declined it, or no environment).
-fn express(route: &direct::Route, event: Event) -> Option<Event> {
+fn express(route: &Arc<direct::Route>, event: Event) -> Option<Event> {
     let mut declined = None;
     let left = with_here_env(event, |env, event| {
         declined = guarded(env, |env| direct::deliver(env, Pace::Express, route, event)).err();

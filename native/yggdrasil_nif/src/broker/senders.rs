@@ -18,12 +18,14 @@
 //!
 //! The senders' mailboxes are bounded by the pacer, which answers a pace
 //! only once every sender holds a few jobs at most (`pace.rs`). A sender
-//! killed from outside loses what its mailbox held; the route sees the
-//! sender changed at its next fan-out and tells that share's subscribers of
-//! a gap first ([`Handoffs`]), so nothing is lost without notice.
+//! killed from outside loses what its mailbox held; its restarted successor
+//! hands the gap notices for that share of every wide route that may have
+//! lost a fan-out to itself first ([`tell_replaced`]), and a route whose
+//! next fan-out finds the sender changed or gone tells them before it
+//! ([`Handoffs`]), so nothing is lost without notice.
 use std::sync::{Mutex, PoisonError};
 
-use rustler::{Encoder, Env, LocalPid, Term};
+use rustler::{Encoder, Env, Term};
 use yggdrasil_engine::Snapshot;
 
 use crate::cursor::{Cursor, Purpose, Share};
@@ -32,7 +34,7 @@ use crate::pid::{send_copy, Pid};
 use crate::stats;
 
 mod atoms {
-    rustler::atoms! { ok, send, tag = "$yggdrasil_broker" }
+    rustler::atoms! { send, tag = "$yggdrasil_broker" }
 }
 
 /// A started sender, and which start it was: a restarted sender has a new
@@ -75,9 +77,10 @@ enum Last {
 }
 
 /// A route's handoffs, share by share: a fan-out handed to a sender that
-/// was then killed is lost with its mailbox, and the route tells that
-/// share's subscribers before its next event, as for any gap
-/// (`Y_DISCONNECTED`, then `Y_CONNECTED` if the channel is connected).
+/// was then killed is lost with its mailbox, and that share's subscribers
+/// are told as for any gap (`Y_DISCONNECTED`, then `Y_CONNECTED` if the
+/// channel is connected), when the sender restarts or before the route's
+/// next event, whichever comes first.
 #[derive(Default)]
 pub(super) struct Handoffs(Vec<Last>);
 
@@ -127,6 +130,38 @@ pub(super) fn hand<'a>(
     true
 }
 
+/// Sender `index` was restarted and this is its process (`env`): if the
+/// route's last fan-out for that share went to an earlier sender, the new
+/// one is handed `gap()` for the share first, so its subscribers hear of
+/// what may have been lost without waiting for the channel's next event.
+/// Fan-outs handed to the new sender after this come behind it, and the
+/// route's next fan-out does not tell it again.
+pub(super) fn tell_replaced<'a>(
+    env: Env<'a>,
+    handoffs: &mut Handoffs,
+    members: &Snapshot<Pid>,
+    index: usize,
+    gap: impl Fn() -> Vec<Term<'a>>,
+) {
+    let senders = slots();
+    let (Some(slot), Some(last), Some(share)) = (
+        senders.get(index),
+        handoffs.0.get_mut(index),
+        Share::new(index, senders.len()),
+    ) else {
+        return;
+    };
+    if !matches!(*last, Last::Sender(generation) if generation != slot.generation) {
+        return;
+    }
+    for notice in gap() {
+        let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
+        let job = (atoms::tag(), atoms::send(), cursor, notice).encode(env);
+        crate::pid::send(env, slot.pid, job);
+    }
+    *last = Last::Sender(slot.generation);
+}
+
 /// `share` of `members`, sent from this thread (not a scheduler) in
 /// batches: an unsubscribe racing with it waits for one batch at most (the
 /// fence of `Members::deliver`). Returns how many it sent to.
@@ -145,13 +180,13 @@ pub(super) fn send_here(members: &Snapshot<Pid>, share: Share, message: Term<'_>
 }
 
 /// Makes `pid` the sender of share `index` of `of`
-/// (`Yggdrasil.Broker.Sender` at its start). A different `of` (the
-/// schedulers changed between two starts) forgets the other senders until
-/// they start again.
-#[rustler::nif]
-fn broker_set_sender(index: usize, of: usize, pid: LocalPid) -> rustler::NifResult<rustler::Atom> {
+/// (`Yggdrasil.Broker.Sender` at its start); true when it replaces an
+/// earlier one (a restart), `None` for an index out of range. A different
+/// `of` (the schedulers changed between two starts) forgets the other
+/// senders until they start again.
+pub(super) fn set_sender(index: usize, of: usize, pid: Pid) -> Option<bool> {
     if Share::new(index, of).is_none() || of > MAX_SENDERS {
-        return Err(rustler::Error::BadArg);
+        return None;
     }
     let mut senders = SENDERS.lock().unwrap_or_else(PoisonError::into_inner);
     let (generations, slots) = &mut *senders;
@@ -159,13 +194,13 @@ fn broker_set_sender(index: usize, of: usize, pid: LocalPid) -> rustler::NifResu
         *slots = vec![None; of];
     }
     *generations += 1;
-    if let Some(slot) = slots.get_mut(index) {
-        *slot = Some(Slot {
-            pid: Pid::of(&pid),
-            generation: *generations,
-        });
-    }
-    Ok(atoms::ok())
+    let slot = slots.get_mut(index)?;
+    let replaced = slot.is_some();
+    *slot = Some(Slot {
+        pid,
+        generation: *generations,
+    });
+    Some(replaced)
 }
 
 /// More than the schedulers a VM can have (1,024): a bound on the jobs one
