@@ -212,6 +212,12 @@ defmodule Yggdrasil.Native do
   def broker_paced(_seq), do: not_loaded()
 
   @doc false
+  # `{budget, max_wait_ms}`: messages sent between two paces, and the longest
+  # one waits, as the delivery thread paces itself.
+  @spec broker_pace_limits() :: {pos_integer(), pos_integer()}
+  def broker_pace_limits, do: not_loaded()
+
+  @doc false
   # A process that sends its share of wide broker fan-outs
   # (`Yggdrasil.Broker.Sender`): it is sent `{tag, :send, cursor, message}`
   # and goes on with `fanout_more/2`.

@@ -73,6 +73,12 @@ defmodule Yggdrasil.Broker.Client do
   def paced(seq), do: Native.broker_paced(seq)
 
   @doc false
+  # `{budget, max_wait_ms}` of the delivery thread's pacing, for a channel
+  # process that paces its own fan-outs the same way.
+  @spec pace_limits() :: {pos_integer(), pos_integer()}
+  def pace_limits, do: Native.broker_pace_limits()
+
+  @doc false
   # `Yggdrasil.Broker.Sender`'s call: it sends share `index` of `of` of
   # every wide fan-out.
   @spec set_sender(non_neg_integer(), pos_integer(), pid()) :: :ok

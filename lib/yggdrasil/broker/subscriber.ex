@@ -85,9 +85,11 @@ defmodule Yggdrasil.Broker.Subscriber do
       client: nil,
       connected: false,
       cost_us: 0,
-      # Pacing (`Yggdrasil.Broker.Pacer`): the channel's engine key,
-      # messages sent since the last pace, in how many events, and how
-      # many paces so far.
+      # Pacing (`Yggdrasil.Broker.Pacer`), as the delivery thread does
+      # (`native/yggdrasil_nif/src/broker/pace.rs`, whose budget and wait
+      # these are): the channel's engine key, messages sent since the last
+      # pace, in how many events, and how many paces so far.
+      pace_limits: Client.pace_limits(),
       key: Channel.key(channel),
       sent: 0,
       events: 0,
@@ -113,11 +115,6 @@ defmodule Yggdrasil.Broker.Subscriber do
   # work they may stand for (the outbox's age limit).
   @max_backlog 10_000
   @max_lag_us 2_000_000
-  # As the delivery thread (`native/yggdrasil_nif/src/broker/pace.rs`):
-  # messages sent between two paces, and the longest one waits.
-  @pace_budget 8_192
-  @pace_wait_ms 200
-
   # Where the NIF delivers by itself: what `Subscriber.Publisher.deliver/4`
   # would do with the default backend and a built-in transformer.
   defp route(channel) do
@@ -187,14 +184,14 @@ defmodule Yggdrasil.Broker.Subscriber do
     end
   end
 
-  defp pace(%{key: key} = state) do
+  defp pace(%{key: key, pace_limits: {budget, wait_ms}} = state) do
     state = %{state | sent: state.sent + Engine.subscriber_count(key), events: state.events + 1}
 
-    if state.sent < @pace_budget do
+    if state.sent < budget do
       state
     else
       with pid when is_pid(pid) <- Engine.some_subscriber(key, state.paces),
-           do: Pacer.wait_for(pid, state.events, @pace_wait_ms)
+           do: Pacer.wait_for(pid, state.events, wait_ms)
 
       %{state | sent: 0, events: 0, paces: state.paces + 1}
     end

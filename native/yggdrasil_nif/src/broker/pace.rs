@@ -134,6 +134,13 @@ fn wait(env: Env<'_>, sample: Pid, window: usize) {
     }
 }
 
+/// `{budget, max_wait_ms}`: what a channel process (`Yggdrasil.Broker.Subscriber`)
+/// paces its own fan-outs by, the same as the delivery thread.
+#[rustler::nif]
+fn broker_pace_limits() -> (usize, u64) {
+    (BUDGET, MAX_WAIT.as_millis() as u64)
+}
+
 /// Makes `pid` the pacer (`Yggdrasil.Broker.Pacer` at its start).
 #[rustler::nif]
 fn broker_set_pacer(pid: LocalPid) -> rustler::Atom {
