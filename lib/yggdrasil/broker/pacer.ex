@@ -6,7 +6,7 @@ defmodule Yggdrasil.Broker.Pacer do
   # since the last pace, and waits until this process answers. It answers
   # once that recipient's mailbox holds no more than those events (or
   # `@few`): the recipient took what came before; and once each
-  # `Yggdrasil.Broker.Sender` holds `@sender_backlog` fan-outs at most. A recipient
+  # `Yggdrasil.Broker.Sender` holds `@few` fan-outs at most. A recipient
   # that has not is looked at again every millisecond; the thread stops
   # waiting on its own after 200 ms.
   #
@@ -20,12 +20,6 @@ defmodule Yggdrasil.Broker.Pacer do
 
   # A mailbox this short is never behind.
   @few 8
-  # Fan-outs a sender may hold when a pace is answered: enough that it does
-  # not run dry between two looks (every millisecond) while the delivery
-  # thread waits. With 8, 1k-subscriber channels at 8 publishers reached
-  # 0.79x the :elixir adapter, with 24 0.86x (2026-12-06, 8 alternating runs
-  # each, docs/performance.md).
-  @sender_backlog 24
 
   @doc false
   def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
@@ -48,7 +42,7 @@ defmodule Yggdrasil.Broker.Pacer do
   defp check(%{pace: nil} = state), do: state
 
   defp check(%{pace: {seq, sample, window, senders}} = state) do
-    if caught_up?(sample, window) and Enum.all?(senders, &caught_up?(&1, @sender_backlog)) do
+    if caught_up?(sample, window) and Enum.all?(senders, &caught_up?(&1, 0)) do
       Client.paced(seq)
       %{state | pace: nil}
     else
