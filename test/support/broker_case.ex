@@ -629,12 +629,34 @@ defmodule Yggdrasil.Test.BrokerCase do
   def scenario_load(%{server: server, peer: peer}) do
     namespace = configure(peer, server)
     channel = channel(peer, namespace, peer.name(server, "load"))
-    per_publisher = 100
+    per_publisher_order!(channel, 20, 100, fn publisher, seq -> "#{publisher}:#{seq}" end)
+  end
+
+  # A narrow channel's small messages may be sent by the broker runtime itself
+  # while bigger ones wait for the delivery thread: none may overtake another.
+  # Four publishers at once, so that messages reach the broker client back to back.
+  @doc false
+  def scenario_sizes_in_order(%{server: server, peer: peer}) do
+    namespace = configure(peer, server)
+    channel = channel(peer, namespace, peer.name(server, "sizes"))
+
+    # Every third message over 4 KB (PostgreSQL takes up to 8,000 bytes).
+    per_publisher_order!(channel, 3, 60, fn publisher, seq ->
+      padding = String.duplicate("x", if(rem(seq, 3) == 0, do: 6_000, else: 8))
+      "#{publisher}:#{seq}:" <> padding
+    end)
+  end
+
+  # `subscribers` processes on `channel`, 4 concurrent publishers of
+  # `per_publisher` messages each (`payload.(publisher, seq)`, starting
+  # "publisher:seq:"): every subscriber gets each message exactly once, each
+  # publisher's in order.
+  defp per_publisher_order!(channel, subscribers, per_publisher, payload) do
     total = 4 * per_publisher
     parent = self()
 
-    subscribers =
-      for _ <- 1..20 do
+    pids =
+      for _ <- 1..subscribers do
         spawn_link(fn ->
           :ok = Yggdrasil.subscribe(channel)
 
@@ -646,71 +668,20 @@ defmodule Yggdrasil.Test.BrokerCase do
         end)
       end
 
-    for pid <- subscribers, do: assert_receive({:ready, ^pid}, @wait)
+    for pid <- pids, do: assert_receive({:ready, ^pid}, @wait)
 
     1..4
     |> Enum.map(fn publisher ->
       Task.async(fn ->
-        for seq <- 1..per_publisher, do: :ok = Yggdrasil.publish(channel, "#{publisher}:#{seq}")
+        for seq <- 1..per_publisher,
+            do: :ok = Yggdrasil.publish(channel, payload.(publisher, seq))
       end)
     end)
     |> Task.await_many(120_000)
 
-    for pid <- subscribers do
+    for pid <- pids do
       assert_receive {:received, ^pid, messages}, 60_000
       assert length(messages) == total
-
-      by_publisher =
-        Enum.group_by(
-          messages,
-          &(&1 |> String.split(":") |> hd()),
-          &(&1 |> String.split(":") |> List.last() |> String.to_integer())
-        )
-
-      assert by_publisher |> Map.keys() |> Enum.sort() == ["1", "2", "3", "4"]
-      for {_, seqs} <- by_publisher, do: assert(seqs == Enum.to_list(1..per_publisher))
-    end
-  end
-
-  # A narrow channel's small messages may be sent by the broker runtime itself
-  # while bigger ones wait for the delivery thread: none may overtake another.
-  # Four publishers at once, so that messages reach the broker client back to back.
-  @doc false
-  def scenario_sizes_in_order(%{server: server, peer: peer}) do
-    namespace = configure(peer, server)
-    channel = channel(peer, namespace, peer.name(server, "sizes"))
-    per_publisher = 60
-    parent = self()
-
-    subscribers =
-      for _ <- 1..3 do
-        spawn_link(fn ->
-          :ok = Yggdrasil.subscribe(channel)
-
-          receive do
-            {:Y_CONNECTED, _} -> send(parent, {:ready, self()})
-          end
-
-          send(parent, {:received, self(), collect(4 * per_publisher, [])})
-        end)
-      end
-
-    for pid <- subscribers, do: assert_receive({:ready, ^pid}, @wait)
-
-    # Every third message over 4 KB (PostgreSQL takes up to 8,000 bytes).
-    1..4
-    |> Enum.map(fn publisher ->
-      Task.async(fn ->
-        for seq <- 1..per_publisher do
-          padding = String.duplicate("x", if(rem(seq, 3) == 0, do: 6_000, else: 8))
-          :ok = Yggdrasil.publish(channel, "#{publisher}:#{seq}:" <> padding)
-        end
-      end)
-    end)
-    |> Task.await_many(120_000)
-
-    for pid <- subscribers do
-      assert_receive {:received, ^pid, messages}, 60_000
 
       by_publisher =
         messages
