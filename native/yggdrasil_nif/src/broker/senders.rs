@@ -76,6 +76,13 @@ enum Last {
     Here,
 }
 
+impl Last {
+    /// Handed to a sender before `slot`'s, which may have died with it.
+    fn went_before(self, slot: &Slot) -> bool {
+        matches!(self, Last::Sender(generation) if generation != slot.generation)
+    }
+}
+
 /// A route's handoffs, share by share: a fan-out handed to a sender that
 /// was then killed is lost with its mailbox, and that share's subscribers
 /// are told as for any gap (`Y_DISCONNECTED`, then `Y_CONNECTED` if the
@@ -105,15 +112,9 @@ pub(super) fn hand<'a>(
         let Some(share) = Share::new(index, senders.len()) else {
             continue;
         };
-        let job = |message: Term<'a>| {
-            let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
-            send_copy(
-                slot.pid,
-                (atoms::tag(), atoms::send(), cursor, message).encode(env),
-            )
-        };
-        let replaced = matches!(*last, Last::Sender(generation) if generation != slot.generation);
-        let handed = (!replaced || gap().into_iter().all(&job)) && job(message);
+        let hand_one = |message| send_copy(slot.pid, job(env, members, share, message));
+        let replaced = last.went_before(slot);
+        let handed = (!replaced || gap().into_iter().all(&hand_one)) && hand_one(message);
         if handed {
             *last = Last::Sender(slot.generation);
             continue;
@@ -151,15 +152,20 @@ pub(super) fn tell_replaced<'a>(
     ) else {
         return;
     };
-    if !matches!(*last, Last::Sender(generation) if generation != slot.generation) {
+    if !last.went_before(slot) {
         return;
     }
     for notice in gap() {
-        let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
-        let job = (atoms::tag(), atoms::send(), cursor, notice).encode(env);
-        crate::pid::send(env, slot.pid, job);
+        crate::pid::send(env, slot.pid, job(env, members, share, notice));
     }
     *last = Last::Sender(slot.generation);
+}
+
+/// A sender's job: `{tag, :send, cursor, message}`, the cursor over `share`
+/// of `members`.
+fn job<'a>(env: Env<'a>, members: &Snapshot<Pid>, share: Share, message: Term<'a>) -> Term<'a> {
+    let cursor = Cursor::shared(Purpose::FanOut, members.clone(), share, 0);
+    (atoms::tag(), atoms::send(), cursor, message).encode(env)
 }
 
 /// `share` of `members`, sent from this thread (not a scheduler) in
