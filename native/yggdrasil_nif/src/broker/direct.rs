@@ -250,7 +250,7 @@ fn send_all<'a>(
             .unwrap_or_else(PoisonError::into_inner);
         if senders::hand(env, &mut handoffs, members, message, || gap(env, route)) {
             if !route.wide.swap(true, Ordering::Relaxed) {
-                wide_routes().push(Arc::downgrade(route));
+                remember_wide(route);
             }
             return members.len();
         }
@@ -259,12 +259,20 @@ fn send_all<'a>(
     senders::send_here(members, Share::ALL, message)
 }
 
-/// The routes that went wide, for [`tell_restarted`]; dead ones are
-/// dropped there.
+/// The routes that went wide, for [`tell_restarted`].
 static WIDE_ROUTES: Mutex<Vec<Weak<Route>>> = Mutex::new(Vec::new());
 
 fn wide_routes() -> std::sync::MutexGuard<'static, Vec<Weak<Route>>> {
     WIDE_ROUTES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Adds `route`, dropping the routes gone since the last one was added: the
+/// list never holds more than the wide routes alive then, plus this one,
+/// however many channels come and go.
+fn remember_wide(route: &Arc<Route>) {
+    let mut wide = wide_routes();
+    wide.retain(|route| route.strong_count() > 0);
+    wide.push(Arc::downgrade(route));
 }
 
 /// Sender `index` was restarted (`env` is the new one's): each wide route
@@ -273,11 +281,7 @@ fn wide_routes() -> std::sync::MutexGuard<'static, Vec<Weak<Route>>> {
 /// sender, rather than with the channel's next event, which may never
 /// come. One snapshot per wide route alive: O(wide routes), on a restart.
 pub(super) fn tell_restarted(env: Env<'_>, index: usize) {
-    let routes: Vec<Arc<Route>> = {
-        let mut wide = wide_routes();
-        wide.retain(|route| route.strong_count() > 0);
-        wide.iter().filter_map(Weak::upgrade).collect()
-    };
+    let routes: Vec<Arc<Route>> = wide_routes().iter().filter_map(Weak::upgrade).collect();
     for route in routes {
         let key = route.key(env);
         let members = match table().targets(&TermKey::new(key), 0) {
