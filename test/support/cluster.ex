@@ -88,8 +88,13 @@ defmodule Yggdrasil.Test.Cluster do
     :exit, _ -> :ok
   end
 
-  @doc "Waits until each of `nodes` relays to all the others."
+  @doc "Connects `nodes` to each other, then waits until each relays to all the others."
   def wait_relays(nodes) do
+    # Peers know only this node at first; `global` would connect them to
+    # each other too, but in its own time, which on a loaded machine once
+    # outlasted the wait below (a full suite run, seed 794565).
+    for a <- nodes, b <- nodes, a < b, do: true = :erpc.call(a, :net_kernel, :connect_node, [b])
+
     for node <- nodes do
       others = Enum.sort(nodes -- [node])
 
