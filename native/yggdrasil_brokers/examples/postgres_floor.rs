@@ -11,7 +11,7 @@
 //! Needs a running PostgreSQL that takes user `postgres` password `postgres` on database
 //! `postgres` (the bench starts one with test/brokers/ctl.sh). `--via client` runs the same
 //! loop through this crate's `Client` (events through its crossbeam channel to a delivery
-//! thread); `--via client-sink` lets the event sink hand each reply to its publisher itself.
+//! thread); `--via client-caller` runs every publisher on one thread, replies straight to it.
 //!
 //! `--tls-ca PATH` runs it over TLS (`floor::Tls`), negotiated inside the protocol
 //! (`SSLRequest`, `sslmode=require`) on a TCP connection of ours, as `src/postgres` does.

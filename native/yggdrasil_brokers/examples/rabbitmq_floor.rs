@@ -13,7 +13,7 @@
 //! ```
 //! Needs a running RabbitMQ (the bench starts one with test/brokers/ctl.sh).
 //!
-//! `--via client` (or `client-sink`) runs the same loop through this
+//! `--via client` (or `client-caller`) runs the same loop through this
 //! crate's `Client` instead (`examples/floor`): the cost of our runtime
 //! without the BEAM, between the floor and the full adapter.
 //!

@@ -14,8 +14,9 @@
 //! `--via client` runs the same loop through this crate's `Client` instead
 //! (publisher threads, events through its crossbeam channel to a delivery
 //! thread): the cost of our runtime without the BEAM, between the floor and
-//! the full adapter. `--via client-sink` lets the event sink hand each reply
-//! to its publisher itself, skipping the delivery thread's wake-up.
+//! the full adapter. `--via client-caller` runs every publisher on one
+//! thread, each publishing again when its reply comes straight from the
+//! runtime thread (as BEAM processes on one scheduler get `enif_send`s).
 //!
 //! `--tls-ca PATH` runs it over TLS (`floor::Tls`): the crate is handed our
 //! stream, as `src/redis/connect.rs` hands it ours, plaintext or not.

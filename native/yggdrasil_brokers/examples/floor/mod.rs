@@ -1,6 +1,6 @@
 //! What the broker floor examples share: their flags, timestamped payloads, the same loop run
-//! through this crate's `Client` (`--via client`, or `--via client-sink` with an `EventSink`
-//! that hands replies to their publishers itself), and the one output line the bench parses.
+//! through this crate's `Client` (`--via client` with a thread per publisher, or `--via
+//! client-caller` with one thread running them all), and the one output line the bench parses.
 //!
 //! Each floor publishes `--messages` payloads from `--publishers` publishers, every publisher
 //! waiting for its reply before the next message (as `Yggdrasil.publish` does), to one
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use yggdrasil_brokers::{Client, Delivery, Event, EventSink, Given, Name, Raw};
+use yggdrasil_brokers::{Client, Delivery, Event, Given, Name, Raw};
 
 /// A payload starts with its send time: 16 hex digits of nanoseconds since the run's base
 /// (text, so that every broker takes it).
@@ -116,9 +116,10 @@ pub enum Via {
     /// `Client`, every event through a crossbeam channel to a delivery thread that hands
     /// replies on (the NIF design's delivery thread).
     Client,
-    /// `Client` with a sink that hands each reply to its publisher itself, as a NIF doing
-    /// `enif_send` on the runtime thread would: one wake-up less per round trip.
-    ClientSink,
+    /// `Client` with one caller thread running every publisher, each publishing its next
+    /// message when its reply arrives, as the BEAM's processes on a scheduler do: the runtime
+    /// thread hands events and replies straight to it (as `enif_send`), no thread per publisher.
+    ClientCaller,
 }
 
 pub struct Report {
@@ -126,7 +127,7 @@ pub struct Report {
     pub latencies_us: Vec<u64>,
 }
 
-/// `--via` is `direct` (the broker crate alone), `client` or `client-sink` (through `Client`).
+/// `--via` is `direct` (the broker crate alone), `client` or `client-caller` (through `Client`).
 fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
     let mut args = Args {
         host: "127.0.0.1".to_string(),
@@ -156,8 +157,8 @@ fn parse_args(default_port: u16, direct: &str) -> Result<Args, String> {
             "--via" => match value.as_str() {
                 v if v == direct => args.via = Via::Broker,
                 "client" => args.via = Via::Client,
-                "client-sink" => args.via = Via::ClientSink,
-                _ => return Err(format!("--via {value}: {direct}, client or client-sink")),
+                "client-caller" => args.via = Via::ClientCaller,
+                _ => return Err(format!("--via {value}: {direct}, client or client-caller")),
             },
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -233,28 +234,6 @@ pub async fn finish(
     })
 }
 
-/// Hands replies straight to the waiting publisher thread, everything else to the delivery
-/// thread.
-struct ReplySink {
-    others: crossbeam_channel::Sender<Delivery<u64>>,
-    replies: Vec<crossbeam_channel::Sender<Result<(), String>>>,
-}
-
-impl EventSink<u64> for ReplySink {
-    fn deliver(&self, delivery: Delivery<u64>) {
-        if let Event::Published { result, .. } = &delivery.event {
-            if let Some(reply) = (delivery.to as usize)
-                .checked_sub(1)
-                .and_then(|p| self.replies.get(p))
-            {
-                let _ = reply.send(result.clone());
-                return;
-            }
-        }
-        let _ = self.others.send(delivery);
-    }
-}
-
 /// How `--via client` opens its client: the broker, its settings and the channel name.
 pub struct ClientSetup {
     pub broker: &'static str,
@@ -289,16 +268,8 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
         .map(|_| crossbeam_channel::unbounded())
         .collect();
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let client = if args.via == Via::ClientSink {
-        let sink = ReplySink {
-            others: events_tx,
-            replies: replies.iter().map(|(tx, _)| tx.clone()).collect(),
-        };
-        Client::open(broker, &settings, SUBSCRIBER, sink)
-    } else {
-        Client::open(broker, &settings, SUBSCRIBER, events_tx)
-    }
-    .map_err(|e| e.to_string())?;
+    let client =
+        Client::open(broker, &settings, SUBSCRIBER, events_tx).map_err(|e| e.to_string())?;
     client
         .subscribe(topic.clone(), SUBSCRIBER)
         .map_err(|e| e.to_string())?;
@@ -310,6 +281,9 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
     let base = Instant::now();
     let total = args.messages;
     let start = Instant::now();
+    if args.via == Via::ClientCaller {
+        return run_caller(args, &client, &topic, &events, base);
+    }
     std::thread::scope(|s| {
         for (p, (_, reply)) in replies.iter().enumerate() {
             let (client, topic, count) = (&client, topic.clone(), args.share(p));
@@ -329,8 +303,8 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
         // Replies this thread routes; it waits for the last ones too, since a
         // reply can come after its own message (rabbit: the confirm after the
         // delivery) and its publisher waits for it.
-        let (mut routed, routing) = (0, args.via == Via::Client);
-        while latencies_us.len() < total || (routing && routed < total) {
+        let mut routed = 0;
+        while latencies_us.len() < total || routed < total {
             let delivery = events
                 .recv_timeout(PATIENCE)
                 .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
@@ -357,6 +331,57 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
     })
 }
 
+/// `--via client-caller`: this thread runs every publisher. Each publishes its first message,
+/// then its next one when its reply arrives; events are timed as they come.
+fn run_caller(
+    args: &Args,
+    client: &Client<u64>,
+    topic: &Name,
+    events: &crossbeam_channel::Receiver<Delivery<u64>>,
+    base: Instant,
+) -> Result<Report, String> {
+    let total = args.messages;
+    let start = Instant::now();
+    let mut left: Vec<usize> = (0..args.publishers).map(|p| args.share(p)).collect();
+    let publish = |p: usize, left: &mut Vec<usize>| -> Result<(), String> {
+        if left[p] == 0 {
+            return Ok(());
+        }
+        left[p] -= 1;
+        let payload = stamped(base, args.payload_bytes);
+        client
+            .publish(topic.clone(), payload, &[], p as u64 + 1, left[p] as u64)
+            .map_err(|e| e.to_string())
+    };
+    for p in 0..args.publishers {
+        publish(p, &mut left)?;
+    }
+    let (mut latencies_us, mut answered) = (Vec::with_capacity(total), 0);
+    while latencies_us.len() < total || answered < total {
+        let delivery = events
+            .recv_timeout(PATIENCE)
+            .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
+        match delivery.event {
+            Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
+            Event::Published { result, .. } => {
+                answered += 1;
+                result?;
+                let p = (delivery.to as usize)
+                    .checked_sub(1)
+                    .ok_or("a reply to nobody")?;
+                publish(p, &mut left)?;
+            }
+            _ => {}
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    Ok(Report {
+        seconds,
+        latencies_us,
+    })
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(rank).copied().unwrap_or(0)
@@ -375,7 +400,7 @@ pub fn main(
     let args = match parse_args(default_port, direct) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-sink] [--tls-ca PATH]");
+            eprintln!("{name}: {e}\nusage: {name} --port P [--host H] [--publishers N] [--messages M] [--payload-bytes B] [--via {direct}|client|client-caller] [--tls-ca PATH]");
             return ExitCode::from(2);
         }
     };
@@ -396,7 +421,7 @@ pub fn main(
                 match args.via {
                     Via::Broker => direct,
                     Via::Client => "client",
-                    Via::ClientSink => "client-sink",
+                    Via::ClientCaller => "client-caller",
                 },
                 args.publishers,
                 args.messages,
