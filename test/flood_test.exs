@@ -44,7 +44,7 @@ defmodule Yggdrasil.FloodTest do
 
     for message <- [event.("1"), event.("3"), event.("3")], do: send(untold, message)
 
-    assert %{violations: 1, not_connected: 0, marker_lost_untold: 1, highest: 5} =
+    assert %{violations: 1, not_connected: 0, marker_lost_untold: 1, highest: 5, events: 5} =
              Flood.summary(recorders)
 
     for message <- [{:Y_DISCONNECTED, channel}, event.("4")], do: send(untold, message)

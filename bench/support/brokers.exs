@@ -57,6 +57,7 @@ defmodule YggBench.Brokers do
   @flood_header [
     "flood: 20k subscribers, 5 s",
     "RSS growth (≤ 256 MB)",
+    "the same messages by `send/2`",
     "marker 1 s after (≤ 5 s)",
     "dropped",
     "shed",
@@ -103,6 +104,9 @@ defmodule YggBench.Brokers do
             "`redis-cli --pipe`; psql `pg_notify` over `generate_series`; two " <>
             "`amqp-publish -l`) for 5 s on one `:default` channel of 20k recording " <>
             "subscribers; RSS growth: the VM's peak over its RSS once they are subscribed; " <>
+            "the same messages by `send/2`: as many sent by a bare loop to 20k new recorders " <>
+            "in the same VM afterwards (processes' memory; the VM reuses what the flood " <>
+            "freed, so RSS would read low); " <>
             "the marker: published with `Yggdrasil.publish/2` 1 s after the flood is over " <>
             "at the broker (the tools exited, and RabbitMQ read all they wrote); " <>
             "missed untold: subscribers that saw a gap, a repeat or an event while " <>
@@ -136,6 +140,9 @@ defmodule YggBench.Brokers do
           end)
 
         Flood.stop(recorders)
+        # Each gap notice is a message as large as an event.
+        events = div(seen.events + 2 * seen.disconnects, n)
+        floor = send_floor(channel, n, events, seconds)
         load = Map.fetch!(Yggdrasil.broker_info(), {kind, @flood})
         # Its client closes below: first the channel's adapter goes.
         Harness.wait_until(fn -> Yggdrasil.Subscriber.Generator.whereis(channel) == nil end)
@@ -149,6 +156,7 @@ defmodule YggBench.Brokers do
          [
            "#{kind}",
            "+#{mb(peak.rss - baseline.rss)} MB (processes +#{mb(peak.processes - baseline.processes)})",
+           "processes +#{mb(floor.processes)} MB, #{events} each",
            marker,
            "#{load.dropped}",
            "#{load.shed}",
@@ -162,6 +170,34 @@ defmodule YggBench.Brokers do
         BrokerServer.cleanup(server)
       end
     end
+  end
+
+  # The BEAM alone delivering what the flood delivered: as many messages
+  # (events and notices) to each of `n` new recorders, by a `send/2` loop
+  # spread over the flood's `seconds`. What the recorders' heaps take for them
+  # any pub/sub leaves at that size (docs/guarantees.md "Brokers under load").
+  # Processes' memory is the figure: the VM reuses what the flood freed, so
+  # RSS growth would read low.
+  defp send_floor(channel, n, events, seconds) do
+    {:ok, local} = Yggdrasil.gen_channel(name: "flood-floor-#{System.unique_integer()}")
+    recorders = Flood.recorders!(local, n, "marker")
+    baseline = Flood.memory()
+    started = System.monotonic_time(:millisecond)
+
+    {_, peak} =
+      Flood.with_peaks(fn ->
+        for seq <- 1..max(events, 1)//1 do
+          message = {:Y_EVENT, channel, Integer.to_string(seq)}
+          Enum.each(recorders, &send(&1, message))
+          due = started + div(seq * seconds * 1000, max(events, 1))
+          Process.sleep(max(due - System.monotonic_time(:millisecond), 0))
+        end
+
+        Flood.summary(recorders)
+      end)
+
+    Flood.stop(recorders)
+    %{processes: peak.processes - baseline.processes}
   end
 
   defp mb(bytes), do: div(bytes, 1024 * 1024)

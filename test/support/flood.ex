@@ -30,6 +30,7 @@ defmodule Yggdrasil.Test.Flood do
     since_mark: nil,
     told: false,
     last: 0,
+    events: 0,
     numbered: 0,
     disconnects: 0,
     violations: 0,
@@ -64,7 +65,7 @@ defmodule Yggdrasil.Test.Flood do
   defp loop(state) do
     receive do
       {:Y_EVENT, _channel, payload} ->
-        loop(event(state, payload))
+        loop(event(%{state | events: state.events + 1}, payload))
 
       {:Y_CONNECTED, _channel} ->
         unless state.ready, do: send(state.parent, {:flood_ready, self()})
@@ -164,8 +165,9 @@ defmodule Yggdrasil.Test.Flood do
   least once), `:disconnects` (notices), `:marker_lost_untold` (recorders
   without the marker and without a notice since `mark/1`), `:not_connected` (recorders whose
   last notice is not `Y_CONNECTED`), `:violations` (recorders that saw
-  one) with `:examples` (a few of them), `:numbered` (numbered events
-  delivered) and `:highest` (the highest number delivered).
+  one) with `:examples` (a few of them), `:events` (events delivered),
+  `:numbered` (numbered events delivered) and `:highest` (the highest
+  number delivered).
   """
   def summary(pids) do
     reports = Enum.map(pids, &report/1)
@@ -178,6 +180,7 @@ defmodule Yggdrasil.Test.Flood do
       violations: length(violating),
       marker_lost_untold: Enum.count(reports, &(not &1.got_marker and &1.since_mark == 0)),
       examples: violating |> Enum.take(3) |> Enum.map(&Enum.reverse(&1.examples)),
+      events: Enum.sum(Enum.map(reports, & &1.events)),
       numbered: Enum.sum(Enum.map(reports, & &1.numbered)),
       highest: reports |> Enum.map(& &1.last) |> Enum.max()
     }
