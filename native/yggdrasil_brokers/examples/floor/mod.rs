@@ -254,8 +254,9 @@ pub fn host_and_port(args: &Args) -> Vec<Given> {
     settings
 }
 
-/// The same loop through `yggdrasil_brokers::Client`: publisher threads, events through its
-/// crossbeam channel (replies routed by the delivery thread, or by the sink itself).
+/// The same loop through `yggdrasil_brokers::Client`, events through its crossbeam channel:
+/// publisher threads whose replies this thread routes, or with `--via client-caller` this
+/// thread running every publisher.
 fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
     let ClientSetup {
         broker,
@@ -279,11 +280,11 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
     }
 
     let base = Instant::now();
-    let total = args.messages;
-    let start = Instant::now();
     if args.via == Via::ClientCaller {
         return run_caller(args, &client, &topic, &events, base);
     }
+    let total = args.messages;
+    let start = Instant::now();
     std::thread::scope(|s| {
         for (p, (_, reply)) in replies.iter().enumerate() {
             let (client, topic, count) = (&client, topic.clone(), args.share(p));
