@@ -300,35 +300,45 @@ fn run_client(args: &Args, setup: ClientSetup) -> Result<Report, String> {
                 }
             });
         }
-        let mut latencies_us = Vec::with_capacity(total);
-        // Replies this thread routes; it waits for the last ones too, since a
-        // reply can come after its own message (rabbit: the confirm after the
-        // delivery) and its publisher waits for it.
-        let mut routed = 0;
-        while latencies_us.len() < total || routed < total {
-            let delivery = events
-                .recv_timeout(PATIENCE)
-                .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
-            match delivery.event {
-                Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
-                Event::Published { result, .. } => {
-                    routed += 1;
-                    if let Some((tx, _)) = (delivery.to as usize)
-                        .checked_sub(1)
-                        .and_then(|p| replies.get(p))
-                    {
-                        let _ = tx.send(result);
-                    }
-                }
-                _ => {}
+        // Replies this thread routes to the publisher waiting for them.
+        collect(&events, base, start, total, |to, result| {
+            if let Some((tx, _)) = (to as usize).checked_sub(1).and_then(|p| replies.get(p)) {
+                let _ = tx.send(result);
             }
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        latencies_us.sort_unstable();
-        Ok(Report {
-            seconds,
-            latencies_us,
+            Ok(())
         })
+    })
+}
+
+/// Times each message as it arrives and hands each reply (its recipient and result) to
+/// `on_reply`, until `total` of each came: a reply can come after its own message (rabbit: the
+/// confirm after the delivery), and its publisher waits for it.
+fn collect(
+    events: &crossbeam_channel::Receiver<Delivery<u64>>,
+    base: Instant,
+    start: Instant,
+    total: usize,
+    mut on_reply: impl FnMut(u64, Result<(), String>) -> Result<(), String>,
+) -> Result<Report, String> {
+    let (mut latencies_us, mut replies) = (Vec::with_capacity(total), 0);
+    while latencies_us.len() < total || replies < total {
+        let delivery = events
+            .recv_timeout(PATIENCE)
+            .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
+        match delivery.event {
+            Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
+            Event::Published { result, .. } => {
+                replies += 1;
+                on_reply(delivery.to, result)?;
+            }
+            _ => {}
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    Ok(Report {
+        seconds,
+        latencies_us,
     })
 }
 
@@ -341,45 +351,29 @@ fn run_caller(
     events: &crossbeam_channel::Receiver<Delivery<u64>>,
     base: Instant,
 ) -> Result<Report, String> {
-    let total = args.messages;
     let start = Instant::now();
     let mut left: Vec<usize> = (0..args.publishers).map(|p| args.share(p)).collect();
-    let publish = |p: usize, left: &mut Vec<usize>| -> Result<(), String> {
-        if left[p] == 0 {
+    let mut publish = |p: usize| -> Result<(), String> {
+        let left = left.get_mut(p).ok_or("a reply to no publisher")?;
+        if *left == 0 {
             return Ok(());
         }
-        left[p] -= 1;
+        *left -= 1;
         let payload = stamped(base, args.payload_bytes);
         client
-            .publish(topic.clone(), payload, &[], p as u64 + 1, left[p] as u64)
+            .publish(topic.clone(), payload, &[], p as u64 + 1, *left as u64)
             .map_err(|e| e.to_string())
     };
     for p in 0..args.publishers {
-        publish(p, &mut left)?;
+        publish(p)?;
     }
-    let (mut latencies_us, mut answered) = (Vec::with_capacity(total), 0);
-    while latencies_us.len() < total || answered < total {
-        let delivery = events
-            .recv_timeout(PATIENCE)
-            .map_err(|_| format!("only {} of {total} messages arrived", latencies_us.len()))?;
-        match delivery.event {
-            Event::Message { payload, .. } => latencies_us.push(latency_us(base, &payload)?),
-            Event::Published { result, .. } => {
-                answered += 1;
-                result?;
-                let p = (delivery.to as usize)
-                    .checked_sub(1)
-                    .ok_or("a reply to nobody")?;
-                publish(p, &mut left)?;
-            }
-            _ => {}
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    latencies_us.sort_unstable();
-    Ok(Report {
-        seconds,
-        latencies_us,
+    collect(events, base, start, args.messages, |to, result| {
+        result?;
+        publish(
+            (to as usize)
+                .checked_sub(1)
+                .ok_or("a reply to no publisher")?,
+        )
     })
 }
 
