@@ -735,8 +735,9 @@ fn lapin_threads() -> usize {
         .count()
 }
 
-/// `amqp-publish` floods faster than the listener reads: RabbitMQ queues a
-/// backlog for the session, which is purged (`cuts`). Every message the
+/// `amqp-publish` floods while the listener reads nothing (a test hook, so
+/// that a backlog builds however fast this machine reads): RabbitMQ queues
+/// it for the session, and it is purged (`cuts`). Every message the
 /// broker sent before a purge reaches the recipient before the gap's
 /// Disconnected, never after it (`support::check_flood`), and a marker
 /// published once the flood is over arrives.
@@ -765,6 +766,9 @@ fn purged_backlog(node: &mut Node) {
 
     let lines: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
     let flood = ["-l", "-e", "amq.topic", "-r", "flood"];
+    client
+        .debug_stall_listener(Duration::from_secs(2))
+        .expect("stalls");
     node.amqp_publish(&flood, lines.as_bytes());
     // RabbitMQ goes on routing what amqp-publish wrote after it exited:
     // the marker goes once the client has seen nothing new for a second.

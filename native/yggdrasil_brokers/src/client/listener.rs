@@ -24,6 +24,9 @@ pub(super) enum ListenCmd<T, R> {
     Unsubscribe(T, R),
     #[cfg(feature = "test-hooks")]
     Panic,
+    /// Reads nothing for this long (a listener slower than its broker).
+    #[cfg(feature = "test-hooks")]
+    Stall(std::time::Duration),
 }
 
 struct TopicState<R: Recipient> {
@@ -568,6 +571,8 @@ async fn apply<B: Broker, R: Recipient>(
         }
         #[cfg(feature = "test-hooks")]
         ListenCmd::Panic => panic!("injected by debug_inject_panic"),
+        #[cfg(feature = "test-hooks")]
+        ListenCmd::Stall(pause) => tokio::time::sleep(pause).await,
     }
     Ok(())
 }

@@ -130,6 +130,13 @@ impl<R: Recipient> Client<R> {
     pub fn debug_inject_panic(&self) -> Result<(), Error> {
         self.driver.inject_panic()
     }
+
+    /// Test hook: the listener reads nothing for `pause`, so that a broker
+    /// builds a backlog for it whatever the machine's speed.
+    #[cfg(feature = "test-hooks")]
+    pub fn debug_stall_listener(&self, pause: std::time::Duration) -> Result<(), Error> {
+        self.driver.stall_listener(pause)
+    }
 }
 
 impl<R: Recipient> Drop for Client<R> {
@@ -256,6 +263,8 @@ trait Driver<R: Recipient>: Send + Sync {
     fn endpoint(&self) -> String;
     #[cfg(feature = "test-hooks")]
     fn inject_panic(&self) -> Result<(), Error>;
+    #[cfg(feature = "test-hooks")]
+    fn stall_listener(&self, pause: std::time::Duration) -> Result<(), Error>;
 }
 
 struct Erased<B: Broker, R: Recipient> {
@@ -366,6 +375,11 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
     fn inject_panic(&self) -> Result<(), Error> {
         self.send_listener(ListenCmd::Panic)?;
         self.send_publisher(PublishCmd::Panic)
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn stall_listener(&self, pause: std::time::Duration) -> Result<(), Error> {
+        self.send_listener(ListenCmd::Stall(pause))
     }
 }
 
