@@ -201,6 +201,14 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
         messages: &mut Self::Messages,
     ) -> impl Future<Output = Option<Incoming<Self::Topic, Self::Ack>>> + Send;
 
+    /// Why `next_message` returned `None` when the broker module ended the
+    /// session itself, this side having fallen behind the broker: a cut,
+    /// warned with this reason and counted as the shared code's own
+    /// ([`Behind::Cut`]). `None`: the connection closed.
+    fn overrun(&self, _messages: &Self::Messages) -> Option<String> {
+        None
+    }
+
     /// Checks that a quiet session is still alive (a protocol ping); called
     /// after `KEEPALIVE` without a message and bounded by the same time, so
     /// a broker that stopped answering (host gone, process stopped, no RST)

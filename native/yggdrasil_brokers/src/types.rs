@@ -95,6 +95,6 @@ pub struct ClientStats {
     /// (topic, recipient) pairs.
     pub subscriptions: usize,
     /// Subscribing sessions cut (or their broker backlog purged) because the broker sent faster than the
-    /// client could read (see `client/listener.rs`, `MAX_BEHIND`).
+    /// client could read (see `client/listener.rs`, `MAX_BEHIND`, and `Broker::overrun`).
     pub cuts: usize,
 }

@@ -631,6 +631,49 @@ fn a_panic_in_the_tasks_is_survived_and_relistens() {
     assert!(eventually(|| our_backends(&server) == 2));
 }
 
+/// A listener behind its server: the notifications read and not taken fill their queue, and the
+/// session is cut rather than left to the server's NOTIFY queue. What was queued comes first, in
+/// order, then the gap (`Disconnected`, `Connected` on the new session), counted in `cuts` and
+/// warned with its reason; a notification sent after it arrives.
+#[test]
+fn a_listener_behind_the_server_is_cut_after_what_it_had_read() {
+    if skip_postgres() {
+        return;
+    }
+    let server = Server::start("postgres");
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("flood"), 1).expect("subscribe");
+    inbox.connected(1);
+    client
+        .debug_stall_listener(Duration::from_secs(4))
+        .expect("stalls");
+    // One transaction: the server sends all 50,000 at its commit, while the listener sleeps.
+    psql(
+        &server,
+        "SELECT count(pg_notify('flood', i::text)) FROM generate_series(1, 50000) i",
+    );
+    // The queue's 16,384 (`NOTIFICATIONS_QUEUED`) in order, then the gap, nothing between.
+    for n in 1..=16_384 {
+        match inbox.next(1) {
+            Event::Message { payload, .. } => assert_eq!(payload, n.to_string().as_bytes()),
+            other => panic!("notification {n} expected, got {other:?}"),
+        }
+    }
+    let gap = (inbox.next(1), inbox.next(1));
+    assert!(
+        matches!(gap, (Event::Disconnected { .. }, Event::Connected { .. })),
+        "{gap:?}"
+    );
+    inbox.wait("the cut's warning", |d| {
+        matches!(&d.event, Event::Warning { message }
+            if message.contains("fell behind the server") && message.contains("cut"))
+    });
+    assert_eq!(client.stats().cuts, 1);
+    psql(&server, "NOTIFY flood, 'marker'");
+    assert_eq!(payload(&mut inbox, 1), b"marker");
+    assert!(eventually(|| our_backends(&server) == 1));
+}
+
 #[test]
 fn a_unix_socket_directory_works_as_hostname() {
     if skip_postgres() {

@@ -355,7 +355,13 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         l.fall_behind(topics, backoff).await;
                     }
                 }
-                None => l.lose(topics, backoff, "connection closed".to_string()),
+                None => match broker.overrun(&open.messages) {
+                    Some(reason) => {
+                        shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
+                        l.lose(topics, backoff, reason);
+                    }
+                    None => l.lose(topics, backoff, "connection closed".to_string()),
+                },
             },
             _ = sleep_until_some(l.retry_at) => l.review = true,
             _ = sleep_until(l.ping_at) => {

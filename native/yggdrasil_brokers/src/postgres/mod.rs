@@ -9,11 +9,12 @@
 
 use std::fmt;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_postgres::types::Type;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Connection, NoTls, Statement};
@@ -195,14 +196,21 @@ enum Driver {
 }
 
 impl Driver {
-    /// Polls the connection until it ends, forwarding notifications to
-    /// `sender` (a listening session) or dropping them (a publisher's).
-    async fn run(self, sender: Option<mpsc::Sender<Incoming<Channel, ()>>>) {
+    /// Polls the connection until it ends, forwarding notifications to a
+    /// listening session (`Some`) or dropping them (a publisher's).
+    async fn run(self, forward: Option<Forward>) {
         match self {
-            Driver::Tcp(connection) => forward_notifications(connection, sender).await,
-            Driver::Unix(connection) => forward_notifications(connection, sender).await,
+            Driver::Tcp(connection) => forward_notifications(connection, forward).await,
+            Driver::Unix(connection) => forward_notifications(connection, forward).await,
         }
     }
+}
+
+/// Where a listening session's connection task puts notifications.
+struct Forward {
+    sender: mpsc::Sender<Incoming<Channel, ()>>,
+    /// `Notifications::overran`.
+    overran: Arc<AtomicBool>,
 }
 
 fn connection_config(
@@ -236,7 +244,11 @@ fn ssl_mode(settings: &Settings) -> Result<SslMode, Error> {
 
 /// The message half of a listening session: notifications in the order the server sent them;
 /// closed when the connection ends.
-pub(crate) struct Notifications(mpsc::Receiver<Incoming<Channel, ()>>);
+pub(crate) struct Notifications {
+    queue: mpsc::Receiver<Incoming<Channel, ()>>,
+    /// Set by the connection task when it ended the session on a full `queue`.
+    overran: Arc<AtomicBool>,
+}
 
 /// A publishing connection, shared by concurrent publishes.
 #[derive(Clone)]
@@ -325,9 +337,13 @@ impl Broker for Postgres {
         // a full queue means the runtime thread itself fell behind the server: the session is
         // cut (subscribers get `Disconnected`, then `Connected` on the new session) rather than
         // leaving the backlog in the server's NOTIFY queue, which every session shares.
-        let (sender, receiver) = mpsc::channel(NOTIFICATIONS_QUEUED);
-        tokio::spawn(connection.run(Some(sender)));
-        Ok((client, Notifications(receiver)))
+        let (sender, queue) = mpsc::channel(NOTIFICATIONS_QUEUED);
+        let overran = Arc::new(AtomicBool::new(false));
+        tokio::spawn(connection.run(Some(Forward {
+            sender,
+            overran: overran.clone(),
+        })));
+        Ok((client, Notifications { queue, overran }))
     }
 
     async fn listen(&self, control: &mut Self::Control, topic: &Channel) -> Result<(), ListenError> {
@@ -351,7 +367,17 @@ impl Broker for Postgres {
     }
 
     async fn next_message(&self, messages: &mut Self::Messages) -> Option<Incoming<Channel, ()>> {
-        messages.0.recv().await
+        messages.queue.recv().await
+    }
+
+    fn overrun(&self, messages: &Self::Messages) -> Option<String> {
+        messages.overran.load(Ordering::SeqCst).then(|| {
+            format!(
+                "{NOTIFICATIONS_QUEUED} notifications were read and not yet taken: this side fell \
+                 behind the server, so the session is cut (what it had not read is dropped) and \
+                 opened again"
+            )
+        })
     }
 
     async fn connect_publisher(&self) -> Result<Self::Publisher, String> {
@@ -411,18 +437,16 @@ async fn run_on_channel(
 }
 
 /// Polls a connection until it ends, or until the listening session drops its half (which closes
-/// the socket), forwarding notifications to it.
-async fn forward_notifications<S, T>(
-    mut connection: Connection<S, T>,
-    sender: Option<mpsc::Sender<Incoming<Channel, ()>>>,
-) where
+/// the socket), forwarding notifications to it. A full queue ends the session (`overran`).
+async fn forward_notifications<S, T>(mut connection: Connection<S, T>, forward: Option<Forward>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         let session_gone = async {
-            match &sender {
-                Some(sender) => sender.closed().await,
+            match &forward {
+                Some(forward) => forward.sender.closed().await,
                 None => std::future::pending().await,
             }
         };
@@ -432,7 +456,7 @@ async fn forward_notifications<S, T>(
         };
         match message {
             Some(Ok(AsyncMessage::Notification(notification))) => {
-                let Some(sender) = &sender else { continue };
+                let Some(forward) = &forward else { continue };
                 let channel = notification.channel().to_owned();
                 let incoming = Incoming {
                     metadata: Data::fields([("channel", Data::text(channel.clone()))]),
@@ -440,8 +464,14 @@ async fn forward_notifications<S, T>(
                     payload: notification.payload().as_bytes().to_vec(),
                     ack: None,
                 };
-                if sender.try_send(incoming).is_err() {
-                    return;
+                match forward.sender.try_send(incoming) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        // Before the sender drops: the session reads it once the queue ends.
+                        forward.overran.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(TrySendError::Closed(_)) => return,
                 }
             }
             // Notices (warnings from the server) carry nothing a subscriber needs.

@@ -467,6 +467,12 @@ impl Inbox {
         })
     }
 
+    /// The next event for `to`, whatever it is: to check an exact sequence.
+    pub fn next(&mut self, to: u64) -> Event {
+        self.wait(&format!("an event to {to}"), |d| d.to == to)
+            .event
+    }
+
     /// The next message for `to`: (payload, metadata).
     pub fn message(&mut self, to: u64) -> Event {
         self.wait(&format!("a message to {to}"), |d| {
