@@ -61,6 +61,7 @@ defmodule YggBench.Brokers do
     "marker 1 s after (≤ 5 s)",
     "dropped",
     "shed",
+    "sessions cut",
     "subscribers told",
     "missed untold"
   ]
@@ -109,6 +110,8 @@ defmodule YggBench.Brokers do
             "freed, so RSS would read low); " <>
             "the marker: published with `Yggdrasil.publish/2` 1 s after the flood is over " <>
             "at the broker (the tools exited, and RabbitMQ read all they wrote); " <>
+            "dropped, shed, sessions cut: `Yggdrasil.broker_info/0`'s `dropped`, `shed` and " <>
+            "`cuts` (sessions cut, or their RabbitMQ backlog purged, for falling behind); " <>
             "missed untold: subscribers that saw a gap, a repeat or an event while " <>
             "disconnected, or lost the marker without a notice.",
           IO.iodata_to_binary(
@@ -160,6 +163,7 @@ defmodule YggBench.Brokers do
            marker,
            "#{load.dropped}",
            "#{load.shed}",
+           "#{load.cuts}",
            "#{seen.disconnected}",
            "#{seen.violations + seen.marker_lost_untold}"
          ]}
