@@ -645,9 +645,10 @@ fn a_listener_behind_the_server_is_cut_after_what_it_had_read() {
     client.subscribe(topic("flood"), 1).expect("subscribe");
     inbox.connected(1);
     client
-        .debug_stall_listener(Duration::from_secs(4))
+        .debug_stall_listener(Duration::from_secs(10))
         .expect("stalls");
-    // One transaction: the server sends all 50,000 at its commit, while the listener sleeps.
+    // One transaction: the server sends all 50,000 at its commit, while the listener sleeps
+    // (long enough for a slow machine: the test takes what psql takes, plus the cut).
     psql(
         &server,
         "SELECT count(pg_notify('flood', i::text)) FROM generate_series(1, 50000) i",

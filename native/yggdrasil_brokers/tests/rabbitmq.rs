@@ -767,7 +767,7 @@ fn purged_backlog(node: &mut Node) {
     let lines: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
     let flood = ["-l", "-e", "amq.topic", "-r", "flood"];
     client
-        .debug_stall_listener(Duration::from_secs(2))
+        .debug_stall_listener(Duration::from_secs(4))
         .expect("stalls");
     node.amqp_publish(&flood, lines.as_bytes());
     // RabbitMQ goes on routing what amqp-publish wrote after it exited:
