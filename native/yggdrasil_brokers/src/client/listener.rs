@@ -356,10 +356,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                     }
                 }
                 None => match broker.overrun(&open.messages) {
-                    Some(reason) => {
-                        shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
-                        l.lose(topics, backoff, reason);
-                    }
+                    Some(reason) => l.cut(topics, backoff, reason),
                     None => l.lose(topics, backoff, "connection closed".to_string()),
                 },
             },
@@ -413,17 +410,14 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         let shared = self.shared;
         match B::WHEN_BEHIND {
             Behind::Read => {}
-            Behind::Cut => {
-                shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
-                self.lose(
-                    topics,
-                    backoff,
-                    format!(
-                        "messages came faster than this client takes them for {MAX_BEHIND:?}: \
-                         the session is cut (its backlog dropped) and opened again"
-                    ),
-                );
-            }
+            Behind::Cut => self.cut(
+                topics,
+                backoff,
+                format!(
+                    "messages came faster than this client takes them for {MAX_BEHIND:?}: \
+                     the session is cut (its backlog dropped) and opened again"
+                ),
+            ),
             Behind::Purge => {
                 let Some(open) = self.session.as_mut() else {
                     return;
@@ -463,6 +457,13 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
     }
 
     /// The session broke: close it, tell everyone, reconnect after a pause.
+    /// The session is behind its broker and goes (`Behind::Cut`, `Broker::overrun`): counted in
+    /// `cuts`, then lost as any other.
+    fn cut(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
+        self.shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
+        self.lose(topics, backoff, reason);
+    }
+
     fn lose(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
         // Dropping the session closes its connection before anyone is told.
         self.behind_since = None;
