@@ -13,18 +13,40 @@ const MAX_MESSAGE: u64 = 1024 * 1024;
 /// that declares more than [`MAX_MESSAGE`].
 #[derive(Default)]
 pub(super) struct PgMessages {
-    /// Passes everything: the raw socket under a TLS session (the session's
-    /// own bytes are scanned inside it).
-    off: bool,
+    mode: Mode,
     header: [u8; 5],
     got: usize,
     /// Bytes of the current message's body still to come.
     left: u64,
 }
 
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    #[default]
+    Scan,
+    /// The raw socket of a session that asked for TLS (SSLRequest): the server answers one
+    /// unframed byte. `S`: TLS follows, whose records are not messages (the session's own bytes
+    /// are scanned inside it), so everything passes. `N` (`sslmode=prefer` goes on in
+    /// plaintext, on this socket): the messages that follow are scanned.
+    SslAnswer,
+    Off,
+}
+
 impl Scanner for PgMessages {
     fn scan(&mut self, mut bytes: &[u8]) -> Result<(), String> {
-        while !self.off && !bytes.is_empty() {
+        if self.mode == Mode::SslAnswer {
+            match bytes.first() {
+                Some(b'S') => self.mode = Mode::Off,
+                Some(b'N') => {
+                    self.mode = Mode::Scan;
+                    bytes = &bytes[1..];
+                }
+                // Anything else (an old server's ErrorResponse) is a message.
+                Some(_) => self.mode = Mode::Scan,
+                None => {}
+            }
+        }
+        while self.mode == Mode::Scan && !bytes.is_empty() {
             if self.left > 0 {
                 let n = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
                 self.left -= n as u64;
@@ -52,10 +74,10 @@ impl Scanner for PgMessages {
 }
 
 impl PgMessages {
-    /// A scanner that passes everything (see `off`).
-    pub(super) fn off() -> Self {
+    /// The scanner of a raw socket on which the client asks for TLS first (see `Mode::SslAnswer`).
+    pub(super) fn after_ssl_request() -> Self {
         PgMessages {
-            off: true,
+            mode: Mode::SslAnswer,
             ..PgMessages::default()
         }
     }
@@ -78,7 +100,21 @@ mod tests {
     }
 
     #[test]
-    fn off_passes_anything() {
-        assert_eq!(PgMessages::off().scan(b"A\x7f\xff\xff\xff"), Ok(()));
+    fn after_tls_is_agreed_the_raw_socket_passes_anything() {
+        let mut scanner = PgMessages::after_ssl_request();
+        assert_eq!(scanner.scan(b"S"), Ok(()));
+        assert_eq!(scanner.scan(b"A\x7f\xff\xff\xff"), Ok(()));
+    }
+
+    #[test]
+    fn after_tls_is_declined_the_raw_socket_is_scanned() {
+        // `N` and the first message in one read, then a huge one.
+        let mut scanner = PgMessages::after_ssl_request();
+        assert_eq!(scanner.scan(b"NR\0\0\0\x08\0\0"), Ok(()));
+        assert_eq!(scanner.scan(b"\0\0"), Ok(()));
+        assert!(scanner.scan(b"R\x7f\xff\xff\xff").is_err());
+        // An old server's ErrorResponse to the SSLRequest is a message too.
+        let mut scanner = PgMessages::after_ssl_request();
+        assert!(scanner.scan(b"E\x7f\xff\xff\xff").is_err());
     }
 }

@@ -171,11 +171,12 @@ impl Postgres {
         }
         // TLS, when asked for, starts inside the protocol (SSLRequest): the
         // connector does the handshake once the server agreed, and scans the
-        // session's bytes; without TLS they are scanned on the socket.
+        // session's bytes; without TLS (or declined, under `prefer`) they are
+        // scanned on the socket.
         let scanner = if self.plaintext {
             PgMessages::default()
         } else {
-            PgMessages::off()
+            PgMessages::after_ssl_request()
         };
         let stream = Bounded::new(crate::tls::connect_tcp(&self.host, self.port).await?, scanner);
         let (client, connection) = config
@@ -585,6 +586,42 @@ mod tests {
             "{invalid}"
         );
         assert!(check_payload(b"a\0b").is_err());
+    }
+
+    /// `sslmode=prefer` against a server that declines TLS goes on in plaintext, on the socket
+    /// whose scanner was waiting for the handshake: the messages there are bounded too.
+    #[tokio::test]
+    async fn a_session_whose_tls_is_declined_is_still_bounded() {
+        use crate::{Given, Raw};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut ssl_request = [0u8; 8];
+            tcp.read_exact(&mut ssl_request).await.unwrap();
+            tcp.write_all(b"N").await.unwrap();
+            // An authentication request that declares 2 GiB, and a first part of it; the socket
+            // stays open, so only our cap ends the session.
+            tcp.write_all(b"R\x7f\xff\xff\xff").await.unwrap();
+            tcp.write_all(&[0u8; 4096]).await.unwrap();
+            let _ = tcp.read_to_end(&mut Vec::new()).await;
+        });
+        let broker = broker(&[
+            Given::new("hostname", Raw::Text("127.0.0.1".into())),
+            Given::new("port", Raw::Int(port.into())),
+            Given::new("sslmode", Raw::Text("prefer".into())),
+        ])
+        .unwrap();
+        let connecting = broker.connect(&broker.listener);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
+            .await
+            .expect("the cap ends the session");
+        let Err(error) = result else {
+            panic!("connected to a server that sent no session");
+        };
+        assert!(error.contains("above the 1048576 we allow"), "{error}");
+        server.abort();
     }
 
     #[test]
