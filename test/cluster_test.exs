@@ -317,6 +317,19 @@ defmodule Yggdrasil.ClusterTest do
                Bridge.split_channels(%Channel{name: "not a channel", adapter: :bridge})
     end
 
+    test "a bridge whose name is not a channel, or one its adapter refuses, is refused at subscribe" do
+      for name <- [[name: 12_345, adapter: :redis], 1, "not a channel"] do
+        {:ok, bridge} = Yggdrasil.gen_channel(name: name, adapter: :bridge)
+        assert {:error, reason} = Yggdrasil.subscribe(bridge)
+        assert is_binary(reason), inspect(reason)
+        # Nothing started, nothing left subscribed.
+        assert Yggdrasil.Subscriber.Generator.whereis(bridge) == nil
+        assert Yggdrasil.subscriber_count(bridge) == 0
+      end
+
+      refute_received {:Y_CONNECTED, _}
+    end
+
     test "the last local subscriber leaving stops the adapter process on the peer", %{id: id} do
       {_peer, node} = peer!()
       register_cluster_mem(node)

@@ -49,6 +49,20 @@ defmodule Yggdrasil.Subscriber.Adapter do
     end
   end
 
+  @doc false
+  # The channel's adapter's `check_channel/1`, when the adapter is known on
+  # this node and has one.
+  @spec check(Channel.t()) :: :ok | {:error, term()}
+  def check(channel) do
+    with {:ok, _channel, %{subscriber_module: module}} when module != nil <-
+           Registry.resolve(channel),
+         true <- function_exported?(module, :check_channel, 1) do
+      module.check_channel(channel)
+    else
+      _ -> :ok
+    end
+  end
+
   @doc "Starts the subscriber adapter of the channel's adapter."
   @spec start_link(Channel.t(), GenServer.options()) :: GenServer.on_start() | {:error, term()}
   def start_link(channel, options \\ [])

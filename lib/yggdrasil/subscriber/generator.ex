@@ -67,7 +67,9 @@ defmodule Yggdrasil.Subscriber.Generator do
     key = Channel.key(channel)
     already? = Engine.subscribed?(key, self())
 
-    with :ok <- check_channel(channel),
+    # The adapter's optional `check_channel/1` refuses a channel before the
+    # caller is subscribed or any process starts.
+    with :ok <- Yggdrasil.Subscriber.Adapter.check(channel),
          :ok <- Backend.subscribe(channel) do
       case call({:ensure, key}) do
         :ok ->
@@ -77,18 +79,6 @@ defmodule Yggdrasil.Subscriber.Generator do
           unless already?, do: leave(channel, key)
           error
       end
-    end
-  end
-
-  # The adapter's optional `check_channel/1` refuses a channel before the
-  # caller is subscribed or any process starts.
-  defp check_channel(channel) do
-    with {:ok, _channel, %{subscriber_module: module}} when module != nil <-
-           Yggdrasil.Registry.resolve(channel),
-         true <- function_exported?(module, :check_channel, 1) do
-      module.check_channel(channel)
-    else
-      _ -> :ok
     end
   end
 

@@ -29,6 +29,17 @@ defmodule Yggdrasil.Subscriber.Adapter.Bridge do
   # Below the 5 s the Generator gives this process to stop.
   @stop_timeout 2_000
 
+  @doc """
+  Refuses a bridge whose name is not a channel, or whose wrapped channel
+  its adapter refuses (when that adapter is known on this node: the node
+  that runs it checks it again).
+  """
+  @impl Yggdrasil.Subscriber.Adapter
+  def check_channel(%Channel{name: name}) do
+    with {:ok, remote} <- Bridge.remote_channel(name),
+         do: Yggdrasil.Subscriber.Adapter.check(remote)
+  end
+
   @impl GenServer
   def init(%{channel: %Channel{} = bridge}) do
     state = %{
@@ -93,7 +104,7 @@ defmodule Yggdrasil.Subscriber.Adapter.Bridge do
 
   defp set_connected(state, true) do
     Manager.connected(state.bridge)
-    %{state | connected: true}
+    %{state | connected: true, backoff: @min_backoff, failures: 0}
   end
 
   defp set_connected(state, false) do
@@ -105,13 +116,9 @@ defmodule Yggdrasil.Subscriber.Adapter.Bridge do
     with {:ok, {_local, remote}} <- Bridge.split_channels(state.bridge),
          {:ok, node} <- Yggdrasil.Registry.get_adapter_node(remote.adapter),
          {:ok, pid} <- start_remote(node, remote) do
-      %{
-        state
-        | remote: pid,
-          monitor: Process.monitor(pid),
-          backoff: @min_backoff,
-          failures: 0
-      }
+      # The backoff starts again once the remote end reports connected: one
+      # that starts and then fails keeps backing off.
+      %{state | remote: pid, monitor: Process.monitor(pid)}
     else
       {:error, reason} ->
         if state.failures == 0 do
