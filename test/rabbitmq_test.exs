@@ -79,6 +79,12 @@ defmodule Yggdrasil.RabbitMQTest do
         assert {:error, reason} = Yggdrasil.publish(channel, "x", no_such_property: 1)
         assert reason =~ "no_such_property"
         assert {:error, _} = Yggdrasil.publish(channel, "x", headers: %{"k" => self()})
+        # Refused before they are read whole: an improper list, and one far too long.
+        assert {:error, improper} = Yggdrasil.publish(channel, "x", headers: %{"k" => [1 | 2]})
+        assert improper =~ "improper list"
+        long = Enum.to_list(1..1_000_000)
+        assert {:error, too_many} = Yggdrasil.publish(channel, "x", headers: %{"k" => long})
+        assert too_many =~ "more than 4096 items"
       after
         AmqpTools.stop(consumer)
       end

@@ -81,16 +81,20 @@ fn data(term: Term<'_>, depth: usize) -> Result<Data, String> {
         ),
         TermType::Float => Data::Float(term.decode::<f64>().map_err(|_| "a float".to_owned())?),
         TermType::List => {
-            let items: Vec<Term<'_>> = term.decode().map_err(|_| "an improper list".to_owned())?;
-            if items.len() > MAX_ITEMS {
-                return Err(too_many());
+            // Cell by cell: a long list is refused after MAX_ITEMS cells, not read whole first.
+            let mut items = Vec::new();
+            let mut rest = term;
+            while !rest.is_empty_list() {
+                let (item, tail) = rest
+                    .list_get_cell()
+                    .map_err(|_| "an improper list".to_owned())?;
+                if items.len() == MAX_ITEMS {
+                    return Err(too_many());
+                }
+                items.push(data(item, depth + 1)?);
+                rest = tail;
             }
-            Data::List(
-                items
-                    .into_iter()
-                    .map(|item| data(item, depth + 1))
-                    .collect::<Result<_, _>>()?,
-            )
+            Data::List(items)
         }
         TermType::Tuple => {
             let items = get_tuple(term).map_err(|_| "a tuple".to_owned())?;
