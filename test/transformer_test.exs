@@ -219,6 +219,12 @@ defmodule Yggdrasil.TransformerTest do
       assert {:error, _} = encode(%{"bin" => <<255, 254>>})
       assert {:error, _} = encode(%{<<0xC3>> => 1})
       assert {:error, _} = encode(%{"list" => ["ok", <<0xED, 0xA0, 0x80>>]})
+      # One far over the normal scheduler's budget is left to the dirty one
+      # by its size alone, before its bytes are read (in a value or a key).
+      huge = :binary.copy(<<255>>, 10_000_000)
+      assert :too_big = Yggdrasil.Native.json_encode(%{"bin" => huge})
+      assert :too_big = Yggdrasil.Native.json_encode(%{huge => 1})
+      assert {:error, _} = encode(%{"bin" => huge})
     end
 
     test "improper lists give {:error, _}" do

@@ -201,10 +201,7 @@ fn write_value<'a>(
             Ok(name) => write_str(out, &name, budget)?,
             Err(_) => return invalid("unreadable atom"),
         },
-        TermType::Binary => match term.decode::<&str>() {
-            Ok(text) => write_str(out, text, budget)?,
-            Err(_) => return invalid("binary is not valid UTF-8"),
-        },
+        TermType::Binary => write_binary(out, term, budget, "binary is not valid UTF-8")?,
         TermType::Integer => write_integer(out, term, budget)?,
         TermType::Float => match term.decode::<f64>() {
             Ok(x) => write_leaf(out, &x)?,
@@ -238,10 +235,7 @@ fn write_value<'a>(
 /// Object keys: binaries, atoms and integers become strings, as in Jason.
 fn write_key(out: &mut Vec<u8>, key: Term<'_>, budget: &mut Budget) -> Result<(), Failure> {
     match key.get_type() {
-        TermType::Binary => match key.decode::<&str>() {
-            Ok(text) => write_str(out, text, budget),
-            Err(_) => invalid("map key is not valid UTF-8"),
-        },
+        TermType::Binary => write_binary(out, key, budget, "map key is not valid UTF-8"),
         TermType::Atom => match key.atom_to_string() {
             Ok(name) => write_str(out, &name, budget),
             Err(_) => invalid("unreadable atom key"),
@@ -259,6 +253,24 @@ fn write_key(out: &mut Vec<u8>, key: Term<'_>, budget: &mut Budget) -> Result<()
 fn write_str(out: &mut Vec<u8>, text: &str, budget: &mut Budget) -> Result<(), Failure> {
     budget.spend(text.len() / 64)?;
     write_leaf(out, text)
+}
+
+/// A binary as a string. Its size is charged before its UTF-8 is checked: a binary far over the
+/// budget is not read at all on a normal scheduler.
+fn write_binary(
+    out: &mut Vec<u8>,
+    term: Term<'_>,
+    budget: &mut Budget,
+    not_utf8: &str,
+) -> Result<(), Failure> {
+    let Ok(binary) = term.decode::<Binary>() else {
+        return invalid(not_utf8);
+    };
+    budget.spend(binary.len() / 64)?;
+    match std::str::from_utf8(binary.as_slice()) {
+        Ok(text) => write_leaf(out, text),
+        Err(_) => invalid(not_utf8),
+    }
 }
 
 fn write_integer(out: &mut Vec<u8>, term: Term<'_>, budget: &mut Budget) -> Result<(), Failure> {
