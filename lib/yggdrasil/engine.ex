@@ -36,7 +36,22 @@ defmodule Yggdrasil.Engine do
   @doc false
   # Sends `message` to every subscriber of `key`.
   @spec broadcast(key(), term()) :: :ok
-  def broadcast(key, message), do: finish(Native.publish(key, message), message)
+  def broadcast(key, message), do: finish(publish(key, message), message)
+
+  # A channel of a few subscribers is sent to under the engine's table lock
+  # (cheapest), unless copying the message may take long: any list, map or
+  # tuple in it but the channel struct itself.
+  defguardp flat(term) when is_binary(term) or is_atom(term) or is_number(term) or is_pid(term)
+
+  defp publish(key, {:Y_EVENT, %Channel{name: name, metadata: metadata}, payload} = event)
+       when flat(name) and flat(metadata) and flat(payload),
+       do: Native.publish(key, event)
+
+  defp publish(key, {tag, %Channel{name: name, metadata: metadata}} = notice)
+       when tag in [:Y_CONNECTED, :Y_DISCONNECTED] and flat(name) and flat(metadata),
+       do: Native.publish(key, notice)
+
+  defp publish(key, message), do: Native.publish_large(key, message)
 
   @doc false
   # Sets the channel's connection state and, when it changed, sends

@@ -89,6 +89,12 @@ defmodule Yggdrasil.Native do
   def publish(_key, _message), do: not_loaded()
 
   @doc false
+  # publish/2 never holding the table lock while the message is copied: for
+  # messages whose copy grows with what they hold.
+  @spec publish_large(term(), term()) :: :ok | {:more, reference()}
+  def publish_large(_key, _message), do: not_loaded()
+
+  @doc false
   @spec fanout_more(reference(), term()) :: :ok | {:more, reference()}
   def fanout_more(_cursor, _message), do: not_loaded()
 

@@ -52,8 +52,26 @@ pub(crate) const SEND_UNDER_LOCK: usize = 4;
 /// Sends `message` to every subscriber of `channel`.
 #[rustler::nif]
 fn publish<'a>(env: Env<'a>, channel: Term<'a>, message: Term<'a>) -> FanOut {
+    publish_to(env, channel, message, SEND_UNDER_LOCK)
+}
+
+/// `publish/2` for a message whose copy grows with what it holds (a list,
+/// map or tuple payload): sent from a snapshot whatever the channel's size,
+/// so the table lock, which every scheduler's subscribe and publish takes,
+/// is never held while it is copied. Each copy still takes the publisher's
+/// scheduler as long as `send/2`'s would.
+#[rustler::nif]
+fn publish_large<'a>(env: Env<'a>, channel: Term<'a>, message: Term<'a>) -> FanOut {
+    publish_to(env, channel, message, 0)
+}
+
+/// Sends under the lock to a channel of at most `few` subscribers, from a
+/// snapshot to a bigger one.
+fn publish_to<'a>(env: Env<'a>, channel: Term<'a>, message: Term<'a>, few: usize) -> FanOut {
+    // Hashed before the lock: a name can be any term, of any size.
+    let key = TermKey::new(channel);
     let mut table = table();
-    let targets = match table.targets(&TermKey::new(channel), SEND_UNDER_LOCK) {
+    let targets = match table.targets(&key, few) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| send(env, pid, message));
             stats::COUNTERS.deliveries.add(members.len());
