@@ -153,8 +153,11 @@ pub(super) fn deliver(
             let key = route.key(env);
             // Checked before decoding too, so that a crowded channel's
             // messages are not decoded twice.
-            if most < usize::MAX && table().subscriber_count(&TermKey::new(key)) > most {
-                return false;
+            if most < usize::MAX {
+                let hashed = TermKey::new(key);
+                if table().subscriber_count(&hashed) > most {
+                    return false;
+                }
             }
             let decoded = match route.decode {
                 Decode::Binary => terms::bytes(env, payload),
@@ -166,7 +169,15 @@ pub(super) fn deliver(
             let metadata = terms::encode(env, metadata);
             let channel = key.map_put(atoms::metadata(), metadata).unwrap_or(key);
             let message = (atoms::y_event(), channel, decoded).encode(env);
-            let Some((sent, sample)) = fan_out(env, route, key, message, most, pace.turn()) else {
+            // A decoded document is copied into each mailbox in a time that grows with it (a
+            // binary payload is shared, not copied).
+            let small = matches!(route.decode, Decode::Binary) || payload.len() <= SMALL_JSON;
+            let plan = Plan {
+                most,
+                under_lock: small,
+                turn: pace.turn(),
+            };
+            let Some((sent, sample)) = fan_out(env, route, key, message, plan) else {
                 return false;
             };
             pace.count(env, sent, sample);
@@ -189,24 +200,46 @@ pub(super) fn deliver(
     }
 }
 
+/// A JSON payload of at most this many bytes may be sent under the table
+/// lock (as `Yggdrasil.Engine.broadcast/2` sends flat messages).
+const SMALL_JSON: usize = 4096;
+
+/// How one message is fanned out: to at most `most` subscribers, under the
+/// table lock when the channel is small and `under_lock` allows it, and
+/// which subscriber the pacer watches (`turn`).
+struct Plan {
+    most: usize,
+    under_lock: bool,
+    turn: usize,
+}
+
 /// `Yggdrasil.Engine.broadcast/2` from a thread: small channels under the
 /// table lock, bigger ones from a snapshot after releasing it; nothing
-/// (`None`) for a channel of more than `most` subscribers.
-/// Returns how many subscribers it sent to, and the one at `turn` (modulo
-/// their number) for the pacer to watch.
+/// (`None`) for a channel of more than `plan.most` subscribers.
+/// Returns how many subscribers it sent to, and the one at `plan.turn`
+/// (modulo their number) for the pacer to watch.
 fn fan_out<'a>(
     env: Env<'a>,
     route: &Arc<Route>,
     key: Term<'a>,
     message: Term<'a>,
-    most: usize,
-    turn: usize,
+    plan: Plan,
 ) -> Option<(usize, Option<Pid>)> {
+    let Plan {
+        most,
+        under_lock,
+        turn,
+    } = plan;
     // A wide route sends everything through the senders, so never under
     // the lock.
-    let few = if route.is_wide() { 0 } else { SEND_UNDER_LOCK };
+    let few = if route.is_wide() || !under_lock {
+        0
+    } else {
+        SEND_UNDER_LOCK
+    };
+    let key = TermKey::new(key);
     let mut table = table();
-    let snapshot = match table.targets(&TermKey::new(key), few) {
+    let snapshot = match table.targets(&key, few) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| {
                 send_copy(pid, message);
