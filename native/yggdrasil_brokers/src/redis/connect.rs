@@ -9,7 +9,16 @@ use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use tokio::task::AbortHandle;
 
+use super::limits::RespFrames;
+use crate::bounded::Bounded;
 use crate::tls::{connect, Stream, Tls};
+
+/// A connection whose bulk and line lengths are bounded before the crate reads them.
+type Socket = Bounded<Stream, RespFrames>;
+
+async fn open(host: &str, port: u16, tls: Option<&Tls>) -> Result<Socket, String> {
+    Ok(Bounded::new(connect(host, port, tls).await?, RespFrames::default()))
+}
 
 /// A pub/sub connection (`PSUBSCRIBE` side) to `host:port`, TLS when `tls`
 /// is given; `info` carries the database, username and password. The
@@ -20,8 +29,9 @@ pub(crate) async fn pubsub(
     tls: Option<&Tls>,
     info: &RedisConnectionInfo,
 ) -> Result<PubSub, String> {
-    let stream = connect(host, port, tls).await?;
-    PubSub::new(info, stream).await.map_err(|e| e.to_string())
+    PubSub::new(info, open(host, port, tls).await?)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A multiplexed connection (the publishing side). Made this way the crate
@@ -51,7 +61,7 @@ pub(crate) async fn multiplexed(
     info: &RedisConnectionInfo,
     config: AsyncConnectionConfig,
 ) -> Result<Multiplexed, String> {
-    let stream: Stream = connect(host, port, tls).await?;
+    let stream = open(host, port, tls).await?;
     let (connection, driver) = MultiplexedConnection::new_with_config(info, stream, config)
         .await
         .map_err(|e| e.to_string())?;
@@ -165,5 +175,32 @@ mod tests {
         .unwrap();
         // The server resets the connection ("Connection reset by peer").
         assert!(!e.is_empty());
+    }
+
+    /// A server that answers with a string declared at 4 GiB, and keeps sending: the session
+    /// fails on our cap, it does not buffer what the server sends.
+    #[tokio::test]
+    async fn a_server_declaring_a_huge_string_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = tcp.read(&mut request).await;
+            tcp.write_all(b"$4294967296\r\n").await.unwrap();
+            while tcp.write_all(&[b'x'; 65536]).await.is_ok() {}
+        });
+        let info = RedisConnectionInfo::default();
+        let session = async {
+            let (mut sink, _stream) = pubsub("127.0.0.1", port, None, &info).await?.split();
+            sink.psubscribe("any").await.map_err(|e| e.to_string())
+        };
+        let error = tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the cap ends the session")
+            .unwrap_err();
+        assert!(error.contains("above the 536870912 we allow"), "{error}");
+        server.abort();
     }
 }

@@ -11,6 +11,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
 mod connect;
+mod limits;
 
 use crate::broker::{Behind, Broker, Incoming, ListenError, PublishError};
 use crate::settings::{Key, Kind, Preset, Schema, Settings, Value, PORT};
