@@ -233,6 +233,16 @@ defmodule Yggdrasil.RegistryTest do
       assert {:error, _} = Registry.register_transformer(:registry_test_bad, "module")
       assert {:error, _} = Registry.register_backend(1, Yggdrasil.Backend.Default)
       assert {:error, _} = Registry.register_backend(:registry_test_bad, {:module})
+      # Modules that are not one, refused before a channel uses them.
+      assert {:error, no_module} = Registry.register_transformer(:registry_test_bad, :no_such)
+      assert no_module =~ "not a transformer (no encode/2, decode/2)"
+
+      assert {:error, not_backend} =
+               Registry.register_backend(:registry_test_bad, Yggdrasil.Transformer.Default)
+
+      assert not_backend =~ "not a backend (no subscribe/1"
+      assert {:error, _} = Registry.get_transformer_module(:registry_test_bad)
+      assert {:error, _} = Registry.get_backend_module(:registry_test_bad)
       assert {:error, _} = Registry.register_adapter("elixir", Yggdrasil.Adapter.Elixir)
       assert {:error, _} = Registry.register_adapter(:registry_test_bad, "module")
       assert {:error, _} = Registry.register_adapter(:registry_test_bad, Registry.Test.NotLoaded)

@@ -46,11 +46,17 @@ defmodule Yggdrasil.Registry do
 
   @doc "Registers a transformer `module` under `name`."
   @spec register_transformer(name(), module()) :: :ok | {:error, binary()}
-  def register_transformer(name, module), do: register(:transformer, name, module)
+  def register_transformer(name, module) do
+    with :ok <- implements(module, :transformer, encode: 2, decode: 2),
+         do: register(:transformer, name, module)
+  end
 
   @doc "Registers a backend `module` under `name`."
   @spec register_backend(name(), module()) :: :ok | {:error, binary()}
-  def register_backend(name, module), do: register(:backend, name, module)
+  def register_backend(name, module) do
+    callbacks = [subscribe: 1, unsubscribe: 1, connected: 2, disconnected: 2, publish: 3]
+    with :ok <- implements(module, :backend, callbacks), do: register(:backend, name, module)
+  end
 
   @doc """
   Registers an adapter `module` under `name`, together with its subscriber
@@ -239,6 +245,26 @@ defmodule Yggdrasil.Registry do
   end
 
   defp register(_type, name, module), do: bad_alias(name, module)
+
+  # A module that cannot serve as `kind` is refused when it is registered,
+  # not by the first publish or subscribe that uses it.
+  defp implements(module, kind, callbacks) when is_atom(module) do
+    loaded? = Code.ensure_loaded?(module)
+
+    case Enum.reject(callbacks, fn {f, arity} ->
+           loaded? and function_exported?(module, f, arity)
+         end) do
+      [] ->
+        :ok
+
+      missing ->
+        functions = Enum.map_join(missing, ", ", fn {f, arity} -> "#{f}/#{arity}" end)
+        {:error, "Yggdrasil #{kind} #{inspect(module)}: not a #{kind} (no #{functions})"}
+    end
+  end
+
+  # `register/3` refuses what is not an atom.
+  defp implements(_module, _kind, _callbacks), do: :ok
 
   defp erase_routes do
     _ = :persistent_term.erase(@routes)
