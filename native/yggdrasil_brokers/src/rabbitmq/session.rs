@@ -2,11 +2,13 @@
 //! a client-named, exclusive, auto-delete queue bound to its exchange, the
 //! consumers forwarded into one `Messages` queue, and acks batched.
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
@@ -89,7 +91,7 @@ pub(super) fn open(connection: Arc<Connection>) -> (Control, Messages) {
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     // Ends when the last sender (Control, or an Ack in flight) is gone.
-    tokio::spawn(acknowledge(acks_rx));
+    tokio::spawn(or_lost(acknowledge(acks_rx), messages_tx.clone()));
     let watcher = AbortOnDrop::spawn(watch_connection(
         connection.status().clone(),
         connection.events_listener(),
@@ -187,14 +189,15 @@ impl Control {
             .map_err(|e| listen_error(self.connection.status(), &e))?;
         let cancelled = Arc::new(AtomicBool::new(false));
         let (done, finished) = oneshot::channel();
-        let task = AbortOnDrop::spawn(forward(
+        let forwarding = forward(
             consumer,
             topic.clone(),
             channel.clone(),
             self.messages.clone(),
             self.acks.clone(),
             (cancelled.clone(), done),
-        ));
+        );
+        let task = AbortOnDrop::spawn(or_lost(forwarding, self.messages.clone()));
         Ok(Forward {
             task,
             cancelled,
@@ -378,6 +381,16 @@ async fn watch_connection(
     let _ = messages.send(Item::Lost);
 }
 
+/// Runs one of the session's tasks. One that panics loses the session (the
+/// listener reconnects, and tells the subscribers) instead of leaving it up
+/// with a part silently gone: a consumer no longer forwarded, or acks never
+/// sent, after which the broker stops delivering at the prefetch limit.
+async fn or_lost(task: impl Future<Output = ()>, messages: UnboundedSender<Item>) {
+    if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+        let _ = messages.send(Item::Lost);
+    }
+}
+
 /// Sends the acks handed to `Broker::ack`: everything queued at once is one
 /// `basic.ack(multiple)` per channel (delivery tags of a channel arrive in
 /// order, and every earlier one was handed on before).
@@ -445,5 +458,19 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_task_that_panics_loses_the_session() {
+        let (messages, mut items) = mpsc::unbounded_channel();
+        or_lost(async { panic!("injected") }, messages.clone()).await;
+        assert!(matches!(items.try_recv(), Ok(Item::Lost)));
+        or_lost(async {}, messages).await;
+        assert!(items.try_recv().is_err());
     }
 }
