@@ -31,14 +31,28 @@ defmodule Yggdrasil.Subscriber.Adapter.Bridge do
 
   @doc """
   Refuses a bridge whose name is not a channel, or whose wrapped channel
-  its adapter refuses (when that adapter is known on this node: the node
-  that runs it checks it again).
+  its adapter refuses. That adapter is asked on the node that runs it (its
+  client lives there, not here); when no node can be asked now, the bridge
+  is accepted and its retries reach the adapter later.
   """
   @impl Yggdrasil.Subscriber.Adapter
   def check_channel(%Channel{name: name}) do
-    with {:ok, remote} <- Bridge.remote_channel(name),
-         do: Yggdrasil.Subscriber.Adapter.check(remote)
+    with {:ok, remote} <- Bridge.remote_channel(name) do
+      case Yggdrasil.Registry.get_adapter_node(remote.adapter) do
+        {:ok, node} ->
+          node |> Bridge.rpc(Yggdrasil.Subscriber.Adapter, :check, [remote]) |> asked(node)
+
+        {:error, _} ->
+          :ok
+      end
+    end
   end
+
+  defp asked({:error, {failure, node, _}}, node)
+       when failure in [:erpc, :remote_exception, :remote_exit, :remote_throw],
+       do: :ok
+
+  defp asked(answer, _node), do: answer
 
   @impl GenServer
   def init(%{channel: %Channel{} = bridge}) do
