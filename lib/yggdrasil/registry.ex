@@ -44,14 +44,20 @@ defmodule Yggdrasil.Registry do
     Supervisor.init(children, strategy: :one_for_one)
   end
 
-  @doc "Registers a transformer `module` under `name`."
+  @doc """
+  Registers a transformer `module` under `name`; `{:error, reason}` when
+  `module` does not export `encode/2` and `decode/2`.
+  """
   @spec register_transformer(name(), module()) :: :ok | {:error, binary()}
   def register_transformer(name, module) do
     with :ok <- implements(module, :transformer, encode: 2, decode: 2),
          do: register(:transformer, name, module)
   end
 
-  @doc "Registers a backend `module` under `name`."
+  @doc """
+  Registers a backend `module` under `name`; `{:error, reason}` when
+  `module` does not export the `Yggdrasil.Backend` callbacks.
+  """
   @spec register_backend(name(), module()) :: :ok | {:error, binary()}
   def register_backend(name, module) do
     callbacks = [subscribe: 1, unsubscribe: 1, connected: 2, disconnected: 2, publish: 3]
