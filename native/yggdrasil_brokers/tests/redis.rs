@@ -848,3 +848,103 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
     drop((outbox, sink));
     consumer.join().expect("consumer");
 }
+
+/// The commands a client sent, each as its arguments, once complete in `buffer` (which keeps
+/// the rest).
+fn take_commands(buffer: &mut Vec<u8>) -> Vec<Vec<Vec<u8>>> {
+    fn line(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = at + bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((&bytes[at..end], end + 2))
+    }
+    let number = |text: &[u8]| -> usize { std::str::from_utf8(text).unwrap().parse().unwrap() };
+    let mut commands = Vec::new();
+    let mut at = 0;
+    'next: while let Some((header, mut next)) = line(buffer, at) {
+        let mut args = Vec::new();
+        for _ in 0..number(&header[1..]) {
+            let Some((size, body)) = line(buffer, next) else {
+                break 'next;
+            };
+            let end = body + number(&size[1..]);
+            if buffer.len() < end + 2 {
+                break 'next;
+            }
+            args.push(buffer[body..end].to_vec());
+            next = end + 2;
+        }
+        commands.push(args);
+        at = next;
+    }
+    buffer.drain(..at);
+    commands
+}
+
+/// A fake redis for one pub/sub session: it confirms `PSUBSCRIBE fast` at once, and when
+/// `PSUBSCRIBE slow` comes it sends 100 messages of `fast` and confirms `slow` only 3 s later.
+fn serve_a_slow_confirmation(listener: std::net::TcpListener) {
+    use std::io::{Read, Write};
+    let Ok((mut socket, _)) = listener.accept() else {
+        return;
+    };
+    let bulk = |b: &[u8]| [format!("${}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat();
+    let confirm = |pattern: &[u8], n: u8| {
+        [
+            &b"*3\r\n"[..],
+            &bulk(b"psubscribe"),
+            &bulk(pattern),
+            format!(":{n}\r\n").as_bytes(),
+        ]
+        .concat()
+    };
+    let (mut buffer, mut chunk) = (Vec::new(), [0u8; 4096]);
+    while let Ok(read @ 1..) = socket.read(&mut chunk) {
+        buffer.extend_from_slice(&chunk[..read]);
+        for command in take_commands(&mut buffer) {
+            let reply = match command.iter().map(Vec::as_slice).collect::<Vec<_>>()[..] {
+                [b"PSUBSCRIBE", b"fast"] => confirm(b"fast", 1),
+                [b"PSUBSCRIBE", b"slow"] => {
+                    for n in 0..100 {
+                        let message = [&b"*4\r\n"[..], &bulk(b"pmessage"), &bulk(b"fast")].concat();
+                        let message = [message, bulk(b"fast"), bulk(format!("{n}").as_bytes())];
+                        if socket.write_all(&message.concat()).is_err() {
+                            return;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(3));
+                    confirm(b"slow", 2)
+                }
+                [b"PING", ..] => [&b"*2\r\n"[..], &bulk(b"pong"), &bulk(b"")].concat(),
+                _ => b"+OK\r\n".to_vec(),
+            };
+            if socket.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// While the listener waits for a subscription's confirmation, the messages of the topics it
+/// already has keep reaching their recipients: they do not wait in the client crate's buffer,
+/// which has no bound, until the answer comes.
+#[test]
+fn messages_keep_flowing_while_a_subscription_waits_for_its_confirmation() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("port").port();
+    let server = std::thread::spawn(move || serve_a_slow_confirmation(listener));
+    let (client, mut inbox) = open(port, common());
+    client.subscribe(topic("fast"), 1).expect("subscribe");
+    inbox.connected(1);
+    client.subscribe(topic("slow"), 2).expect("subscribe");
+    for n in 0..100 {
+        let (name, payload, channel) = message_parts(inbox.message(1));
+        assert_eq!(
+            (name, payload, channel),
+            (topic("fast"), n.to_string().into_bytes(), b"fast".to_vec())
+        );
+    }
+    // All of them before `slow` was confirmed.
+    inbox.assert_none_within(Duration::ZERO, |d| d.to == 2);
+    inbox.connected(2);
+    client.close();
+    let _ = server.join();
+}

@@ -2,6 +2,7 @@
 //! topics (topic → recipients, confirmed or not), replayed after every
 //! reconnect.
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -290,7 +291,17 @@ async fn listen_loop<B: Broker, R: Recipient>(
             l.review = false;
             let mut lost = None;
             for topic in topics.due(Instant::now()) {
-                match timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic)).await {
+                let listen = timeout(CALL_TIMEOUT, broker.listen(&mut open.control, &topic));
+                let Some(answer) =
+                    reading(broker, shared, topics, &mut open.messages, listen).await
+                else {
+                    lost = Some(match broker.overrun(&open.messages) {
+                        Some(reason) => (reason, true),
+                        None => ("connection closed".to_string(), false),
+                    });
+                    break;
+                };
+                match answer {
                     Ok(Ok(())) => topics.confirm(shared, &topic),
                     Ok(Err(ListenError::Topic(reason))) => {
                         shared.warn(format!(
@@ -300,17 +311,19 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         topics.refused(&topic, broker.common().backoff_max);
                     }
                     Ok(Err(ListenError::Connection(reason))) => {
-                        lost = Some(reason);
+                        lost = Some((reason, false));
                         break;
                     }
                     Err(_) => {
-                        lost = Some(format!("no subscribe confirmation within {CALL_TIMEOUT:?}"));
+                        let reason = format!("no subscribe confirmation within {CALL_TIMEOUT:?}");
+                        lost = Some((reason, false));
                         break;
                     }
                 }
             }
             match lost {
-                Some(reason) => l.lose(topics, backoff, reason),
+                Some((reason, true)) => l.cut(topics, backoff, reason),
+                Some((reason, false)) => l.lose(topics, backoff, reason),
                 None => {
                     backoff.reset();
                     l.retry_at = topics.next_retry();
@@ -572,7 +585,12 @@ async fn apply<B: Broker, R: Recipient>(
             if topics.unsubscribe(&topic, &to) {
                 if let Some(open) = session.as_mut() {
                     let unlisten = broker.unlisten(&mut open.control, &topic);
-                    session_call(CALL_TIMEOUT, "unsubscribe confirmation", unlisten).await?;
+                    let call = session_call(CALL_TIMEOUT, "unsubscribe confirmation", unlisten);
+                    let answer = reading(broker, shared, topics, &mut open.messages, call).await;
+                    answer.ok_or_else(|| {
+                        (broker.overrun(&open.messages))
+                            .unwrap_or_else(|| "connection closed".into())
+                    })??;
                 }
             }
         }
@@ -582,6 +600,33 @@ async fn apply<B: Broker, R: Recipient>(
         ListenCmd::Stall(pause) => tokio::time::sleep(pause).await,
     }
     Ok(())
+}
+
+/// Awaits `call`, an answer on the session's control half, while handing on
+/// the messages that arrive meanwhile: they never pile up in the client
+/// crate's own buffer, which has no bound, however long the answer takes
+/// (a resubscription of many topics, a slow server). `None` when the
+/// session's messages ended first. An answer is taken before a message
+/// that is there with it: the server sends a topic's confirmation before
+/// its messages.
+async fn reading<B: Broker, R: Recipient, T>(
+    broker: &B,
+    shared: &Shared<B, R>,
+    topics: &Topics<B::Topic, R>,
+    messages: &mut B::Messages,
+    call: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            answer = &mut call => return Some(answer),
+            incoming = broker.next_message(messages) => match incoming {
+                Some(incoming) => fan_out(broker, shared, topics, incoming).await,
+                None => return None,
+            },
+        }
+    }
 }
 
 /// Hands a message to its topic's recipients (in order, one event each),
