@@ -588,7 +588,8 @@ async fn apply<B: Broker, R: Recipient>(
                     let call = session_call(CALL_TIMEOUT, "unsubscribe confirmation", unlisten);
                     let answer = reading(broker, shared, topics, &mut open.messages, call).await;
                     answer.ok_or_else(|| {
-                        (broker.overrun(&open.messages))
+                        broker
+                            .overrun(&open.messages)
                             .unwrap_or_else(|| "connection closed".into())
                     })??;
                 }
