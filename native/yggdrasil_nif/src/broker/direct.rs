@@ -151,13 +151,12 @@ pub(super) fn deliver(
             payload, metadata, ..
         } => {
             let key = route.key(env);
+            // Hashed once, before any lock.
+            let hashed = TermKey::new(key);
             // Checked before decoding too, so that a crowded channel's
             // messages are not decoded twice.
-            if most < usize::MAX {
-                let hashed = TermKey::new(key);
-                if table().subscriber_count(&hashed) > most {
-                    return false;
-                }
+            if most < usize::MAX && table().subscriber_count(&hashed) > most {
+                return false;
             }
             let decoded = match route.decode {
                 Decode::Binary => terms::bytes(env, payload),
@@ -177,7 +176,7 @@ pub(super) fn deliver(
                 under_lock: small,
                 turn: pace.turn(),
             };
-            let Some((sent, sample)) = fan_out(env, route, key, message, plan) else {
+            let Some((sent, sample)) = fan_out(env, route, &hashed, message, plan) else {
                 return false;
             };
             pace.count(env, sent, sample);
@@ -221,7 +220,7 @@ struct Plan {
 fn fan_out<'a>(
     env: Env<'a>,
     route: &Arc<Route>,
-    key: Term<'a>,
+    key: &TermKey<'a>,
     message: Term<'a>,
     plan: Plan,
 ) -> Option<(usize, Option<Pid>)> {
@@ -237,9 +236,8 @@ fn fan_out<'a>(
     } else {
         SEND_UNDER_LOCK
     };
-    let key = TermKey::new(key);
     let mut table = table();
-    let snapshot = match table.targets(&key, few) {
+    let snapshot = match table.targets(key, few) {
         Some(Targets::Few(members)) => {
             members.iter().for_each(|&pid| {
                 send_copy(pid, message);
