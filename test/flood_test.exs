@@ -6,6 +6,7 @@ defmodule Yggdrasil.FloodTest do
   # its notices), and a marker published after the flood reaches everyone.
   # 2,000 subscribers and 4 s floods here; 20,000 and 5 s in `make
   # bench-brokers`. YGG_FLOOD_FIGURES=1 prints what each test saw.
+  # Tag :whole_machine (test_helper.exs): `mix test --only whole_machine`.
   use ExUnit.Case, async: false
 
   import Yggdrasil.Test.BrokerCase, only: [configure: 2, channel: 3, channel: 4]
@@ -13,6 +14,7 @@ defmodule Yggdrasil.FloodTest do
   alias Yggdrasil.Test.{AmqpTools, BrokerServer, Flood, Psql, RedisCli}
 
   @moduletag :brokers
+  @moduletag :whole_machine
   @moduletag :capture_log
   @moduletag timeout: 180_000
 
