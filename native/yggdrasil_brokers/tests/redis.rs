@@ -391,6 +391,45 @@ fn publishes_beyond_the_unanswered_bound_are_refused_at_once() {
     assert!(inbox.published(BOUND + 1).is_err());
 }
 
+/// Subscribes waiting for a listener that does not take them (stalled here; a slow server in
+/// life) are bounded: one more is refused at once. Unsubscribes are never refused, and once the
+/// listener goes on, every waiting command is applied and subscribes are accepted again.
+#[test]
+fn subscribes_beyond_the_waiting_bound_are_refused_at_once() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("first"), 1).expect("subscribe");
+    inbox.connected(1);
+    client
+        .debug_stall_listener(Duration::from_secs(5))
+        .expect("stalls");
+    // Recipients of one topic: applying them is bookkeeping, not a broker round trip each.
+    const BOUND: u64 = 65_536;
+    for to in 10..10 + BOUND {
+        client
+            .subscribe(topic("shared"), to)
+            .expect("accepted below the bound");
+    }
+    let refused = client
+        .subscribe(topic("one-too-many"), 2)
+        .expect_err("one more is refused at once");
+    assert!(refused.to_string().contains("overloaded"), "{refused}");
+    client
+        .unsubscribe(topic("shared"), 10)
+        .expect("an unsubscribe is never refused");
+    assert!(eventually(|| client.subscribe(topic("later"), 3).is_ok()));
+    inbox.connected(3);
+    let stats = client.stats();
+    assert_eq!((stats.topics, stats.subscriptions), (3, BOUND as usize + 1));
+    assert_eq!(publish(&client, &mut inbox, "shared", b"applied"), Ok(()));
+    for to in [11, 9 + BOUND] {
+        inbox.connected(to);
+        assert_eq!(message_parts(inbox.next(to)).1, b"applied");
+    }
+}
+
 #[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
     let Some(server) = start_redis() else {

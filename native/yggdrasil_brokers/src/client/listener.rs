@@ -19,6 +19,16 @@ use crate::broker::{Behind, Broker, Incoming, ListenError};
 use crate::outbox::Flow;
 use crate::{Event, Name, Recipient};
 
+/// Subscribe commands that may wait for the listener task at once (it takes
+/// the next once the broker answered what the last one asked for); one more
+/// is refused at once, `Err("... overloaded ...")`. Unsubscribes are never
+/// refused (a refused one would leave a subscription behind): each undoes a
+/// subscription held or waiting, so this bounds the command channel too.
+pub(super) const MAX_WAITING_SUBSCRIBES: usize = 65_536;
+
+/// Commands applied in one go, before the topics are reviewed.
+const COMMANDS_AT_ONCE: usize = 1_024;
+
 pub(super) enum ListenCmd<T, R> {
     /// The topic, and the name it came from (what events carry).
     Subscribe(T, Name, R),
@@ -227,7 +237,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
             // Nothing to listen to: wait for work, or end after idle_timeout
             // (which also closes the session, if one is open).
             match timeout(idle_timeout, rx.recv()).await {
-                Ok(Some(cmd)) => l.apply(topics, backoff, cmd).await,
+                Ok(Some(cmd)) => l.apply(topics, backoff, cmd, rx).await,
                 Ok(None) => return,
                 Err(_) if shared.listener.retire_if_idle(rx) => return,
                 Err(_) => {}
@@ -240,7 +250,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 // Waiting to reconnect: keep the bookkeeping current.
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => l.apply(topics, backoff, cmd).await,
+                        Some(cmd) => l.apply(topics, backoff, cmd, rx).await,
                         None => return,
                     },
                     _ = sleep_until(at) => {}
@@ -255,7 +265,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 tokio::select! {
                     biased;
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => l.apply(topics, backoff, cmd).await,
+                        Some(cmd) => l.apply(topics, backoff, cmd, rx).await,
                         None => return,
                     },
                     connected = &mut connect => break connected,
@@ -337,7 +347,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
             // before that publish's message can be read.
             biased;
             cmd = rx.recv() => match cmd {
-                Some(cmd) => l.apply(topics, backoff, cmd).await,
+                Some(cmd) => l.apply(topics, backoff, cmd, rx).await,
                 None => return,
             },
             (incoming, waited) = Waited::new(broker.next_message(&mut open.messages)) => match incoming {
@@ -404,18 +414,31 @@ struct Listener<'a, B: Broker, R: Recipient> {
 }
 
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
+    /// Applies `cmd`, then up to `COMMANDS_AT_ONCE` more already queued:
+    /// the review that follows (a pass over every topic) runs once for
+    /// them all, not once per command.
     async fn apply(
         &mut self,
         topics: &mut Topics<B::Topic, R>,
         backoff: &mut Backoff,
         cmd: ListenCmd<B::Topic, R>,
+        rx: &mut UnboundedReceiver<ListenCmd<B::Topic, R>>,
     ) {
-        let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+        let mut next = Some(cmd);
+        let mut applied = 0;
+        while let Some(cmd) = next.take() {
+            let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
+            if let Err(reason) = result {
+                self.lose(topics, backoff, reason);
+                break;
+            }
+            applied += 1;
+            if applied < COMMANDS_AT_ONCE {
+                next = rx.try_recv().ok();
+            }
+        }
         topics.publish_counts(&self.shared.counters);
         self.review = true;
-        if let Err(reason) = result {
-            self.lose(topics, backoff, reason);
-        }
     }
 
     /// The session is behind its broker: what `B::WHEN_BEHIND` says.
@@ -580,7 +603,10 @@ async fn apply<B: Broker, R: Recipient>(
     cmd: ListenCmd<B::Topic, R>,
 ) -> Result<(), String> {
     match cmd {
-        ListenCmd::Subscribe(topic, name, to) => topics.subscribe(shared, topic, name, to),
+        ListenCmd::Subscribe(topic, name, to) => {
+            shared.waiting_subscribes.fetch_sub(1, Ordering::SeqCst);
+            topics.subscribe(shared, topic, name, to)
+        }
         ListenCmd::Unsubscribe(topic, to) => {
             if topics.unsubscribe(&topic, &to) {
                 if let Some(open) = session.as_mut() {

@@ -16,7 +16,7 @@ mod listener;
 mod publisher;
 mod slot;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,13 +71,17 @@ impl<R: Recipient> Client<R> {
 
     /// Returns at once; `Connected` goes to `to` when the broker confirmed.
     /// The same (name, to) twice is one subscription. Many recipients share
-    /// one broker-level subscription per topic.
+    /// one broker-level subscription per topic. Refused (the client is
+    /// overloaded) while `listener::MAX_WAITING_SUBSCRIBES` subscribes wait
+    /// for the listener task to take them.
     pub fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
         self.driver.subscribe(name, to)
     }
 
     /// Returns at once; no event. The broker-level subscription goes with
-    /// the topic's last recipient.
+    /// the topic's last recipient. Never refused while the client is open:
+    /// each unsubscribe undoes a subscription, so the ones waiting for the
+    /// listener are bounded by the subscriptions it holds or has waiting.
     pub fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
         self.driver.unsubscribe(name, to)
     }
@@ -216,6 +220,7 @@ pub(crate) fn open<B: Broker, R: Recipient>(
         listener: Slot::default(),
         publisher: Slot::default(),
         counters: Counters::default(),
+        waiting_subscribes: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
     });
     Ok(Client {
@@ -232,6 +237,8 @@ struct Shared<B: Broker, R: Recipient> {
     listener: Slot<ListenCmd<B::Topic, R>>,
     publisher: Slot<PublishCmd<B, R>>,
     counters: Counters,
+    /// Subscribe commands sent and not taken by the listener task yet.
+    waiting_subscribes: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -316,7 +323,19 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
 
     fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
         let topic = self.topic(&name)?;
+        let waiting = &self.shared.waiting_subscribes;
+        if waiting.fetch_add(1, Ordering::SeqCst) >= listener::MAX_WAITING_SUBSCRIBES {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::new(format!(
+                "the {} client is overloaded: {} subscribes wait for the broker",
+                B::NAME,
+                listener::MAX_WAITING_SUBSCRIBES
+            )));
+        }
         self.send_listener(ListenCmd::Subscribe(topic, name, to))
+            .inspect_err(|_| {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+            })
     }
 
     fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
