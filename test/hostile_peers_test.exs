@@ -155,6 +155,10 @@ defmodule Yggdrasil.HostilePeersTest do
       survive(AmqpTools, silence(), tune: {2047, 131_072, 0}, settings: [heartbeat: 2])
     end
 
+    test "Tune with heartbeat 0 and ours 0, then silence (our keepalive round trip notices)" do
+      survive(AmqpTools, silence(), tune: {2047, 131_072, 0}, settings: [heartbeat: 0])
+    end
+
     test "headers of a delivery nested 20,000 tables deep (within frame_max)" do
       act = fn socket ->
         headers = FakeBroker.table([{"h", FakeBroker.nested_table(20_000)}])

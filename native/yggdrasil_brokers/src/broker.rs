@@ -213,7 +213,8 @@ pub(crate) trait Broker: Send + Sync + Sized + 'static {
     /// after `KEEPALIVE` without a message and bounded by the same time, so
     /// a broker that stopped answering (host gone, process stopped, no RST)
     /// ends the session like a closed one. `Err(ListenError::Topic)` is
-    /// ignored. Brokers with their own heartbeat keep the default.
+    /// ignored. The default does nothing, for brokers whose own heartbeat
+    /// does the same.
     fn ping(
         &self,
         _control: &mut Self::Control,

@@ -319,6 +319,10 @@ impl Broker for RabbitMq {
         messages.next().await
     }
 
+    async fn ping(&self, control: &mut Control) -> Result<(), ListenError> {
+        control.ping().await
+    }
+
     async fn backlog(&self, control: &mut Control) -> Result<u64, ListenError> {
         control.backlog().await
     }

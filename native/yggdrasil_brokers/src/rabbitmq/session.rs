@@ -204,6 +204,29 @@ impl Control {
             finished,
         })
     }
+    /// A round trip on the session, only when no heartbeat was negotiated
+    /// (`heartbeat: 0` here and on the server): otherwise lapin's heartbeat
+    /// already ends a connection that stopped answering.
+    pub(super) async fn ping(&mut self) -> Result<(), ListenError> {
+        if self.connection.configuration().heartbeat() != 0 {
+            return Ok(());
+        }
+        let Some(subscription) = self.topics.values().next() else {
+            return Ok(());
+        };
+        let status = self.connection.status().clone();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        subscription
+            .channel
+            .queue_declare(subscription.queue.clone(), passive, FieldTable::default())
+            .await
+            .map(drop)
+            .map_err(|e| listen_error(&status, &e))
+    }
+
     /// Messages ready in this session's queues (not sent to us yet).
     pub(super) async fn backlog(&mut self) -> Result<u64, ListenError> {
         let status = self.connection.status().clone();
