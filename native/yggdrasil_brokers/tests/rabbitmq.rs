@@ -367,6 +367,31 @@ fn properties_both_ways(node: &mut Node) {
             ("pi".to_string(), Data::Float(3.5)),
         ]
     );
+    // A header whose bytes look like 300 nested tables to a byte scan
+    // ('F' and a length that fits, every 5 bytes): one string to lapin.
+    let trap = [b'F', 0, 0, 0x03, 0xE8].repeat(300);
+    let mut table = FieldTable::default();
+    table.insert("trap".into(), AMQPValue::LongString(trap.clone().into()));
+    let properties = lapin::BasicProperties::default().with_headers(table);
+    node.lapin(|channel| async move {
+        channel
+            .basic_publish(
+                "amq.topic".into(),
+                "props.in".into(),
+                BasicPublishOptions::default(),
+                b"p3",
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    });
+    let (payload, metadata) = expect_message(&events, 1);
+    assert_eq!(payload, b"p3");
+    assert_eq!(
+        rabbit_metadata(&metadata).headers.expect("headers"),
+        [("trap".to_string(), Data::Bytes(trap))]
+    );
 
     // Out: what our publish put on the wire, read by a plain lapin basic.get.
     let queue = node.bound_queue("amq.topic", "props.out");

@@ -11,7 +11,10 @@
 //!   nested field table or array, about 1.4 KB of stack each: ~1,500 levels
 //!   (7.5 KB of bytes) overflow the 2 MiB stack of lapin's I/O thread. The
 //!   [`AmqpFrames`] scanner refuses a frame above [`FRAME_MAX`] and a method
-//!   or content header frame that may nest deeper than [`MAX_NESTING`].
+//!   or content header frame that nests deeper than [`MAX_NESTING`]: a
+//!   content header's tables (a publisher's bytes) are followed as lapin
+//!   parses them; a method's are over-estimated (any byte may start one),
+//!   except in the deliveries, which have none.
 //! - it appends a message's body frames until the declared body size is
 //!   reached, so a content header declaring 2^63 bytes lets a server grow
 //!   our memory for as long as it sends: refused above [`MAX_BODY`].
@@ -152,12 +155,145 @@ impl AmqpFrames {
                 ));
             }
         }
-        if !nests_at_most(&self.payload, MAX_NESTING) {
+        let within = match self.header[0] {
+            // Their tables hold a publisher's bytes: followed as lapin will.
+            FRAME_HEADER => header_nests_at_most(&self.payload, MAX_NESTING),
+            // No tables, but a publisher's routing key and exchange name.
+            FRAME_METHOD if carries_no_table(&self.payload) => true,
+            _ => nests_at_most(&self.payload, MAX_NESTING),
+        };
+        if !within {
             return Err(format!(
                 "the server sent field tables nested deeper than the {MAX_NESTING} levels we allow"
             ));
         }
         Ok(())
+    }
+}
+
+/// basic.return, basic.deliver and basic.get-ok: the methods that carry
+/// what a publisher chose (routing key, exchange name), and no table.
+fn carries_no_table(method: &[u8]) -> bool {
+    matches!(method.get(..4), Some([0, 60, 0, 50 | 60 | 71]))
+}
+
+/// Whether a content header's `headers` table nests at most `limit` deep,
+/// followed as amq-protocol parses it (basic properties: a 16-bit flags
+/// word, then content-type and content-encoding before the headers). The
+/// bytes are a publisher's, so the over-estimate of `nests_at_most` would
+/// let any publisher cut every consumer's connection with one message.
+/// Where the parse would fail (a bad type, a length that does not fit),
+/// amq-protocol stops too, no deeper than what was seen so far.
+fn header_nests_at_most(payload: &[u8], limit: usize) -> bool {
+    const CONTENT_TYPE: u16 = 1 << 15;
+    const CONTENT_ENCODING: u16 = 1 << 14;
+    const HEADERS: u16 = 1 << 13;
+    let Some(flags) = payload.get(12..14) else {
+        return true;
+    };
+    let flags = u16::from_be_bytes([flags[0], flags[1]]);
+    let mut at = 14;
+    for flag in [CONTENT_TYPE, CONTENT_ENCODING] {
+        if flags & flag != 0 {
+            let Some(len) = payload.get(at) else {
+                return true;
+            };
+            at += 1 + usize::from(*len);
+        }
+    }
+    if flags & HEADERS == 0 {
+        return true;
+    }
+    FieldTables::new(payload, at).deepest_at_most(limit)
+}
+
+/// A walk over a field table as amq-protocol-types parses one.
+struct FieldTables<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// Where each open container ends, and whether it is a table (entries
+    /// have a key) or an array (values only).
+    open: Vec<(usize, bool)>,
+}
+
+impl<'a> FieldTables<'a> {
+    fn new(bytes: &'a [u8], at: usize) -> Self {
+        FieldTables {
+            bytes,
+            at,
+            open: Vec::new(),
+        }
+    }
+
+    /// Takes `n` bytes if they are there before `end`.
+    fn take(&mut self, n: usize, end: usize) -> Option<&'a [u8]> {
+        let until = self.at.checked_add(n).filter(|until| *until <= end)?;
+        let taken = &self.bytes[self.at..until];
+        self.at = until;
+        Some(taken)
+    }
+
+    /// Opens a container whose u32 length comes next; false if it does not fit.
+    fn open(&mut self, table: bool, end: usize) -> bool {
+        let Some(length) = self.take(4, end) else {
+            return false;
+        };
+        let Some(inner_end) = usize::try_from(be_u64(length))
+            .ok()
+            .and_then(|l| self.at.checked_add(l))
+            .filter(|inner_end| *inner_end <= end)
+        else {
+            return false;
+        };
+        self.open.push((inner_end, table));
+        true
+    }
+
+    fn deepest_at_most(mut self, limit: usize) -> bool {
+        if !self.open(true, self.bytes.len()) {
+            return true;
+        }
+        while let Some(&(end, table)) = self.open.last() {
+            if self.open.len() > limit {
+                return false;
+            }
+            if self.at == end {
+                self.open.pop();
+                continue;
+            }
+            if table {
+                let Some(&[key_len]) = self.take(1, end) else {
+                    return true;
+                };
+                if self.take(usize::from(key_len), end).is_none() {
+                    return true;
+                }
+            }
+            let Some(&[kind]) = self.take(1, end) else {
+                return true;
+            };
+            let fits = match kind {
+                b'V' => true,
+                b't' | b'b' | b'B' => self.take(1, end).is_some(),
+                b's' | b'U' | b'u' => self.take(2, end).is_some(),
+                b'I' | b'i' | b'f' => self.take(4, end).is_some(),
+                b'D' => self.take(5, end).is_some(),
+                b'L' | b'l' | b'd' | b'T' => self.take(8, end).is_some(),
+                b'S' | b'x' => match self.take(4, end) {
+                    Some(length) => usize::try_from(be_u64(length))
+                        .is_ok_and(|l| self.take(l, end).is_some()),
+                    None => false,
+                },
+                b'F' => self.open(true, end),
+                b'A' => self.open(false, end),
+                // amq-protocol refuses an unknown type there.
+                _ => false,
+            };
+            if !fits {
+                return true;
+            }
+        }
+        true
     }
 }
 
@@ -284,6 +420,84 @@ mod tests {
                 assert_eq!(scanner.scan(chunk), Ok(()));
             }
         }
+    }
+
+    /// A field table (its u32 length first) holding `entries`.
+    fn table(entries: &[u8]) -> Vec<u8> {
+        let mut t = (entries.len() as u32).to_be_bytes().to_vec();
+        t.extend_from_slice(entries);
+        t
+    }
+
+    /// A field table nested `depth` deep (this one included), key "k".
+    fn nested_table(depth: usize) -> Vec<u8> {
+        let mut t = table(&[]);
+        for _ in 1..depth {
+            let mut entry = vec![1, b'k', b'F'];
+            entry.extend_from_slice(&t);
+            t = table(&entry);
+        }
+        t
+    }
+
+    /// A basic content header with content-type "text/plain" and `headers`.
+    fn content_header(headers: &[u8]) -> Vec<u8> {
+        let mut h = vec![0, 60, 0, 0];
+        h.extend_from_slice(&5u64.to_be_bytes());
+        h.extend_from_slice(&0xA000u16.to_be_bytes());
+        h.push(10);
+        h.extend_from_slice(b"text/plain");
+        h.extend_from_slice(headers);
+        h
+    }
+
+    /// Bytes the over-estimate takes for 300 overlapping tables.
+    fn lookalike() -> Vec<u8> {
+        [b'F', 0, 0, 0x03, 0xE8].repeat(300)
+    }
+
+    #[test]
+    fn a_content_headers_tables_are_followed_as_lapin_parses_them() {
+        let scan = |payload: &[u8]| AmqpFrames::default().scan(&frame(FRAME_HEADER, payload));
+        let deep = content_header(&nested_table(MAX_NESTING + 1));
+        assert!(scan(&deep).is_err());
+        assert_eq!(scan(&content_header(&nested_table(MAX_NESTING))), Ok(()));
+        // A publisher's string that looks nested to the over-estimate.
+        let mut entry = vec![1, b's', b'S'];
+        entry.extend_from_slice(&(lookalike().len() as u32).to_be_bytes());
+        entry.extend_from_slice(&lookalike());
+        let mut inner = vec![1, b't', b'F'];
+        inner.extend_from_slice(&table(&entry));
+        let mut array = vec![1, b'a', b'A'];
+        array.extend_from_slice(&table(&[b'I', 0, 0, 0, 7, b'V', b'F', 0, 0, 0, 0]));
+        let headers = table(&[inner, array].concat());
+        let payload = content_header(&headers);
+        assert!(!nests_at_most(&payload, MAX_NESTING));
+        assert_eq!(scan(&payload), Ok(()));
+        // Truncated or unknown: lapin refuses it there, no deeper.
+        assert_eq!(scan(&content_header(&headers[..headers.len() / 2])), Ok(()));
+        assert_eq!(scan(&content_header(&table(&[1, b'k', b'?']))), Ok(()));
+    }
+
+    #[test]
+    fn a_delivery_s_routing_key_is_not_taken_for_tables() {
+        // Exchange name and routing key, 255 bytes each: "tables" that all
+        // end with the frame.
+        let mut deliver = vec![0, 60, 0, 60, 3, b't', b'a', b'g'];
+        deliver.extend_from_slice(&[0; 9]);
+        let total = deliver.len() + 2 * 256;
+        for name_length in [255u8; 2] {
+            deliver.push(name_length);
+            for _ in 0..51 {
+                let end = (total - deliver.len() - 5) as u32;
+                deliver.push(b'F');
+                deliver.extend_from_slice(&end.to_be_bytes());
+            }
+        }
+        assert_eq!(deliver.len(), total);
+        assert!(!nests_at_most(&deliver, MAX_NESTING));
+        let scanned = AmqpFrames::default().scan(&frame(FRAME_METHOD, &deliver));
+        assert_eq!(scanned, Ok(()));
     }
 
     #[test]
