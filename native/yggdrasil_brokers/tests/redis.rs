@@ -872,12 +872,14 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
         max_queued.load(Ordering::SeqCst) <= 4 * MAX_EVENTS,
         "{load:?}"
     );
+    // Shed here (the outbox at its cap), or with the session cut for being
+    // behind Redis: what a slower listener (a debug build) meets first.
+    let cuts = client.stats().cuts;
     assert!(
-        notices > 0 && load.shed > 0,
-        "never shed: {load:?}, {received} received"
+        notices > 0 && (load.shed > 0 || cuts > 0),
+        "never shed: {load:?}, {cuts} cuts, {received} received"
     );
     // Delivered, dropped here, or dropped with a session cut for being behind.
-    let cuts = client.stats().cuts;
     assert!(
         load.dropped + received == 100_000 || cuts > 0,
         "{load:?}, {received} received"
