@@ -64,9 +64,11 @@ test-rust: setup setup-brokers
 #   while the subscribers get the CPU (a starved subscriber holds more
 #   messages at once, and its heap grows with them).
 MIX_TEST := YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix test
-# The floods need brokers: ARGS="--exclude brokers" leaves them out here too
-# (an --only would otherwise win over it).
-MIX_TEST_ALONE = $(MIX_TEST) --only global_counts $(if $(findstring --exclude brokers,$(ARGS)),,--only whole_machine)
+# The floods need brokers: ARGS that name a broker tag (`--exclude brokers`,
+# `--exclude=redis`, ...) leave them out here too, where an --only would
+# otherwise win over the exclusion.
+BROKER_TAGS := brokers redis postgres rabbitmq
+MIX_TEST_ALONE = $(MIX_TEST) --only global_counts $(if $(strip $(foreach tag,$(BROKER_TAGS),$(findstring $(tag),$(ARGS)))),,--only whole_machine)
 
 compile-test: setup setup-brokers
 	YGGDRASIL_CARGO_PROFILE=$(TEST_PROFILE) MIX_ENV=test mix compile --warnings-as-errors

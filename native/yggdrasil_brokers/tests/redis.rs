@@ -430,6 +430,30 @@ fn subscribes_beyond_the_waiting_bound_are_refused_at_once() {
     }
 }
 
+/// Nothing reaches a recipient once its unsubscribe returned, even a message the listener reads
+/// while it waits for the broker's answer to an earlier unsubscribe.
+#[test]
+fn an_unsubscribe_holds_while_an_earlier_one_waits_for_its_answer() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    for (name, to) in [("a", 1), ("b", 2), ("c", 3)] {
+        client.subscribe(topic(name), to).expect("subscribe");
+        inbox.connected(to);
+    }
+    // The listener takes both unsubscribes after `b`'s message is in its socket.
+    client
+        .debug_stall_listener(Duration::from_secs(2))
+        .expect("stalls");
+    client.unsubscribe(topic("a"), 1).expect("unsubscribe");
+    client.unsubscribe(topic("b"), 2).expect("unsubscribe");
+    server.redis_cli_text(&["PUBLISH", "b", "after its unsubscribe"]);
+    server.redis_cli_text(&["PUBLISH", "c", "marker"]);
+    assert_eq!(message_parts(inbox.next(3)).1, b"marker");
+    inbox.assert_none_within(Duration::from_millis(300), |d| d.to == 1 || d.to == 2);
+}
+
 #[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
     let Some(server) = start_redis() else {

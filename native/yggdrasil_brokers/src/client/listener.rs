@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +29,30 @@ pub(super) const MAX_WAITING_SUBSCRIBES: usize = 65_536;
 /// Commands applied in one go, before the topics are reviewed.
 const COMMANDS_AT_ONCE: usize = 1_024;
 
+/// Counts a subscribe command from its admission until it is applied, or
+/// dropped unapplied (a task gone with its queue): the count cannot leak.
+pub(super) struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    /// `None` while `MAX_WAITING_SUBSCRIBES` already wait.
+    pub(super) fn admit(count: &Arc<AtomicUsize>) -> Option<Self> {
+        if count.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_SUBSCRIBES {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Waiting(count.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(super) enum ListenCmd<T, R> {
     /// The topic, and the name it came from (what events carry).
-    Subscribe(T, Name, R),
+    Subscribe(T, Name, R, Waiting),
     Unsubscribe(T, R),
     #[cfg(feature = "test-hooks")]
     Panic,
@@ -416,7 +437,9 @@ struct Listener<'a, B: Broker, R: Recipient> {
 impl<B: Broker, R: Recipient> Listener<'_, B, R> {
     /// Applies `cmd`, then up to `COMMANDS_AT_ONCE` more already queued:
     /// the review that follows (a pass over every topic) runs once for
-    /// them all, not once per command.
+    /// them all, not once per command. The broker's subscriptions are
+    /// dropped after the batch's bookkeeping: a message read while waiting
+    /// for one of those answers reaches only recipients still subscribed.
     async fn apply(
         &mut self,
         topics: &mut Topics<B::Topic, R>,
@@ -424,14 +447,11 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         cmd: ListenCmd<B::Topic, R>,
         rx: &mut UnboundedReceiver<ListenCmd<B::Topic, R>>,
     ) {
+        let mut unlisten = Vec::new();
         let mut next = Some(cmd);
         let mut applied = 0;
         while let Some(cmd) = next.take() {
-            let result = apply(self.broker, self.shared, topics, &mut self.session, cmd).await;
-            if let Err(reason) = result {
-                self.lose(topics, backoff, reason);
-                break;
-            }
+            unlisten.extend(apply(self.shared, topics, cmd).await);
             applied += 1;
             if applied < COMMANDS_AT_ONCE {
                 next = rx.try_recv().ok();
@@ -439,6 +459,26 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         }
         topics.publish_counts(&self.shared.counters);
         self.review = true;
+        let (broker, shared) = (self.broker, self.shared);
+        let Some(open) = self.session.as_mut() else {
+            return;
+        };
+        for topic in unlisten {
+            let call = session_call(
+                CALL_TIMEOUT,
+                "unsubscribe confirmation",
+                broker.unlisten(&mut open.control, &topic),
+            );
+            let answer = reading(broker, shared, topics, &mut open.messages, call).await;
+            let failed = match answer {
+                Some(Ok(())) => continue,
+                Some(Err(reason)) => reason,
+                None => broker
+                    .overrun(&open.messages)
+                    .unwrap_or_else(|| "connection closed".into()),
+            };
+            return self.lose(topics, backoff, failed);
+        }
     }
 
     /// The session is behind its broker: what `B::WHEN_BEHIND` says.
@@ -594,39 +634,28 @@ pub(super) async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Applies a command; `Err(reason)` if the session broke doing it.
+/// The bookkeeping of a command; `Some(topic)` when the broker holds a
+/// subscription to drop (the caller does that once a batch's bookkeeping
+/// is done).
 async fn apply<B: Broker, R: Recipient>(
-    broker: &B,
     shared: &Shared<B, R>,
     topics: &mut Topics<B::Topic, R>,
-    session: &mut Option<Session<'_, B>>,
     cmd: ListenCmd<B::Topic, R>,
-) -> Result<(), String> {
+) -> Option<B::Topic> {
     match cmd {
-        ListenCmd::Subscribe(topic, name, to) => {
-            shared.waiting_subscribes.fetch_sub(1, Ordering::SeqCst);
+        // `_waiting` leaves the count of waiting subscribes here.
+        ListenCmd::Subscribe(topic, name, to, _waiting) => {
             topics.subscribe(shared, topic, name, to)
         }
         ListenCmd::Unsubscribe(topic, to) => {
-            if topics.unsubscribe(&topic, &to) {
-                if let Some(open) = session.as_mut() {
-                    let unlisten = broker.unlisten(&mut open.control, &topic);
-                    let call = session_call(CALL_TIMEOUT, "unsubscribe confirmation", unlisten);
-                    let answer = reading(broker, shared, topics, &mut open.messages, call).await;
-                    answer.ok_or_else(|| {
-                        broker
-                            .overrun(&open.messages)
-                            .unwrap_or_else(|| "connection closed".into())
-                    })??;
-                }
-            }
+            return topics.unsubscribe(&topic, &to).then_some(topic);
         }
         #[cfg(feature = "test-hooks")]
         ListenCmd::Panic => panic!("injected by debug_inject_panic"),
         #[cfg(feature = "test-hooks")]
         ListenCmd::Stall(pause) => tokio::time::sleep(pause).await,
     }
-    Ok(())
+    None
 }
 
 /// Awaits `call`, an answer on the session's control half, while handing on

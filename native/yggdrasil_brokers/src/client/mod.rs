@@ -27,7 +27,7 @@ use crate::broker::Broker;
 use crate::outbox::Flow;
 use crate::settings::{Given, Settings};
 use crate::{runtime, ClientStats, Common, Data, Delivery, Error, Event, Name, Recipient};
-use listener::ListenCmd;
+use listener::{ListenCmd, Waiting};
 use publisher::{PublishCmd, PublishRequest, Replies, Reply};
 use slot::{Counters, Slot};
 
@@ -79,9 +79,11 @@ impl<R: Recipient> Client<R> {
     }
 
     /// Returns at once; no event. The broker-level subscription goes with
-    /// the topic's last recipient. Never refused while the client is open:
-    /// each unsubscribe undoes a subscription, so the ones waiting for the
-    /// listener are bounded by the subscriptions it holds or has waiting.
+    /// the topic's last recipient. Never refused while the client is open
+    /// (a refused one would leave a subscription behind): callers unsubscribe
+    /// only what they subscribed, as the NIF does, so the unsubscribes
+    /// waiting for the listener are bounded by the subscriptions it holds or
+    /// has waiting.
     pub fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
         self.driver.unsubscribe(name, to)
     }
@@ -220,7 +222,7 @@ pub(crate) fn open<B: Broker, R: Recipient>(
         listener: Slot::default(),
         publisher: Slot::default(),
         counters: Counters::default(),
-        waiting_subscribes: AtomicUsize::new(0),
+        waiting_subscribes: Arc::new(AtomicUsize::new(0)),
         closed: AtomicBool::new(false),
     });
     Ok(Client {
@@ -238,7 +240,7 @@ struct Shared<B: Broker, R: Recipient> {
     publisher: Slot<PublishCmd<B, R>>,
     counters: Counters,
     /// Subscribe commands sent and not taken by the listener task yet.
-    waiting_subscribes: AtomicUsize,
+    waiting_subscribes: Arc<AtomicUsize>,
     closed: AtomicBool,
 }
 
@@ -323,19 +325,14 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
 
     fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
         let topic = self.topic(&name)?;
-        let waiting = &self.shared.waiting_subscribes;
-        if waiting.fetch_add(1, Ordering::SeqCst) >= listener::MAX_WAITING_SUBSCRIBES {
-            waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::new(format!(
+        let waiting = Waiting::admit(&self.shared.waiting_subscribes).ok_or_else(|| {
+            Error::new(format!(
                 "the {} client is overloaded: {} subscribes wait for the broker",
                 B::NAME,
                 listener::MAX_WAITING_SUBSCRIBES
-            )));
-        }
-        self.send_listener(ListenCmd::Subscribe(topic, name, to))
-            .inspect_err(|_| {
-                waiting.fetch_sub(1, Ordering::SeqCst);
-            })
+            ))
+        })?;
+        self.send_listener(ListenCmd::Subscribe(topic, name, to, waiting))
     }
 
     fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
