@@ -454,6 +454,29 @@ fn an_unsubscribe_holds_while_an_earlier_one_waits_for_its_answer() {
     inbox.assert_none_within(Duration::from_millis(300), |d| d.to == 1 || d.to == 2);
 }
 
+/// A recipient that unsubscribes and subscribes again hears `Connected` before any message of
+/// the new subscription, even when a message of the old one is read while it is dropped.
+#[test]
+fn subscribing_again_hears_connected_before_any_message() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    client.subscribe(topic("again"), 1).expect("subscribe");
+    inbox.connected(1);
+    // Both commands are taken in one go, after the message is in the listener's socket.
+    client
+        .debug_stall_listener(Duration::from_secs(2))
+        .expect("stalls");
+    client.unsubscribe(topic("again"), 1).expect("unsubscribe");
+    client.subscribe(topic("again"), 1).expect("subscribe");
+    server.redis_cli_text(&["PUBLISH", "again", "between"]);
+    let next = inbox.next(1);
+    assert!(matches!(next, Event::Connected { .. }), "{next:?}");
+    server.redis_cli_text(&["PUBLISH", "again", "after"]);
+    assert_eq!(message_parts(inbox.next(1)).1, b"after");
+}
+
 #[test]
 fn concurrent_publishers_reach_every_recipient_once_in_order() {
     let Some(server) = start_redis() else {

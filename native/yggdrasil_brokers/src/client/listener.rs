@@ -710,7 +710,11 @@ async fn fan_out<B: Broker, R: Recipient>(
         metadata,
         ack,
     } = incoming;
-    if let Some(state) = topics.map.get(&topic) {
+    // Only once confirmed on this session: before that, a topic's messages
+    // can only come from a subscription being dropped (unsubscribed and
+    // subscribed again in one batch), and its recipients are not told
+    // `Connected` yet.
+    if let Some(state) = topics.map.get(&topic).filter(|state| state.confirmed) {
         let message = |payload, metadata| Event::Message {
             name: state.name.clone(),
             payload,
