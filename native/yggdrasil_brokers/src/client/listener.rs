@@ -500,7 +500,9 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                 };
                 shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
                 let broker = self.broker;
-                let purge = broker.purge(&mut open.control);
+                // A topic's refusal here would leave the session half paused
+                // (some topics without a consumer): it is lost instead.
+                let purge = broker.purge(&mut open.control).map(every_topic);
                 if let Err(reason) = session_call(CALL_TIMEOUT, "purge confirmation", purge).await {
                     return self.lose(topics, backoff, reason);
                 }
@@ -522,7 +524,7 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                         shared.events.flow_gap(flow);
                     }
                 }
-                let resume = broker.resume(&mut open.control);
+                let resume = broker.resume(&mut open.control).map(every_topic);
                 if let Err(reason) =
                     session_call(CALL_TIMEOUT, "consume confirmation", resume).await
                 {
@@ -625,6 +627,15 @@ async fn session_call(
         Ok(Err(ListenError::Connection(reason))) => Err(reason),
         Err(_) => Err(format!("no {what} within {limit:?}")),
     }
+}
+
+/// The answer of a call that must hold for every topic: a topic's refusal
+/// counts as the session's.
+fn every_topic(answer: Result<(), ListenError>) -> Result<(), ListenError> {
+    answer.map_err(|e| match e {
+        ListenError::Topic(reason) => ListenError::Connection(reason),
+        broken => broken,
+    })
 }
 
 pub(super) async fn sleep_until_some(at: Option<Instant>) {
