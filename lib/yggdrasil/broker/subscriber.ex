@@ -78,6 +78,9 @@ defmodule Yggdrasil.Broker.Subscriber do
     # So that terminate/2 (the broker-side unsubscribe) also runs on a
     # supervisor shutdown.
     Process.flag(:trap_exit, true)
+    # Its mailbox may hold up to 10,000 events under a flood: off heap, they
+    # are not copied into (and do not grow) this process's heap while they wait.
+    Process.flag(:message_queue_data, :off_heap)
 
     state = %{
       broker: broker,
