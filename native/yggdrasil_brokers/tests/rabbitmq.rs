@@ -337,19 +337,7 @@ fn properties_both_ways(node: &mut Node) {
     let properties = lapin::BasicProperties::default()
         .with_message_id("id-1".into())
         .with_headers(table);
-    node.lapin(|channel| async move {
-        channel
-            .basic_publish(
-                "amq.topic".into(),
-                "props.in".into(),
-                BasicPublishOptions::default(),
-                b"p2",
-                properties,
-            )
-            .await?
-            .await?;
-        Ok(())
-    });
+    node.lapin_publish("amq.topic", "props.in", b"p2", properties);
     let (payload, metadata) = expect_message(&events, 1);
     assert_eq!(payload, b"p2");
     let RabbitMetadata {
@@ -373,19 +361,7 @@ fn properties_both_ways(node: &mut Node) {
     let mut table = FieldTable::default();
     table.insert("trap".into(), AMQPValue::LongString(trap.clone().into()));
     let properties = lapin::BasicProperties::default().with_headers(table);
-    node.lapin(|channel| async move {
-        channel
-            .basic_publish(
-                "amq.topic".into(),
-                "props.in".into(),
-                BasicPublishOptions::default(),
-                b"p3",
-                properties,
-            )
-            .await?
-            .await?;
-        Ok(())
-    });
+    node.lapin_publish("amq.topic", "props.in", b"p3", properties);
     let (payload, metadata) = expect_message(&events, 1);
     assert_eq!(payload, b"p3");
     assert_eq!(
@@ -1125,6 +1101,30 @@ impl Node {
     }
 
     /// Runs `f` on a fresh plain lapin channel (the test's own connection).
+    /// A plain lapin `basic.publish`, confirmed by the broker.
+    fn lapin_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &'static [u8],
+        properties: lapin::BasicProperties,
+    ) {
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        self.lapin(|channel| async move {
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    properties,
+                )
+                .await?
+                .await?;
+            Ok(())
+        });
+    }
+
     fn lapin<T, F, Fut>(&self, f: F) -> T
     where
         F: FnOnce(lapin::Channel) -> Fut,

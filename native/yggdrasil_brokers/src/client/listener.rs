@@ -20,7 +20,8 @@ use crate::outbox::Flow;
 use crate::{Event, Name, Recipient};
 
 /// Subscribe commands that may wait for the listener task at once (it takes
-/// the next once the broker answered what the last one asked for); one more
+/// up to `COMMANDS_AT_ONCE` once the broker answered what it asked for
+/// before); one more
 /// is refused at once, `Err("... overloaded ...")`. Unsubscribes are never
 /// refused (a refused one would leave a subscription behind): each undoes a
 /// subscription held or waiting, so this bounds the command channel too.
