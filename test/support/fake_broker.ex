@@ -201,6 +201,9 @@ defmodule Yggdrasil.Test.FakeBroker do
       {50, 20} ->
         send_amqp(socket, channel, 50, 21, <<>>)
 
+      {50, 40} ->
+        send_amqp(socket, channel, 50, 41, <<0::32>>)
+
       {85, 10} ->
         send_amqp(socket, channel, 85, 11, <<>>)
 

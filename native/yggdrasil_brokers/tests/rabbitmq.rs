@@ -55,6 +55,10 @@ fn main() {
         ),
         ("idle_client_closes_its_connection", idle_close),
         (
+            "an_unsubscribed_topic_leaves_no_queue_behind",
+            unsubscribed_queue,
+        ),
+        (
             "a_purged_backlog_is_told_after_what_came_before_it",
             purged_backlog,
         ),
@@ -644,22 +648,58 @@ fn idle_close(node: &mut Node) {
     loop {
         let connections =
             node.rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "name"]);
-        let queues = node.rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
-        let ours = queues
-            .lines()
-            .filter(|l| l.starts_with("yggdrasil."))
-            .count();
+        let ours = our_queues(node);
         if connections.trim().is_empty() && ours == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "left: {connections:?} {queues:?}"
-        );
+        assert!(Instant::now() < deadline, "left: {connections:?} {ours}");
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(client.stats().tasks, 0, "{:?}", client.stats());
     assert_nothing_left();
+}
+
+/// The queues of this process's clients on the broker.
+fn our_queues(node: &Node) -> usize {
+    let queues = node.rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
+    queues
+        .lines()
+        .filter(|l| l.starts_with("yggdrasil."))
+        .count()
+}
+
+fn wait_for_our_queues(node: &Node, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ours = our_queues(node);
+        if ours == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ours} queues, not {n}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Unsubscribing deletes the topic's queue while the connection goes on
+/// (the queues are exclusive, not auto-delete: see `rabbitmq/session.rs`).
+fn unsubscribed_queue(node: &mut Node) {
+    let (client, events) = node.client(&[]);
+    let a = Name::pair("amq.topic", "queue.a");
+    let b = Name::pair("amq.topic", "queue.b");
+    client.subscribe(a.clone(), 1).expect("subscribe");
+    client.subscribe(b.clone(), 2).expect("subscribe");
+    expect_all_connected(&events, &[(1, &a), (2, &b)]);
+    wait_for_our_queues(node, 2);
+    client.unsubscribe(a, 1).expect("unsubscribe");
+    wait_for_our_queues(node, 1);
+    assert_eq!(client.stats().connections, 1, "{:?}", client.stats());
+    // The topic still held is still consumed.
+    client
+        .publish(b.clone(), b"still here".to_vec(), &[], 9, 1)
+        .expect("publish");
+    assert_has_message(&collect(&events, 2), 2, b"still here");
+    client.unsubscribe(b, 2).expect("unsubscribe");
+    drop(client);
 }
 
 /// Nothing of lapin's is left: its tasks on the shared runtime and the I/O
@@ -741,7 +781,8 @@ fn lapin_threads() -> usize {
 /// it for the session, and it is purged (`cuts`). Every message the
 /// broker sent before a purge reaches the recipient before the gap's
 /// Disconnected, never after it (`support::check_flood`), and a marker
-/// published once the flood is over arrives.
+/// published once the flood is over arrives. The purge keeps the session:
+/// the queues outlive their cancelled consumers, so no connection is lost.
 fn purged_backlog(node: &mut Node) {
     use yggdrasil_brokers::outbox::{self, Limits};
     let (outbox, deliveries) = outbox::channel::<u64>(Limits {
@@ -753,9 +794,15 @@ fn purged_backlog(node: &mut Node) {
     let given = [text("hostname", "127.0.0.1"), int("port", node.port.into())];
     let client = Client::open("rabbitmq", &given, 0u64, sink.clone()).expect("opens");
     let (seen_tx, seen) = crossbeam_channel::unbounded();
+    let (warnings_tx, warnings) = crossbeam_channel::unbounded();
     let consumer = std::thread::spawn(move || {
-        for delivery in deliveries.filter(|d| d.to == 1) {
-            if seen_tx.send(delivery.event).is_err() {
+        for delivery in deliveries {
+            let sent = match delivery.event {
+                Event::Warning { message } => warnings_tx.send(message).is_ok(),
+                event if delivery.to == 1 => seen_tx.send(event).is_ok(),
+                _ => true,
+            };
+            if !sent {
                 break;
             }
         }
@@ -791,6 +838,8 @@ fn purged_backlog(node: &mut Node) {
     let cuts = client.stats().cuts;
     assert!(cuts > 0, "never purged: {flood:?}, {:?}", sink.load());
     assert!(flood.notices > 0, "{flood:?}");
+    let lost: Vec<String> = warnings.try_iter().filter(|w| w.contains("lost")).collect();
+    assert!(lost.is_empty(), "purged {cuts} times: {lost:?}");
     drop(client);
     drop((outbox, sink));
     consumer.join().expect("consumer");

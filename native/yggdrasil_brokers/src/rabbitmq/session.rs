@@ -1,6 +1,6 @@
 //! A subscribing session: one consuming AMQP channel per topic, each with
-//! a client-named, exclusive, auto-delete queue bound to its exchange, the
-//! consumers forwarded into one `Messages` queue, and acks batched.
+//! a client-named, exclusive queue bound to its exchange, the consumers
+//! forwarded into one `Messages` queue, and acks batched.
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -133,9 +133,11 @@ impl Control {
             .map_err(listen_error)?;
         let queue = next_queue_name();
         let queue_name = queue.clone();
+        // Exclusive: the broker deletes the queue with the connection. Not
+        // auto-delete: a purge cancels the consumer (`purge`), and an
+        // auto-delete queue would go with it; `unlisten` deletes it instead.
         let declare = QueueDeclareOptions {
             exclusive: true,
-            auto_delete: true,
             ..QueueDeclareOptions::default()
         };
         channel
@@ -301,18 +303,25 @@ impl Control {
             return Ok(());
         };
         // Stop forwarding first, so the consumer's end is not taken for a
-        // lost connection; closing the channel cancels the consumer and the
-        // broker deletes the auto-delete queue.
+        // lost connection; deleting the queue cancels its consumer.
         drop(subscription.forward.map(|forward| forward.task));
         if !subscription.channel.status().connected() {
-            return Ok(()); // already closed by the broker: nothing to undo
+            // Closed by the broker: the queue outlives its channel.
+            delete_queue(&self.connection, subscription.queue).await;
+            return Ok(());
         }
         let status = self.connection.status().clone();
+        let listen_error = |e: lapin::Error| listen_error(&status, &e);
+        subscription
+            .channel
+            .queue_delete(subscription.queue, QueueDeleteOptions::default())
+            .await
+            .map_err(listen_error)?;
         subscription
             .channel
             .close(200, "unsubscribed".into())
             .await
-            .map_err(|e| listen_error(&status, &e))
+            .map_err(listen_error)
     }
 }
 
