@@ -327,10 +327,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                 let Some(answer) =
                     reading(broker, shared, topics, &mut open.messages, listen).await
                 else {
-                    lost = Some(match broker.overrun(&open.messages) {
-                        Some(reason) => (reason, true),
-                        None => ("connection closed".to_string(), false),
-                    });
+                    lost = Some(SessionEnd::MessagesEnded);
                     break;
                 };
                 match answer {
@@ -343,19 +340,18 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         topics.refused(&topic, broker.common().backoff_max);
                     }
                     Ok(Err(ListenError::Connection(reason))) => {
-                        lost = Some((reason, false));
+                        lost = Some(SessionEnd::Failed(reason));
                         break;
                     }
                     Err(_) => {
                         let reason = format!("no subscribe confirmation within {CALL_TIMEOUT:?}");
-                        lost = Some((reason, false));
+                        lost = Some(SessionEnd::Failed(reason));
                         break;
                     }
                 }
             }
             match lost {
-                Some((reason, true)) => l.cut(topics, backoff, reason),
-                Some((reason, false)) => l.lose(topics, backoff, reason),
+                Some(end) => l.end(topics, backoff, end),
                 None => {
                     backoff.reset();
                     l.retry_at = topics.next_retry();
@@ -400,10 +396,7 @@ async fn listen_loop<B: Broker, R: Recipient>(
                         l.fall_behind(topics, backoff).await;
                     }
                 }
-                None => match broker.overrun(&open.messages) {
-                    Some(reason) => l.cut(topics, backoff, reason),
-                    None => l.lose(topics, backoff, "connection closed".to_string()),
-                },
+                None => l.end(topics, backoff, SessionEnd::MessagesEnded),
             },
             _ = sleep_until_some(l.retry_at) => l.review = true,
             _ = sleep_until(l.ping_at) => {
@@ -415,6 +408,15 @@ async fn listen_loop<B: Broker, R: Recipient>(
             },
         }
     }
+}
+
+/// Why a session goes (`Listener::end`).
+enum SessionEnd {
+    /// Its messages ended: the connection closed, or the broker module
+    /// ended it (`Broker::overrun`).
+    MessagesEnded,
+    /// A call on it failed.
+    Failed(String),
 }
 
 /// The listener's per-run state (what a panic may throw away).
@@ -471,14 +473,12 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                 broker.unlisten(&mut open.control, &topic),
             );
             let answer = reading(broker, shared, topics, &mut open.messages, call).await;
-            let failed = match answer {
+            let end = match answer {
                 Some(Ok(())) => continue,
-                Some(Err(reason)) => reason,
-                None => broker
-                    .overrun(&open.messages)
-                    .unwrap_or_else(|| "connection closed".into()),
+                Some(Err(reason)) => SessionEnd::Failed(reason),
+                None => SessionEnd::MessagesEnded,
             };
-            return self.lose(topics, backoff, failed);
+            return self.end(topics, backoff, end);
         }
     }
 
@@ -514,9 +514,7 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
                     let next = tokio::task::unconstrained(broker.next_message(&mut open.messages));
                     match next.now_or_never() {
                         Some(Some(incoming)) => fan_out(broker, shared, topics, incoming).await,
-                        Some(None) => {
-                            return self.lose(topics, backoff, "connection closed".into())
-                        }
+                        Some(None) => return self.end(topics, backoff, SessionEnd::MessagesEnded),
                         None => break,
                     }
                 }
@@ -535,7 +533,22 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         }
     }
 
-    /// The session broke: close it, tell everyone, reconnect after a pause.
+    /// The session goes: cut if its broker module ended it for falling
+    /// behind (`Broker::overrun`), lost otherwise.
+    fn end(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, end: SessionEnd) {
+        let reason = match end {
+            SessionEnd::Failed(reason) => reason,
+            SessionEnd::MessagesEnded => {
+                let overrun = self.session.as_ref();
+                match overrun.and_then(|open| self.broker.overrun(&open.messages)) {
+                    Some(reason) => return self.cut(topics, backoff, reason),
+                    None => "connection closed".to_string(),
+                }
+            }
+        };
+        self.lose(topics, backoff, reason);
+    }
+
     /// The session is behind its broker and goes (`Behind::Cut`, `Broker::overrun`): counted in
     /// `cuts`, then lost as any other.
     fn cut(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
@@ -543,6 +556,7 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         self.lose(topics, backoff, reason);
     }
 
+    /// The session broke: close it, tell everyone, reconnect after a pause.
     fn lose(&mut self, topics: &mut Topics<B::Topic, R>, backoff: &mut Backoff, reason: String) {
         // Dropping the session closes its connection before anyone is told.
         self.behind_since = None;
