@@ -10,7 +10,9 @@ use support::{
     csv_fields, eventually, free_port, int, next_tag, open_at, open_client, skip, text,
     unquote_redis, Inbox, Server, ServerCert, Tls, WAIT,
 };
-use yggdrasil_brokers::{Client, ClientStats, Common, Data, Event, Given, Name, Raw};
+use yggdrasil_brokers::{
+    Client, ClientStats, Common, Data, Delivery, Event, EventSink, Given, Name, Raw,
+};
 
 const OWNER: u64 = 0;
 
@@ -559,6 +561,61 @@ fn a_panic_in_the_tasks_is_survived() {
         }
     }
     assert_eq!(publish(&client, &mut inbox, "sturdy", b"again"), Ok(()));
+    assert_eq!(client.stats().tasks, 2);
+}
+
+/// A sink that panics on every `Disconnected` of recipient 1.
+struct PanicsOnDisconnect(crossbeam_channel::Sender<Delivery<u64>>);
+
+impl EventSink<u64> for PanicsOnDisconnect {
+    fn deliver(&self, delivery: Delivery<u64>) {
+        if delivery.to == 1 && matches!(delivery.event, Event::Disconnected { .. }) {
+            panic!("the test's sink refuses a Disconnected");
+        }
+        let _ = self.0.send(delivery);
+    }
+}
+
+/// The listener calls its sink while it recovers from a panic of its own
+/// (everyone is told `Disconnected`): a sink that panics there loses that
+/// event, and the listener still starts again.
+#[test]
+fn a_sink_that_panics_while_a_task_recovers_ends_no_task() {
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut given = vec![
+        text("hostname", "127.0.0.1"),
+        int("port", server.port.into()),
+    ];
+    given.extend(support::common_settings(&common()));
+    let client = Client::open("redis", &given, OWNER, PanicsOnDisconnect(tx)).expect("opens");
+    let mut inbox = Inbox::new(rx);
+    client.subscribe(topic("fragile"), 1).expect("subscribe");
+    client.subscribe(topic("fragile"), 2).expect("subscribe");
+    inbox.connected(1);
+    inbox.connected(2);
+    assert_eq!(publish(&client, &mut inbox, "fragile", b"before"), Ok(()));
+
+    eprintln!(
+        "note: panics 'injected by debug_inject_panic' and by the test's sink are expected below"
+    );
+    client.debug_inject_panic().expect("inject");
+    for task in ["listener", "publisher"] {
+        inbox.wait("a panic warning", |d| {
+            matches!(&d.event, Event::Warning { message } if message.contains(task) && message.contains("panicked"))
+        });
+    }
+    inbox.disconnected(2);
+    inbox.connected(1);
+    inbox.connected(2);
+    server.redis_cli_text(&["PUBLISH", "fragile", "after"]);
+    for to in [1, 2] {
+        // Messages published before the panic arrive before it: skip them.
+        while message_parts(inbox.message(to)).1 != b"after" {}
+    }
+    assert_eq!(publish(&client, &mut inbox, "fragile", b"again"), Ok(()));
     assert_eq!(client.stats().tasks, 2);
 }
 

@@ -16,6 +16,7 @@ mod listener;
 mod publisher;
 mod slot;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl<R: Recipient> Client<R> {
         events: impl EventSink<R>,
     ) -> Result<Self, Error> {
         let settings = crate::settings(broker, given)?;
-        crate::registry::open(broker, &settings, owner, Arc::new(events))
+        crate::registry::open(broker, &settings, owner, Arc::new(Guarded(events)))
     }
 
     /// Returns at once; `Connected` goes to `to` when the broker confirmed.
@@ -163,6 +164,10 @@ impl<R: Recipient> Drop for Client<R> {
 /// Subscriber events go through [`EventSink::flow_event`], on the [`Flow`]
 /// of their recipient and topic: an [`Outbox`](crate::Outbox) bounds and
 /// sheds them there. The defaults deliver everything, unbounded (tests).
+///
+/// A panic in a sink is caught, and loses the event it was handed: the
+/// client's tasks call their sink while they recover from a panic of their
+/// own, and a reply owed by an abandoned publish is sent while unwinding.
 pub trait EventSink<R>: Send + Sync + 'static {
     /// Warnings to the owner and publish replies.
     fn deliver(&self, delivery: Delivery<R>);
@@ -196,6 +201,38 @@ pub trait EventSink<R>: Send + Sync + 'static {
             to: flow.to().clone(),
             event,
         })
+    }
+}
+
+/// The caller's sink with its panics caught (see [`EventSink`]).
+struct Guarded<S>(S);
+
+impl<R, S: EventSink<R>> EventSink<R> for Guarded<S> {
+    fn deliver(&self, delivery: Delivery<R>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.deliver(delivery)));
+    }
+
+    fn flow(&self, to: R, name: Name) -> Arc<Flow<R>>
+    where
+        R: Recipient,
+    {
+        let (to_again, name_again) = (to.clone(), name.clone());
+        catch_unwind(AssertUnwindSafe(|| self.0.flow(to, name)))
+            .unwrap_or_else(|_| Flow::detached(to_again, name_again))
+    }
+
+    fn flow_gap(&self, flow: &Arc<Flow<R>>)
+    where
+        R: Recipient,
+    {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.flow_gap(flow)));
+    }
+
+    fn flow_event(&self, flow: &Arc<Flow<R>>, event: Event)
+    where
+        R: Recipient,
+    {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.flow_event(flow, event)));
     }
 }
 
