@@ -59,6 +59,10 @@ fn main() {
             unsubscribed_queue,
         ),
         (
+            "a_session_lost_while_its_connection_stays_leaves_no_queue_behind",
+            lost_session_queues,
+        ),
+        (
             "a_purged_backlog_is_told_after_what_came_before_it",
             purged_backlog,
         ),
@@ -661,11 +665,17 @@ fn idle_close(node: &mut Node) {
 
 /// The queues of this process's clients on the broker.
 fn our_queues(node: &Node) -> usize {
+    our_queue_names(node).len()
+}
+
+fn our_queue_names(node: &Node) -> Vec<String> {
     let queues = node.rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
     queues
         .lines()
+        .map(str::trim)
         .filter(|l| l.starts_with("yggdrasil."))
-        .count()
+        .map(String::from)
+        .collect()
 }
 
 fn wait_for_our_queues(node: &Node, n: usize) {
@@ -699,6 +709,49 @@ fn unsubscribed_queue(node: &mut Node) {
         .expect("publish");
     assert_has_message(&collect(&events, 2), 2, b"still here");
     client.unsubscribe(b, 2).expect("unsubscribe");
+    drop(client);
+}
+
+/// The broker deletes one topic's queue: that consumer's end loses the
+/// session, while the connection stays (the publisher holds it). The other
+/// topic's queue goes with the session, and the new session has its own.
+fn lost_session_queues(node: &mut Node) {
+    let (client, events) = node.client(&[]);
+    let a = Name::pair("amq.topic", "lost.a");
+    let b = Name::pair("amq.topic", "lost.b");
+    client.subscribe(a.clone(), 1).expect("subscribe");
+    client.subscribe(b.clone(), 2).expect("subscribe");
+    expect_all_connected(&events, &[(1, &a), (2, &b)]);
+    client
+        .publish(b.clone(), b"before".to_vec(), &[], 9, 1)
+        .expect("publish");
+    assert_has_message(&collect(&events, 2), 2, b"before");
+    wait_for_our_queues(node, 2);
+    let first = our_queue_names(node);
+    node.rabbitmqctl(&["delete_queue", &first[0]]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 4 {
+        let delivery = recv_until(&events, deadline).expect("Disconnected, then Connected");
+        match delivery.event {
+            Event::Disconnected { .. } => seen.push((delivery.to, false)),
+            Event::Connected { .. } => seen.push((delivery.to, true)),
+            Event::Warning { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [(1, false), (1, true), (2, false), (2, true)]);
+    wait_for_our_queues(node, 2);
+    let now = our_queue_names(node);
+    assert!(
+        now.iter().all(|q| !first.contains(q)),
+        "{first:?} then {now:?}"
+    );
+    client
+        .publish(a.clone(), b"after".to_vec(), &[], 9, 2)
+        .expect("publish");
+    assert_has_message(&collect(&events, 2), 1, b"after");
     drop(client);
 }
 

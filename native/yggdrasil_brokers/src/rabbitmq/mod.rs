@@ -7,9 +7,10 @@
 //! - **Subscribing** a topic `{exchange, routing_key}` opens a channel of its
 //!   own, declares a client-named, exclusive queue, binds it to the exchange
 //!   with the routing key and consumes it. The queue lives as an auto-delete
-//!   one would (until the unsubscribe or the connection's end), but is not
-//!   declared auto-delete: a purge cancels its consumer, which would delete
-//!   it, backlog and all, and the session would have to be opened again. A missing exchange
+//!   one would (until the unsubscribe, or the session's or the connection's
+//!   end), but is not declared auto-delete: a purge cancels its consumer,
+//!   which would delete it, backlog and all, and the session would have to
+//!   be opened again. A missing exchange
 //!   makes the broker close that channel only, so it is a topic error: the
 //!   connection and the other topics go on. lapin's automatic recovery is
 //!   off (it replays declarations of server-named queues, which the broker

@@ -13,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionStatus};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
@@ -28,6 +28,13 @@ use crate::Data;
 /// enough to keep a consumer busy while acks travel, small enough that a
 /// slow delivery side holds the backlog in the broker, not in our memory.
 const PREFETCH: u16 = 1000;
+
+/// A queue without a consumer for this long is deleted by the broker: far
+/// longer than a purge's pause (two calls of at most `CALL_TIMEOUT`).
+const QUEUE_EXPIRES_MS: i64 = 60_000;
+
+/// How long dropping a session tries to delete its queues.
+const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a session looks whether its connection is still up, besides
 /// waking on each of lapin's connection events.
@@ -135,13 +142,17 @@ impl Control {
         let queue_name = queue.clone();
         // Exclusive: the broker deletes the queue with the connection. Not
         // auto-delete: a purge cancels the consumer (`purge`), and an
-        // auto-delete queue would go with it; `unlisten` deletes it instead.
+        // auto-delete queue would go with it. `unlisten` deletes it, and so
+        // does dropping the session (the connection may stay, for the
+        // publisher); `x-expires` deletes it if both failed.
         let declare = QueueDeclareOptions {
             exclusive: true,
             ..QueueDeclareOptions::default()
         };
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(QUEUE_EXPIRES_MS));
         channel
-            .queue_declare(queue.clone(), declare, FieldTable::default())
+            .queue_declare(queue.clone(), declare, arguments)
             .await
             .map_err(listen_error)?;
         // Both fit in a short string: `topic` checked them before this topic was queued.
@@ -304,24 +315,56 @@ impl Control {
         };
         // Stop forwarding first, so the consumer's end is not taken for a
         // lost connection; deleting the queue cancels its consumer.
-        drop(subscription.forward.map(|forward| forward.task));
-        if !subscription.channel.status().connected() {
-            // Closed by the broker: the queue outlives its channel.
-            delete_queue(&self.connection, subscription.queue).await;
-            return Ok(());
+        if let Some(forward) = subscription.forward {
+            forward.cancelled.store(true, Ordering::Release);
+            drop(forward.task);
         }
         let status = self.connection.status().clone();
         let listen_error = |e: lapin::Error| listen_error(&status, &e);
-        subscription
-            .channel
-            .queue_delete(subscription.queue, QueueDeleteOptions::default())
-            .await
-            .map_err(listen_error)?;
+        let deleted = if subscription.channel.status().connected() {
+            subscription
+                .channel
+                .queue_delete(subscription.queue.clone(), QueueDeleteOptions::default())
+                .await
+                .map_err(listen_error)
+        } else {
+            Err(ListenError::Topic("channel closed".into()))
+        };
+        match deleted {
+            Ok(_) => {}
+            // The broker closed the channel: the queue outlives it.
+            Err(ListenError::Topic(_)) => {
+                delete_queue(&self.connection, subscription.queue).await;
+                return Ok(());
+            }
+            Err(lost) => return Err(lost),
+        }
         subscription
             .channel
             .close(200, "unsubscribed".into())
             .await
             .map_err(listen_error)
+    }
+}
+
+impl Drop for Control {
+    /// A session can end while its connection stays (the publisher holds
+    /// it too): its queues would stay bound and fill. Deleted in the
+    /// background, best effort.
+    fn drop(&mut self) {
+        let queues: Vec<ShortString> = self.topics.drain().map(|(_, s)| s.queue).collect();
+        if queues.is_empty() || !self.connection.status().connected() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let connection = self.connection.clone();
+        runtime.spawn(tokio::time::timeout(DELETE_TIMEOUT, async move {
+            for queue in queues {
+                delete_queue(&connection, queue).await;
+            }
+        }));
     }
 }
 
