@@ -4,8 +4,8 @@ defmodule Yggdrasil.Adapter.RabbitMQ do
 
   A channel's `name` is `{exchange, routing_key}` (two binaries). The
   exchange must exist; subscribing binds an exclusive queue (deleted on
-  unsubscribe and with the connection) to it with `routing_key` (a topic pattern on topic exchanges: `"orders.*"`,
-  `"orders.#"`). Publishing is `basic.publish` to `exchange` with
+  unsubscribe and with the connection) to it with `routing_key` (a topic
+  pattern on topic exchanges: `"orders.*"`, `"orders.#"`). Publishing is `basic.publish` to `exchange` with
   `routing_key`, and `:ok` means the broker confirmed it; `publish/3`
   options other than `metadata:` are AMQP properties (`content_type`,
   `content_encoding`, `headers` — a map or keyword list of string/atom keys

@@ -21,10 +21,10 @@ use crate::{Event, Name, Recipient};
 
 /// Subscribe commands that may wait for the listener task at once (it takes
 /// up to `COMMANDS_AT_ONCE` once the broker answered what it asked for
-/// before); one more
-/// is refused at once, `Err("... overloaded ...")`. Unsubscribes are never
-/// refused (a refused one would leave a subscription behind): each undoes a
-/// subscription held or waiting, so this bounds the command channel too.
+/// before); one more is refused at once, `Err("... overloaded ...")`.
+/// Unsubscribes are never refused (a refused one would leave a subscription
+/// behind): each undoes a subscription held or waiting, so this bounds the
+/// command channel too.
 pub(super) const MAX_WAITING_SUBSCRIBES: usize = 65_536;
 
 /// Commands applied in one go, before the topics are reviewed.
@@ -539,8 +539,8 @@ impl<B: Broker, R: Recipient> Listener<'_, B, R> {
         let reason = match end {
             SessionEnd::Failed(reason) => reason,
             SessionEnd::MessagesEnded => {
-                let overrun = self.session.as_ref();
-                match overrun.and_then(|open| self.broker.overrun(&open.messages)) {
+                let open = self.session.as_ref();
+                match open.and_then(|open| self.broker.overrun(&open.messages)) {
                     Some(reason) => return self.cut(topics, backoff, reason),
                     None => "connection closed".to_string(),
                 }

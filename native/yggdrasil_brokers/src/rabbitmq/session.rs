@@ -321,29 +321,23 @@ impl Control {
         }
         let status = self.connection.status().clone();
         let listen_error = |e: lapin::Error| listen_error(&status, &e);
-        let deleted = if subscription.channel.status().connected() {
-            subscription
-                .channel
-                .queue_delete(subscription.queue.clone(), QueueDeleteOptions::default())
-                .await
-                .map_err(listen_error)
-        } else {
-            Err(ListenError::Topic("channel closed".into()))
-        };
-        match deleted {
-            Ok(_) => {}
-            // The broker closed the channel: the queue outlives it.
-            Err(ListenError::Topic(_)) => {
-                delete_queue(&self.connection, subscription.queue).await;
-                return Ok(());
+        let channel = &subscription.channel;
+        if channel.status().connected() {
+            let options = QueueDeleteOptions::default();
+            match channel.queue_delete(subscription.queue.clone(), options).await {
+                Ok(_) => {
+                    let closed = channel.close(200, "unsubscribed".into()).await;
+                    return closed.map_err(listen_error);
+                }
+                Err(e) => match listen_error(e) {
+                    ListenError::Topic(_) => {} // the broker closed the channel
+                    lost => return Err(lost),
+                },
             }
-            Err(lost) => return Err(lost),
         }
-        subscription
-            .channel
-            .close(200, "unsubscribed".into())
-            .await
-            .map_err(listen_error)
+        // The queue outlives its channel.
+        delete_queue(&self.connection, subscription.queue).await;
+        Ok(())
     }
 }
 
