@@ -57,8 +57,7 @@ defmodule Yggdrasil.Test.Flood do
           # memory bound is then on what we hold, not on how far the BEAM
           # grows each recipient's heap for a burst waiting in its mailbox
           # (that growth, the same for a bare send/2, is what `make
-          # bench-brokers` reports beside it). Measured in one half hour,
-          # rabbitmq: RSS +209…+267 MB on heap, +110…+117 MB off heap.
+          # bench-brokers` reports beside it).
           Process.flag(:message_queue_data, :off_heap)
           :ok = Yggdrasil.subscribe(channel)
           loop(%__MODULE__{parent: parent, marker: marker})

@@ -1202,7 +1202,6 @@ impl Node {
         })
     }
 
-    /// Runs `f` on a fresh plain lapin channel (the test's own connection).
     /// A plain lapin `basic.publish`, confirmed by the broker.
     fn lapin_publish(
         &self,
@@ -1227,6 +1226,7 @@ impl Node {
         });
     }
 
+    /// Runs `f` on a fresh plain lapin channel (the test's own connection).
     fn lapin<T, F, Fut>(&self, f: F) -> T
     where
         F: FnOnce(lapin::Channel) -> Fut,

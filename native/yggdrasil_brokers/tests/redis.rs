@@ -585,11 +585,7 @@ fn a_sink_that_panics_while_a_task_recovers_ends_no_task() {
         return;
     };
     let (tx, rx) = crossbeam_channel::unbounded();
-    let mut given = vec![
-        text("hostname", "127.0.0.1"),
-        int("port", server.port.into()),
-    ];
-    given.extend(support::common_settings(&common()));
+    let given = support::settings_at("127.0.0.1", server.port, &common(), &[]);
     let client = Client::open("redis", &given, OWNER, PanicsOnDisconnect(tx)).expect("opens");
     let mut inbox = Inbox::new(rx);
     client.subscribe(topic("fragile"), 1).expect("subscribe");
@@ -904,11 +900,7 @@ fn a_flood_is_shed_with_notice_and_nothing_stale_is_left() {
         max_lag: Duration::from_millis(300),
     });
     let sink = outbox.for_client();
-    let mut given = vec![
-        text("hostname", "127.0.0.1"),
-        int("port", server.port.into()),
-    ];
-    given.extend(support::common_settings(&common()));
+    let given = support::settings_at("127.0.0.1", server.port, &common(), &[]);
     let client = Client::open("redis", &given, OWNER, sink.clone()).expect("opens");
 
     // The recipient: 50 µs per message, far slower than Redis sends.

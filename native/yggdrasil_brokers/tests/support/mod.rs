@@ -375,6 +375,15 @@ pub fn open_client(broker: &str, given: &[Given], owner: u64) -> (Client<u64>, I
     (client, Inbox::new(rx))
 }
 
+/// The settings of a client at `hostname` and `port` with `common` and then
+/// `extra` (later settings win).
+pub fn settings_at(hostname: &str, port: u16, common: &Common, extra: &[Given]) -> Vec<Given> {
+    let mut given = vec![text("hostname", hostname), int("port", port.into())];
+    given.extend(common_settings(common));
+    given.extend_from_slice(extra);
+    given
+}
+
 /// Opens a client of `broker` at `hostname` and `port` with `common` and
 /// then `extra` (later settings win); checks that the common keys it was
 /// given are the ones it runs with.
@@ -386,9 +395,7 @@ pub fn open_at(
     extra: &[Given],
     owner: u64,
 ) -> (Client<u64>, Inbox) {
-    let mut given = vec![text("hostname", hostname), int("port", port.into())];
-    given.extend(common_settings(common));
-    given.extend_from_slice(extra);
+    let given = settings_at(hostname, port, common, extra);
     let (client, inbox) = open_client(broker, &given, owner);
     assert_eq!(client.common(), common, "the common settings given");
     (client, inbox)
