@@ -456,6 +456,60 @@ fn an_unsubscribe_holds_while_an_earlier_one_waits_for_its_answer() {
     inbox.assert_none_within(Duration::from_millis(300), |d| d.to == 1 || d.to == 2);
 }
 
+/// Unsubscribes that undo nothing are refused once 65,536 more of them wait than the client has
+/// subscriptions held or waiting, so its command channel stays bounded; a subscribe made meanwhile
+/// makes room for one more, and the paired unsubscribe waiting with them is applied.
+#[test]
+fn unsubscribes_that_undo_nothing_are_bounded() {
+    const SLACK: usize = 65_536;
+    let Some(server) = start_redis() else {
+        return;
+    };
+    let (client, mut inbox) = open(server.port, common());
+    for (name, to) in [("held", 1), ("kept", 2)] {
+        client.subscribe(topic(name), to).expect("subscribe");
+        inbox.connected(to);
+    }
+    // Nothing is taken from the command channel while the listener stalls.
+    client
+        .debug_stall_listener(Duration::from_secs(3))
+        .expect("stalls");
+    client
+        .unsubscribe(topic("held"), 1)
+        .expect("a paired unsubscribe");
+    // Two subscriptions held, one unsubscribe waiting: room for SLACK + 1 more.
+    for i in 0..=SLACK {
+        client
+            .unsubscribe(topic(&format!("never-{i}")), 9)
+            .unwrap_or_else(|e| panic!("unsubscribe {i} of {SLACK} refused: {e}"));
+    }
+    let refused = client
+        .unsubscribe(topic("never-one-more"), 9)
+        .expect_err("one past the bound");
+    assert!(
+        refused.to_string().contains("refuses the unsubscribe"),
+        "{refused}"
+    );
+    client
+        .subscribe(topic("late"), 3)
+        .expect("subscribes are counted apart");
+    client
+        .unsubscribe(topic("late"), 3)
+        .expect("a waiting subscribe makes room");
+    assert!(client.unsubscribe(topic("late-again"), 3).is_err());
+
+    // Once the listener took them, the paired unsubscribe took effect, the other subscription
+    // holds, and unsubscribes are taken again.
+    assert!(eventually(|| client.unsubscribe(topic("x"), 9).is_ok()));
+    server.redis_cli_text(&["PUBLISH", "held", "after its unsubscribe"]);
+    server.redis_cli_text(&["PUBLISH", "kept", "marker"]);
+    assert_eq!(message_parts(inbox.next(2)).1, b"marker");
+    server.redis_cli_text(&["PUBLISH", "late", "after its unsubscribe"]);
+    inbox.assert_none_within(Duration::from_millis(300), |d| {
+        matches!(d.event, Event::Message { .. }) && (d.to == 1 || d.to == 3)
+    });
+}
+
 /// A recipient that unsubscribes and subscribes again hears `Connected` before any message of
 /// the new subscription, even when a message of the old one is read while it is dropped.
 #[test]

@@ -22,22 +22,29 @@ use crate::{Event, Name, Recipient};
 /// Subscribe commands that may wait for the listener task at once (it takes
 /// up to `COMMANDS_AT_ONCE` once the broker answered what it asked for
 /// before); one more is refused at once, `Err("... overloaded ...")`.
-/// Unsubscribes are never refused (a refused one would leave a subscription
-/// behind): each undoes a subscription held or waiting, so this bounds the
-/// command channel too.
 pub(super) const MAX_WAITING_SUBSCRIBES: usize = 65_536;
+
+/// Unsubscribe commands may wait beyond the subscriptions held or waiting
+/// by this many. A refused unsubscribe would leave a subscription behind, so
+/// a caller that unsubscribes only what it subscribed (the NIF) must never
+/// be refused: the counts are read without a common lock and lag by up to
+/// one batch (`COMMANDS_AT_ONCE`), far below this. Only unsubscribes that
+/// undo nothing reach it, and the next one is refused: the command channel
+/// stays bounded whatever a caller does.
+pub(super) const UNSUBSCRIBE_SLACK: usize = 65_536;
 
 /// Commands applied in one go, before the topics are reviewed.
 const COMMANDS_AT_ONCE: usize = 1_024;
 
-/// Counts a subscribe command from its admission until it is applied, or
-/// dropped unapplied (a task gone with its queue): the count cannot leak.
+/// Counts a subscribe or unsubscribe command from its admission until it
+/// is applied, or dropped unapplied (a task gone with its queue): the count
+/// cannot leak.
 pub(super) struct Waiting(Arc<AtomicUsize>);
 
 impl Waiting {
-    /// `None` while `MAX_WAITING_SUBSCRIBES` already wait.
-    pub(super) fn admit(count: &Arc<AtomicUsize>) -> Option<Self> {
-        if count.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_SUBSCRIBES {
+    /// `None` while `limit` already wait.
+    pub(super) fn admit(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        if count.fetch_add(1, Ordering::SeqCst) >= limit {
             count.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
@@ -54,7 +61,7 @@ impl Drop for Waiting {
 pub(super) enum ListenCmd<T, R> {
     /// The topic, and the name it came from (what events carry).
     Subscribe(T, Name, R, Waiting),
-    Unsubscribe(T, R),
+    Unsubscribe(T, R, Waiting),
     #[cfg(feature = "test-hooks")]
     Panic,
     /// Reads nothing for this long (a listener slower than its broker).
@@ -669,11 +676,11 @@ async fn apply<B: Broker, R: Recipient>(
     cmd: ListenCmd<B::Topic, R>,
 ) -> Option<B::Topic> {
     match cmd {
-        // `_waiting` leaves the count of waiting subscribes here.
+        // `_waiting` leaves the count of waiting commands here.
         ListenCmd::Subscribe(topic, name, to, _waiting) => {
             topics.subscribe(shared, topic, name, to)
         }
-        ListenCmd::Unsubscribe(topic, to) => {
+        ListenCmd::Unsubscribe(topic, to, _waiting) => {
             return topics.unsubscribe(&topic, &to).then_some(topic);
         }
         #[cfg(feature = "test-hooks")]

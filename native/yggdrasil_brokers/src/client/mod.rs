@@ -80,11 +80,12 @@ impl<R: Recipient> Client<R> {
     }
 
     /// Returns at once; no event. The broker-level subscription goes with
-    /// the topic's last recipient. Never refused while the client is open
-    /// (a refused one would leave a subscription behind): callers unsubscribe
-    /// only what they subscribed, as the NIF does, so the unsubscribes
-    /// waiting for the listener are bounded by the subscriptions it holds or
-    /// has waiting.
+    /// the topic's last recipient. A caller that unsubscribes only what it
+    /// subscribed, as the NIF does, is never refused while the client is
+    /// open. Unsubscribes that undo nothing are refused (`Err("... not
+    /// subscribed")`) once the unsubscribes waiting for the listener task
+    /// would outnumber the subscriptions it holds or has waiting by 65,536:
+    /// the command channel stays bounded.
     pub fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
         self.driver.unsubscribe(name, to)
     }
@@ -260,6 +261,7 @@ pub(crate) fn open<B: Broker, R: Recipient>(
         publisher: Slot::default(),
         counters: Counters::default(),
         waiting_subscribes: Arc::new(AtomicUsize::new(0)),
+        waiting_unsubscribes: Arc::new(AtomicUsize::new(0)),
         closed: AtomicBool::new(false),
     });
     Ok(Client {
@@ -276,8 +278,10 @@ struct Shared<B: Broker, R: Recipient> {
     listener: Slot<ListenCmd<B::Topic, R>>,
     publisher: Slot<PublishCmd<B, R>>,
     counters: Counters,
-    /// Subscribe commands sent and not taken by the listener task yet.
+    /// Subscribe and unsubscribe commands sent and not taken by the
+    /// listener task yet.
     waiting_subscribes: Arc<AtomicUsize>,
+    waiting_unsubscribes: Arc<AtomicUsize>,
     closed: AtomicBool,
 }
 
@@ -362,7 +366,11 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
 
     fn subscribe(&self, name: Name, to: R) -> Result<(), Error> {
         let topic = self.topic(&name)?;
-        let waiting = Waiting::admit(&self.shared.waiting_subscribes).ok_or_else(|| {
+        let waiting = Waiting::admit(
+            &self.shared.waiting_subscribes,
+            listener::MAX_WAITING_SUBSCRIBES,
+        )
+        .ok_or_else(|| {
             Error::new(format!(
                 "the {} client is overloaded: {} subscribes wait for the broker",
                 B::NAME,
@@ -374,7 +382,19 @@ impl<B: Broker, R: Recipient> Driver<R> for Erased<B, R> {
 
     fn unsubscribe(&self, name: Name, to: R) -> Result<(), Error> {
         let topic = self.topic(&name)?;
-        self.send_listener(ListenCmd::Unsubscribe(topic, to))
+        let shared = &self.shared;
+        let undoable = shared.counters.subscriptions.load(Ordering::SeqCst)
+            + shared.waiting_subscribes.load(Ordering::SeqCst);
+        let limit = undoable + listener::UNSUBSCRIBE_SLACK;
+        let waiting = Waiting::admit(&shared.waiting_unsubscribes, limit).ok_or_else(|| {
+            Error::new(format!(
+                "the {} client refuses the unsubscribe: {limit} unsubscribes already wait \
+                 for {undoable} subscriptions held or waiting (unsubscribes that undo \
+                 nothing: not subscribed)",
+                B::NAME
+            ))
+        })?;
+        self.send_listener(ListenCmd::Unsubscribe(topic, to, waiting))
     }
 
     fn publish(
