@@ -594,10 +594,7 @@ mod tests {
     async fn a_session_whose_tls_is_declined_is_still_bounded() {
         use crate::{Given, Raw};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.unwrap();
+        let (port, server) = crate::tls::tests::one_connection(|mut tcp| async move {
             let mut ssl_request = [0u8; 8];
             tcp.read_exact(&mut ssl_request).await.unwrap();
             tcp.write_all(b"N").await.unwrap();
@@ -606,7 +603,8 @@ mod tests {
             tcp.write_all(b"R\x7f\xff\xff\xff").await.unwrap();
             tcp.write_all(&[0u8; 4096]).await.unwrap();
             let _ = tcp.read_to_end(&mut Vec::new()).await;
-        });
+        })
+        .await;
         let broker = broker(&[
             Given::new("hostname", Raw::Text("127.0.0.1".into())),
             Given::new("port", Raw::Int(port.into())),

@@ -203,11 +203,10 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
 
     use super::*;
-    use crate::tls::tests::{server_config, Pem, Pki};
+    use crate::tls::tests::{one_connection, server_config, Pem, Pki};
     use crate::tls::TlsSettings;
 
     /// What the fake server saw of one session.
@@ -244,10 +243,7 @@ mod tests {
     /// A one-session fake PostgreSQL server: answers an SSLRequest with
     /// 'S' (then TLS with `pem`) when `pem` is given, else 'N'.
     async fn fake_server(pem: Option<Pem>) -> (u16, tokio::task::JoinHandle<Seen>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.unwrap();
+        one_connection(|mut tcp| async move {
             let mut head = [0u8; 8];
             tcp.peek(&mut head).await.unwrap();
             let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
@@ -286,8 +282,8 @@ mod tests {
                     }
                 }
             }
-        });
-        (port, task)
+        })
+        .await
     }
 
     /// Connects with `sslmode` to a fake server; the client's error text

@@ -79,7 +79,7 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::*;
-    use crate::tls::tests::{free_port, have, Child, Pki};
+    use crate::tls::tests::{free_port, have, one_connection, Child, Pki};
     use crate::tls::{TlsSettings, Verify};
 
     /// `rediss://` end to end: a private redis-server with only a TLS port,
@@ -182,15 +182,13 @@ mod tests {
     #[tokio::test]
     async fn a_server_declaring_a_huge_string_is_refused() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.unwrap();
+        let (port, server) = one_connection(|mut tcp| async move {
             let mut request = [0u8; 64];
             let _ = tcp.read(&mut request).await;
             tcp.write_all(b"$4294967296\r\n").await.unwrap();
             while tcp.write_all(&[b'x'; 65536]).await.is_ok() {}
-        });
+        })
+        .await;
         let info = RedisConnectionInfo::default();
         let session = async {
             let (mut sink, _stream) = pubsub("127.0.0.1", port, None, &info).await?.split();

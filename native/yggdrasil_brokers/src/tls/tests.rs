@@ -1,5 +1,6 @@
 //! The TLS stack against an in-process rustls server on loopback, with
 //! certificates made at test time (rcgen, ring).
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use rcgen::{
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -164,15 +165,30 @@ pub(crate) struct Seen {
     client_certificate: bool,
 }
 
+/// A fake peer on a free loopback port: `serve` gets the one connection it
+/// accepts. The unit tests' servers, well-behaved or not, are made of it.
+pub(crate) async fn one_connection<F, T>(
+    serve: impl FnOnce(TcpStream) -> F + Send + 'static,
+) -> (u16, JoinHandle<T>)
+where
+    F: Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        serve(tcp).await
+    });
+    (port, task)
+}
+
 /// A one-connection TLS echo server on 127.0.0.1: after the handshake it
 /// reads 4 bytes and answers them reversed.
 pub(crate) async fn tls_server(
     config: Arc<ServerConfig>,
 ) -> (u16, JoinHandle<Result<Seen, String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+    one_connection(move |tcp| async move {
         let mut tls = TlsAcceptor::from(config)
             .accept(tcp)
             .await
@@ -189,8 +205,8 @@ pub(crate) async fn tls_server(
         tls.flush().await.map_err(|e| e.to_string())?;
         let _ = tls.shutdown().await;
         Ok(seen)
-    });
-    (port, task)
+    })
+    .await
 }
 
 async fn ping(stream: &mut Stream) -> Result<[u8; 4], String> {
@@ -365,14 +381,12 @@ async fn tls_to_a_plaintext_server_fails_cleanly_and_in_bounded_time() {
         .with_handshake_timeout(Duration::from_millis(500));
 
     // A server that answers in its own protocol (a Redis error line) and closes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
+    let (port, server) = one_connection(|mut tcp| async move {
         let mut buf = [0u8; 512];
         let _ = tcp.read(&mut buf).await;
         let _ = tcp.write_all(b"-ERR unknown command\r\n").await;
-    });
+    })
+    .await;
     let started = Instant::now();
     let e = connect("localhost", port, Some(&tls)).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "{e}");
@@ -383,14 +397,12 @@ async fn tls_to_a_plaintext_server_fails_cleanly_and_in_bounded_time() {
     server.await.unwrap();
 
     // A server that waits for its own protocol and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
+    let (port, server) = one_connection(|mut tcp| async move {
         // Until the client gives up and closes its socket.
         let mut buf = [0u8; 512];
         while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
+    })
+    .await;
     let started = Instant::now();
     let e = connect("localhost", port, Some(&tls)).await.unwrap_err();
     let took = started.elapsed();
@@ -411,14 +423,12 @@ async fn tls_to_a_plaintext_server_fails_cleanly_and_in_bounded_time() {
 
 #[tokio::test]
 async fn plain_and_refused_connections() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
+    let (port, server) = one_connection(|mut tcp| async move {
         let mut buf = [0u8; 4];
         tcp.read_exact(&mut buf).await.unwrap();
         tcp.write_all(b"pong").await.unwrap();
-    });
+    })
+    .await;
     let mut stream = connect("127.0.0.1", port, None).await.unwrap();
     assert!(!stream.is_tls());
     assert_eq!(&ping(&mut stream).await.unwrap(), b"pong");
