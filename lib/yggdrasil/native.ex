@@ -172,10 +172,11 @@ defmodule Yggdrasil.Native do
   #   {:"$yggdrasil_broker", :event, payload, metadata}
   #                                               to a subscriber; metadata is
   #                                               the broker's map
-  #   {:"$yggdrasil_broker", :published, tag, :ok | {:error, binary}}
+  #   {:"$yggdrasil_broker", :published, ref, :ok | {:error, binary}}
   #                                               to the publishing process, one
-  #                                               per accepted broker_publish/5,
-  #                                               within publish_timeout
+  #                                               per accepted broker_publish/5
+  #                                               (ref: its tag), within
+  #                                               publish_timeout
   #   {:"$yggdrasil_broker", :warning, binary}    to the owner: a failed connect,
   #                                               a refused subscription, ...
   #
@@ -249,14 +250,16 @@ defmodule Yggdrasil.Native do
   def broker_unsubscribe(_client, _name, _pid), do: not_loaded()
 
   @doc false
-  # `:ok`: exactly one `:published` message with `tag` follows.
-  @spec broker_publish(reference(), term(), binary(), map(), non_neg_integer()) ::
+  # `:ok`: exactly one `:published` message with `tag` follows. `tag` is a
+  # reference made for this publish, so that the caller's `receive` for the
+  # reply skips its mailbox's older messages.
+  @spec broker_publish(reference(), term(), binary(), map(), reference()) ::
           :ok | {:error, binary()}
   def broker_publish(_client, _name, _payload, _options, _tag), do: not_loaded()
 
   @doc false
   # broker_publish/5 on a dirty scheduler, for big payloads.
-  @spec broker_publish_dirty(reference(), term(), binary(), map(), non_neg_integer()) ::
+  @spec broker_publish_dirty(reference(), term(), binary(), map(), reference()) ::
           :ok | {:error, binary()}
   def broker_publish_dirty(_client, _name, _payload, _options, _tag), do: not_loaded()
 

@@ -174,6 +174,10 @@ defmodule Yggdrasil.Test.BrokerCase do
           scenario_leaks(ctx)
         end
 
+        test "a publisher's mailbox backlog is not scanned by its publishes", ctx do
+          scenario_publisher_backlog(ctx)
+        end
+
         test "a `use Yggdrasil` subscriber sees connect, event and disconnect across a restart",
              ctx do
           scenario_behaviour(ctx)
@@ -645,6 +649,29 @@ defmodule Yggdrasil.Test.BrokerCase do
       padding = String.duplicate("x", if(rem(seq, 3) == 0, do: 6_000, else: 8))
       "#{publisher}:#{seq}:" <> padding
     end)
+  end
+
+  # A publish waits for its reply in a `receive`: one that matched every
+  # message already in the publisher's mailbox cost a reduction each, a
+  # backlog's worth per publish.
+  def scenario_publisher_backlog(%{server: server, peer: peer}) do
+    namespace = configure(peer, server)
+    channel = channel(peer, namespace, peer.name(server, "backlog"))
+    backlog = 20_000
+
+    task =
+      Task.async(fn ->
+        :ok = Yggdrasil.publish(channel, "the connection is up")
+        for i <- 1..backlog, do: send(self(), {:noise, i})
+        {:reductions, before} = Process.info(self(), :reductions)
+        for _ <- 1..10, do: :ok = Yggdrasil.publish(channel, "past the backlog")
+        {:reductions, later} = Process.info(self(), :reductions)
+        {later - before, Process.info(self(), :message_queue_len)}
+      end)
+
+    {reductions, {:message_queue_len, left}} = Task.await(task, @wait)
+    assert left == backlog
+    assert reductions < backlog, "10 publishes took #{reductions} reductions"
   end
 
   # `subscribers` processes on `channel`, 4 concurrent publishers of

@@ -54,8 +54,9 @@ defmodule Yggdrasil.Broker.Client do
   def unsubscribe(client, name, pid), do: Native.broker_unsubscribe(client, name, pid)
 
   @doc false
-  # `:ok`: one `{tag, :published, tag, result}` reaches the caller.
-  @spec publish(t(), term(), binary(), map(), pos_integer()) :: :ok | {:error, binary()}
+  # `:ok`: one `{tag, :published, ref, result}` reaches the caller, `ref`
+  # the reference it made for this publish.
+  @spec publish(t(), term(), binary(), map(), reference()) :: :ok | {:error, binary()}
   def publish(client, name, payload, options, tag)
       when byte_size(payload) > @dirty_payload_bytes,
       do: Native.broker_publish_dirty(client, name, payload, options, tag)

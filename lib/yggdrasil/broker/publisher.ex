@@ -5,7 +5,10 @@ defmodule Yggdrasil.Broker.Publisher do
   # to the namespace's shared client (a NIF call that only queues it) and the
   # caller waits in a `receive` for the one tagged reply: `:ok` once the
   # broker accepted the message, `{:error, reason}` when it refused it or no
-  # connection came up within `publish_timeout` (enforced in Rust).
+  # connection came up within `publish_timeout` (enforced in Rust). The tag
+  # is a reference made here, just before the `receive`: the compiler then
+  # has the `receive` skip what the mailbox held before, so a publisher with
+  # a backlog of other messages does not scan it on every publish.
   #
   # A broker's publisher module is `use Yggdrasil.Broker.Publisher,
   # broker: <its name>`.
@@ -45,7 +48,7 @@ defmodule Yggdrasil.Broker.Publisher do
     with {:ok, payload} <- encode(broker, channel, route, message),
          {:ok, %{client: client, publish_timeout: timeout}} <-
            Broker.client(broker, channel.namespace),
-         tag = System.unique_integer([:positive]),
+         tag = make_ref(),
          :ok <- Client.publish(client, channel.name, payload, properties(options), tag) do
       receive do
         {Client.tag(), :published, ^tag, result} -> result

@@ -12,11 +12,13 @@
 //!   carrying it was lost;
 //! - `{:"$yggdrasil_broker", :event, payload, metadata}` to a subscriber;
 //! - `{:"$yggdrasil_broker", :published, tag, :ok | {:error, reason}}` to a
-//!   publisher, exactly one per accepted `broker_publish/5`;
+//!   publisher, exactly one per accepted `broker_publish/5`, `tag` its
+//!   reference ([`reply_tags`]);
 //! - `{:"$yggdrasil_broker", :warning, reason}` to the client's owner.
 mod direct;
 mod outbox;
 mod pace;
+mod reply_tags;
 mod resource;
 mod senders;
 mod terms;
@@ -219,7 +221,8 @@ fn broker_unsubscribe<'a>(
 /// properties, checked by its schema). `:ok` means exactly one
 /// `{:"$yggdrasil_broker", :published, tag, result}` reaches the caller
 /// within the client's `publish_timeout`; `{:error, reason}` means the
-/// request was refused here and no message follows.
+/// request was refused here and no message follows. `tag` is a reference
+/// the caller made for this publish.
 #[rustler::nif]
 fn broker_publish<'a>(
     env: Env<'a>,
@@ -227,7 +230,7 @@ fn broker_publish<'a>(
     name: Term<'a>,
     payload: Binary<'a>,
     options: Term<'a>,
-    tag: u64,
+    tag: Term<'a>,
 ) -> Term<'a> {
     publish(env, &client, name, payload, options, tag)
 }
@@ -241,7 +244,7 @@ fn broker_publish_dirty<'a>(
     name: Term<'a>,
     payload: Binary<'a>,
     options: Term<'a>,
-    tag: u64,
+    tag: Term<'a>,
 ) -> Term<'a> {
     publish(env, &client, name, payload, options, tag)
 }
@@ -252,9 +255,10 @@ fn publish<'a>(
     name: Term<'a>,
     payload: Binary<'a>,
     options: Term<'a>,
-    tag: u64,
+    tag: Term<'a>,
 ) -> Term<'a> {
     let result = terms::options(options).and_then(|options| {
+        let id = reply_tags::hold(tag)?;
         client
             .client
             .publish(
@@ -262,9 +266,12 @@ fn publish<'a>(
                 payload.as_slice().to_vec(),
                 &options,
                 Target::Process(Pid::of(&env.pid())),
-                tag,
+                id,
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                reply_tags::release(id);
+                e.to_string()
+            })
     });
     ok_or_error(env, result)
 }

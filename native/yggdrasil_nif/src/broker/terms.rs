@@ -14,7 +14,7 @@ use rustler::{Atom, Binary, Encoder, Env, Term, TermType};
 use yggdrasil_brokers::settings::Value;
 use yggdrasil_brokers::{Data, Event, Given, Name, Raw};
 
-use super::atoms;
+use super::{atoms, reply_tags};
 
 /// Nesting allowed in a channel name or a publish option (`{exchange, key}`
 /// is depth 2; headers are a map in an option, depth 3).
@@ -208,7 +208,7 @@ pub(super) fn message(env: Env<'_>, event: Event) -> Term<'_> {
                 Ok(()) => atoms::ok().encode(env),
                 Err(reason) => (atoms::error(), reason).encode(env),
             };
-            (tag, atoms::published(), id, result).encode(env)
+            (tag, atoms::published(), reply_tags::take(env, id), result).encode(env)
         }
         Event::Warning { message } => (tag, atoms::warning(), message).encode(env),
     }
