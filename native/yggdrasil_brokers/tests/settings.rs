@@ -150,6 +150,13 @@ fn a_redis_url_sets_what_it_carries_and_hides_its_password() {
     assert_eq!(plain.int("database").unwrap(), 0);
     assert_eq!(plain.text("username").unwrap(), "u");
     assert!(!plain.bool("tls").unwrap());
+    // The TLS keys still apply beside a redis:// url: it never turns TLS off.
+    let given = [
+        Given::new("tls", Raw::Bool(true)),
+        text("url", "redis://u:p@10.0.0.1"),
+    ];
+    let s = settings("redis", &given).unwrap();
+    assert!(s.bool("tls").unwrap(), "tls: true with a redis:// url");
 }
 
 #[cfg(feature = "redis")]
@@ -279,6 +286,12 @@ fn rabbitmq_keys_defaults_and_url() {
     assert_eq!(s.port("port").unwrap(), 5673);
     assert!(!s.bool("tls").unwrap());
     assert_eq!(s.text("virtual_host").unwrap(), "ygg-vh");
+    let given = [
+        Given::new("tls", Raw::Bool(true)),
+        text("url", "amqp://mq:5673/ygg-vh"),
+    ];
+    let s = settings("rabbitmq", &given).unwrap();
+    assert!(s.bool("tls").unwrap(), "tls: true with an amqp:// url");
     for (given, key) in [
         (Given::new("heartbeat", Raw::Int(70_000)), "heartbeat"),
         (

@@ -84,7 +84,8 @@ const KEYS: &[Key] = &[
 
 /// `amqp://[user[:password]@]host[:port][/vhost]` (the vhost percent-encoded,
 /// an empty path is "/"); `amqps://` is the same with `tls: true` and port
-/// 5671; param `heartbeat`.
+/// 5671; param `heartbeat`. `amqp://` leaves `tls` as configured (spec
+/// 10.1: the TLS keys still apply), so a URL never turns TLS off.
 fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
     let tls = url.scheme == "amqps";
     let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
@@ -94,8 +95,10 @@ fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
         ("username", Value::Text(url.username.unwrap_or_else(|| "guest".to_owned()))),
         ("password", url.password.map_or(Value::Secret(crate::Secret::new("guest")), Value::Secret)),
         ("virtual_host", Value::Text(url.path.unwrap_or_else(|| "/".to_owned()))),
-        ("tls", Value::Bool(tls)),
     ];
+    if tls {
+        values.push(("tls", Value::Bool(true)));
+    }
     for (param, value) in url.query {
         match param.as_str() {
             "heartbeat" => match value.parse::<u16>() {

@@ -42,7 +42,9 @@ const KEYS: &[Key] = &[
 ];
 
 /// `redis://[[username]:password@]host[:port][/database]`; `rediss://` is
-/// the same with `tls: true`. What the URL leaves out takes its default.
+/// the same with `tls: true`. What the URL leaves out takes its default,
+/// except the TLS keys: `redis://` leaves `tls` as configured (spec 10.1:
+/// they still apply), so a URL never turns TLS off.
 fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
     let database = match url.path.as_deref() {
         None => 0,
@@ -57,14 +59,17 @@ fn from_url(url: BrokerUrl) -> Result<Vec<(&'static str, Value)>, Error> {
             "url: unknown parameter {param:?} (redis URLs take none)"
         )));
     }
-    Ok(vec![
+    let mut values = vec![
         ("hostname", Value::Text(url.host)),
         ("port", Value::Int(url.port.map_or(DEFAULT_PORT, i64::from))),
         ("username", url.username.map_or(Value::Nil, Value::Text)),
         ("password", url.password.map_or(Value::Nil, Value::Secret)),
         ("database", Value::Int(i64::from(database))),
-        ("tls", Value::Bool(url.scheme == "rediss")),
-    ])
+    ];
+    if url.scheme == "rediss" {
+        values.push(("tls", Value::Bool(true)));
+    }
+    Ok(values)
 }
 
 /// A `PSUBSCRIBE` pattern (a name without glob characters is one channel);
