@@ -218,6 +218,51 @@ defmodule Yggdrasil.BrokerConfigTest do
     end
   end
 
+  describe "config shapes" do
+    test "a broker's config that is not a keyword list raises ArgumentError naming it" do
+      Application.put_env(:yggdrasil, :redis, %{port: 6390})
+
+      assert_raise ArgumentError,
+                   "config :yggdrasil, redis: [...] must be a keyword list, got a map",
+                   fn -> Config.broker_config(:redis) end
+
+      Application.put_env(:yggdrasil, @namespace, postgres: "s3cret")
+      error = assert_raise ArgumentError, fn -> Config.broker_config(:postgres, @namespace) end
+
+      assert error.message ==
+               "config :yggdrasil, #{inspect(@namespace)}, postgres: [...] must be a keyword list, got a binary"
+    end
+
+    test "a namespace's config that is not a keyword list: its type named, never its value" do
+      for {config, type} <- [
+            {"s3cret", "a binary"},
+            {{:redis, [password: "s3cret"]}, "a tuple"},
+            {[{:redis, [password: "s3cret"]}, "s3cret"], "a list that is not one"}
+          ] do
+        Application.put_env(:yggdrasil, @namespace, config)
+        error = assert_raise ArgumentError, fn -> Config.broker_config(:redis, @namespace) end
+
+        assert error.message ==
+                 "config :yggdrasil, #{inspect(@namespace)}, [...] must be a keyword list, got #{type}"
+      end
+    end
+
+    test "publishing with such a config: {:error, reason}, and the broker process lives on" do
+      broker = Process.whereis(Yggdrasil.Broker)
+      Application.put_env(:yggdrasil, @namespace, {:redis, [password: "s3cret"]})
+      channel = [name: "shapes", adapter: :redis, namespace: @namespace]
+
+      for _ <- 1..5 do
+        assert {:error, reason} = Yggdrasil.publish(channel, "message")
+        assert reason =~ "must be a keyword list, got a tuple"
+        refute reason =~ "s3cret"
+        assert {:error, ^reason} = Yggdrasil.subscribe(channel)
+      end
+
+      assert Process.whereis(Yggdrasil.Broker) == broker
+    end
+  end
+
   describe "redis url" do
     test "replaces the connection keys" do
       Application.put_env(:yggdrasil, :redis,
@@ -240,6 +285,14 @@ defmodule Yggdrasil.BrokerConfigTest do
 
       System.put_env("YGGDRASIL_REDIS_URL", "rediss://cache.local")
       assert Config.broker_config(:redis)[:tls] == true
+    end
+
+    test "the TLS keys still apply: a redis:// or amqp:// url never turns TLS off" do
+      Application.put_env(:yggdrasil, :redis, url: "redis://:pw@cache.local", tls: true)
+      Application.put_env(:yggdrasil, :rabbitmq, url: "amqp://mq.local", tls: true)
+      assert Config.broker_config(:redis)[:tls] == true
+      assert Config.broker_config(:rabbitmq)[:tls] == true
+      assert Config.broker_config(:rabbitmq)[:port] == 5672
     end
 
     test "what it leaves out takes the defaults, not the other keys" do

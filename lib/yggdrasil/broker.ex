@@ -124,10 +124,18 @@ defmodule Yggdrasil.Broker do
     end
   end
 
+  # Whatever the config holds, this process must not crash: its clients
+  # (every broker and namespace) would close with it. Only our own
+  # ArgumentError messages are shown: another exception's may print a
+  # config value, which may be a password.
   defp sources(broker, namespace) do
     Yggdrasil.Config.broker_sources(broker, namespace)
   rescue
-    error in ArgumentError -> {:error, Exception.message(error)}
+    error in ArgumentError ->
+      {:error, Exception.message(error)}
+
+    error ->
+      {:error, "cannot read the #{inspect(broker)} settings: #{inspect(error.__struct__)}"}
   end
 
   # Names the client in its warnings; never shows a password.

@@ -74,9 +74,11 @@ defmodule Yggdrasil.Config do
   broker takes: `publish_timeout`, `backoff_max`, `idle_timeout` (ms),
   `url`, `tls`, `tls_cacertfile`, `tls_certfile`, `tls_keyfile`,
   `tls_verify`, `tls_server_name`. A `url` replaces the keys it carries
-  (host, port, credentials, database or virtual host, and `tls` for
-  `rediss://` and `amqps://`) with what it says, or their defaults where it
-  says nothing.
+  (host, port, credentials, database or virtual host) with what it says, or
+  their defaults where it says nothing. The TLS keys still apply beside it:
+  `rediss://` and `amqps://` set `tls: true`, and no URL sets it false.
+  A broker's config (global or a namespace's) is a keyword list; another
+  shape is an `ArgumentError` naming the entry and its type.
 
       iex> Yggdrasil.Config.broker_config(:postgres)[:port]
       5432
@@ -101,8 +103,11 @@ defmodule Yggdrasil.Config do
   @spec broker_sources(broker(), module() | nil) ::
           {:ok, [{atom(), String.t(), term()}]} | {:error, String.t()}
   def broker_sources(broker, namespace) when is_atom(broker) and is_atom(namespace) do
-    with {:ok, keys} <- Yggdrasil.Broker.Client.keys(broker) do
-      {:ok, for(key <- keys, found = lookup(broker, namespace, key), do: found)}
+    with {:ok, keys} <- Yggdrasil.Broker.Client.keys(broker),
+         {:ok, namespaced} <- configured(broker, namespace),
+         {:ok, global} <- configured(broker, nil) do
+      configs = %{namespace => namespaced, nil => global}
+      {:ok, for(key <- keys, found = lookup(broker, namespace, key, configs), do: found)}
     end
   end
 
@@ -133,8 +138,38 @@ defmodule Yggdrasil.Config do
     (parts |> Enum.map(&Macro.underscore/1) |> Enum.join("_") |> String.upcase()) <> "_"
   end
 
+  # The broker's keyword list in the config, global (namespace nil) or the
+  # namespace's; `[]` when there is none. A config of another shape is an
+  # error that names the entry and its type, never its value (it may hold
+  # a password).
+  defp configured(broker, nil),
+    do: keyword(Application.get_env(:yggdrasil, broker), "config :yggdrasil, #{broker}: [...]")
+
+  defp configured(broker, namespace) do
+    entry = "config :yggdrasil, #{inspect(namespace)}"
+
+    with {:ok, entries} <- keyword(Application.get_env(:yggdrasil, namespace), "#{entry}, [...]"),
+         do: keyword(Keyword.get(entries, broker), "#{entry}, #{broker}: [...]")
+  end
+
+  defp keyword(nil, _entry), do: {:ok, []}
+
+  defp keyword(value, entry) do
+    if Keyword.keyword?(value),
+      do: {:ok, value},
+      else: {:error, "#{entry} must be a keyword list, got #{type(value)}"}
+  end
+
+  defp type(value) when is_map(value), do: "a map"
+  defp type(value) when is_list(value), do: "a list that is not one"
+  defp type(value) when is_binary(value), do: "a binary"
+  defp type(value) when is_tuple(value), do: "a tuple"
+  defp type(value) when is_atom(value), do: "an atom"
+  defp type(value) when is_number(value), do: "a number"
+  defp type(_value), do: "another term"
+
   # {key, origin, value} from the first source that sets `key`, or nil.
-  defp lookup(broker, namespace, key) do
+  defp lookup(broker, namespace, key, configs) do
     variable = "YGGDRASIL_#{String.upcase("#{broker}_#{key}")}"
 
     sources =
@@ -142,27 +177,23 @@ defmodule Yggdrasil.Config do
         do: [{:env, env_prefix(namespace) <> variable}, {:config, namespace}],
         else: []
 
-    Enum.find_value(sources ++ [{:env, variable}, {:config, nil}], &read(&1, broker, key))
+    Enum.find_value(
+      sources ++ [{:env, variable}, {:config, nil}],
+      &read(&1, broker, key, configs)
+    )
   end
 
-  defp read({:env, variable}, _broker, key) do
+  defp read({:env, variable}, _broker, key, _configs) do
     case System.fetch_env(variable) do
       {:ok, string} -> {key, "environment variable #{variable}", string}
       :error -> nil
     end
   end
 
-  defp read({:config, namespace}, broker, key) do
-    settings =
-      if namespace,
-        do: get_in(Application.get_env(:yggdrasil, namespace), [broker]),
-        else: Application.get_env(:yggdrasil, broker)
-
-    with true <- Keyword.keyword?(settings),
-         {:ok, value} when not is_nil(value) <- Keyword.fetch(settings, key) do
-      {key, config_entry(namespace, broker, key), plain(value)}
-    else
-      _ -> nil
+  defp read({:config, namespace}, broker, key, configs) do
+    case Keyword.get(Map.fetch!(configs, namespace), key) do
+      nil -> nil
+      value -> {key, config_entry(namespace, broker, key), plain(value)}
     end
   end
 
