@@ -27,7 +27,11 @@ defmodule Yggdrasil.Adapter.RabbitMQ do
 
   A subscription to an exchange that does not exist returns `:ok`, logs a
   warning with the broker's reason and is retried with backoff; the
-  connection and the other channels keep working. Consumed messages are
+  connection and the other channels keep working. So is a subscription past
+  the 2,000 distinct `{exchange, routing_key}` names a namespace's connection
+  consumes at once (one AMQP channel each, of the 2,047 RabbitMQ allows): it
+  is consumed once another name is unsubscribed; a namespace of its own
+  brings its own connection. Consumed messages are
   acknowledged once handed on for delivery. Queues are exclusive: messages
   in flight when a connection breaks, or published while it is down, are
   not delivered (at-most-once for subscribers); a publish whose connection

@@ -48,6 +48,10 @@ fn main() {
             "four_publishers_twenty_recipients_exactly_once_in_order",
             fan_out,
         ),
+        (
+            "topics_past_the_channel_limit_wait_the_others_go_on",
+            too_many_topics,
+        ),
         ("virtual_host_per_client", virtual_host),
         (
             "connection_closed_by_the_broker_reconnects",
@@ -692,6 +696,65 @@ fn wait_for_our_queues(node: &Node, n: usize) {
 
 /// Unsubscribing deletes the topic's queue while the connection goes on
 /// (the queues are exclusive, not auto-delete: see `rabbitmq/session.rs`).
+/// A session consumes at most 2,000 topics, one AMQP channel each, on a connection of 2,047
+/// channels. Past it, topics are refused as a missing exchange is (a warning each, retried), the
+/// session and its topics go on (the connection used to refuse the channel, and the whole
+/// session was lost and replayed, over and over), and a waiting topic is consumed once another
+/// goes.
+fn too_many_topics(node: &mut Node) {
+    const MAX_TOPICS: u64 = 2_000;
+    const MORE: u64 = 60;
+    let (client, events) = node.client(&[millis("backoff_max", Duration::from_millis(500))]);
+    let topic = |i: u64| Name::pair("amq.topic", format!("many.{i}"));
+    for i in 0..MAX_TOPICS + MORE {
+        client.subscribe(topic(i), i).expect("subscribe");
+    }
+    let mut connected = 0;
+    let mut refused = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected < MAX_TOPICS || refused.len() < MORE as usize {
+        let delivery = recv_until(&events, deadline)
+            .unwrap_or_else(|| panic!("{connected} topics connected, {} refused", refused.len()));
+        match delivery.event {
+            Event::Connected { .. } if delivery.to < MAX_TOPICS => connected += 1,
+            Event::Warning { message } if message.contains("consumes at most 2000 topics") => {
+                refused.insert(message);
+            }
+            other => panic!("unexpected {other:?} to {}", delivery.to),
+        }
+    }
+    // The session goes on: a message reaches a topic it holds.
+    client
+        .publish(topic(7), b"still here".to_vec(), &[], u64::MAX, 1)
+        .expect("publish");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let delivery = recv_until(&events, deadline).expect("the message");
+        match delivery.event {
+            Event::Message { payload, .. } if delivery.to == 7 => {
+                assert_eq!(payload, b"still here");
+                break;
+            }
+            Event::Published { result, .. } => result.expect("published"),
+            Event::Warning { message } if message.contains("at most") => {}
+            other => panic!("unexpected {other:?} to {}", delivery.to),
+        }
+    }
+    // A topic gone makes room: a waiting one is consumed at its next retry.
+    client.unsubscribe(topic(0), 0).expect("unsubscribe");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let delivery = recv_until(&events, deadline).expect("Connected for a waiting topic");
+        match delivery.event {
+            Event::Connected { .. } if delivery.to >= MAX_TOPICS => break,
+            Event::Warning { message } if message.contains("at most") => {}
+            Event::Published { .. } => {}
+            other => panic!("unexpected {other:?} to {}", delivery.to),
+        }
+    }
+    drop(client);
+}
+
 fn unsubscribed_queue(node: &mut Node) {
     let (client, events) = node.client(&[]);
     let a = Name::pair("amq.topic", "queue.a");

@@ -365,8 +365,15 @@ impl Broker for RabbitMq {
 
 /// A channel-level (soft) AMQP error on a connection still up concerns this
 /// topic only; anything else ends the session.
+/// A soft error, or no channel left on a connection still up, concerns the
+/// one topic or publish; anything else, the connection.
+fn concerns_one(status: &ConnectionStatus, error: &lapin::Error) -> bool {
+    let one = error.is_amqp_soft_error() || matches!(error.kind(), ErrorKind::ChannelsLimitReached);
+    one && status.connected()
+}
+
 fn listen_error(status: &ConnectionStatus, error: &lapin::Error) -> ListenError {
-    if error.is_amqp_soft_error() && status.connected() {
+    if concerns_one(status, error) {
         ListenError::Topic(describe(error))
     } else {
         ListenError::Connection(describe(error))
@@ -374,7 +381,7 @@ fn listen_error(status: &ConnectionStatus, error: &lapin::Error) -> ListenError 
 }
 
 fn publish_error(status: &ConnectionStatus, error: &lapin::Error) -> PublishError {
-    if error.is_amqp_soft_error() && status.connected() {
+    if concerns_one(status, error) {
         PublishError::Refused(describe(error))
     } else {
         PublishError::Connection(describe(error))

@@ -29,6 +29,15 @@ use crate::Data;
 /// slow delivery side holds the backlog in the broker, not in our memory.
 const PREFETCH: u16 = 1000;
 
+/// The topics a session consumes at most. Each takes a channel of a
+/// connection that has `CHANNEL_MAX` (2047), which also carries the
+/// publisher's (one per exchange published to) and the short-lived ones
+/// that delete queues: the rest are kept for those. A topic past it is
+/// refused as a missing exchange is (warned, retried with backoff), and the
+/// session's other topics go on; without it, the connection refused the
+/// channel and the whole session was lost and replayed, over and over.
+pub(super) const MAX_TOPICS: usize = 2_000;
+
 /// A queue without a consumer for this long is deleted by the broker: far
 /// longer than a purge's pause (two calls of at most `CALL_TIMEOUT`).
 const QUEUE_EXPIRES_MS: i64 = 60_000;
@@ -126,6 +135,13 @@ impl Control {
         } = topic;
         if self.topics.contains_key(topic) {
             return Ok(());
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            return Err(ListenError::Topic(format!(
+                "{topic} waits: a rabbitmq client (broker and namespace) consumes at most \
+                 {MAX_TOPICS} topics, one AMQP channel each (unsubscribe others, or give it \
+                 a namespace of its own)"
+            )));
         }
         let status = self.connection.status().clone();
         let listen_error = |e: lapin::Error| listen_error(&status, &e);
