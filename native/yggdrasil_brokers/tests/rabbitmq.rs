@@ -752,7 +752,19 @@ fn too_many_topics(node: &mut Node) {
             other => panic!("unexpected {other:?} to {}", delivery.to),
         }
     }
+    // Its connection closes and its queues go with it (RabbitMQ takes seconds for 2,000), before
+    // the next scenario counts connections.
     drop(client);
+    wait_for_our_queues(node, 0);
+    let deadline = Instant::now() + WAIT;
+    while !node
+        .rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid"])
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the connection stays");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn unsubscribed_queue(node: &mut Node) {
