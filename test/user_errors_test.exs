@@ -24,6 +24,19 @@ defmodule Yggdrasil.UserErrorsTest do
     end
   end
 
+  test "a broker name or publish options holding one binary in many places: an error, no copies" do
+    # 4,096 references to one 64 MB binary: 256 GB once each is copied.
+    big = :binary.copy("x", 64 * 1024 * 1024)
+    name = List.to_tuple(List.duplicate(big, 4096))
+    assert {:error, reason} = Yggdrasil.publish([name: name, adapter: :rabbitmq], "m")
+    assert reason =~ "exchange"
+
+    headers = Map.new(1..100, &{"h#{&1}", binary_part(big, 0, 1024 * 1024)})
+    channel = [name: {"amq.topic", "budget"}, adapter: :rabbitmq]
+    assert {:error, reason} = Yggdrasil.publish(channel, "m", headers: headers)
+    assert reason =~ "more than 4096 items or 1048576 bytes in all"
+  end
+
   test "the application started, an unknown adapter's error does not mention starting it" do
     assert {:error, message} = Yggdrasil.gen_channel(name: "x", adapter: :no_such_adapter)
     assert message == "Yggdrasil adapter: no_such_adapter not loaded"

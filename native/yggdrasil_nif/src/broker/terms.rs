@@ -22,43 +22,95 @@ const MAX_DEPTH: usize = 8;
 /// Items in one list, tuple or map of a publish option.
 const MAX_ITEMS: usize = 4096;
 
-/// A channel name: binaries and tuples of them; anything else is
-/// `Name::Other`, which every broker refuses with its own explanation.
-pub(super) fn name(term: Term<'_>) -> Name {
-    name_at(term, 0)
+/// What one channel name's tuples, or one publish's options, may expand to
+/// in all: a term can hold the same large binary in many places at the cost
+/// of one, and each place is a copy here. Names in tuples are RabbitMQ's
+/// (two strings of 255 bytes at most); AMQP properties fit in a frame.
+const MAX_TOTAL_ITEMS: usize = 4096;
+const MAX_TOTAL_BYTES: usize = 1024 * 1024;
+
+/// Items and bytes a term may still expand to.
+struct Budget {
+    items: usize,
+    bytes: usize,
 }
 
-fn name_at(term: Term<'_>, depth: usize) -> Name {
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            items: MAX_TOTAL_ITEMS,
+            bytes: MAX_TOTAL_BYTES,
+        }
+    }
+
+    /// Takes one item of `bytes` bytes; `false` when that is past the budget.
+    fn take(&mut self, bytes: usize) -> bool {
+        match (self.items.checked_sub(1), self.bytes.checked_sub(bytes)) {
+            (Some(items), Some(left)) => {
+                (self.items, self.bytes) = (items, left);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A channel name: a binary, or tuples of binaries; anything else is
+/// `Name::Other`, which every broker refuses with its own explanation. A
+/// binary name is copied whatever its size (the broker judges it); tuples
+/// are copied within a [`Budget`], past which they are `Name::Other` too.
+pub(super) fn name(term: Term<'_>) -> Name {
     if let Ok(binary) = term.decode::<Binary>() {
         return Name::Bytes(binary.as_slice().to_vec());
     }
+    name_at(term, 0, &mut Budget::new()).unwrap_or(Name::Other)
+}
+
+/// `None` once past the budget.
+fn name_at(term: Term<'_>, depth: usize, budget: &mut Budget) -> Option<Name> {
+    if let Ok(binary) = term.decode::<Binary>() {
+        return budget
+            .take(binary.len())
+            .then(|| Name::Bytes(binary.as_slice().to_vec()));
+    }
     match get_tuple(term) {
-        Ok(parts) if depth < MAX_DEPTH && parts.len() <= MAX_ITEMS => Name::Tuple(
-            parts
-                .into_iter()
-                .map(|part| name_at(part, depth + 1))
-                .collect(),
-        ),
-        _ => Name::Other,
+        Ok(parts) if depth < MAX_DEPTH && parts.len() <= MAX_ITEMS && budget.take(0) => {
+            Some(Name::Tuple(
+                parts
+                    .into_iter()
+                    .map(|part| name_at(part, depth + 1, budget))
+                    .collect::<Option<_>>()?,
+            ))
+        }
+        _ if budget.take(0) => Some(Name::Other),
+        _ => None,
     }
 }
 
 /// `publish/3` options: a map with atom keys.
 pub(super) fn options(map: Term<'_>) -> Result<Vec<(String, Data)>, String> {
     let iter = MapIterator::new(map).ok_or("publish options must be a map")?;
+    let mut budget = Budget::new();
     iter.map(|(key, value)| {
         let key = key
             .atom_to_string()
             .map_err(|_| "publish option names must be atoms".to_owned())?;
-        let value = data(value, 0).map_err(|why| format!("publish option :{key}: {why}"))?;
+        let value =
+            data(value, 0, &mut budget).map_err(|why| format!("publish option :{key}: {why}"))?;
         Ok((key, value))
     })
     .collect()
 }
 
-fn data(term: Term<'_>, depth: usize) -> Result<Data, String> {
+fn data(term: Term<'_>, depth: usize, budget: &mut Budget) -> Result<Data, String> {
     if depth > MAX_DEPTH {
         return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+    }
+    let size = term.decode::<Binary>().map_or(0, |binary| binary.len());
+    if !budget.take(size) {
+        return Err(format!(
+            "the options hold more than {MAX_TOTAL_ITEMS} items or {MAX_TOTAL_BYTES} bytes in all"
+        ));
     }
     let too_many = || format!("more than {MAX_ITEMS} items");
     Ok(match term.get_type() {
@@ -91,7 +143,7 @@ fn data(term: Term<'_>, depth: usize) -> Result<Data, String> {
                 if items.len() == MAX_ITEMS {
                     return Err(too_many());
                 }
-                items.push(data(item, depth + 1)?);
+                items.push(data(item, depth + 1, budget)?);
                 rest = tail;
             }
             Data::List(items)
@@ -104,7 +156,7 @@ fn data(term: Term<'_>, depth: usize) -> Result<Data, String> {
             Data::Tuple(
                 items
                     .into_iter()
-                    .map(|item| data(item, depth + 1))
+                    .map(|item| data(item, depth + 1, budget))
                     .collect::<Result<_, _>>()?,
             )
         }
@@ -114,7 +166,7 @@ fn data(term: Term<'_>, depth: usize) -> Result<Data, String> {
             }
             let iter = MapIterator::new(term).ok_or("a map")?;
             Data::Map(
-                iter.map(|(k, v)| Ok((data(k, depth + 1)?, data(v, depth + 1)?)))
+                iter.map(|(k, v)| Ok((data(k, depth + 1, budget)?, data(v, depth + 1, budget)?)))
                     .collect::<Result<_, String>>()?,
             )
         }
