@@ -1,5 +1,7 @@
 //! What a PostgreSQL server's bytes may size: message lengths, checked
 //! before tokio-postgres sees them.
+use std::collections::HashSet;
+
 use crate::bounded::{be_u64, Scanner};
 
 /// The largest backend message we accept (its declared length). tokio-postgres reserves buffer
@@ -9,8 +11,14 @@ use crate::bounded::{be_u64, Scanner};
 /// are one `pg_notify` result, errors and notices a few kB.
 const MAX_MESSAGE: u64 = 1024 * 1024;
 
+/// tokio-postgres keeps every ParameterStatus (`S`) it is sent, by name, for the connection's
+/// life. A server reports a fixed set (17 in PostgreSQL 15, each name a short identifier), again
+/// when one changes: more names than this, or a longer name, is not a server's.
+const MAX_PARAMETERS: usize = 64;
+const MAX_PARAMETER_NAME: usize = 256;
+
 /// Follows a server's messages (a type byte and a 4-byte length counting itself) and refuses one
-/// that declares more than [`MAX_MESSAGE`].
+/// that declares more than [`MAX_MESSAGE`], or a parameter past [`MAX_PARAMETERS`].
 #[derive(Default)]
 pub(super) struct PgMessages {
     mode: Mode,
@@ -18,6 +26,9 @@ pub(super) struct PgMessages {
     got: usize,
     /// Bytes of the current message's body still to come.
     left: u64,
+    /// The name of the ParameterStatus being read, until its NUL.
+    parameter: Option<Vec<u8>>,
+    parameters: HashSet<Vec<u8>>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,6 +61,9 @@ impl Scanner for PgMessages {
             if self.left > 0 {
                 let n = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
                 self.left -= n as u64;
+                if self.parameter.is_some() {
+                    self.parameter_name(&bytes[..n])?;
+                }
                 bytes = &bytes[n..];
                 continue;
             }
@@ -67,6 +81,9 @@ impl Scanner for PgMessages {
                 }
                 // A length below 4 is the crate's to refuse.
                 self.left = length.saturating_sub(4);
+                if self.header[0] == b'S' {
+                    self.parameter = Some(Vec::new());
+                }
             }
         }
         Ok(())
@@ -74,6 +91,31 @@ impl Scanner for PgMessages {
 }
 
 impl PgMessages {
+    /// Collects a ParameterStatus's name from its body's bytes; counts it at its NUL.
+    fn parameter_name(&mut self, body: &[u8]) -> Result<(), String> {
+        let Some(name) = self.parameter.as_mut() else {
+            return Ok(());
+        };
+        let end = body.iter().position(|&b| b == 0);
+        name.extend_from_slice(&body[..end.unwrap_or(body.len())]);
+        if name.len() > MAX_PARAMETER_NAME {
+            return Err(format!(
+                "the server sent a parameter name longer than the {MAX_PARAMETER_NAME} bytes we allow"
+            ));
+        }
+        if end.is_some() || self.left == 0 {
+            if let Some(name) = self.parameter.take() {
+                self.parameters.insert(name);
+            }
+            if self.parameters.len() > MAX_PARAMETERS {
+                return Err(format!(
+                    "the server sent more than the {MAX_PARAMETERS} parameters we allow"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The scanner of a raw socket on which the client asks for TLS first (see `Mode::SslAnswer`).
     pub(super) fn after_ssl_request() -> Self {
         PgMessages {
@@ -97,6 +139,44 @@ mod tests {
             assert_eq!(scanner.scan(chunk), Ok(()));
         }
         assert!(scanner.scan(b"A\x7f\xff\xff\xff").is_err());
+    }
+
+    fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+        let mut message = b"S".to_vec();
+        let length = 4 + name.len() + 1 + value.len() + 1;
+        message.extend_from_slice(&(length as u32).to_be_bytes());
+        message.extend_from_slice(name.as_bytes());
+        message.push(0);
+        message.extend_from_slice(value.as_bytes());
+        message.push(0);
+        message
+    }
+
+    #[test]
+    fn parameters_are_bounded_in_names_not_in_reports() {
+        let mut stream = Vec::new();
+        for i in 1..MAX_PARAMETERS {
+            stream.extend(parameter_status(&format!("param_{i}"), "on"));
+        }
+        // A server reports a parameter again each time it changes.
+        for _ in 0..10_000 {
+            stream.extend(parameter_status("application_name", "app"));
+        }
+        for size in [1, 3, 7, 4096] {
+            let mut scanner = PgMessages::default();
+            for chunk in stream.chunks(size) {
+                assert_eq!(scanner.scan(chunk), Ok(()), "chunks of {size}");
+            }
+            let error = scanner
+                .scan(&parameter_status("one_more", "x"))
+                .unwrap_err();
+            assert!(error.contains("more than the 64 parameters"), "{error}");
+        }
+        let long = "n".repeat(MAX_PARAMETER_NAME + 1);
+        let error = PgMessages::default()
+            .scan(&parameter_status(&long, "x"))
+            .unwrap_err();
+        assert!(error.contains("parameter name longer"), "{error}");
     }
 
     #[test]
