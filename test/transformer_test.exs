@@ -196,6 +196,27 @@ defmodule Yggdrasil.TransformerTest do
       assert String.valid?(encoded)
     end
 
+    test "the structs Jason knows are written as Jason writes them, at any depth" do
+      message = %{
+        "on" => ~D[2026-12-07],
+        "at" => [~U[2026-12-07 13:04:05.123Z], %{"local" => ~N[2026-12-07 13:04:05]}],
+        "time" => ~T[13:04:05]
+      }
+
+      assert {:ok, json} = encode(message)
+
+      assert {:ok, decoded} = Yggdrasil.Transformer.Json.decode(%Channel{}, json)
+
+      assert decoded == %{
+               "on" => "2026-12-07",
+               "at" => ["2026-12-07T13:04:05.123Z", %{"local" => "2026-12-07T13:04:05"}],
+               "time" => "13:04:05"
+             }
+
+      # Next to a term JSON cannot hold, still an error.
+      assert {:error, _} = encode(%{"on" => ~D[2026-12-07], "tuple" => {1, 2}})
+    end
+
     test "terms JSON cannot hold give {:error, _}" do
       for bad <- [
             %{"tuple" => {1, 2}},
