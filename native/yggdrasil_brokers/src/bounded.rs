@@ -22,6 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) trait Scanner: Send + Unpin + 'static {
     /// `Err(reason)` when `bytes` (the next ones of the stream) break a cap.
     fn scan(&mut self, bytes: &[u8]) -> Result<(), String>;
+
+    /// After an `Err`: how many of the bytes scanned last come before the
+    /// one that broke the cap. The crate still gets those, so that what the
+    /// peer sent well before it (a confirmation) is not lost with it; none
+    /// of them completes the value that broke the cap.
+    fn good(&self) -> usize;
 }
 
 pub(crate) struct Bounded<S, P> {
@@ -122,10 +128,18 @@ impl<S: AsyncRead + Unpin, P: Scanner> AsyncRead for Bounded<S, P> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
                 if let Err(reason) = this.scanner.scan(&buf.filled()[before..]) {
-                    buf.set_filled(before);
+                    let good = this.scanner.good().min(read);
+                    buf.set_filled(before + good);
                     this.broken = Some(reason.clone());
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, reason)));
+                    if good == 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            reason,
+                        )));
+                    }
+                    // The next read fails with `broken`.
                 }
                 Poll::Ready(Ok(()))
             }
@@ -173,4 +187,54 @@ impl<S: AsyncWrite + Unpin, P: Scanner> AsyncWrite for Bounded<S, P> {
 /// A big-endian length or count field of `N` bytes, collected across reads.
 pub(crate) fn be_u64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Refuses the byte `!`, wherever it comes.
+    #[derive(Default)]
+    struct NoBang {
+        good: usize,
+    }
+
+    impl Scanner for NoBang {
+        fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
+            match bytes.iter().position(|&b| b == b'!') {
+                Some(at) => {
+                    self.good = at;
+                    Err("a bang".to_owned())
+                }
+                None => Ok(()),
+            }
+        }
+
+        fn good(&self) -> usize {
+            self.good
+        }
+    }
+
+    /// What came before the byte that broke a cap still reaches the reader,
+    /// in the same read; the read after it fails, and so does every later one.
+    #[tokio::test]
+    async fn the_bytes_before_a_broken_cap_are_read_then_the_error() {
+        let (mut peer, ours) = tokio::io::duplex(64);
+        peer.write_all(b"confirmed!and more").await.unwrap();
+        let mut bounded = Bounded::new(ours, NoBang::default());
+        let mut buf = [0u8; 64];
+        let n = bounded.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"confirmed");
+        for _ in 0..2 {
+            let error = bounded.read(&mut buf).await.unwrap_err();
+            assert_eq!(error.to_string(), "a bang");
+        }
+        // A cap broken by the first byte read fails that read itself.
+        let (mut peer, ours) = tokio::io::duplex(64);
+        peer.write_all(b"!").await.unwrap();
+        let mut bounded = Bounded::new(ours, NoBang::default());
+        assert!(bounded.read(&mut buf).await.is_err());
+    }
 }

@@ -29,6 +29,8 @@ pub(super) struct PgMessages {
     /// The name of the ParameterStatus being read, until its NUL.
     parameter: Option<Vec<u8>>,
     parameters: HashSet<Vec<u8>>,
+    /// See [`Scanner::good`].
+    good: usize,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -44,13 +46,32 @@ enum Mode {
 }
 
 impl Scanner for PgMessages {
-    fn scan(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut rest = bytes;
+        let scanned = self.scan_from(&mut rest);
+        if scanned.is_err() {
+            // `rest` starts after the byte that broke the cap, or at the
+            // body piece that did: one byte less is before it either way.
+            self.good = (bytes.len() - rest.len()).saturating_sub(1);
+        }
+        scanned
+    }
+
+    fn good(&self) -> usize {
+        self.good
+    }
+}
+
+impl PgMessages {
+    /// Scans from the front of `bytes`, advancing it past what it took.
+    fn scan_from(&mut self, bytes: &mut &[u8]) -> Result<(), String> {
         if self.mode == Mode::SslAnswer {
-            match bytes.first() {
+            let current = *bytes;
+            match current.first() {
                 Some(b'S') => self.mode = Mode::Off,
                 Some(b'N') => {
                     self.mode = Mode::Scan;
-                    bytes = &bytes[1..];
+                    *bytes = &current[1..];
                 }
                 // Anything else (an old server's ErrorResponse) is a message.
                 Some(_) => self.mode = Mode::Scan,
@@ -58,19 +79,20 @@ impl Scanner for PgMessages {
             }
         }
         while self.mode == Mode::Scan && !bytes.is_empty() {
+            let current = *bytes;
             if self.left > 0 {
-                let n = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
+                let n = usize::try_from(self.left).map_or(current.len(), |l| l.min(current.len()));
                 self.left -= n as u64;
                 if self.parameter.is_some() {
-                    self.parameter_name(&bytes[..n])?;
+                    self.parameter_name(&current[..n])?;
                 }
-                bytes = &bytes[n..];
+                *bytes = &current[n..];
                 continue;
             }
-            let n = (5 - self.got).min(bytes.len());
-            self.header[self.got..self.got + n].copy_from_slice(&bytes[..n]);
+            let n = (5 - self.got).min(current.len());
+            self.header[self.got..self.got + n].copy_from_slice(&current[..n]);
             self.got += n;
-            bytes = &bytes[n..];
+            *bytes = &current[n..];
             if self.got == 5 {
                 self.got = 0;
                 let length = be_u64(&self.header[1..5]);

@@ -79,33 +79,54 @@ pub(crate) struct AmqpFrames {
     /// server refusing our version, before it closes).
     skip: usize,
     started: bool,
+    /// See [`Scanner::good`].
+    good: usize,
 }
 
 impl Scanner for AmqpFrames {
-    fn scan(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut rest = bytes;
+        let scanned = self.scan_from(&mut rest);
+        if scanned.is_err() {
+            // `rest` starts after the byte that completed the bad frame
+            // header or payload: one byte less is before it.
+            self.good = (bytes.len() - rest.len()).saturating_sub(1);
+        }
+        scanned
+    }
+
+    fn good(&self) -> usize {
+        self.good
+    }
+}
+
+impl AmqpFrames {
+    /// Scans from the front of `bytes`, advancing it past what it took.
+    fn scan_from(&mut self, bytes: &mut &[u8]) -> Result<(), String> {
         while !bytes.is_empty() {
+            let current = *bytes;
             if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
+                let n = self.skip.min(current.len());
                 self.skip -= n;
-                bytes = &bytes[n..];
+                *bytes = &current[n..];
             } else if self.at_end {
                 self.at_end = false;
-                bytes = &bytes[1..];
+                *bytes = &current[1..];
             } else if self.in_payload {
-                let n = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
+                let n = usize::try_from(self.left).map_or(current.len(), |l| l.min(current.len()));
                 if self.keep {
-                    self.payload.extend_from_slice(&bytes[..n]);
+                    self.payload.extend_from_slice(&current[..n]);
                 }
                 self.left -= n as u64;
-                bytes = &bytes[n..];
+                *bytes = &current[n..];
                 if self.left == 0 {
                     self.finish_payload()?;
                 }
             } else {
-                let n = (HEADER_LEN - self.got).min(bytes.len());
-                self.header[self.got..self.got + n].copy_from_slice(&bytes[..n]);
+                let n = (HEADER_LEN - self.got).min(current.len());
+                self.header[self.got..self.got + n].copy_from_slice(&current[..n]);
                 self.got += n;
-                bytes = &bytes[n..];
+                *bytes = &current[n..];
                 if self.got == HEADER_LEN {
                     self.got = 0;
                     self.start_frame()?;

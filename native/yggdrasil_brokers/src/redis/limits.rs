@@ -33,6 +33,8 @@ pub(super) struct RespFrames {
     /// The current reply's bytes (bodies counted when declared) and values so far.
     reply_bytes: u64,
     reply_values: u64,
+    /// See [`Scanner::good`].
+    good: usize,
 }
 
 #[derive(Default)]
@@ -161,17 +163,38 @@ impl RespFrames {
 }
 
 impl Scanner for RespFrames {
-    fn scan(&mut self, mut bytes: &[u8]) -> Result<(), String> {
-        while let Some((&byte, rest)) = bytes.split_first() {
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut rest = bytes;
+        let scanned = self.scan_from(&mut rest);
+        if scanned.is_err() {
+            // `rest` still starts at the byte that broke the cap.
+            self.good = bytes.len() - rest.len();
+        }
+        scanned
+    }
+
+    fn good(&self) -> usize {
+        self.good
+    }
+}
+
+impl RespFrames {
+    /// Scans from the front of `bytes`, advancing it past each byte taken.
+    fn scan_from(&mut self, bytes: &mut &[u8]) -> Result<(), String> {
+        loop {
+            let current = *bytes;
+            let Some((&byte, rest)) = current.split_first() else {
+                return Ok(());
+            };
             match &mut self.state {
                 State::Body { left } => {
-                    let n = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
+                    let n = usize::try_from(*left).map_or(current.len(), |l| l.min(current.len()));
                     *left -= n as u64;
                     if *left == 0 {
                         self.state = State::Start;
                         self.value_done();
                     }
-                    bytes = &bytes[n..];
+                    *bytes = &current[n..];
                     continue;
                 }
                 State::Start => {
@@ -237,9 +260,8 @@ impl Scanner for RespFrames {
                     }
                 }
             }
-            bytes = rest;
+            *bytes = rest;
         }
-        Ok(())
     }
 }
 
@@ -354,6 +376,16 @@ mod tests {
         let error = scanner.scan(&vec![b'x'; 60_000_002]).and_then(|()| scanner.scan(b"$9000000\r\n"));
         let error = error.unwrap_err();
         assert!(error.contains("reply of more than"), "{error}");
+    }
+
+    #[test]
+    fn the_bytes_before_the_one_that_breaks_a_cap_are_good() {
+        let mut stream = b"+OK\r\n".to_vec();
+        stream.extend(b"*1\r\n".repeat(MAX_DEPTH + 1));
+        let mut scanner = RespFrames::default();
+        assert!(scanner.scan(&stream).is_err());
+        // The reply before it, and the deepest header but its last byte.
+        assert_eq!(scanner.good(), 5 + 4 * MAX_DEPTH + 3);
     }
 
     #[test]
