@@ -30,6 +30,19 @@ pub(crate) trait Scanner: Send + Unpin + 'static {
     fn good(&self) -> usize;
 }
 
+/// Runs `scan_from`, a scan that takes bytes from the front of its slice
+/// and stops `past` bytes after the one that broke a cap (0: at it, 1: just
+/// after it); an `Err` carries how many bytes came before that one
+/// ([`Scanner::good`]).
+pub(crate) fn scan_front(
+    bytes: &[u8],
+    past: usize,
+    scan_from: impl FnOnce(&mut &[u8]) -> Result<(), String>,
+) -> Result<(), (usize, String)> {
+    let mut rest = bytes;
+    scan_from(&mut rest).map_err(|reason| ((bytes.len() - rest.len()).saturating_sub(past), reason))
+}
+
 pub(crate) struct Bounded<S, P> {
     inner: S,
     scanner: P,

@@ -2,7 +2,7 @@
 //! before tokio-postgres sees them.
 use std::collections::HashSet;
 
-use crate::bounded::{be_u64, Scanner};
+use crate::bounded::{be_u64, scan_front, Scanner};
 
 /// The largest backend message we accept (its declared length). tokio-postgres reserves buffer
 /// space for a notification, notice or parameter status from its declared length before the bytes
@@ -47,14 +47,11 @@ enum Mode {
 
 impl Scanner for PgMessages {
     fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let mut rest = bytes;
-        let scanned = self.scan_from(&mut rest);
-        if scanned.is_err() {
-            // `rest` starts after the byte that broke the cap, or at the
-            // body piece that did: one byte less is before it either way.
-            self.good = (bytes.len() - rest.len()).saturating_sub(1);
-        }
-        scanned
+        // It stops just after a bad header's last byte, or at a bad body piece.
+        scan_front(bytes, 1, |rest| self.scan_from(rest)).map_err(|(good, reason)| {
+            self.good = good;
+            reason
+        })
     }
 
     fn good(&self) -> usize {

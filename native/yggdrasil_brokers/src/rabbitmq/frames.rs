@@ -29,7 +29,7 @@ use async_rs::traits::Reactor;
 use async_rs::util::RuntimeParts;
 use async_rs::{Runtime, Tokio};
 
-use crate::bounded::{be_u64, Bounded, Scanner};
+use crate::bounded::{be_u64, scan_front, Bounded, Scanner};
 use crate::tls;
 
 /// The largest frame we accept (header and end byte included), and the
@@ -85,14 +85,11 @@ pub(crate) struct AmqpFrames {
 
 impl Scanner for AmqpFrames {
     fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let mut rest = bytes;
-        let scanned = self.scan_from(&mut rest);
-        if scanned.is_err() {
-            // `rest` starts after the byte that completed the bad frame
-            // header or payload: one byte less is before it.
-            self.good = (bytes.len() - rest.len()).saturating_sub(1);
-        }
-        scanned
+        // It stops just after the byte that completed a bad frame header or payload.
+        scan_front(bytes, 1, |rest| self.scan_from(rest)).map_err(|(good, reason)| {
+            self.good = good;
+            reason
+        })
     }
 
     fn good(&self) -> usize {

@@ -2,7 +2,7 @@
 //! buffers a bulk string, or a line, whole until its last byte arrives, and a reply's values until
 //! its last one, with no limit of its own: a server that declares 8 GiB, or an endless array, and
 //! keeps sending would grow the process until it is killed.
-use crate::bounded::Scanner;
+use crate::bounded::{scan_front, Scanner};
 
 /// The longest bulk string, blob error, verbatim string or streamed chunk we accept: Redis's own
 /// default `proto-max-bulk-len`, so no message a stock server relays is refused.
@@ -164,13 +164,11 @@ impl RespFrames {
 
 impl Scanner for RespFrames {
     fn scan(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let mut rest = bytes;
-        let scanned = self.scan_from(&mut rest);
-        if scanned.is_err() {
-            // `rest` still starts at the byte that broke the cap.
-            self.good = bytes.len() - rest.len();
-        }
-        scanned
+        // It stops at the byte that broke the cap.
+        scan_front(bytes, 0, |rest| self.scan_from(rest)).map_err(|(good, reason)| {
+            self.good = good;
+            reason
+        })
     }
 
     fn good(&self) -> usize {
